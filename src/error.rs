@@ -1,0 +1,118 @@
+//! The one error type: every failure names the file it concerns, what is wrong, and, where a person
+//! can do something about it, how to fix it.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What kind of failure this is; decides the exit code and how the agent reacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An I/O call failed.
+    Io,
+    /// A file is not in the format we expected (corrupt, truncated, not a VMDK...).
+    Format,
+    /// Valid, but something leafd does not handle (a disk type, an encoding...).
+    Unsupported,
+    /// The request is refused because of the state of the user's files (running VM, name taken...).
+    Refused,
+    /// Something else holds a lock we need; trying again later will work.
+    Busy,
+    /// The operation was cancelled (shutdown) and rolled back.
+    Cancelled,
+}
+
+/// A failure with the file it concerns and a hint for the person reading it.
+#[derive(Debug)]
+pub struct Error {
+    pub kind: Kind,
+    pub path: Option<PathBuf>,
+    pub message: String,
+    pub fix: Option<String>,
+    pub source: Option<io::Error>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: Kind, path: impl Into<Option<PathBuf>>, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            path: path.into(),
+            message: message.into(),
+            fix: None,
+            source: None,
+        }
+    }
+
+    /// An I/O failure while doing `what` on `path`.
+    pub fn io(path: &Path, what: &str, source: io::Error) -> Error {
+        Error {
+            kind: Kind::Io,
+            path: Some(path.to_path_buf()),
+            message: format!("{what}: {source}"),
+            fix: None,
+            source: Some(source),
+        }
+    }
+
+    pub fn format(path: &Path, message: impl Into<String>) -> Error {
+        Error::new(Kind::Format, path.to_path_buf(), message)
+    }
+
+    pub fn unsupported(path: &Path, message: impl Into<String>) -> Error {
+        Error::new(Kind::Unsupported, path.to_path_buf(), message)
+    }
+
+    pub fn refused(path: &Path, message: impl Into<String>) -> Error {
+        Error::new(Kind::Refused, path.to_path_buf(), message)
+    }
+
+    /// Adds the advice shown after the message.
+    pub fn fix(mut self, fix: impl Into<String>) -> Error {
+        self.fix = Some(fix.into());
+        self
+    }
+
+    /// The first line: file and problem, without the advice.
+    pub fn summary(&self) -> String {
+        match &self.path {
+            Some(p) => format!("{}: {}", p.display(), self.message),
+            None => self.message.clone(),
+        }
+    }
+
+    /// True when the underlying OS error says the file is missing.
+    pub fn is_not_found(&self) -> bool {
+        self.source
+            .as_ref()
+            .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary())?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n  fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
+
+/// Attaches the path to an `io::Result`, so no I/O error ever reaches the user without its file.
+pub trait IoContext<T> {
+    fn at(self, path: &Path, what: &str) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: &Path, what: &str) -> Result<T> {
+        self.map_err(|e| Error::io(path, what, e))
+    }
+}

@@ -1,0 +1,618 @@
+//! Whole virtual disks: a descriptor with its extents, and the chain of parents below it.
+//!
+//! `Disk::open` follows `parentFileNameHint` and checks the two bindings VMware checks (parent CID
+//! and capacity), so a chain that opens here is one VMware would accept. Reads go through the
+//! chain: sparse grains that are not allocated fall through to the parent.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::descriptor::{Access, Descriptor, Extent, ExtentKind, NO_PARENT};
+use super::sparse::{self, Grain, SECTOR, SparseExtent};
+use crate::error::{Error, IoContext, Kind, Result};
+
+/// Chains deeper than this are refused (also stops a loop of parent hints).
+const MAX_CHAIN_DEPTH: usize = 32;
+
+/// The disk types leafd serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskType {
+    MonolithicSparse,
+    SplitSparse,
+    MonolithicFlat,
+    SplitFlat,
+}
+
+impl DiskType {
+    pub fn from_create_type(create_type: &str) -> Option<DiskType> {
+        match create_type {
+            "monolithicSparse" => Some(DiskType::MonolithicSparse),
+            "twoGbMaxExtentSparse" => Some(DiskType::SplitSparse),
+            "monolithicFlat" => Some(DiskType::MonolithicFlat),
+            "twoGbMaxExtentFlat" => Some(DiskType::SplitFlat),
+            _ => None,
+        }
+    }
+
+    pub fn create_type(self) -> &'static str {
+        match self {
+            DiskType::MonolithicSparse => "monolithicSparse",
+            DiskType::SplitSparse => "twoGbMaxExtentSparse",
+            DiskType::MonolithicFlat => "monolithicFlat",
+            DiskType::SplitFlat => "twoGbMaxExtentFlat",
+        }
+    }
+
+    pub fn is_split(self) -> bool {
+        matches!(self, DiskType::SplitSparse | DiskType::SplitFlat)
+    }
+
+    pub fn is_sparse(self) -> bool {
+        matches!(self, DiskType::MonolithicSparse | DiskType::SplitSparse)
+    }
+}
+
+/// Reads the descriptor of a `.vmdk`: a text file, or the text embedded in a monolithicSparse file.
+/// Returns it with `true` when it was embedded. Refuses anything over a sane size without reading it.
+pub fn read_descriptor(path: &Path) -> Result<(Descriptor, bool)> {
+    let mut file = File::open(path).at(path, "cannot open disk")?;
+    let len = file.metadata().at(path, "cannot stat disk")?.len();
+    let mut head = [0u8; 4];
+    let n = file.read_at(&mut head, 0).at(path, "cannot read disk")?;
+    if n == 4 && &head == sparse::MAGIC {
+        let extent = SparseExtent::open(path)?;
+        let bytes = extent.embedded_descriptor()?.ok_or_else(|| {
+            Error::format(path, "sparse extent without an embedded descriptor: open the disk's text descriptor instead")
+        })?;
+        let d = Descriptor::parse_bytes(&bytes)
+            .map_err(|e| Error::format(path, format!("embedded descriptor {e}")))?;
+        return Ok((d, true));
+    }
+    if n == 4 && &head == b"COWD" {
+        return Err(Error::unsupported(
+            path,
+            "ESX (COWD) sparse disk: leafd serves only hosted VMware disks",
+        ));
+    }
+    if len > super::descriptor::MAX_DESCRIPTOR_BYTES {
+        return Err(Error::format(
+            path,
+            format!(
+                "{len} bytes is too large for a disk descriptor, and it is not a sparse extent"
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.by_ref()
+        .take(super::descriptor::MAX_DESCRIPTOR_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .at(path, "cannot read descriptor")?;
+    let d = Descriptor::parse_bytes(&bytes)
+        .map_err(|e| Error::format(path, format!("descriptor {e}")))?;
+    Ok((d, false))
+}
+
+/// Resolves an extent or parent file named in a descriptor in `dir`.
+pub fn resolve(dir: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+enum Data {
+    Sparse(SparseExtent),
+    Flat {
+        file: File,
+        path: PathBuf,
+        offset: u64,
+    },
+    Zero,
+}
+
+struct OpenExtent {
+    start: u64,
+    sectors: u64,
+    access: Access,
+    data: Data,
+}
+
+/// One disk of a chain, opened with its parent.
+pub struct Disk {
+    path: PathBuf,
+    pub descriptor: Descriptor,
+    /// True when the descriptor is embedded in a monolithicSparse file.
+    pub embedded: bool,
+    pub disk_type: DiskType,
+    extents: Vec<OpenExtent>,
+    parent: Option<Box<Disk>>,
+}
+
+impl Disk {
+    /// Opens a disk and its whole chain, read-only.
+    pub fn open(path: &Path) -> Result<Disk> {
+        Self::open_at_depth(path, false, 0, true)
+    }
+
+    /// Opens a disk read-only without following its parent (reads of unallocated grains give zeros).
+    pub fn open_alone(path: &Path) -> Result<Disk> {
+        Self::open_at_depth(path, false, 0, false)
+    }
+
+    /// Opens the chain with this disk's own extents writable and every parent read-only.
+    pub fn open_writable(path: &Path) -> Result<Disk> {
+        Self::open_at_depth(path, true, 0, true)
+    }
+
+    fn open_at_depth(path: &Path, writable: bool, depth: usize, with_parent: bool) -> Result<Disk> {
+        if depth > MAX_CHAIN_DEPTH {
+            return Err(Error::format(
+                path,
+                format!(
+                    "snapshot chain is deeper than {MAX_CHAIN_DEPTH} disks (a loop of parent hints?)"
+                ),
+            ));
+        }
+        let (descriptor, embedded) = read_descriptor(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let create_type = descriptor.create_type();
+        let disk_type = DiskType::from_create_type(create_type).ok_or_else(|| {
+            Error::unsupported(path, format!("disk type \"{create_type}\" is not one leafd serves"))
+                .fix("convert it with VMware's disk tool (vmware-vdiskmanager -r ... -t 0) to a growable or preallocated disk")
+        })?;
+        descriptor
+            .cid()
+            .map_err(|m| Error::format(path, format!("descriptor {m}")))?;
+        let parent_cid = descriptor
+            .parent_cid()
+            .map_err(|m| Error::format(path, format!("descriptor {m}")))?;
+        let mut extents = Vec::new();
+        let mut start = 0u64;
+        for e in descriptor.extents() {
+            let data = open_extent(dir, e, writable, path)?;
+            extents.push(OpenExtent {
+                start,
+                sectors: e.sectors,
+                access: e.access,
+                data,
+            });
+            start = start
+                .checked_add(e.sectors)
+                .ok_or_else(|| Error::format(path, "extent sizes overflow"))?;
+        }
+        if extents.is_empty() {
+            return Err(Error::format(path, "descriptor lists no extents"));
+        }
+        let parent = if parent_cid != NO_PARENT && with_parent {
+            let hint = descriptor.parent_file_name_hint().ok_or_else(|| {
+                Error::format(
+                    path,
+                    "snapshot disk without parentFileNameHint: its parent cannot be found",
+                )
+            })?;
+            let parent_path = resolve(dir, hint);
+            let parent =
+                Self::open_at_depth(&parent_path, false, depth + 1, true).map_err(|e| {
+                    if e.is_not_found() {
+                        Error::format(
+                            path,
+                            format!("parent disk {} is missing", parent_path.display()),
+                        )
+                        .fix("put the parent back, or run `leafd relink` if the library moved")
+                    } else {
+                        e
+                    }
+                })?;
+            let actual = parent.descriptor.cid().unwrap_or(0);
+            if actual != parent_cid {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "parentCID {parent_cid:08x} does not match CID {actual:08x} of parent {} (VMware error 18: the parent was modified)",
+                        parent_path.display()
+                    ),
+                ));
+            }
+            if parent.capacity() != start {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "capacity {} sectors differs from parent {} with {} sectors (VMware error 67)",
+                        start,
+                        parent_path.display(),
+                        parent.capacity()
+                    ),
+                ));
+            }
+            Some(Box::new(parent))
+        } else {
+            None
+        };
+        Ok(Disk {
+            path: path.to_path_buf(),
+            descriptor,
+            embedded,
+            disk_type,
+            extents,
+            parent,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Capacity in sectors.
+    pub fn capacity(&self) -> u64 {
+        self.extents.last().map_or(0, |e| e.start + e.sectors)
+    }
+
+    pub fn parent(&self) -> Option<&Disk> {
+        self.parent.as_deref()
+    }
+
+    /// The files of this disk alone: the descriptor (when separate) and every extent file.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if !self.embedded {
+            files.push(self.path.clone());
+        }
+        for e in &self.extents {
+            match &e.data {
+                Data::Sparse(s) => files.push(s.path().to_path_buf()),
+                Data::Flat { path, .. } => files.push(path.clone()),
+                Data::Zero => {}
+            }
+        }
+        files
+    }
+
+    /// Sizes of this disk's extents in sectors, in order.
+    pub fn extent_sectors(&self) -> Vec<u64> {
+        self.extents.iter().map(|e| e.sectors).collect()
+    }
+
+    /// Reads `buf.len()` bytes at byte `offset` of the virtual disk, through the chain.
+    pub fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.capacity() * SECTOR);
+        if end.is_none() {
+            return Err(Error::new(
+                Kind::Io,
+                self.path.clone(),
+                format!(
+                    "read of {} bytes at {offset} is past the end of the disk",
+                    buf.len()
+                ),
+            ));
+        }
+        while !buf.is_empty() {
+            let n = self.read_piece(offset, buf)?;
+            offset += n as u64;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    fn extent_at(&self, sector: u64) -> &OpenExtent {
+        let i = self
+            .extents
+            .partition_point(|e| e.start + e.sectors <= sector);
+        &self.extents[i]
+    }
+
+    /// Reads as much as fits in one grain (or one extent) at `offset`; returns the bytes read.
+    fn read_piece(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let sector = offset / SECTOR;
+        let e = self.extent_at(sector);
+        let local = offset - e.start * SECTOR;
+        let extent_left = e.sectors * SECTOR - local;
+        match &e.data {
+            _ if e.access == Access::NoAccess => Err(Error::format(
+                &self.path,
+                format!("extent at sector {} is marked NOACCESS", e.start),
+            )),
+            Data::Zero => {
+                let n = (buf.len() as u64).min(extent_left) as usize;
+                buf[..n].fill(0);
+                Ok(n)
+            }
+            Data::Flat {
+                file,
+                path,
+                offset: base,
+            } => {
+                let n = (buf.len() as u64).min(extent_left) as usize;
+                file.read_exact_at(&mut buf[..n], base * SECTOR + local)
+                    .at(path, "cannot read flat extent")?;
+                Ok(n)
+            }
+            Data::Sparse(s) => {
+                let gb = s.grain_bytes();
+                let within = local % gb;
+                let n = (buf.len() as u64).min(gb - within).min(extent_left) as usize;
+                match s.grain(local / SECTOR)? {
+                    Grain::At(at) => s.read_grain(at, within, &mut buf[..n])?,
+                    Grain::Zero => buf[..n].fill(0),
+                    Grain::Unallocated => match &self.parent {
+                        Some(p) => p.read_at(offset, &mut buf[..n])?,
+                        None => buf[..n].fill(0),
+                    },
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// Writes `data` at byte `offset` into this disk's own extents (never into a parent).
+    /// Partial grains keep the bytes the disk showed before. Needs `open_writable`.
+    pub fn write_at(&self, mut offset: u64, mut data: &[u8]) -> Result<()> {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > self.capacity() * SECTOR)
+        {
+            return Err(Error::new(
+                Kind::Io,
+                self.path.clone(),
+                "write past the end of the disk",
+            ));
+        }
+        while !data.is_empty() {
+            let sector = offset / SECTOR;
+            let e = self.extent_at(sector);
+            let local = offset - e.start * SECTOR;
+            let extent_left = e.sectors * SECTOR - local;
+            let n = match &e.data {
+                Data::Zero => {
+                    return Err(Error::new(
+                        Kind::Io,
+                        self.path.clone(),
+                        "cannot write into a ZERO extent",
+                    ));
+                }
+                Data::Flat {
+                    file,
+                    path,
+                    offset: base,
+                } => {
+                    let n = (data.len() as u64).min(extent_left) as usize;
+                    file.write_all_at(&data[..n], base * SECTOR + local)
+                        .at(path, "cannot write flat extent")?;
+                    n
+                }
+                Data::Sparse(s) => {
+                    let gb = s.grain_bytes();
+                    let within = local % gb;
+                    let n = (data.len() as u64).min(gb - within).min(extent_left) as usize;
+                    let grain_start = offset - within;
+                    s.write_in_grain(local / SECTOR, within, &data[..n], |grain| {
+                        // The grain's old content: whatever of it lies inside the disk.
+                        let len = (grain.len() as u64).min(extent_left + within) as usize;
+                        match &self.parent {
+                            Some(p) => p.read_at(grain_start, &mut grain[..len]),
+                            None => Ok(()),
+                        }
+                    })?;
+                    n
+                }
+            };
+            offset += n as u64;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Flushes every writable extent of this disk.
+    pub fn sync(&self) -> Result<()> {
+        for e in &self.extents {
+            match &e.data {
+                Data::Sparse(s) => s.sync()?,
+                Data::Flat { file, path, .. } => file.sync_all().at(path, "cannot flush extent")?,
+                Data::Zero => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_extent(dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Result<Data> {
+    let file_path = || resolve(dir, e.file.as_deref().unwrap_or(""));
+    let missing = |err: Error, p: &Path| {
+        if err.is_not_found() {
+            Error::format(descriptor, format!("extent {} is missing", p.display()))
+                .fix("restore the missing file; a disk cannot be used without all its extents")
+        } else {
+            err
+        }
+    };
+    match &e.kind {
+        ExtentKind::Zero => Ok(Data::Zero),
+        ExtentKind::Sparse => {
+            let p = file_path();
+            let s = if writable {
+                SparseExtent::open_writable(&p)
+            } else {
+                SparseExtent::open(&p)
+            }
+            .map_err(|err| missing(err, &p))?;
+            if s.header.capacity != e.sectors {
+                return Err(Error::format(
+                    &p,
+                    format!(
+                        "extent holds {} sectors but its descriptor says {}",
+                        s.header.capacity, e.sectors
+                    ),
+                ));
+            }
+            Ok(Data::Sparse(s))
+        }
+        ExtentKind::Flat => {
+            let p = file_path();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(&p)
+                .map_err(|err| missing(Error::io(&p, "cannot open extent", err), &p))?;
+            let offset = e.offset.unwrap_or(0);
+            let need = offset.saturating_add(e.sectors).saturating_mul(SECTOR);
+            let len = file.metadata().at(&p, "cannot stat extent")?.len();
+            if len < need {
+                return Err(Error::format(
+                    &p,
+                    format!("flat extent is {len} bytes, its descriptor needs {need}: truncated?"),
+                ));
+            }
+            Ok(Data::Flat {
+                file,
+                path: p,
+                offset,
+            })
+        }
+        ExtentKind::Other(t) => Err(Error::unsupported(
+            descriptor,
+            format!("extent type {t} is not one leafd serves"),
+        )),
+    }
+}
+
+/// What a new disk should look like.
+pub struct NewDisk<'a> {
+    /// The `.vmdk` to create (descriptor, or the single file of a monolithic sparse disk).
+    pub path: &'a Path,
+    pub disk_type: DiskType,
+    /// Sectors of each extent, in order (one entry for monolithic types).
+    pub extents: Vec<u64>,
+    pub cid: u32,
+    /// `(parentFileNameHint, parent CID)` for a snapshot delta.
+    pub parent: Option<(&'a str, u32)>,
+    pub ddb: Vec<(String, String)>,
+}
+
+/// Extent file names VMware uses for a disk whose descriptor is `<stem>.vmdk`.
+pub fn extent_names(stem: &str, disk_type: DiskType, count: usize) -> Vec<String> {
+    match disk_type {
+        DiskType::MonolithicSparse => vec![format!("{stem}.vmdk")],
+        DiskType::MonolithicFlat => vec![format!("{stem}-flat.vmdk")],
+        DiskType::SplitSparse => (1..=count)
+            .map(|i| format!("{stem}-s{i:03}.vmdk"))
+            .collect(),
+        DiskType::SplitFlat => (1..=count)
+            .map(|i| format!("{stem}-f{i:03}.vmdk"))
+            .collect(),
+    }
+}
+
+/// Splits a capacity into extents of at most `max` sectors, as VMware does for split disks.
+pub fn split_capacity(capacity: u64, max: u64) -> Vec<u64> {
+    let mut v = vec![max; (capacity / max) as usize];
+    if !capacity.is_multiple_of(max) {
+        v.push(capacity % max);
+    }
+    v
+}
+
+/// Creates a new empty disk (all zeros, or all "read from parent" for a delta). Returns the files
+/// written, each flushed. Fails, creating nothing more, if any file already exists.
+pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
+    let dir = spec.path.parent().unwrap_or(Path::new("."));
+    let file_name = spec
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::format(spec.path, "disk name is not valid UTF-8"))?;
+    let stem = file_name.strip_suffix(".vmdk").unwrap_or(file_name);
+    let names = extent_names(stem, spec.disk_type, spec.extents.len());
+    let kind = if spec.disk_type.is_sparse() {
+        ExtentKind::Sparse
+    } else {
+        ExtentKind::Flat
+    };
+    let extents: Vec<Extent> = names
+        .iter()
+        .zip(&spec.extents)
+        .map(|(name, &sectors)| Extent {
+            access: Access::ReadWrite,
+            sectors,
+            kind: kind.clone(),
+            file: Some(name.clone()),
+            offset: if kind == ExtentKind::Flat {
+                Some(0)
+            } else {
+                None
+            },
+        })
+        .collect();
+    let ddb: Vec<(&str, &str)> = spec
+        .ddb
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (hint, parent_cid) = match spec.parent {
+        Some((hint, cid)) => (Some(hint), cid),
+        None => (None, NO_PARENT),
+    };
+    let descriptor = Descriptor::build(
+        spec.cid,
+        parent_cid,
+        spec.disk_type.create_type(),
+        hint,
+        &extents,
+        &ddb,
+    );
+    let mut written = Vec::new();
+    let result = (|| {
+        if spec.disk_type == DiskType::MonolithicSparse {
+            sparse::create_empty(spec.path, spec.extents[0], Some(&descriptor.to_string()))?;
+            written.push(spec.path.to_path_buf());
+        } else {
+            write_new_file(spec.path, descriptor.to_string().as_bytes())?;
+            written.push(spec.path.to_path_buf());
+            for (name, &sectors) in names.iter().zip(&spec.extents) {
+                let p = dir.join(name);
+                if spec.disk_type.is_sparse() {
+                    sparse::create_empty(&p, sectors, None)?;
+                } else {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&p)
+                        .at(&p, "cannot create extent")?;
+                    f.set_len(sectors * SECTOR).at(&p, "cannot size extent")?;
+                }
+                written.push(p);
+            }
+        }
+        for p in &written {
+            File::open(p)
+                .and_then(|f| f.sync_all())
+                .at(p, "cannot flush")?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(written),
+        Err(e) => {
+            // Leave nothing half made behind; only files this call created are removed.
+            for p in &written {
+                let _ = std::fs::remove_file(p);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Creates `path` (which must not exist) with `bytes`, flushed.
+pub fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .at(path, "cannot create file")?;
+    f.write_all_at(bytes, 0).at(path, "cannot write file")?;
+    f.sync_all().at(path, "cannot flush file")
+}

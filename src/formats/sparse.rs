@@ -1,0 +1,588 @@
+//! Hosted sparse extents (`KDMV`): the header, the metadata layout VMware writes, creating empty
+//! extents, and reading and writing grains.
+//!
+//! Memory use follows the grain tables actually touched (2 KiB each), never the capacity.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use crate::error::{Error, IoContext, Result};
+
+pub const SECTOR: u64 = 512;
+pub const MAGIC: &[u8; 4] = b"KDMV";
+/// Sectors per grain VMware writes (64 KiB).
+pub const GRAIN_SECTORS: u64 = 128;
+/// Grain-table entries per table VMware writes.
+pub const GTES_PER_GT: u32 = 512;
+/// Sectors reserved for an embedded descriptor.
+pub const EMBEDDED_DESCRIPTOR_SECTORS: u64 = 20;
+
+const FLAG_NEWLINE_TEST: u32 = 1 << 0;
+const FLAG_REDUNDANT_GT: u32 = 1 << 1;
+const FLAG_ZEROED_GTE: u32 = 1 << 2;
+const FLAG_COMPRESSED: u32 = 1 << 16;
+const FLAG_MARKERS: u32 = 1 << 17;
+
+/// Upper bounds that keep a hostile header from asking for absurd allocations or overflowing.
+const MAX_CAPACITY_SECTORS: u64 = 1 << 40; // 512 TiB
+const MAX_GRAIN_SECTORS: u64 = 1 << 16;
+const MAX_GTES_PER_GT: u32 = 1 << 16;
+
+/// The 512-byte sparse extent header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub flags: u32,
+    pub capacity: u64,
+    pub grain_size: u64,
+    pub descriptor_offset: u64,
+    pub descriptor_size: u64,
+    pub num_gtes_per_gt: u32,
+    pub rgd_offset: u64,
+    pub gd_offset: u64,
+    pub overhead: u64,
+    pub unclean_shutdown: bool,
+    pub compress_algorithm: u16,
+}
+
+/// Where VMware puts the metadata of an empty extent of a given capacity (FORMATS.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of grain tables.
+    pub ngt: u64,
+    /// Sectors of one grain directory.
+    pub gd_sectors: u64,
+    pub rgd_offset: u64,
+    pub gd_offset: u64,
+    pub overhead: u64,
+}
+
+impl Layout {
+    pub fn new(capacity: u64, embedded_descriptor: bool) -> Layout {
+        let ngt = capacity.div_ceil(GRAIN_SECTORS * GTES_PER_GT as u64);
+        let gd_sectors = (ngt * 4).div_ceil(SECTOR);
+        let desc = if embedded_descriptor {
+            EMBEDDED_DESCRIPTOR_SECTORS
+        } else {
+            0
+        };
+        let gt_sectors = (GTES_PER_GT as u64 * 4 / SECTOR) * ngt;
+        let rgd_offset = 1 + desc;
+        let gd_offset = rgd_offset + gd_sectors + gt_sectors;
+        let overhead = (gd_offset + gd_sectors + gt_sectors).next_multiple_of(GRAIN_SECTORS);
+        Layout {
+            ngt,
+            gd_sectors,
+            rgd_offset,
+            gd_offset,
+            overhead,
+        }
+    }
+
+    /// Length in bytes of the empty extent file.
+    pub fn file_len(&self) -> u64 {
+        self.overhead * SECTOR
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl Header {
+    /// The header VMware writes for a new extent of `capacity` sectors.
+    pub fn new(capacity: u64, embedded_descriptor: bool) -> Header {
+        let l = Layout::new(capacity, embedded_descriptor);
+        Header {
+            version: 1,
+            flags: FLAG_NEWLINE_TEST | FLAG_REDUNDANT_GT,
+            capacity,
+            grain_size: GRAIN_SECTORS,
+            descriptor_offset: if embedded_descriptor { 1 } else { 0 },
+            descriptor_size: if embedded_descriptor {
+                EMBEDDED_DESCRIPTOR_SECTORS
+            } else {
+                0
+            },
+            num_gtes_per_gt: GTES_PER_GT,
+            rgd_offset: l.rgd_offset,
+            gd_offset: l.gd_offset,
+            overhead: l.overhead,
+            unclean_shutdown: false,
+            compress_algorithm: 0,
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; 512] {
+        let mut b = [0u8; 512];
+        b[0..4].copy_from_slice(MAGIC);
+        b[4..8].copy_from_slice(&self.version.to_le_bytes());
+        b[8..12].copy_from_slice(&self.flags.to_le_bytes());
+        b[12..20].copy_from_slice(&self.capacity.to_le_bytes());
+        b[20..28].copy_from_slice(&self.grain_size.to_le_bytes());
+        b[28..36].copy_from_slice(&self.descriptor_offset.to_le_bytes());
+        b[36..44].copy_from_slice(&self.descriptor_size.to_le_bytes());
+        b[44..48].copy_from_slice(&self.num_gtes_per_gt.to_le_bytes());
+        b[48..56].copy_from_slice(&self.rgd_offset.to_le_bytes());
+        b[56..64].copy_from_slice(&self.gd_offset.to_le_bytes());
+        b[64..72].copy_from_slice(&self.overhead.to_le_bytes());
+        b[72] = self.unclean_shutdown as u8;
+        b[73..77].copy_from_slice(b"\n \r\n");
+        b[77..79].copy_from_slice(&self.compress_algorithm.to_le_bytes());
+        b
+    }
+
+    /// Parses and checks a header. `file_len` bounds every offset so that nothing later reads or
+    /// allocates past the file. Never panics, whatever the bytes.
+    pub fn parse(b: &[u8], file_len: u64) -> std::result::Result<Header, String> {
+        if b.len() < 512 {
+            return Err("too short for a sparse extent header".into());
+        }
+        if &b[0..4] != MAGIC {
+            return Err("no KDMV magic: not a hosted sparse extent".into());
+        }
+        let h = Header {
+            version: u32_at(b, 4),
+            flags: u32_at(b, 8),
+            capacity: u64_at(b, 12),
+            grain_size: u64_at(b, 20),
+            descriptor_offset: u64_at(b, 28),
+            descriptor_size: u64_at(b, 36),
+            num_gtes_per_gt: u32_at(b, 44),
+            rgd_offset: u64_at(b, 48),
+            gd_offset: u64_at(b, 56),
+            overhead: u64_at(b, 64),
+            unclean_shutdown: b[72] != 0,
+            compress_algorithm: u16::from_le_bytes([b[77], b[78]]),
+        };
+        if !(1..=3).contains(&h.version) {
+            return Err(format!("sparse header version {} is unknown", h.version));
+        }
+        if h.flags & (FLAG_COMPRESSED | FLAG_MARKERS) != 0 || h.compress_algorithm != 0 {
+            return Err(
+                "compressed (streamOptimized) extent: leafd serves only hosted sparse disks".into(),
+            );
+        }
+        if h.flags & FLAG_NEWLINE_TEST != 0 && &b[73..77] != b"\n \r\n" {
+            return Err(
+                "newline test bytes are damaged (was the file transferred in text mode?)".into(),
+            );
+        }
+        if h.capacity == 0 || h.capacity > MAX_CAPACITY_SECTORS {
+            return Err(format!(
+                "capacity of {} sectors is out of range",
+                h.capacity
+            ));
+        }
+        if !h.grain_size.is_power_of_two() || h.grain_size < 8 || h.grain_size > MAX_GRAIN_SECTORS {
+            return Err(format!("grain size of {} sectors is invalid", h.grain_size));
+        }
+        if h.num_gtes_per_gt == 0 || h.num_gtes_per_gt > MAX_GTES_PER_GT {
+            return Err(format!(
+                "{} entries per grain table is invalid",
+                h.num_gtes_per_gt
+            ));
+        }
+        let file_sectors = file_len / SECTOR;
+        let gd_bytes = h.num_gts() * 4;
+        for (name, off) in [
+            ("grain directory", h.gd_offset),
+            ("redundant grain directory", h.rgd_offset),
+        ] {
+            if name.starts_with("redundant") && h.flags & FLAG_REDUNDANT_GT == 0 {
+                continue;
+            }
+            if off == 0 || off.saturating_mul(SECTOR).saturating_add(gd_bytes) > file_len {
+                return Err(format!(
+                    "{name} at sector {off} lies outside the file ({file_sectors} sectors): truncated?"
+                ));
+            }
+        }
+        if h.descriptor_size > 0
+            && h.descriptor_offset
+                .saturating_add(h.descriptor_size)
+                .saturating_mul(SECTOR)
+                > file_len
+        {
+            return Err("embedded descriptor lies outside the file: truncated?".into());
+        }
+        Ok(h)
+    }
+
+    /// Sectors covered by one grain table.
+    pub fn gt_coverage(&self) -> u64 {
+        self.grain_size * self.num_gtes_per_gt as u64
+    }
+
+    pub fn num_gts(&self) -> u64 {
+        self.capacity.div_ceil(self.gt_coverage())
+    }
+
+    fn zeroed_gte(&self) -> bool {
+        self.flags & FLAG_ZEROED_GTE != 0
+    }
+
+    fn redundant(&self) -> bool {
+        self.flags & FLAG_REDUNDANT_GT != 0
+    }
+}
+
+/// Writes an empty sparse extent (all grains unallocated) with an optional embedded descriptor.
+///
+/// Only the header, descriptor and directories are written; the grain tables are left as holes
+/// (zeros), so the time is independent of the capacity's data and the file takes little space.
+/// The file must not exist yet.
+pub fn create_empty(path: &Path, capacity: u64, embedded_descriptor: Option<&str>) -> Result<()> {
+    let header = Header::new(capacity, embedded_descriptor.is_some());
+    let layout = Layout::new(capacity, embedded_descriptor.is_some());
+    let mut head = header.to_bytes().to_vec();
+    if let Some(desc) = embedded_descriptor {
+        let max = (EMBEDDED_DESCRIPTOR_SECTORS * SECTOR) as usize;
+        if desc.len() > max {
+            return Err(Error::format(
+                path,
+                format!("descriptor of {} bytes does not fit in {max}", desc.len()),
+            ));
+        }
+        head.extend_from_slice(desc.as_bytes());
+        head.resize(head.len() + max - desc.len(), 0);
+    }
+    // Each directory points at its grain tables, which follow it. The tables themselves stay
+    // holes: all-zero entries, "unallocated".
+    let gt_sectors = GTES_PER_GT as u64 * 4 / SECTOR;
+    let directory = |dir_offset: u64| -> Vec<u8> {
+        let first_gt = dir_offset + layout.gd_sectors;
+        (0..layout.ngt)
+            .flat_map(|i| ((first_gt + gt_sectors * i) as u32).to_le_bytes())
+            .collect()
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .at(path, "cannot create extent")?;
+    file.write_all_at(&head, 0)
+        .at(path, "cannot write extent header")?;
+    for dir_offset in [layout.rgd_offset, layout.gd_offset] {
+        file.write_all_at(&directory(dir_offset), dir_offset * SECTOR)
+            .at(path, "cannot write grain directory")?;
+    }
+    file.set_len(layout.file_len())
+        .at(path, "cannot size extent")?;
+    Ok(())
+}
+
+/// Where a grain's data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grain {
+    /// Not allocated here: read from the parent (or zeros without one).
+    Unallocated,
+    /// Allocated as all zeros (zeroed-grain GTE).
+    Zero,
+    /// Data at this sector of the file.
+    At(u64),
+}
+
+/// An open sparse extent. Reads are `&self` (positional I/O); writes need a writable open.
+pub struct SparseExtent {
+    path: PathBuf,
+    file: File,
+    pub header: Header,
+    gd: Vec<u32>,
+    rgd: Vec<u32>,
+    /// Grain tables read so far, by index.
+    tables: Mutex<HashMap<u64, Arc<Vec<u32>>>>,
+    file_len: Mutex<u64>,
+    writable: bool,
+}
+
+impl SparseExtent {
+    pub fn open(path: &Path) -> Result<SparseExtent> {
+        Self::open_with(path, false)
+    }
+
+    /// Opens for writing grains. Never call this on a base's extent.
+    pub fn open_writable(path: &Path) -> Result<SparseExtent> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, writable: bool) -> Result<SparseExtent> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .at(path, "cannot open extent")?;
+        let file_len = file.metadata().at(path, "cannot stat extent")?.len();
+        let mut hb = [0u8; 512];
+        if file_len < 512 {
+            return Err(Error::format(
+                path,
+                "shorter than a sparse extent header: truncated?",
+            ));
+        }
+        file.read_exact_at(&mut hb, 0)
+            .at(path, "cannot read extent header")?;
+        let header = Header::parse(&hb, file_len).map_err(|m| Error::format(path, m))?;
+        let read_dir = |offset: u64| -> Result<Vec<u32>> {
+            let mut raw = vec![0u8; (header.num_gts() * 4) as usize];
+            file.read_exact_at(&mut raw, offset * SECTOR)
+                .at(path, "cannot read grain directory")?;
+            Ok(raw
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect())
+        };
+        let gd = read_dir(header.gd_offset)?;
+        let rgd = if header.redundant() {
+            read_dir(header.rgd_offset)?
+        } else {
+            Vec::new()
+        };
+        Ok(SparseExtent {
+            path: path.to_path_buf(),
+            file,
+            header,
+            gd,
+            rgd,
+            tables: Mutex::new(HashMap::new()),
+            file_len: Mutex::new(file_len),
+            writable,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the embedded descriptor area, if the header says there is one.
+    pub fn embedded_descriptor(&self) -> Result<Option<Vec<u8>>> {
+        if self.header.descriptor_size == 0 {
+            return Ok(None);
+        }
+        let mut b = vec![0u8; (self.header.descriptor_size * SECTOR) as usize];
+        self.file
+            .read_exact_at(&mut b, self.header.descriptor_offset * SECTOR)
+            .at(&self.path, "cannot read embedded descriptor")?;
+        Ok(Some(b))
+    }
+
+    fn table(&self, gt: u64) -> Result<Option<Arc<Vec<u32>>>> {
+        if let Some(t) = self.tables.lock().expect("table cache").get(&gt) {
+            return Ok(Some(t.clone()));
+        }
+        let sector = self.gd[gt as usize] as u64;
+        if sector == 0 {
+            return Ok(None);
+        }
+        let n = self.header.num_gtes_per_gt as usize;
+        let file_len = *self.file_len.lock().expect("file length");
+        if sector * SECTOR + n as u64 * 4 > file_len {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "grain table {gt} at sector {sector} lies past the end of the file: truncated?"
+                ),
+            ));
+        }
+        let mut raw = vec![0u8; n * 4];
+        self.file
+            .read_exact_at(&mut raw, sector * SECTOR)
+            .at(&self.path, "cannot read grain table")?;
+        let t: Arc<Vec<u32>> = Arc::new(
+            raw.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        );
+        self.tables
+            .lock()
+            .expect("table cache")
+            .insert(gt, t.clone());
+        Ok(Some(t))
+    }
+
+    /// Looks up the grain holding sector `sector` of this extent.
+    pub fn grain(&self, sector: u64) -> Result<Grain> {
+        if sector >= self.header.capacity {
+            return Err(Error::format(
+                &self.path,
+                format!("sector {sector} is past the extent's capacity"),
+            ));
+        }
+        let grain = sector / self.header.grain_size;
+        let gt = grain / self.header.num_gtes_per_gt as u64;
+        let Some(table) = self.table(gt)? else {
+            return Ok(Grain::Unallocated);
+        };
+        match table[(grain % self.header.num_gtes_per_gt as u64) as usize] {
+            0 => Ok(Grain::Unallocated),
+            1 if self.header.zeroed_gte() => Ok(Grain::Zero),
+            s => Ok(Grain::At(s as u64)),
+        }
+    }
+
+    /// Reads bytes of an allocated grain: `within` is the byte offset inside the grain.
+    pub fn read_grain(&self, at_sector: u64, within: u64, buf: &mut [u8]) -> Result<()> {
+        let pos = at_sector * SECTOR + within;
+        let file_len = *self.file_len.lock().expect("file length");
+        if pos.saturating_add(buf.len() as u64) > file_len {
+            return Err(Error::format(
+                &self.path,
+                format!("grain at sector {at_sector} lies past the end of the file: truncated?"),
+            ));
+        }
+        self.file
+            .read_exact_at(buf, pos)
+            .at(&self.path, "cannot read grain")
+    }
+
+    pub fn grain_bytes(&self) -> u64 {
+        self.header.grain_size * SECTOR
+    }
+
+    /// Writes `data` into the grain holding `sector`, at byte `within` that grain. An unallocated
+    /// grain is first allocated at the end of the file and filled from `fill` (the bytes the grain
+    /// showed before: the parent's, or zeros), so partial writes keep the rest of the grain.
+    pub fn write_in_grain(
+        &self,
+        sector: u64,
+        within: u64,
+        data: &[u8],
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        if !self.writable {
+            return Err(Error::new(
+                crate::error::Kind::Io,
+                self.path.clone(),
+                "extent was opened read-only",
+            ));
+        }
+        let gb = self.grain_bytes();
+        if within + data.len() as u64 > gb {
+            return Err(Error::new(
+                crate::error::Kind::Io,
+                self.path.clone(),
+                "write crosses a grain boundary",
+            ));
+        }
+        let current = self.grain(sector)?;
+        if let Grain::At(at) = current {
+            return self
+                .file
+                .write_all_at(data, at * SECTOR + within)
+                .at(&self.path, "cannot write grain");
+        }
+        let mut grain = vec![0u8; gb as usize];
+        if current == Grain::Unallocated && data.len() as u64 != gb {
+            fill(&mut grain)?;
+        }
+        grain[within as usize..within as usize + data.len()].copy_from_slice(data);
+        // Data first, then the table entries: a crash in between leaves the grain unallocated.
+        let at = {
+            let mut len = self.file_len.lock().expect("file length");
+            let at = len.div_ceil(gb) * gb;
+            *len = at + gb;
+            at
+        };
+        self.file
+            .write_all_at(&grain, at)
+            .at(&self.path, "cannot write grain")?;
+        self.set_entry(sector, (at / SECTOR) as u32)
+    }
+
+    fn set_entry(&self, sector: u64, value: u32) -> Result<()> {
+        let grain = sector / self.header.grain_size;
+        let per = self.header.num_gtes_per_gt as u64;
+        let gt = grain / per;
+        let idx = (grain % per) as usize;
+        let mut dirs = vec![&self.gd];
+        if self.header.redundant() {
+            dirs.push(&self.rgd);
+        }
+        for dir in dirs {
+            let table_sector = dir[gt as usize] as u64;
+            if table_sector == 0 {
+                return Err(Error::unsupported(
+                    &self.path,
+                    "grain directory entry is empty; leafd writes only to extents with preallocated grain tables",
+                ));
+            }
+            self.file
+                .write_all_at(&value.to_le_bytes(), table_sector * SECTOR + idx as u64 * 4)
+                .at(&self.path, "cannot write grain table")?;
+        }
+        // Keep the cached table in step with the file.
+        let mut tables = self.tables.lock().expect("table cache");
+        if let Some(t) = tables.get_mut(&gt) {
+            Arc::make_mut(t)[idx] = value;
+        }
+        Ok(())
+    }
+
+    /// Flushes data and metadata to stable storage.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_all().at(&self.path, "cannot flush extent")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_layout_5_gib_embedded() {
+        let l = Layout::new(5 << 21, true);
+        assert_eq!(
+            (l.rgd_offset, l.gd_offset, l.overhead, l.file_len()),
+            (21, 663, 1408, 720_896)
+        );
+    }
+
+    #[test]
+    fn reference_layout_40_gib_embedded() {
+        let l = Layout::new(40 << 21, true);
+        assert_eq!((l.gd_offset, l.overhead), (5151, 10368));
+    }
+
+    #[test]
+    fn reference_layout_split_extent_without_descriptor() {
+        let l = Layout::new(8_323_072, false);
+        assert_eq!(
+            (l.rgd_offset, l.gd_offset, l.overhead, l.file_len()),
+            (1, 510, 1024, 524_288)
+        );
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_damage() {
+        let h = Header::new(5 << 21, true);
+        let b = h.to_bytes();
+        assert_eq!(Header::parse(&b, h.overhead * SECTOR).unwrap(), h);
+        // Truncated file: the directories no longer fit.
+        assert!(
+            Header::parse(&b, 100 * SECTOR)
+                .unwrap_err()
+                .contains("truncated")
+        );
+        let mut bad = b;
+        bad[73] = b'\r';
+        assert!(Header::parse(&bad, h.overhead * SECTOR).is_err());
+        let mut bad = b;
+        bad[20] = 3; // grain size 3
+        assert!(Header::parse(&bad, h.overhead * SECTOR).is_err());
+        let mut bad = b;
+        bad[10] = 1; // compressed flag (bit 16)
+        assert!(
+            Header::parse(&bad, h.overhead * SECTOR)
+                .unwrap_err()
+                .contains("streamOptimized")
+        );
+    }
+}

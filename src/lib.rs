@@ -4,8 +4,16 @@
 //! operations turn items into bases and leaves, using the [`formats`] core and recording
 //! [`lineage`]. [`platform`] holds everything that differs between macOS and Linux.
 
+pub mod cli;
+pub mod config;
 pub mod error;
+pub mod fault;
 pub mod formats;
+pub mod fsutil;
+pub mod library;
+pub mod lineage;
+pub mod logging;
+pub mod platform;
 pub mod sample;
 
 pub use error::{Error, Result};

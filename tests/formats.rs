@@ -183,7 +183,7 @@ fn make_chain(base: &Path, leaf: &Path) -> (PathBuf, PathBuf) {
     let name = base.file_name().unwrap().to_str().unwrap();
     let copy = parent_copy(&b, leaf, PathStyle::Relative).unwrap();
     let copy_path = leaf.join(name);
-    disk::write_new_file(&copy_path, copy.to_string().as_bytes()).unwrap();
+    leafd::fsutil::write_new(&copy_path, copy.to_string().as_bytes()).unwrap();
     let delta = leaf.join(delta_name(name));
     create_delta(&delta, name, &copy, b.disk_type).unwrap();
     (copy_path, delta)
@@ -277,12 +277,7 @@ fn leafd_writes_into_a_delta_are_read_by_qemu() {
 }
 
 fn extents_of(path: &Path) -> Vec<PathBuf> {
-    let d = Disk::open_alone(path).unwrap();
-    let mut files = d.files();
-    if !d.embedded {
-        files.remove(0); // the text descriptor itself
-    }
-    files
+    Disk::open_alone(path).unwrap().extent_files()
 }
 
 #[test]

@@ -255,20 +255,31 @@ impl Disk {
         self.parent.as_deref()
     }
 
-    /// The files of this disk alone: the descriptor (when separate) and every extent file.
+    /// The files of this disk alone: the descriptor (when separate), then its extent files.
     pub fn files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        if !self.embedded {
-            files.push(self.path.clone());
-        }
-        for e in &self.extents {
-            match &e.data {
-                Data::Sparse(s) => files.push(s.path().to_path_buf()),
-                Data::Flat { path, .. } => files.push(path.clone()),
-                Data::Zero => {}
-            }
-        }
+        let mut files = if self.embedded { Vec::new() } else { vec![self.path.clone()] };
+        files.extend(self.extent_files());
         files
+    }
+
+    /// This disk's extent files, in order (`ZERO` extents have none).
+    pub fn extent_files(&self) -> Vec<PathBuf> {
+        self.extent_layout().into_iter().filter_map(|(_, f)| f).collect()
+    }
+
+    /// Every extent in order: its sectors and its file (`None` for `ZERO`).
+    pub fn extent_layout(&self) -> Vec<(u64, Option<PathBuf>)> {
+        self.extents
+            .iter()
+            .map(|e| {
+                let file = match &e.data {
+                    Data::Sparse(s) => Some(s.path().to_path_buf()),
+                    Data::Flat { path, .. } => Some(path.clone()),
+                    Data::Zero => None,
+                };
+                (e.sectors, file)
+            })
+            .collect()
     }
 
     /// Sizes of this disk's extents in sectors, in order.
@@ -570,7 +581,7 @@ pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
             sparse::create_empty(spec.path, spec.extents[0], Some(&descriptor.to_string()))?;
             written.push(spec.path.to_path_buf());
         } else {
-            write_new_file(spec.path, descriptor.to_string().as_bytes())?;
+            crate::fsutil::write_new(spec.path, descriptor.to_string().as_bytes())?;
             written.push(spec.path.to_path_buf());
             for (name, &sectors) in names.iter().zip(&spec.extents) {
                 let p = dir.join(name);
@@ -604,15 +615,4 @@ pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
             Err(e)
         }
     }
-}
-
-/// Creates `path` (which must not exist) with `bytes`, flushed.
-pub fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .at(path, "cannot create file")?;
-    f.write_all_at(bytes, 0).at(path, "cannot write file")?;
-    f.sync_all().at(path, "cannot flush file")
 }

@@ -231,3 +231,101 @@ pub fn leafd(args: &[&str]) -> Output {
         .output()
         .expect("run leafd")
 }
+
+/// A library in a temporary folder, with its own HOME and log folder, and the real binary.
+pub struct Lib {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Lib {
+    pub fn new() -> Lib {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("library");
+        std::fs::create_dir_all(root.join("Make Base")).unwrap();
+        let root = root.canonicalize().unwrap();
+        Lib { tmp, root }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.tmp.path().join("home")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.tmp.path().join("state/leafd")
+    }
+
+    /// A `leafd` command with this library's root and a private HOME, config and log folder.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+        c.arg("--root").arg(&self.root).args(args);
+        c.env("HOME", self.home())
+            .env("XDG_STATE_HOME", self.tmp.path().join("state"))
+            .env("XDG_CONFIG_HOME", self.tmp.path().join("config"))
+            .env_remove("LEAFD_ROOT")
+            .env_remove("LEAFD_CONFIG")
+            .env_remove("LEAFD_FAULT")
+            .env_remove("LEAFD_VMRUN")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run leafd")
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "leafd {args:?} failed: {}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    pub fn make_base_dir(&self) -> PathBuf {
+        self.root.join("Make Base")
+    }
+
+    pub fn base_dir(&self, name: &str) -> PathBuf {
+        self.root.join("Bases").join(name)
+    }
+
+    pub fn leaf_dir(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.vmwarevm"))
+    }
+
+    /// Builds a sample VM in `Make Base/` and makes it a base through the binary.
+    pub fn base_from(&self, vm: &leafd::sample::SampleVm) -> PathBuf {
+        let bundle = vm.build(&self.make_base_dir()).unwrap();
+        self.ok(&["make-base", bundle.to_str().unwrap()]);
+        self.base_dir(&vm.name)
+    }
+}
+
+/// A lineage record from an xattr, as JSON (`user.org.leafd.<name>` here).
+pub fn record(path: &Path, name: &str) -> serde_json::Value {
+    let raw = xattr::get(path, format!("user.org.leafd.{name}")).unwrap().unwrap_or_else(|| panic!("no {name} record on {}", path.display()));
+    serde_json::from_slice(&raw).unwrap()
+}
+
+/// Everything about a tree that must not change when leafd refuses to touch it: every path,
+/// its type, mode and size, each file's checksum, and every extended attribute.
+pub fn fingerprint_tree(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut paths = vec![dir.to_path_buf()];
+    if dir.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        paths.extend(walk(dir));
+    }
+    for p in paths {
+        let Ok(m) = p.symlink_metadata() else {
+            out.push(format!("{} missing", p.display()));
+            continue;
+        };
+        let sum = if m.is_file() { blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string() } else { String::new() };
+        let mut attrs: Vec<String> = xattr::list(&p).map(|l| l.map(|n| n.to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        attrs.sort();
+        let attrs: Vec<String> = attrs.into_iter().map(|a| format!("{a}={:?}", xattr::get(&p, &a).ok().flatten())).collect();
+        out.push(format!("{} {:o} {} {} {}", p.display(), m.mode(), m.len(), sum, attrs.join(",")));
+    }
+    out
+}

@@ -1,0 +1,147 @@
+//! The command line (SPEC §6). Exit 0 on success, 1 when an operation is refused or fails (the
+//! reason on stderr), 2 on bad usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::formats::clone::PathStyle;
+use crate::library::{journal, make_base, new_leaf, status, Library, Options, SnapshotBackend};
+use crate::{logging, platform};
+
+#[derive(Parser)]
+#[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
+pub struct Cli {
+    /// The library folder (default: LEAFD_ROOT, then config.toml, then the platform's VM folder)
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a powered-off VM bundle into a write-protected base, as a drop would
+    MakeBase {
+        /// The VM: a .vmwarevm bundle or a folder holding one .vmx
+        bundle: PathBuf,
+        /// Name of the base (default: the bundle's name)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Make a leaf (a linked clone) of a base, as creating "New Leaf/BASE/NAME" would
+    NewLeaf {
+        base: String,
+        name: String,
+        /// Who takes the snapshot (default: config, else auto)
+        #[arg(long, value_enum)]
+        snapshot: Option<SnapshotBackend>,
+    },
+    /// Bases, their leaves, space used and saved, pending and failed drops
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish or undo operations a crash interrupted (every command that changes the library,
+    /// and the agent at start, does this first)
+    Recover,
+    /// Recent results from the log
+    Log {
+        /// Keep printing new lines
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+}
+
+/// Options for the operations from the configuration (and flags).
+fn options(config: &Config, snapshot: Option<SnapshotBackend>) -> Options {
+    Options {
+        path_style: config.path_style.unwrap_or(PathStyle::Relative),
+        snapshot: snapshot.or(config.snapshot_backend).unwrap_or(SnapshotBackend::Auto),
+        vmrun: std::env::var_os("LEAFD_VMRUN").map(PathBuf::from).or_else(|| config.vmrun.clone()),
+        ..Options::default()
+    }
+}
+
+/// Opens the library for a command that changes it, first finishing whatever a crash left.
+fn open_for_change(root: &Path, opts: &Options) -> Result<Library> {
+    let lib = Library::open(root)?;
+    for r in journal::recover(&lib, opts)? {
+        tracing::info!("{}", r.message);
+        eprintln!("leafd: {}", r.message);
+    }
+    Ok(lib)
+}
+
+/// Starts the log; a log that cannot be opened is reported, and the work goes on without it.
+fn start_log(echo: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    logging::init(&platform::log_dir(), echo).inspect_err(|e| eprintln!("leafd: warning: {e}")).ok()
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = Config::load()?;
+    let root = config.root(cli.root.as_deref());
+    match cli.command {
+        Command::MakeBase { bundle, name } => {
+            let _log = start_log(false);
+            let opts = options(&config, None);
+            let lib = open_for_change(&root, &opts)?;
+            let made = make_base::make_base(&lib, &bundle, name.as_deref(), &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
+            tracing::info!("{made}");
+            println!("{made}");
+            for w in &made.warnings {
+                tracing::warn!("{w}");
+                eprintln!("leafd: warning: {w}");
+            }
+        }
+        Command::NewLeaf { base, name, snapshot } => {
+            let _log = start_log(false);
+            let opts = options(&config, snapshot);
+            let lib = open_for_change(&root, &opts)?;
+            let made = new_leaf::new_leaf(&lib, &base, &name, None, &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
+            tracing::info!("{made}");
+            println!("{made}");
+            for w in &made.warnings {
+                tracing::warn!("{w}");
+                eprintln!("leafd: warning: {w}");
+            }
+        }
+        Command::Status { json } => {
+            let lib = Library::open_existing(&root)?;
+            let s = status::status(&lib)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+            } else {
+                print!("{}", status::render(&s));
+            }
+        }
+        Command::Recover => {
+            let _log = start_log(false);
+            let opts = options(&config, None);
+            let lib = open_for_change(&root, &opts)?;
+            println!("{} interrupted operation(s) left", journal::pending(&lib));
+        }
+        Command::Log { follow, lines } => {
+            logging::show(&platform::log_dir(), lines, follow, &mut std::io::stdout())?;
+        }
+    }
+    Ok(())
+}
+
+/// Parses the command line, runs it, and maps the result to the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leafd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

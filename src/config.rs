@@ -1,0 +1,70 @@
+//! `config.toml`: the settings a person may change. Command-line flags and `LEAFD_ROOT` override it.
+//!
+//! ```toml
+//! root = "~/Virtual Machines.localized"
+//! settle_seconds = 3
+//! snapshot_backend = "auto"     # auto | native | vmrun
+//! path_style = "relative"       # relative | absolute
+//! notifications = true
+//! vmrun = "/Applications/VMware Fusion.app/Contents/Library/vmrun"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::formats::clone::PathStyle;
+use crate::library::SnapshotBackend;
+use crate::platform;
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub root: Option<PathBuf>,
+    pub settle_seconds: Option<f64>,
+    pub snapshot_backend: Option<SnapshotBackend>,
+    pub path_style: Option<PathStyle>,
+    pub notifications: Option<bool>,
+    pub vmrun: Option<PathBuf>,
+}
+
+/// `LEAFD_CONFIG`, else the platform's configuration folder.
+pub fn path() -> PathBuf {
+    std::env::var_os("LEAFD_CONFIG").map(PathBuf::from).unwrap_or_else(|| platform::config_dir().join("config.toml"))
+}
+
+fn expand_home(p: PathBuf) -> PathBuf {
+    match p.strip_prefix("~") {
+        Ok(rest) => platform::home().join(rest),
+        Err(_) => p,
+    }
+}
+
+impl Config {
+    /// Reads the configuration; a missing file means defaults, a malformed one is an error.
+    pub fn load() -> Result<Config> {
+        Self::load_from(&path())
+    }
+
+    pub fn load_from(path: &Path) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(Error::io(path, "cannot read the configuration", e)),
+        };
+        let mut c: Config = toml::from_str(&text)
+            .map_err(|e| Error::format(path, format!("configuration is not valid: {}", e.message())).fix("see README.md, Configuration"))?;
+        c.root = c.root.map(expand_home);
+        c.vmrun = c.vmrun.map(expand_home);
+        Ok(c)
+    }
+
+    /// The library root: `--root`, then `LEAFD_ROOT`, then the file, then the platform default.
+    pub fn root(&self, flag: Option<&Path>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("LEAFD_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| self.root.clone())
+            .unwrap_or_else(platform::default_root)
+    }
+}

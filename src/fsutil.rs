@@ -1,0 +1,268 @@
+//! File work shared by the operations: walking a bundle, copying and comparing across volumes,
+//! content fingerprints, allocated sizes, and writing small files atomically.
+//!
+//! Large files are handled in 1 MiB chunks so that a shutdown can interrupt them, and holes are
+//! skipped so that sparse disks stay sparse and fast.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::platform;
+
+const CHUNK: u64 = 1 << 20;
+
+/// Set when the agent is asked to stop; long loops check it between chunks.
+pub type Cancel = AtomicBool;
+
+fn check(cancel: &Cancel, path: &Path) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(Error::new(Kind::Cancelled, path.to_path_buf(), "stopped before finishing (leafd is shutting down)"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Every entry under `dir` (not following symlinks), parents before children, sorted.
+pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<PathBuf> =
+            fs::read_dir(&d).at(&d, "cannot list folder")?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().at(&d, "cannot list folder")?;
+        entries.sort();
+        for p in entries.into_iter().rev() {
+            if p.symlink_metadata().at(&p, "cannot stat")?.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Ranges `[start, end)` of `file` that hold data; holes read as zeros and are left out. Where
+/// the file system cannot tell, the whole file is data.
+fn data_ranges(file: &File, len: u64) -> Vec<(u64, u64)> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        // SAFETY: lseek on a valid descriptor has no memory effects.
+        let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if start < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return vec![(0, len)];
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let end = if end < 0 { len } else { (end as u64).min(len) };
+        if end <= start as u64 {
+            break;
+        }
+        out.push((start as u64, end));
+        pos = end;
+    }
+    out
+}
+
+/// The 1 MiB chunks of a file that overlap its data, in order.
+fn data_chunks(file: &File, len: u64) -> Vec<u64> {
+    let mut chunks = Vec::new();
+    for (start, end) in data_ranges(file, len) {
+        let mut c = start / CHUNK;
+        while c * CHUNK < end {
+            if chunks.last() != Some(&c) {
+                chunks.push(c);
+            }
+            c += 1;
+        }
+    }
+    chunks
+}
+
+/// Content fingerprint of a disk's extent files: BLAKE3 over every 1 MiB chunk in order, where an
+/// all-zero chunk counts as one marker byte. It depends only on the bytes, not on how sparse the
+/// files are, so a copy that filled the holes has the same fingerprint; and it skips holes
+/// without reading them.
+pub fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
+    let mut outer = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK as usize];
+    for path in files {
+        let file = File::open(path).at(path, "cannot open for fingerprint")?;
+        let len = file.metadata().at(path, "cannot stat")?.len();
+        outer.update(&len.to_le_bytes());
+        let data = data_chunks(&file, len);
+        let mut next_data = data.iter().peekable();
+        for c in 0..len.div_ceil(CHUNK) {
+            if next_data.peek() != Some(&&c) {
+                outer.update(&[0]);
+                continue;
+            }
+            next_data.next();
+            check(cancel, path)?;
+            let n = (len - c * CHUNK).min(CHUNK) as usize;
+            file.read_exact_at(&mut buf[..n], c * CHUNK).at(path, "cannot read for fingerprint")?;
+            if buf[..n].iter().all(|&b| b == 0) {
+                outer.update(&[0]);
+            } else {
+                outer.update(&[1]);
+                outer.update(&buf[..n]);
+            }
+        }
+    }
+    Ok(format!("blake3z:{}", outer.finalize().to_hex()))
+}
+
+/// Bytes a file actually occupies on disk.
+pub fn allocated(path: &Path) -> u64 {
+    fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Copies one regular file, keeping holes, permissions, times and extended attributes, and
+/// flushes it. `dst` must not exist.
+pub fn copy_file(src: &Path, dst: &Path, cancel: &Cancel) -> Result<()> {
+    let from = File::open(src).at(src, "cannot open for copying")?;
+    let meta = from.metadata().at(src, "cannot stat")?;
+    let to = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).at(dst, "cannot create copy")?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    for c in data_chunks(&from, meta.len()) {
+        check(cancel, src)?;
+        let n = (meta.len() - c * CHUNK).min(CHUNK) as usize;
+        from.read_exact_at(&mut buf[..n], c * CHUNK).at(src, "cannot read")?;
+        if !buf[..n].iter().all(|&b| b == 0) {
+            to.write_all_at(&buf[..n], c * CHUNK).at(dst, "cannot write copy")?;
+        }
+    }
+    to.set_len(meta.len()).at(dst, "cannot size copy")?;
+    if let Ok(names) = xattr::list(src) {
+        for name in names {
+            if let Ok(Some(v)) = xattr::get(src, &name) {
+                // Best effort: a destination without xattrs still gets the bytes.
+                let _ = xattr::set(dst, &name, &v);
+            }
+        }
+    }
+    to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777)).at(dst, "cannot set permissions")?;
+    if let Ok(mtime) = meta.modified() {
+        let _ = to.set_modified(mtime);
+    }
+    platform::full_sync(&to).at(dst, "cannot flush copy")
+}
+
+/// True when both files hold the same bytes, read back from the disk where the platform allows.
+pub fn same_content(a: &Path, b: &Path, cancel: &Cancel) -> Result<bool> {
+    let fa = File::open(a).at(a, "cannot open for comparing")?;
+    let fb = File::open(b).at(b, "cannot open for comparing")?;
+    let len = fa.metadata().at(a, "cannot stat")?.len();
+    if fb.metadata().at(b, "cannot stat")?.len() != len {
+        return Ok(false);
+    }
+    platform::drop_cache(&fb);
+    let (mut ba, mut bb) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
+    let mut pos = 0;
+    while pos < len {
+        check(cancel, a)?;
+        let n = (len - pos).min(CHUNK) as usize;
+        fa.read_exact_at(&mut ba[..n], pos).at(a, "cannot read")?;
+        fb.read_exact_at(&mut bb[..n], pos).at(b, "cannot read")?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}
+
+/// Writes a small file atomically: a temporary beside it, flushed, renamed over `path`, and the
+/// folder flushed. A crash leaves the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
+    let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).at(&tmp, "cannot create")?;
+    f.write_all_at(bytes, 0).at(&tmp, "cannot write")?;
+    platform::full_sync(&f).at(&tmp, "cannot flush")?;
+    fs::rename(&tmp, path).at(path, "cannot replace")?;
+    platform::sync_dir(dir).at(dir, "cannot flush folder")
+}
+
+/// Creates `path`, which must not exist, with `bytes`, flushed.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let f = OpenOptions::new().write(true).create_new(true).open(path).at(path, "cannot create file")?;
+    f.write_all_at(bytes, 0).at(path, "cannot write file")?;
+    platform::full_sync(&f).at(path, "cannot flush file")
+}
+
+/// Removes a folder tree we made (staging), first clearing any write protection we set on it.
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    if dir.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    for p in walk(dir)? {
+        let _ = platform::set_locked(&p, false);
+    }
+    fs::remove_dir_all(dir).at(dir, "cannot remove")
+}
+
+/// Renames `from` to `to` without ever replacing an existing `to`, and flushes both folders.
+pub fn rename_new(from: &Path, to: &Path) -> Result<()> {
+    platform::rename_noreplace(from, to).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::refused(to, "already exists").fix("choose another name, or move the existing item away")
+        } else {
+            Error::io(from, &format!("cannot move to {}", to.display()), e)
+        }
+    })?;
+    for dir in [from.parent(), to.parent()].into_iter().flatten() {
+        platform::sync_dir(dir).at(dir, "cannot flush folder")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_sparseness_and_sees_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = dir.path().join("sparse");
+        let dense = dir.path().join("dense");
+        let f = File::create(&sparse).unwrap();
+        f.set_len(5 * CHUNK + 100).unwrap();
+        f.write_all_at(b"hello", 3 * CHUNK + 7).unwrap();
+        let mut bytes = vec![0u8; (5 * CHUNK + 100) as usize];
+        bytes[(3 * CHUNK + 7) as usize..(3 * CHUNK + 12) as usize].copy_from_slice(b"hello");
+        fs::write(&dense, &bytes).unwrap();
+        let no = Cancel::new(false);
+        let a = fingerprint(std::slice::from_ref(&sparse), &no).unwrap();
+        assert_eq!(a, fingerprint(std::slice::from_ref(&dense), &no).unwrap());
+        bytes[10] = 1;
+        fs::write(&dense, &bytes).unwrap();
+        assert_ne!(a, fingerprint(&[dense], &no).unwrap());
+        assert!(allocated(&sparse) < CHUNK, "sparse file was written densely");
+    }
+
+    #[test]
+    fn copy_keeps_holes_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let f = File::create(&src).unwrap();
+        f.set_len(8 * CHUNK).unwrap();
+        f.write_all_at(&[7u8; 3000], 2 * CHUNK - 1000).unwrap();
+        let dst = dir.path().join("dst");
+        let no = Cancel::new(false);
+        copy_file(&src, &dst, &no).unwrap();
+        assert!(same_content(&src, &dst, &no).unwrap());
+        assert!(allocated(&dst) <= 2 * CHUNK + 8192);
+        assert!(matches!(copy_file(&src, &dst, &no), Err(e) if e.kind == Kind::Io));
+        let stop = Cancel::new(true);
+        assert_eq!(copy_file(&src, &dir.path().join("x"), &stop).unwrap_err().kind, Kind::Cancelled);
+    }
+}

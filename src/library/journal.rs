@@ -1,0 +1,117 @@
+//! The operation journal: how an operation killed at any instant is finished or undone.
+//!
+//! Before an operation changes anything it writes its plan to `.leafd/journal/<id>.json` and
+//! holds an exclusive lock on that file for as long as it runs. The plan says where everything
+//! comes from and goes to; the file system says how far the operation got. Recovery looks only at
+//! plans whose lock is free (their process is gone) and, from the state it finds, either rolls
+//! the operation forward (once its result was published by an atomic rename) or back (before
+//! that). Both directions are idempotent, so a crash during recovery is recovered the same way.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{make_base, new_leaf, Library, Options};
+use crate::error::{Error, IoContext, Result};
+use crate::platform;
+
+/// One operation's plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Plan {
+    MakeBase(make_base::Plan),
+    NewLeaf(new_leaf::Plan),
+}
+
+/// A plan on disk, locked by the running operation.
+pub struct Journal {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Journal {
+    /// Records `plan` durably, locked before it becomes visible, so recovery in another process
+    /// never mistakes a starting operation for an abandoned one.
+    pub fn begin(lib: &Library, id: &str, plan: &Plan) -> Result<Journal> {
+        let dir = lib.journal_dir();
+        let path = dir.join(format!("{id}.json"));
+        let tmp = dir.join(format!("{id}.json.tmp"));
+        // Held while the plan is unlocked on disk (between create and lock), so recovery never
+        // claims a plan that is being written.
+        let _scan = lib.lock("journal")?;
+        let f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp, "cannot create journal")?;
+        f.lock().at(&tmp, "cannot lock journal")?;
+        let json = serde_json::to_vec_pretty(plan).expect("plans serialize");
+        f.write_all_at(&json, 0).at(&tmp, "cannot write journal")?;
+        platform::full_sync(&f).at(&tmp, "cannot flush journal")?;
+        fs::rename(&tmp, &path).at(&path, "cannot publish journal")?;
+        platform::sync_dir(&dir).at(&dir, "cannot flush journal folder")?;
+        Ok(Journal { path, _lock: f })
+    }
+
+    /// The operation is complete (or fully undone): forget it.
+    pub fn finish(self) -> Result<()> {
+        remove(&self.path)
+    }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    fs::remove_file(path).at(path, "cannot remove journal")?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    platform::sync_dir(dir).at(dir, "cannot flush journal folder")
+}
+
+/// What recovery did with one interrupted operation.
+#[derive(Debug)]
+pub struct Recovered {
+    pub id: String,
+    pub message: String,
+}
+
+/// Finishes or undoes every operation whose process is gone. Operations still running in
+/// another process are left alone.
+pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
+    let dir = lib.journal_dir();
+    let mut claimed = Vec::new();
+    {
+        let _scan = lib.lock("journal")?;
+        let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
+        let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let Ok(file) = File::open(&path) else { continue };
+            if file.try_lock().is_err() {
+                continue; // its operation is running
+            }
+            if path.to_string_lossy().ends_with(".json.tmp") {
+                // Killed before its plan was published: it had changed nothing yet.
+                remove(&path)?;
+                continue;
+            }
+            claimed.push((path, file));
+        }
+    }
+    let mut out = Vec::new();
+    for (path, file) in claimed {
+        let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).map(str::to_string) else { continue };
+        let bytes = fs::read(&path).at(&path, "cannot read journal")?;
+        let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::format(&path, format!("journal is damaged: {e}")).fix("look at the paths it names, put things right by hand, then delete it")
+        })?;
+        let message = match &plan {
+            Plan::MakeBase(p) => make_base::recover(lib, p, opts)?,
+            Plan::NewLeaf(p) => new_leaf::recover(lib, p)?,
+        };
+        remove(&path)?;
+        drop(file);
+        out.push(Recovered { id, message });
+    }
+    Ok(out)
+}
+
+/// True when some operation's journal is waiting for recovery or running.
+pub fn pending(lib: &Library) -> usize {
+    fs::read_dir(lib.journal_dir()).map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count()).unwrap_or(0)
+}

@@ -1,0 +1,100 @@
+//! Everything that differs between macOS and Linux, behind one interface: extended-attribute
+//! names, the Finder's Locked flag and tags, atomic no-replace renames, durable flushes, the
+//! copy-in-progress marker, notifications and the standard folders. The rest of leafd is shared.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(target_os = "macos")]
+use macos as os;
+
+#[cfg(not(target_os = "macos"))]
+mod linux;
+#[cfg(not(target_os = "macos"))]
+use linux as os;
+
+pub use os::{vmrun_candidates, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, notify_user, rename_noreplace, set_locked};
+
+/// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
+pub fn xattr_name(name: &str) -> String {
+    format!("{}org.leafd.{name}", os::XATTR_PREFIX)
+}
+
+/// A Finder tag and its colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    Base,
+    LinkedClone,
+    Failed,
+}
+
+impl Tag {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tag::Base => "Base",
+            Tag::LinkedClone => "Linked Clone",
+            // Finder's own red tag, so the colour shows even without a custom tag list.
+            Tag::Failed => "Red",
+        }
+    }
+}
+
+/// Adds or removes a tag, keeping the user's other tags.
+pub fn set_tag(path: &Path, tag: Tag, on: bool) -> io::Result<()> {
+    let mut tags = os::read_tags(path)?;
+    let had = tags.iter().any(|t| t == tag.name());
+    if had == on {
+        return Ok(());
+    }
+    if on {
+        tags.push(tag.name().to_string());
+    } else {
+        tags.retain(|t| t != tag.name());
+    }
+    os::write_tags(path, &tags)
+}
+
+/// The tag names on `path` (empty when none).
+pub fn tags(path: &Path) -> io::Result<Vec<String>> {
+    os::read_tags(path)
+}
+
+/// Flushes a file (or folder) to stable storage, as far as the platform allows.
+pub fn full_sync(file: &File) -> io::Result<()> {
+    os::full_sync(file)
+}
+
+/// Flushes a folder's entries (after creating, renaming or removing in it).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    full_sync(&File::open(dir)?)
+}
+
+/// Removes an extended attribute; one that is absent (or a file that is gone) is not an error.
+pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
+    match xattr::remove(path, name) {
+        Err(e) if e.raw_os_error() == Some(os::NO_ATTR) || e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// The library folder used when nothing else is configured.
+pub fn default_root() -> PathBuf {
+    os::default_root(&home())
+}
+
+/// Where the daily logs go.
+pub fn log_dir() -> PathBuf {
+    os::log_dir(&home())
+}
+
+/// Where `config.toml` lives.
+pub fn config_dir() -> PathBuf {
+    os::config_dir(&home())
+}
+
+pub fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).filter(|p| p.is_absolute()).or_else(dirs::home_dir).unwrap_or_else(|| PathBuf::from("/"))
+}

@@ -31,7 +31,9 @@ pub struct Config {
 
 /// `LEAFD_CONFIG`, else the platform's configuration folder.
 pub fn path() -> PathBuf {
-    std::env::var_os("LEAFD_CONFIG").map(PathBuf::from).unwrap_or_else(|| platform::config_dir().join("config.toml"))
+    std::env::var_os("LEAFD_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| platform::config_dir().join("config.toml"))
 }
 
 fn expand_home(p: PathBuf) -> PathBuf {
@@ -53,8 +55,10 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(e) => return Err(Error::io(path, "cannot read the configuration", e)),
         };
-        let mut c: Config = toml::from_str(&text)
-            .map_err(|e| Error::format(path, format!("configuration is not valid: {}", e.message())).fix("see README.md, Configuration"))?;
+        let mut c: Config = toml::from_str(&text).map_err(|e| {
+            Error::format(path, format!("configuration is not valid: {}", e.message()))
+                .fix("see README.md, Configuration")
+        })?;
         c.root = c.root.map(expand_home);
         c.vmrun = c.vmrun.map(expand_home);
         Ok(c)
@@ -63,7 +67,11 @@ impl Config {
     /// The library root: `--root`, then `LEAFD_ROOT`, then the file, then the platform default.
     pub fn root(&self, flag: Option<&Path>) -> PathBuf {
         flag.map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("LEAFD_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os("LEAFD_ROOT")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
             .or_else(|| self.root.clone())
             .unwrap_or_else(platform::default_root)
     }

@@ -20,7 +20,11 @@ pub type Cancel = AtomicBool;
 
 fn check(cancel: &Cancel, path: &Path) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
-        Err(Error::new(Kind::Cancelled, path.to_path_buf(), "stopped before finishing (leafd is shutting down)"))
+        Err(Error::new(
+            Kind::Cancelled,
+            path.to_path_buf(),
+            "stopped before finishing (leafd is shutting down)",
+        ))
     } else {
         Ok(())
     }
@@ -31,8 +35,11 @@ pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let mut entries: Vec<PathBuf> =
-            fs::read_dir(&d).at(&d, "cannot list folder")?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().at(&d, "cannot list folder")?;
+        let mut entries: Vec<PathBuf> = fs::read_dir(&d)
+            .at(&d, "cannot list folder")?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .at(&d, "cannot list folder")?;
         entries.sort();
         for p in entries.into_iter().rev() {
             if p.symlink_metadata().at(&p, "cannot stat")?.is_dir() {
@@ -108,7 +115,8 @@ pub fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
             next_data.next();
             check(cancel, path)?;
             let n = (len - c * CHUNK).min(CHUNK) as usize;
-            file.read_exact_at(&mut buf[..n], c * CHUNK).at(path, "cannot read for fingerprint")?;
+            file.read_exact_at(&mut buf[..n], c * CHUNK)
+                .at(path, "cannot read for fingerprint")?;
             if buf[..n].iter().all(|&b| b == 0) {
                 outer.update(&[0]);
             } else {
@@ -122,7 +130,9 @@ pub fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
 
 /// Bytes a file actually occupies on disk.
 pub fn allocated(path: &Path) -> u64 {
-    fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    fs::symlink_metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 /// Copies one regular file, keeping holes, permissions, times and extended attributes, and
@@ -130,14 +140,21 @@ pub fn allocated(path: &Path) -> u64 {
 pub fn copy_file(src: &Path, dst: &Path, cancel: &Cancel) -> Result<()> {
     let from = File::open(src).at(src, "cannot open for copying")?;
     let meta = from.metadata().at(src, "cannot stat")?;
-    let to = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).at(dst, "cannot create copy")?;
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)
+        .at(dst, "cannot create copy")?;
     let mut buf = vec![0u8; CHUNK as usize];
     for c in data_chunks(&from, meta.len()) {
         check(cancel, src)?;
         let n = (meta.len() - c * CHUNK).min(CHUNK) as usize;
-        from.read_exact_at(&mut buf[..n], c * CHUNK).at(src, "cannot read")?;
+        from.read_exact_at(&mut buf[..n], c * CHUNK)
+            .at(src, "cannot read")?;
         if !buf[..n].iter().all(|&b| b == 0) {
-            to.write_all_at(&buf[..n], c * CHUNK).at(dst, "cannot write copy")?;
+            to.write_all_at(&buf[..n], c * CHUNK)
+                .at(dst, "cannot write copy")?;
         }
     }
     to.set_len(meta.len()).at(dst, "cannot size copy")?;
@@ -149,7 +166,8 @@ pub fn copy_file(src: &Path, dst: &Path, cancel: &Cancel) -> Result<()> {
             }
         }
     }
-    to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777)).at(dst, "cannot set permissions")?;
+    to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .at(dst, "cannot set permissions")?;
     if let Ok(mtime) = meta.modified() {
         let _ = to.set_modified(mtime);
     }
@@ -184,8 +202,17 @@ pub fn same_content(a: &Path, b: &Path, cancel: &Cancel) -> Result<bool> {
 /// folder flushed. A crash leaves the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
-    let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).at(&tmp, "cannot create")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .at(&tmp, "cannot create")?;
     f.write_all_at(bytes, 0).at(&tmp, "cannot write")?;
     platform::full_sync(&f).at(&tmp, "cannot flush")?;
     fs::rename(&tmp, path).at(path, "cannot replace")?;
@@ -194,7 +221,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Creates `path`, which must not exist, with `bytes`, flushed.
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let f = OpenOptions::new().write(true).create_new(true).open(path).at(path, "cannot create file")?;
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .at(path, "cannot create file")?;
     f.write_all_at(bytes, 0).at(path, "cannot write file")?;
     platform::full_sync(&f).at(path, "cannot flush file")
 }
@@ -214,7 +245,8 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
 pub fn rename_new(from: &Path, to: &Path) -> Result<()> {
     platform::rename_noreplace(from, to).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::refused(to, "already exists").fix("choose another name, or move the existing item away")
+            Error::refused(to, "already exists")
+                .fix("choose another name, or move the existing item away")
         } else {
             Error::io(from, &format!("cannot move to {}", to.display()), e)
         }
@@ -246,7 +278,10 @@ mod tests {
         bytes[10] = 1;
         fs::write(&dense, &bytes).unwrap();
         assert_ne!(a, fingerprint(&[dense], &no).unwrap());
-        assert!(allocated(&sparse) < CHUNK, "sparse file was written densely");
+        assert!(
+            allocated(&sparse) < CHUNK,
+            "sparse file was written densely"
+        );
     }
 
     #[test]
@@ -263,6 +298,11 @@ mod tests {
         assert!(allocated(&dst) <= 2 * CHUNK + 8192);
         assert!(matches!(copy_file(&src, &dst, &no), Err(e) if e.kind == Kind::Io));
         let stop = Cancel::new(true);
-        assert_eq!(copy_file(&src, &dir.path().join("x"), &stop).unwrap_err().kind, Kind::Cancelled);
+        assert_eq!(
+            copy_file(&src, &dir.path().join("x"), &stop)
+                .unwrap_err()
+                .kind,
+            Kind::Cancelled
+        );
     }
 }

@@ -116,10 +116,16 @@ pub fn write<T: Serialize>(path: &Path, name: &str, record: &T) -> Result<()> {
 
 /// Reads record `name` from `path`: `None` when absent; an error when unreadable or not ours.
 pub fn read<T: DeserializeOwned>(path: &Path, name: &str) -> Result<Option<T>> {
-    let Some(raw) = xattr::get(path, xattr_name(name)).at(path, "cannot read lineage")? else { return Ok(None) };
-    serde_json::from_slice(&raw)
-        .map(Some)
-        .map_err(|e| Error::format(path, format!("lineage attribute {} is damaged: {e}", xattr_name(name))).fix("run `leafd verify` to rebuild it from the disk chain"))
+    let Some(raw) = xattr::get(path, xattr_name(name)).at(path, "cannot read lineage")? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&raw).map(Some).map_err(|e| {
+        Error::format(
+            path,
+            format!("lineage attribute {} is damaged: {e}", xattr_name(name)),
+        )
+        .fix("run `leafd verify` to rebuild it from the disk chain")
+    })
 }
 
 /// Removes record `name` from `path`; absent is fine.

@@ -14,11 +14,11 @@ use std::time::Duration;
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -35,7 +35,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         write!(w, "{} ", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"))?;
         let level = *event.metadata().level();
         if level != Level::INFO {
@@ -63,7 +68,10 @@ impl io::Write for Linked {
         if day != self.day {
             let tmp = self.dir.join(format!(".{CURRENT}.{}", std::process::id()));
             let _ = fs::remove_file(&tmp);
-            if std::os::unix::fs::symlink(format!("leafd.{day}.log"), &tmp).and_then(|()| fs::rename(&tmp, self.dir.join(CURRENT))).is_ok() {
+            if std::os::unix::fs::symlink(format!("leafd.{day}.log"), &tmp)
+                .and_then(|()| fs::rename(&tmp, self.dir.join(CURRENT)))
+                .is_ok()
+            {
                 self.day = day;
             }
         }
@@ -85,13 +93,37 @@ pub fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
         .filename_suffix("log")
         .max_log_files(KEEP_DAYS)
         .build(dir)
-        .map_err(|e| Error::new(crate::error::Kind::Io, dir.to_path_buf(), format!("cannot open the log: {e}")))?;
-    let linked = Linked { inner: appender, dir: dir.to_path_buf(), day: String::new() };
-    let (writer, guard) = NonBlockingBuilder::default().lossy(false).thread_name("leafd-log").finish(linked);
+        .map_err(|e| {
+            Error::new(
+                crate::error::Kind::Io,
+                dir.to_path_buf(),
+                format!("cannot open the log: {e}"),
+            )
+        })?;
+    let linked = Linked {
+        inner: appender,
+        dir: dir.to_path_buf(),
+        day: String::new(),
+    };
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("leafd-log")
+        .finish(linked);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let file_layer = tracing_subscriber::fmt::layer().event_format(LineFormat).with_writer(writer).with_ansi(false);
-    let echo_layer = echo.then(|| tracing_subscriber::fmt::layer().event_format(LineFormat).with_writer(io::stderr).with_ansi(false));
-    let subscriber = tracing_subscriber::registry().with(filter).with(file_layer).with(echo_layer);
+    let file_layer = tracing_subscriber::fmt::layer()
+        .event_format(LineFormat)
+        .with_writer(writer)
+        .with_ansi(false);
+    let echo_layer = echo.then(|| {
+        tracing_subscriber::fmt::layer()
+            .event_format(LineFormat)
+            .with_writer(io::stderr)
+            .with_ansi(false)
+    });
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(file_layer)
+        .with(echo_layer);
     // A second init (tests calling in-process) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(guard)
@@ -104,7 +136,10 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    n.starts_with("leafd.") && n.ends_with(".log") && n != CURRENT && !p.is_symlink()
+                    n.starts_with("leafd.")
+                        && n.ends_with(".log")
+                        && n != CURRENT
+                        && !p.is_symlink()
                 })
                 .collect()
         })
@@ -139,7 +174,10 @@ pub fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Resu
         return Ok(());
     }
     let mut current = log_files(dir).pop();
-    let mut pos = current.as_ref().and_then(|f| fs::metadata(f).ok()).map_or(0, |m| m.len());
+    let mut pos = current
+        .as_ref()
+        .and_then(|f| fs::metadata(f).ok())
+        .map_or(0, |m| m.len());
     loop {
         let newest = log_files(dir).pop();
         if newest != current {
@@ -150,7 +188,8 @@ pub fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Resu
             && let Ok(mut file) = fs::File::open(f)
             && file.metadata().map(|m| m.len()).unwrap_or(0) > pos
         {
-            file.seek(SeekFrom::Start(pos)).at(f, "cannot read the log")?;
+            file.seek(SeekFrom::Start(pos))
+                .at(f, "cannot read the log")?;
             let mut reader = io::BufReader::new(file.take(u64::MAX));
             let mut line = String::new();
             while reader.read_line(&mut line).at(f, "cannot read the log")? > 0 {

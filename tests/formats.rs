@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use leafd::formats::clone::{PathStyle, create_delta, delta_name, parent_copy};
 use leafd::formats::descriptor::Descriptor;
-use leafd::formats::disk::{self, Disk, DiskType};
+use leafd::formats::disk::{Disk, DiskType};
 use leafd::formats::sparse::{Layout, SECTOR};
 use leafd::sample::{Pattern, SampleDisk, SampleVm, standard_patterns};
 

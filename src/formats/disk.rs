@@ -105,7 +105,7 @@ pub fn resolve(dir: &Path, name: &str) -> PathBuf {
 }
 
 enum Data {
-    Sparse(SparseExtent),
+    Sparse(Box<SparseExtent>),
     Flat {
         file: File,
         path: PathBuf,
@@ -257,14 +257,21 @@ impl Disk {
 
     /// The files of this disk alone: the descriptor (when separate), then its extent files.
     pub fn files(&self) -> Vec<PathBuf> {
-        let mut files = if self.embedded { Vec::new() } else { vec![self.path.clone()] };
+        let mut files = if self.embedded {
+            Vec::new()
+        } else {
+            vec![self.path.clone()]
+        };
         files.extend(self.extent_files());
         files
     }
 
     /// This disk's extent files, in order (`ZERO` extents have none).
     pub fn extent_files(&self) -> Vec<PathBuf> {
-        self.extent_layout().into_iter().filter_map(|(_, f)| f).collect()
+        self.extent_layout()
+            .into_iter()
+            .filter_map(|(_, f)| f)
+            .collect()
     }
 
     /// Every extent in order: its sectors and its file (`None` for `ZERO`).
@@ -460,7 +467,7 @@ fn open_extent(dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Res
                     ),
                 ));
             }
-            Ok(Data::Sparse(s))
+            Ok(Data::Sparse(Box::new(s)))
         }
         ExtentKind::Flat => {
             let p = file_path();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{make_base, new_leaf, Library, Options};
+use super::{Library, Options, make_base, new_leaf};
 use crate::error::{Error, IoContext, Result};
 use crate::platform;
 
@@ -41,7 +41,11 @@ impl Journal {
         // Held while the plan is unlocked on disk (between create and lock), so recovery never
         // claims a plan that is being written.
         let _scan = lib.lock("journal")?;
-        let f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp, "cannot create journal")?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at(&tmp, "cannot create journal")?;
         f.lock().at(&tmp, "cannot lock journal")?;
         let json = serde_json::to_vec_pretty(plan).expect("plans serialize");
         f.write_all_at(&json, 0).at(&tmp, "cannot write journal")?;
@@ -77,11 +81,15 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
     let mut claimed = Vec::new();
     {
         let _scan = lib.lock("journal")?;
-        let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
         let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {
-            let Ok(file) = File::open(&path) else { continue };
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
             if file.try_lock().is_err() {
                 continue; // its operation is running
             }
@@ -95,10 +103,18 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
     }
     let mut out = Vec::new();
     for (path, file) in claimed {
-        let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).map(str::to_string) else { continue };
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .map(str::to_string)
+        else {
+            continue;
+        };
         let bytes = fs::read(&path).at(&path, "cannot read journal")?;
         let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::format(&path, format!("journal is damaged: {e}")).fix("look at the paths it names, put things right by hand, then delete it")
+            Error::format(&path, format!("journal is damaged: {e}"))
+                .fix("look at the paths it names, put things right by hand, then delete it")
         })?;
         let message = match &plan {
             Plan::MakeBase(p) => make_base::recover(lib, p, opts)?,
@@ -113,5 +129,11 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
 
 /// True when some operation's journal is waiting for recovery or running.
 pub fn pending(lib: &Library) -> usize {
-    fs::read_dir(lib.journal_dir()).map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count()).unwrap_or(0)
+    fs::read_dir(lib.journal_dir())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
 }

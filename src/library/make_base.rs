@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, Plan as JournalPlan};
-use super::{validate_name, Base, Library, Options, BASE_VMX_SUFFIX, BUNDLE_EXT, STAGING_PREFIX};
+use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Library, Options, STAGING_PREFIX, validate_name};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fault;
 use crate::formats::descriptor::NO_PARENT;
 use crate::formats::dict::Dict;
-use crate::formats::disk::{read_descriptor, resolve, Disk};
+use crate::formats::disk::{Disk, read_descriptor, resolve};
 use crate::formats::sparse::SECTOR;
 use crate::formats::vmx;
 use crate::fsutil;
@@ -94,7 +94,11 @@ impl std::fmt::Display for MadeBase {
             if self.disks == 1 { "" } else { "s" },
             human_bytes(self.capacity_bytes),
             human_duration(self.elapsed),
-            if self.copied { " (copied from another volume)" } else { "" }
+            if self.copied {
+                " (copied from another volume)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -115,7 +119,11 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub fn human_duration(d: Duration) -> String {
-    if d < Duration::from_secs(10) { format!("{} ms", d.as_millis()) } else { format!("{:.1} s", d.as_secs_f64()) }
+    if d < Duration::from_secs(10) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 /// A bundle that passed every check, with what Make Base needs to know about it.
@@ -147,34 +155,59 @@ fn running(path: &Path, what: &str) -> Error {
         .fix("shut the VM down in VMware and quit VMware; leafd retries by itself when the lock goes away")
 }
 
+/// Adds the advice for a VM whose files do not read as they should.
+fn damaged(e: Error) -> Error {
+    if e.fix.is_some() || !matches!(e.kind, Kind::Format | Kind::Io) {
+        return e;
+    }
+    e.fix("the VM's files look damaged or incomplete: if it is still being copied, let the copy finish; else repair it in VMware or restore it from a backup")
+}
+
 /// Checks everything that must hold before a bundle may become a base. Reads only.
 fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
-    let meta = fs::symlink_metadata(bundle).at(bundle, "cannot find the VM")?;
+    let meta = fs::symlink_metadata(bundle)
+        .at(bundle, "cannot find the VM")
+        .map_err(|e| e.fix("check the path of the VM bundle"))?;
     if meta.file_type().is_symlink() {
-        return Err(Error::refused(bundle, "is a symbolic link").fix("drop the VM bundle itself, not an alias to it"));
+        return Err(Error::refused(bundle, "is a symbolic link")
+            .fix("drop the VM bundle itself, not an alias to it"));
     }
     if !meta.is_dir() {
-        return Err(Error::refused(bundle, "is not a VM bundle")
-            .fix("Make Base takes a whole VM: a .vmwarevm bundle, or a folder holding exactly one .vmx"));
+        return Err(Error::refused(bundle, "is not a VM bundle").fix(
+            "Make Base takes a whole VM: a .vmwarevm bundle, or a folder holding exactly one .vmx",
+        ));
     }
     if bundle.starts_with(lib.bases_dir()) {
         return Err(Error::refused(bundle, "is already inside Bases"));
     }
     if let Ok(Some(leaf)) = lineage::read::<lineage::LeafRecord>(bundle, lineage::LEAF) {
-        return Err(Error::refused(bundle, format!("is a linked clone of base {:?}", leaf.base_name))
-            .fix("a leaf depends on its base; make a base from a standalone VM"));
+        return Err(Error::refused(
+            bundle,
+            format!("is a linked clone of base {:?}", leaf.base_name),
+        )
+        .fix("a leaf depends on its base; make a base from a standalone VM"));
     }
     let entries = fsutil::walk(bundle)?;
     let mut vmxs = Vec::new();
     for p in &entries {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let m = fs::symlink_metadata(p).at(p, "cannot stat")?;
         if m.file_type().is_symlink() {
             let target = fs::read_link(p).at(p, "cannot read link")?;
             let resolved = normalize(&p.parent().unwrap_or(bundle).join(&target));
             if target.is_absolute() || !resolved.starts_with(bundle) {
-                return Err(Error::refused(p, format!("is a symbolic link leading outside the bundle (to {})", target.display()))
-                    .fix("replace the link with the file it points to"));
+                return Err(Error::refused(
+                    p,
+                    format!(
+                        "is a symbolic link leading outside the bundle (to {})",
+                        target.display()
+                    ),
+                )
+                .fix("replace the link with the file it points to"));
             }
         }
         if name.ends_with(".lck") {
@@ -184,7 +217,8 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             return Err(running(p, "its memory file is present"));
         }
         if name.ends_with(".vmss") || name.ends_with(".vmem.vmss") {
-            return Err(Error::refused(p, "the VM is suspended").fix("resume it in VMware, shut it down, and drop it again"));
+            return Err(Error::refused(p, "the VM is suspended")
+                .fix("resume it in VMware, shut it down, and drop it again"));
         }
         if name.ends_with(".vmx") && p.parent() == Some(bundle) && m.is_file() {
             vmxs.push(p.clone());
@@ -192,20 +226,32 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     }
     let vmx_path = match vmxs.len() {
         1 => vmxs.remove(0),
-        0 => return Err(Error::refused(bundle, "holds no .vmx: it is not a VM").fix("drop a VMware VM bundle (.vmwarevm)")),
-        n => return Err(Error::refused(bundle, format!("holds {n} .vmx files")).fix("keep only the VM's own .vmx in the bundle")),
+        0 => {
+            return Err(Error::refused(bundle, "holds no .vmx: it is not a VM")
+                .fix("drop a VMware VM bundle (.vmwarevm)"));
+        }
+        n => {
+            return Err(Error::refused(bundle, format!("holds {n} .vmx files"))
+                .fix("keep only the VM's own .vmx in the bundle"));
+        }
     };
     let bytes = read_small(&vmx_path)?;
-    let dict = Dict::parse(&bytes).map_err(|m| Error::format(&vmx_path, m))?;
-    if dict.get("checkpoint.vmState").is_some_and(|v| !v.is_empty()) {
-        return Err(Error::refused(&vmx_path, "the VM is suspended").fix("resume it in VMware, shut it down, and drop it again"));
+    let dict = Dict::parse(&bytes).map_err(|m| damaged(Error::format(&vmx_path, m)))?;
+    if dict
+        .get("checkpoint.vmState")
+        .is_some_and(|v| !v.is_empty())
+    {
+        return Err(Error::refused(&vmx_path, "the VM is suspended")
+            .fix("resume it in VMware, shut it down, and drop it again"));
     }
     if dict.get("encryption.keySafe").is_some() || dict.get("encryption.data").is_some() {
-        return Err(Error::refused(&vmx_path, "the VM is encrypted").fix("remove the encryption in VMware's settings first"));
+        return Err(Error::refused(&vmx_path, "the VM is encrypted")
+            .fix("remove the encryption in VMware's settings first"));
     }
     let disk_entries = vmx::disks(&dict);
     if disk_entries.is_empty() {
-        return Err(Error::refused(&vmx_path, "the VM has no hard disk").fix("a base needs a disk to share"));
+        return Err(Error::refused(&vmx_path, "the VM has no hard disk")
+            .fix("a base needs a disk to share"));
     }
     let mut disks = Vec::new();
     let mut disk_files = Vec::new();
@@ -213,24 +259,36 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     for entry in &disk_entries {
         let path = normalize(&resolve(bundle, &entry.file_name));
         if !path.starts_with(bundle) {
-            return Err(Error::refused(&vmx_path, format!("disk {} ({}) is outside the bundle", entry.node, path.display()))
-                .fix("move the disk into the VM bundle (VMware can do it), then drop the VM again"));
+            return Err(Error::refused(
+                &vmx_path,
+                format!(
+                    "disk {} ({}) is outside the bundle",
+                    entry.node,
+                    path.display()
+                ),
+            )
+            .fix("move the disk into the VM bundle (VMware can do it), then drop the VM again"));
         }
         let (descriptor, _) = read_descriptor(&path).map_err(|e| {
             if e.is_not_found() {
-                Error::refused(&path, format!("disk {} is missing", entry.node)).fix("restore the disk file or remove the disk from the VM")
+                Error::refused(&path, format!("disk {} is missing", entry.node))
+                    .fix("restore the disk file or remove the disk from the VM")
             } else {
-                e
+                damaged(e)
             }
         })?;
         if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
-            return Err(Error::refused(&path, format!("disk {} is a snapshot chain", entry.node))
-                .fix("delete the VM's snapshots in VMware (this merges them), then drop it again"));
+            return Err(
+                Error::refused(&path, format!("disk {} is a snapshot chain", entry.node)).fix(
+                    "delete the VM's snapshots in VMware (this merges them), then drop it again",
+                ),
+            );
         }
-        let disk = Disk::open(&path)?;
+        let disk = Disk::open(&path).map_err(damaged)?;
         // Reading the last sector proves every extent is present and long enough.
         let mut last = [0u8; SECTOR as usize];
-        disk.read_at((disk.capacity() - 1) * SECTOR, &mut last)?;
+        disk.read_at((disk.capacity() - 1) * SECTOR, &mut last)
+            .map_err(damaged)?;
         let rel = |p: &Path| p.strip_prefix(bundle).map(Path::to_path_buf);
         let descriptor_rel = rel(&path).expect("checked inside");
         let mut extents = Vec::new();
@@ -238,8 +296,11 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             let Some(f) = f else { continue };
             let f = normalize(&f);
             let Ok(r) = rel(&f) else {
-                return Err(Error::refused(&f, format!("an extent of disk {} is outside the bundle", entry.node))
-                    .fix("keep all of a disk's files inside the VM bundle"));
+                return Err(Error::refused(
+                    &f,
+                    format!("an extent of disk {} is outside the bundle", entry.node),
+                )
+                .fix("keep all of a disk's files inside the VM bundle"));
             };
             let size = fs::metadata(&f).at(&f, "cannot stat extent")?.len();
             extents.push(ExtentRecord {
@@ -277,21 +338,33 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             with_modes.push((r, mode));
         }
     }
-    Ok(Inspected { bundle: bundle.to_path_buf(), vmx: vmx_path.strip_prefix(bundle).expect("inside").to_path_buf(), disk_files: with_modes, disks, capacity_bytes })
+    Ok(Inspected {
+        bundle: bundle.to_path_buf(),
+        vmx: vmx_path.strip_prefix(bundle).expect("inside").to_path_buf(),
+        disk_files: with_modes,
+        disks,
+        capacity_bytes,
+    })
 }
 
 /// Reads a configuration file, refusing absurd sizes before reading.
 pub fn read_small(path: &Path) -> Result<Vec<u8>> {
     let len = fs::metadata(path).at(path, "cannot stat")?.len();
     if len > crate::formats::dict::MAX_DICT_BYTES {
-        return Err(Error::format(path, format!("{len} bytes is too large for a VMware configuration file")));
+        return Err(Error::format(
+            path,
+            format!("{len} bytes is too large for a VMware configuration file"),
+        ));
     }
     fs::read(path).at(path, "cannot read")
 }
 
 /// The base name for a bundle: its folder name without `.vmwarevm`.
 pub fn default_name(bundle: &Path) -> String {
-    let name = bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = bundle
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     match name.rsplit_once('.') {
         Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) => stem.to_string(),
         _ => name,
@@ -299,24 +372,45 @@ pub fn default_name(bundle: &Path) -> String {
 }
 
 /// Makes a base from `bundle`. On any failure before the base is in place, everything is put
-/// back as it was and the error says why.
-pub fn make_base(lib: &Library, bundle: &Path, name: Option<&str>, opts: &Options) -> Result<MadeBase> {
+/// back as it was and the error says why. The base is usable when this returns; the caller then
+/// completes the fingerprints.
+pub fn make_base(
+    lib: &Library,
+    bundle: &Path,
+    name: Option<&str>,
+    opts: &Options,
+) -> Result<(MadeBase, Fingerprinting)> {
     let start = Instant::now();
     let bundle = std::path::absolute(bundle).at(bundle, "cannot resolve path")?;
     // Resolve the folder it is in (e.g. /var → /private/var), but never the bundle itself.
-    let parent = bundle.parent().ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?;
-    let parent = parent.canonicalize().at(parent, "cannot find the VM's folder")?;
-    let bundle = parent.join(bundle.file_name().ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?);
-    let name = name.map(str::to_string).unwrap_or_else(|| default_name(&bundle));
+    let parent = bundle
+        .parent()
+        .ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?;
+    let parent = parent
+        .canonicalize()
+        .at(parent, "cannot find the VM's folder")?;
+    let bundle = parent.join(
+        bundle
+            .file_name()
+            .ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?,
+    );
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| default_name(&bundle));
     validate_name(&name, "base", &bundle)?;
     let target = lib.bases_dir().join(&name);
     if target.symlink_metadata().is_ok() || lib.base(&name).is_ok() {
-        return Err(Error::refused(&bundle, format!("a base named {name:?} already exists"))
-            .fix("rename the VM bundle (or pass --name) to give the new base another name"));
+        return Err(
+            Error::refused(&bundle, format!("a base named {name:?} already exists"))
+                .fix("rename the VM bundle (or pass --name) to give the new base another name"),
+        );
     }
     let found = inspect(lib, &bundle)?;
     let id = lineage::new_id();
-    let copy = fs::metadata(&parent).at(&parent, "cannot stat")?.dev() != fs::metadata(lib.bases_dir()).at(&lib.bases_dir(), "cannot stat")?.dev();
+    let copy = fs::metadata(&parent).at(&parent, "cannot stat")?.dev()
+        != fs::metadata(lib.bases_dir())
+            .at(&lib.bases_dir(), "cannot stat")?
+            .dev();
     let disks: Vec<DiskRecord> = found.disks.iter().map(|(d, _)| d.clone()).collect();
     let plan = Plan {
         id: id.clone(),
@@ -339,26 +433,52 @@ pub fn make_base(lib: &Library, bundle: &Path, name: Option<&str>, opts: &Option
     let journal = Journal::begin(lib, &id, &JournalPlan::MakeBase(plan.clone()))?;
     step("journaled");
     if let Err(e) = build(lib, &plan, &found, opts) {
-        roll_back(&plan).map_err(|re| Error::new(re.kind, re.path.clone(), format!("{} (while undoing after: {e})", re.message)))?;
+        roll_back(&plan).map_err(|re| {
+            Error::new(
+                re.kind,
+                re.path.clone(),
+                format!("{} (while undoing after: {e})", re.message),
+            )
+        })?;
         journal.finish()?;
         return Err(e);
     }
-    let mut warnings = finish(lib, &plan, opts);
-    journal.finish()?;
-    let base = Base { dir: target.clone(), record: plan.record.clone() };
-    if let Err(e) = complete_fingerprints(lib, &base, opts) {
-        warnings.push(format!("fingerprint not recorded yet: {e}"));
-    }
-    Ok(MadeBase {
+    let warnings = finish(lib, &plan, opts);
+    let made = MadeBase {
         name,
-        dir: target,
+        dir: target.clone(),
         source: lib.display(&bundle),
         disks: found.disks.len(),
         capacity_bytes: found.capacity_bytes,
         copied: copy,
         elapsed: start.elapsed(),
         warnings,
-    })
+    };
+    Ok((
+        made,
+        Fingerprinting {
+            journal,
+            base: Base {
+                dir: target,
+                record: plan.record,
+            },
+        },
+    ))
+}
+
+/// The last part of Make Base, which may run after the base is in use: fingerprinting its disks.
+/// The operation's journal stays until it is done, so a crash meanwhile is finished by recovery.
+#[must_use = "call finish() to record the fingerprints (recovery does it otherwise)"]
+pub struct Fingerprinting {
+    journal: Journal,
+    pub base: Base,
+}
+
+impl Fingerprinting {
+    pub fn finish(self, lib: &Library, opts: &Options) -> Result<()> {
+        complete_fingerprints(lib, &self.base, opts)?;
+        self.journal.finish()
+    }
 }
 
 /// Everything up to and including the publish rename.
@@ -373,7 +493,8 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
             if m.is_dir() {
                 fs::create_dir(&dst).at(&dst, "cannot create folder")?;
             } else if m.file_type().is_symlink() {
-                std::os::unix::fs::symlink(fs::read_link(src).at(src, "cannot read link")?, &dst).at(&dst, "cannot copy link")?;
+                std::os::unix::fs::symlink(fs::read_link(src).at(src, "cannot read link")?, &dst)
+                    .at(&dst, "cannot copy link")?;
             } else {
                 fsutil::copy_file(src, &dst, &opts.cancel)?;
             }
@@ -383,11 +504,23 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
         }
         for src in &entries {
             let dst = staging.join(src.strip_prefix(&found.bundle).expect("inside"));
-            if fs::symlink_metadata(src).at(src, "cannot stat")?.is_file() && !fsutil::same_content(src, &dst, &opts.cancel)? {
-                return Err(Error::new(Kind::Io, dst, "the copy differs from the original after flushing").fix("the destination disk may be failing; the original is untouched"));
+            if fs::symlink_metadata(src).at(src, "cannot stat")?.is_file()
+                && !fsutil::same_content(src, &dst, &opts.cancel)?
+            {
+                return Err(Error::new(
+                    Kind::Io,
+                    dst,
+                    "the copy differs from the original after flushing",
+                )
+                .fix("the destination disk may be failing; the original is untouched"));
             }
         }
-        for dir in entries.iter().filter(|p| p.is_dir()).map(|p| staging.join(p.strip_prefix(&found.bundle).expect("inside"))).chain([staging.clone()]) {
+        for dir in entries
+            .iter()
+            .filter(|p| p.is_dir())
+            .map(|p| staging.join(p.strip_prefix(&found.bundle).expect("inside")))
+            .chain([staging.clone()])
+        {
             platform::sync_dir(&dir).at(&dir, "cannot flush folder")?;
         }
         platform::sync_dir(&lib.bases_dir()).at(&lib.bases_dir(), "cannot flush folder")?;
@@ -401,14 +534,22 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
     fsutil::rename_new(&vmx_from, &vmx_to)?;
     step("vmx-renamed");
     for e in found.disks.iter().flat_map(|(_, extents)| extents) {
-        lineage::write(&staging.join(&e.file), lineage::EXTENT, &ExtentRecord { base: plan.id.clone(), ..e.clone() })?;
+        lineage::write(
+            &staging.join(&e.file),
+            lineage::EXTENT,
+            &ExtentRecord {
+                base: plan.id.clone(),
+                ..e.clone()
+            },
+        )?;
     }
     lineage::write(staging, lineage::BASE, &plan.record)?;
     platform::set_tag(staging, Tag::Base, true).at(staging, "cannot tag the base")?;
     step("lineage-written");
     for (rel, mode) in &plan.disk_files {
         let p = staging.join(rel);
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode & !0o222)).at(&p, "cannot write-protect")?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode & !0o222))
+            .at(&p, "cannot write-protect")?;
         platform::set_locked(&p, true).at(&p, "cannot lock")?;
     }
     step("protected");
@@ -423,13 +564,20 @@ fn finish(lib: &Library, plan: &Plan, opts: &Options) -> Vec<String> {
     let mut warnings = Vec::new();
     let drop_folder = lib.new_leaf_dir().join(&plan.name);
     if let Err(e) = fs::create_dir_all(&drop_folder) {
-        warnings.push(format!("{}: cannot create the New Leaf folder: {e}", drop_folder.display()));
+        warnings.push(format!(
+            "{}: cannot create the New Leaf folder: {e}",
+            drop_folder.display()
+        ));
     }
     step("drop-folder-created");
     if plan.copy {
         match remove_copied_source(plan, opts) {
             Ok(kept) if kept.is_empty() => {}
-            Ok(kept) => warnings.push(format!("{}: kept {} file(s) that changed since they were copied", plan.source.display(), kept.len())),
+            Ok(kept) => warnings.push(format!(
+                "{}: kept {} file(s) that changed since they were copied",
+                plan.source.display(),
+                kept.len()
+            )),
             Err(e) => warnings.push(format!("the original could not be removed: {e}")),
         }
         step("source-removed");
@@ -446,8 +594,15 @@ fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
     let mut kept = Vec::new();
     let mut removed_one = false;
     for src in fsutil::walk(&plan.source)?.into_iter().rev() {
-        let rel = src.strip_prefix(&plan.source).expect("inside").to_path_buf();
-        let copy = if rel == plan.vmx { plan.target.join(&plan.record.vmx) } else { plan.target.join(&rel) };
+        let rel = src
+            .strip_prefix(&plan.source)
+            .expect("inside")
+            .to_path_buf();
+        let copy = if rel == plan.vmx {
+            plan.target.join(&plan.record.vmx)
+        } else {
+            plan.target.join(&rel)
+        };
         let m = fs::symlink_metadata(&src).at(&src, "cannot stat")?;
         if m.is_dir() {
             let _ = fs::remove_dir(&src); // not empty when a changed file was kept
@@ -486,7 +641,8 @@ fn roll_back(plan: &Plan) -> Result<()> {
         let p = staging.join(rel);
         if p.symlink_metadata().is_ok() {
             platform::set_locked(&p, false).at(&p, "cannot unlock")?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).at(&p, "cannot restore permissions")?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(*mode))
+                .at(&p, "cannot restore permissions")?;
         }
     }
     for p in fsutil::walk(staging)? {
@@ -503,7 +659,13 @@ fn roll_back(plan: &Plan) -> Result<()> {
     }
     if plan.source.symlink_metadata().is_ok() {
         // Something new took the bundle's name meanwhile: put it back beside it.
-        let aside = plan.source.with_file_name(format!("{} (restored by leafd)", plan.source.file_name().unwrap_or_default().to_string_lossy()));
+        let aside = plan.source.with_file_name(format!(
+            "{} (restored by leafd)",
+            plan.source
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        ));
         return fsutil::rename_new(staging, &aside);
     }
     fsutil::rename_new(staging, &plan.source)
@@ -514,12 +676,21 @@ pub fn recover(lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
     let published = matches!(lineage::read::<BaseRecord>(&plan.target, lineage::BASE), Ok(Some(r)) if r.id == plan.id);
     if !published {
         roll_back(plan)?;
-        return Ok(format!("undid the interrupted Make Base of {}; the VM is back as it was", plan.source.display()));
+        return Ok(format!(
+            "undid the interrupted Make Base of {}; the VM is back as it was",
+            plan.source.display()
+        ));
     }
     let warnings = finish(lib, plan, opts);
-    let base = Base { dir: plan.target.clone(), record: plan.record.clone() };
+    let base = Base {
+        dir: plan.target.clone(),
+        record: plan.record.clone(),
+    };
     complete_fingerprints(lib, &base, opts)?;
-    let mut msg = format!("finished the interrupted Make Base: base {:?} is ready", plan.name);
+    let mut msg = format!(
+        "finished the interrupted Make Base: base {:?} is ready",
+        plan.name
+    );
     for w in warnings {
         msg.push_str(&format!("; {w}"));
     }
@@ -529,7 +700,8 @@ pub fn recover(lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
 /// Computes and records the fingerprints a base does not have yet (they are computed after the
 /// base is usable, so a big disk does not delay it).
 pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Result<()> {
-    let current = lineage::read::<BaseRecord>(&base.dir, lineage::BASE)?.unwrap_or_else(|| base.record.clone());
+    let current = lineage::read::<BaseRecord>(&base.dir, lineage::BASE)?
+        .unwrap_or_else(|| base.record.clone());
     if current.disks.iter().all(|d| d.fingerprint.is_some()) {
         return Ok(());
     }

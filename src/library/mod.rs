@@ -42,12 +42,17 @@ pub const NOTE_SUFFIX: &str = " - leafd error.txt";
 
 /// The note file beside a drop item.
 pub fn note_path(item: &Path) -> PathBuf {
-    let name = item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = item
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     item.with_file_name(format!("{name}{NOTE_SUFFIX}"))
 }
 
 /// Who takes a leaf's snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotBackend {
     /// VMware's `vmrun` when it is installed, else (or when it fails) leafd's own writer.
@@ -71,7 +76,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { path_style: PathStyle::Relative, snapshot: SnapshotBackend::Native, vmrun: None, cancel: Arc::new(Cancel::new(false)) }
+        Options {
+            path_style: PathStyle::Relative,
+            snapshot: SnapshotBackend::Native,
+            vmrun: None,
+            cancel: Arc::new(Cancel::new(false)),
+        }
     }
 }
 
@@ -103,7 +113,8 @@ pub fn same_name(a: &str, b: &str) -> bool {
 /// Checks that `name` can be a file name everywhere leafd puts it (`<name>.vmwarevm` too).
 pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
     let bad = |why: &str| {
-        Err(Error::refused(path, format!("{what} name {name:?} {why}")).fix("rename it to a plain name such as \"Web Server\""))
+        Err(Error::refused(path, format!("{what} name {name:?} {why}"))
+            .fix("rename it to a plain name such as \"Web Server\""))
     };
     if name.trim().is_empty() {
         return bad("is empty");
@@ -122,7 +133,10 @@ pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
     }
     let max = 255 - BUNDLE_EXT.len() - 1;
     if name.len() > max {
-        return bad(&format!("is {} bytes long; at most {max} fit in a file name with \".{BUNDLE_EXT}\"", name.len()));
+        return bad(&format!(
+            "is {} bytes long; at most {max} fit in a file name with \".{BUNDLE_EXT}\"",
+            name.len()
+        ));
     }
     Ok(())
 }
@@ -131,9 +145,18 @@ impl Library {
     /// Opens the library at `root`, creating it and its folders if needed.
     pub fn open(root: &Path) -> Result<Library> {
         fs::create_dir_all(root).at(root, "cannot create the library folder")?;
-        let root = root.canonicalize().at(root, "cannot resolve the library folder")?;
+        let root = root
+            .canonicalize()
+            .at(root, "cannot resolve the library folder")?;
         let lib = Library { root };
-        for dir in [lib.make_base_dir(), lib.new_leaf_dir(), lib.bases_dir(), lib.state_dir(), lib.journal_dir(), lib.locks_dir()] {
+        for dir in [
+            lib.make_base_dir(),
+            lib.new_leaf_dir(),
+            lib.bases_dir(),
+            lib.state_dir(),
+            lib.journal_dir(),
+            lib.locks_dir(),
+        ] {
             fs::create_dir_all(&dir).at(&dir, "cannot create library folder")?;
         }
         Ok(lib)
@@ -142,7 +165,8 @@ impl Library {
     /// Opens an existing library without creating anything (for read-only commands).
     pub fn open_existing(root: &Path) -> Result<Library> {
         let root = root.canonicalize().map_err(|e| {
-            Error::io(root, "no library here", e).fix("check --root, or make one by running `leafd agent` or `leafd make-base`")
+            Error::io(root, "no library here", e)
+                .fix("check --root, or make one by running `leafd agent` or `leafd make-base`")
         })?;
         Ok(Library { root })
     }
@@ -182,17 +206,26 @@ impl Library {
 
     /// `path` shown relative to the root when inside it (as the log shows places).
     pub fn display(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
     }
 
     /// Every base store with a readable record, sorted by name.
     pub fn bases(&self) -> Result<Vec<Base>> {
         let dir = self.bases_dir();
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(out);
+        };
         for e in rd {
             let p = e.at(&dir, "cannot list bases")?.path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) || !p.is_dir() {
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+                || !p.is_dir()
+            {
                 continue;
             }
             if let Ok(Some(record)) = lineage::read::<BaseRecord>(&p, lineage::BASE) {
@@ -215,7 +248,11 @@ impl Library {
         } else {
             format!("known bases: {}", known.join(", "))
         };
-        Err(Error::refused(&self.bases_dir().join(name), format!("there is no base named {name:?}")).fix(fix))
+        Err(Error::refused(
+            &self.bases_dir().join(name),
+            format!("there is no base named {name:?}"),
+        )
+        .fix(fix))
     }
 
     /// Every leaf bundle directly in the root, sorted by name.
@@ -237,7 +274,12 @@ impl Library {
     /// Takes the lock named `name` (waiting for it); held until the file is dropped.
     pub fn lock(&self, name: &str) -> Result<File> {
         let path = self.locks_dir().join(format!("{name}.lock"));
-        let f = File::options().create(true).truncate(false).write(true).open(&path).at(&path, "cannot open lock")?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path, "cannot open lock")?;
         f.lock().at(&path, "cannot take lock")?;
         Ok(f)
     }
@@ -245,10 +287,19 @@ impl Library {
     /// Takes the lock named `name` if free; `Busy` when another process holds it.
     pub fn try_lock(&self, name: &str) -> Result<File> {
         let path = self.locks_dir().join(format!("{name}.lock"));
-        let f = File::options().create(true).truncate(false).write(true).open(&path).at(&path, "cannot open lock")?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path, "cannot open lock")?;
         match f.try_lock() {
             Ok(()) => Ok(f),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::new(Kind::Busy, path, "held by another leafd process")),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::new(
+                Kind::Busy,
+                path,
+                "held by another leafd process",
+            )),
             Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, "cannot take lock", e)),
         }
     }
@@ -271,7 +322,9 @@ impl Base {
     pub fn leaf_refs(&self) -> Result<Vec<LeafRef>> {
         let dir = self.leaves_dir();
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(out);
+        };
         for e in rd {
             let p = e.at(&dir, "cannot list leaves")?.path();
             if let Some(r) = lineage::read::<LeafRef>(&p, lineage::LEAF_REF)? {

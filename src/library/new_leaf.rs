@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, Plan as JournalPlan};
 use super::make_base::{human_bytes, human_duration, read_small};
-use super::{validate_name, Base, Library, Options, SnapshotBackend, STAGING_PREFIX};
+use super::{Base, Library, Options, STAGING_PREFIX, SnapshotBackend, validate_name};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fault;
 use crate::formats::clone::{create_delta, delta_name, parent_copy};
 use crate::formats::dict::Dict;
-use crate::formats::disk::{resolve, Disk};
-use crate::formats::vmx::{self, Snapshot, SNAPSHOT_DESCRIPTION};
+use crate::formats::disk::{Disk, resolve};
+use crate::formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use crate::fsutil;
 use crate::lineage::{self, LeafDisk, LeafRecord, LeafRef};
 use crate::platform::{self, Tag};
@@ -91,13 +91,23 @@ impl std::fmt::Display for MadeLeaf {
 }
 
 /// Makes leaf `name` from base `base_name`. `request` is the drop folder that asked for it.
-pub fn new_leaf(lib: &Library, base_name: &str, name: &str, request: Option<&Path>, opts: &Options) -> Result<MadeLeaf> {
+pub fn new_leaf(
+    lib: &Library,
+    base_name: &str,
+    name: &str,
+    request: Option<&Path>,
+    opts: &Options,
+) -> Result<MadeLeaf> {
     let start = Instant::now();
     let target = lib.leaf_path(name);
-    validate_name(name, "leaf", request.unwrap_or(&target))?;
+    let asked_in = lib.new_leaf_dir().join(base_name);
+    validate_name(name, "leaf", request.unwrap_or(&asked_in))?;
     let base = lib.base(base_name)?;
     if target.symlink_metadata().is_ok() {
-        return Err(Error::refused(&target, "a VM with this name already exists").fix("choose another name for the new leaf"));
+        return Err(
+            Error::refused(&target, "a VM with this name already exists")
+                .fix("choose another name for the new leaf"),
+        );
     }
     // A base whose disk changed would give leaves that fail to boot (VMware error 18).
     let mut base_disks = Vec::new();
@@ -106,8 +116,14 @@ pub fn new_leaf(lib: &Library, base_name: &str, name: &str, request: Option<&Pat
         let disk = Disk::open(&path)?;
         let cid = format!("{:08x}", disk.descriptor.cid().unwrap_or(0));
         if cid != d.cid {
-            return Err(Error::refused(&path, format!("the base disk changed since the base was made (CID {cid}, recorded {})", d.cid))
-                .fix("run `leafd verify`; a base must never be booted or edited"));
+            return Err(Error::refused(
+                &path,
+                format!(
+                    "the base disk changed since the base was made (CID {cid}, recorded {})",
+                    d.cid
+                ),
+            )
+            .fix("run `leafd verify`; a base must never be booted or edited"));
         }
         base_disks.push((d.clone(), disk));
     }
@@ -120,7 +136,12 @@ pub fn new_leaf(lib: &Library, base_name: &str, name: &str, request: Option<&Pat
         staging: lib.root().join(format!("{STAGING_PREFIX}{id}")),
         target: target.clone(),
         request: request.map(Path::to_path_buf),
-        leaf_ref: LeafRef { id: id.clone(), name: name.to_string(), path: target.to_string_lossy().into(), created: lineage::now() },
+        leaf_ref: LeafRef {
+            id: id.clone(),
+            name: name.to_string(),
+            path: target.to_string_lossy().into(),
+            created: lineage::now(),
+        },
     };
     let journal = Journal::begin(lib, &id, &JournalPlan::NewLeaf(plan.clone()))?;
     step("journaled");
@@ -135,28 +156,42 @@ pub fn new_leaf(lib: &Library, base_name: &str, name: &str, request: Option<&Pat
     };
     warnings.extend(finish(lib, &plan)?);
     journal.finish()?;
-    let own_bytes = fsutil::walk(&target)?.iter().map(|p| fsutil::allocated(p)).sum();
+    let own_bytes = fsutil::walk(&target)?
+        .iter()
+        .map(|p| fsutil::allocated(p))
+        .sum();
     Ok(MadeLeaf {
         name: name.to_string(),
         base: base.record.name.clone(),
         dir: target,
         disks: record.disks.len(),
         own_bytes,
-        snapshot: if record.snapshot == "vmrun" { "vmrun" } else { "native" },
+        snapshot: if record.snapshot == "vmrun" {
+            "vmrun"
+        } else {
+            "native"
+        },
         elapsed: start.elapsed(),
         warnings,
     })
 }
 
 /// Builds the leaf in staging, checks its chains, and publishes it. Returns its record.
-fn build(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Disk)], opts: &Options) -> Result<(LeafRecord, Vec<String>)> {
+fn build(
+    plan: &Plan,
+    base: &Base,
+    base_disks: &[(lineage::DiskRecord, Disk)],
+    opts: &Options,
+) -> Result<(LeafRecord, Vec<String>)> {
     let staging = &plan.staging;
     let mut warnings = Vec::new();
     let vmrun = match opts.snapshot {
         SnapshotBackend::Native => None,
         SnapshotBackend::Auto => find_vmrun(opts),
         SnapshotBackend::Vmrun => Some(find_vmrun(opts).ok_or_else(|| {
-            Error::refused(Path::new("vmrun"), "VMware's vmrun was not found").fix("install VMware, set `vmrun` in the config, or use the native snapshot backend")
+            Error::refused(Path::new("vmrun"), "VMware's vmrun was not found").fix(
+                "install VMware, set `vmrun` in the config, or use the native snapshot backend",
+            )
         })?),
     };
     let mut record = None;
@@ -164,8 +199,13 @@ fn build(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Disk)], o
         match build_files(plan, base, base_disks, opts, Some(&vmrun)) {
             Ok(r) => record = Some(r),
             Err(e) if opts.snapshot == SnapshotBackend::Auto && e.kind != Kind::Cancelled => {
-                warnings.push(format!("vmrun could not take the snapshot, leafd wrote it itself: {e}"));
-                tracing::warn!("vmrun failed for leaf {:?}, using the native snapshot writer: {e}", plan.name);
+                warnings.push(format!(
+                    "vmrun could not take the snapshot, leafd wrote it itself: {e}"
+                ));
+                tracing::warn!(
+                    "vmrun failed for leaf {:?}, using the native snapshot writer: {e}",
+                    plan.name
+                );
                 fsutil::remove_tree(staging)?;
             }
             Err(e) => return Err(e),
@@ -178,9 +218,14 @@ fn build(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Disk)], o
     // Open every chain from where it is staged (same depth as its final place) before publishing.
     for d in &record.disks {
         let delta = Disk::open(&staging.join(&d.delta))?;
-        let parent_cid = delta.parent().map(|p| format!("{:08x}", p.descriptor.cid().unwrap_or(0)));
+        let parent_cid = delta
+            .parent()
+            .map(|p| format!("{:08x}", p.descriptor.cid().unwrap_or(0)));
         if parent_cid.as_deref() != Some(d.parent_cid.as_str()) {
-            return Err(Error::format(&staging.join(&d.delta), "the new delta does not lead to the base"));
+            return Err(Error::format(
+                &staging.join(&d.delta),
+                "the new delta does not lead to the base",
+            ));
         }
     }
     fsutil::rename_new(staging, &plan.target)?;
@@ -190,7 +235,13 @@ fn build(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Disk)], o
 
 /// Writes every file of the leaf into staging: parent copies, then either the native deltas and
 /// `.vmsd`, or a `.vmx` on the parent copies that `vmrun` snapshots.
-fn build_files(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Disk)], opts: &Options, vmrun: Option<&Path>) -> Result<LeafRecord> {
+fn build_files(
+    plan: &Plan,
+    base: &Base,
+    base_disks: &[(lineage::DiskRecord, Disk)],
+    opts: &Options,
+    vmrun: Option<&Path>,
+) -> Result<LeafRecord> {
     let staging = &plan.staging;
     fs::create_dir(staging).at(staging, "cannot create staging folder")?;
     let mut disks = Vec::new();
@@ -200,37 +251,77 @@ fn build_files(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Dis
         if let Some(dir) = copy_path.parent() {
             fs::create_dir_all(dir).at(dir, "cannot create folder")?;
         }
-        let final_dir = plan.target.join(&rel).parent().map(Path::to_path_buf).unwrap_or_else(|| plan.target.clone());
+        let final_dir = plan
+            .target
+            .join(&rel)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| plan.target.clone());
         let copy = parent_copy(disk, &final_dir, opts.path_style)?;
         fsutil::write_new(&copy_path, copy.to_string().as_bytes())?;
-        let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk").to_string();
+        let file_name = rel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("disk.vmdk")
+            .to_string();
         let delta_rel = rel.with_file_name(delta_name(&file_name));
-        disks.push((d.node.clone(), rel, delta_rel, copy, file_name, disk.disk_type));
+        disks.push((
+            d.node.clone(),
+            rel,
+            delta_rel,
+            copy,
+            file_name,
+            disk.disk_type,
+        ));
     }
     step("parent-copies-written");
-    let base_vmx = Dict::parse(&read_small(&base.vmx_path())?).map_err(|m| Error::format(&base.vmx_path(), m))?;
+    let base_vmx = Dict::parse(&read_small(&base.vmx_path())?)
+        .map_err(|m| Error::format(&base.vmx_path(), m))?;
     copy_nvram(&base_vmx, base, staging, &plan.name, opts)?;
     let vmx_path = staging.join(format!("{}.vmx", plan.name));
     let vmsd_path = staging.join(format!("{}.vmsd", plan.name));
     let str_of = |p: &Path| p.to_string_lossy().into_owned();
     if let Some(vmrun) = vmrun {
-        let on_copies: Vec<(String, String)> = disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
-        fsutil::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes())?;
+        let on_copies: Vec<(String, String)> = disks
+            .iter()
+            .map(|(node, rel, ..)| (node.clone(), str_of(rel)))
+            .collect();
+        fsutil::write_new(
+            &vmx_path,
+            &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes(),
+        )?;
         step("vmx-written");
         run_vmrun(vmrun, &vmx_path)?;
         // vmrun must have pointed every disk at a new delta over our parent copy.
-        let after = Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
+        let after =
+            Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
         for (node, rel, delta_rel, ..) in &mut disks {
-            let now = after.get(&format!("{node}.fileName")).unwrap_or_default().to_string();
+            let now = after
+                .get(&format!("{node}.fileName"))
+                .unwrap_or_default()
+                .to_string();
             let delta = Disk::open(&resolve(staging, &now))?;
-            if now == str_of(rel) || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel)) {
-                return Err(Error::format(&vmx_path, format!("vmrun reported success but disk {node} has no snapshot over {}", rel.display())));
+            if now == str_of(rel)
+                || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel))
+            {
+                return Err(Error::format(
+                    &vmx_path,
+                    format!(
+                        "vmrun reported success but disk {node} has no snapshot over {}",
+                        rel.display()
+                    ),
+                ));
             }
             *delta_rel = PathBuf::from(now);
         }
         step("deltas-written");
-        let mut vmsd = Dict::parse(&read_small(&vmsd_path)?).map_err(|m| Error::format(&vmsd_path, m))?;
-        add_clone_keys(&mut vmsd, base, &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>());
+        let mut vmsd =
+            Dict::parse(&read_small(&vmsd_path)?).map_err(|m| Error::format(&vmsd_path, m))?;
+        add_clone_keys(
+            &mut vmsd,
+            base,
+            &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>(),
+        );
         fsutil::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
         step("vmsd-written");
     } else {
@@ -238,10 +329,19 @@ fn build_files(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Dis
             create_delta(&staging.join(delta_rel), file_name, copy, *base_type)?;
         }
         step("deltas-written");
-        let deltas: Vec<(String, String)> = disks.iter().map(|(node, _, delta, ..)| (node.clone(), str_of(delta))).collect();
-        fsutil::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes())?;
+        let deltas: Vec<(String, String)> = disks
+            .iter()
+            .map(|(node, _, delta, ..)| (node.clone(), str_of(delta)))
+            .collect();
+        fsutil::write_new(
+            &vmx_path,
+            &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes(),
+        )?;
         step("vmx-written");
-        let at_snapshot: Vec<(String, String)> = disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
+        let at_snapshot: Vec<(String, String)> = disks
+            .iter()
+            .map(|(node, rel, ..)| (node.clone(), str_of(rel)))
+            .collect();
         let own: Vec<String> = disks.iter().map(|d| str_of(&d.2)).collect();
         let vmsd = vmx::leaf_vmsd(&Snapshot {
             leaf_name: &plan.name,
@@ -273,7 +373,11 @@ fn build_files(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Dis
     };
     lineage::write(staging, lineage::LEAF, &record)?;
     platform::set_tag(staging, Tag::LinkedClone, true).at(staging, "cannot tag the leaf")?;
-    for dir in fsutil::walk(staging)?.iter().filter(|p| p.is_dir()).chain([staging]) {
+    for dir in fsutil::walk(staging)?
+        .iter()
+        .filter(|p| p.is_dir())
+        .chain([staging])
+    {
         platform::sync_dir(dir).at(dir, "cannot flush folder")?;
     }
     step("lineage-written");
@@ -281,9 +385,22 @@ fn build_files(plan: &Plan, base: &Base, base_disks: &[(lineage::DiskRecord, Dis
 }
 
 /// Copies the base's `.nvram` (EFI boot entries) under the leaf's name, when the base has one.
-fn copy_nvram(base_vmx: &Dict, base: &Base, staging: &Path, name: &str, opts: &Options) -> Result<()> {
-    let stem = base.record.vmx.trim_end_matches(super::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
-    let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
+fn copy_nvram(
+    base_vmx: &Dict,
+    base: &Base,
+    staging: &Path,
+    name: &str,
+    opts: &Options,
+) -> Result<()> {
+    let stem = base
+        .record
+        .vmx
+        .trim_end_matches(super::BASE_VMX_SUFFIX)
+        .trim_end_matches(".vmx");
+    let nvram = base_vmx
+        .get("nvram")
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{stem}.nvram"));
     let from = resolve(&base.dir, &nvram);
     if from.is_file() {
         fsutil::copy_file(&from, &staging.join(format!("{name}.nvram")), &opts.cancel)?;
@@ -308,7 +425,9 @@ fn find_vmrun(opts: &Options) -> Option<PathBuf> {
     if let Some(p) = &opts.vmrun {
         return p.is_file().then(|| p.clone());
     }
-    platform::vmrun_candidates().into_iter().find(|p| p.is_file())
+    platform::vmrun_candidates()
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 /// `vmrun -T fusion|ws snapshot <vmx> Base`, with a time limit.
@@ -325,16 +444,27 @@ fn run_vmrun(vmrun: &Path, vmx: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait().at(vmrun, "cannot wait for vmrun")? {
-            let out = child.wait_with_output().at(vmrun, "cannot read vmrun's output")?;
+            let out = child
+                .wait_with_output()
+                .at(vmrun, "cannot read vmrun's output")?;
             if status.success() {
                 return Ok(());
             }
-            let said = String::from_utf8_lossy(&out.stdout).trim().to_string() + String::from_utf8_lossy(&out.stderr).trim();
-            return Err(Error::new(Kind::Io, vmrun.to_path_buf(), format!("vmrun snapshot failed ({status}): {said}")));
+            let said = String::from_utf8_lossy(&out.stdout).trim().to_string()
+                + String::from_utf8_lossy(&out.stderr).trim();
+            return Err(Error::new(
+                Kind::Io,
+                vmrun.to_path_buf(),
+                format!("vmrun snapshot failed ({status}): {said}"),
+            ));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            return Err(Error::new(Kind::Io, vmrun.to_path_buf(), "vmrun snapshot did not finish within 2 minutes"));
+            return Err(Error::new(
+                Kind::Io,
+                vmrun.to_path_buf(),
+                "vmrun snapshot did not finish within 2 minutes",
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -360,7 +490,10 @@ fn finish(lib: &Library, plan: &Plan) -> Result<Vec<String>> {
         match fs::remove_dir(request) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) => warnings.push(format!("{} was left in place because it holds files", lib.display(request))),
+            Err(_) => warnings.push(format!(
+                "{} was left in place because it holds files",
+                lib.display(request)
+            )),
         }
     }
     step("request-removed");
@@ -372,7 +505,10 @@ pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
     let published = matches!(lineage::read::<LeafRecord>(&plan.target, lineage::LEAF), Ok(Some(r)) if r.id == plan.id);
     if published {
         let warnings = finish(lib, plan)?;
-        let mut msg = format!("finished the interrupted New Leaf: leaf {:?} is ready", plan.name);
+        let mut msg = format!(
+            "finished the interrupted New Leaf: leaf {:?} is ready",
+            plan.name
+        );
         for w in warnings {
             msg.push_str(&format!("; {w}"));
         }
@@ -383,5 +519,8 @@ pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
     if marker.symlink_metadata().is_ok() {
         fs::remove_file(&marker).at(&marker, "cannot remove")?;
     }
-    Ok(format!("undid the interrupted New Leaf {:?}; nothing of it remains", plan.name))
+    Ok(format!(
+        "undid the interrupted New Leaf {:?}; nothing of it remains",
+        plan.name
+    ))
 }

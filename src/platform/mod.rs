@@ -16,7 +16,10 @@ mod linux;
 #[cfg(not(target_os = "macos"))]
 use linux as os;
 
-pub use os::{vmrun_candidates, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, notify_user, rename_noreplace, set_locked};
+pub use os::{
+    VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, notify_user, rename_noreplace,
+    set_locked, vmrun_candidates,
+};
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
 pub fn xattr_name(name: &str) -> String {
@@ -75,7 +78,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Removes an extended attribute; one that is absent (or a file that is gone) is not an error.
 pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
     match xattr::remove(path, name) {
-        Err(e) if e.raw_os_error() == Some(os::NO_ATTR) || e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(os::NO_ATTR) || e.kind() == io::ErrorKind::NotFound => {
+            Ok(())
+        }
         r => r,
     }
 }
@@ -96,5 +101,9 @@ pub fn config_dir() -> PathBuf {
 }
 
 pub fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).filter(|p| p.is_absolute()).or_else(dirs::home_dir).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(dirs::home_dir)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }

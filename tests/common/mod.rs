@@ -303,7 +303,9 @@ impl Lib {
 
 /// A lineage record from an xattr, as JSON (`user.org.leafd.<name>` here).
 pub fn record(path: &Path, name: &str) -> serde_json::Value {
-    let raw = xattr::get(path, format!("user.org.leafd.{name}")).unwrap().unwrap_or_else(|| panic!("no {name} record on {}", path.display()));
+    let raw = xattr::get(path, format!("user.org.leafd.{name}"))
+        .unwrap()
+        .unwrap_or_else(|| panic!("no {name} record on {}", path.display()));
     serde_json::from_slice(&raw).unwrap()
 }
 
@@ -321,11 +323,77 @@ pub fn fingerprint_tree(dir: &Path) -> Vec<String> {
             out.push(format!("{} missing", p.display()));
             continue;
         };
-        let sum = if m.is_file() { blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string() } else { String::new() };
-        let mut attrs: Vec<String> = xattr::list(&p).map(|l| l.map(|n| n.to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        let sum = if m.is_file() {
+            blake3::hash(&std::fs::read(&p).unwrap())
+                .to_hex()
+                .to_string()
+        } else {
+            String::new()
+        };
+        let mut attrs: Vec<String> = xattr::list(&p)
+            .map(|l| l.map(|n| n.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
         attrs.sort();
-        let attrs: Vec<String> = attrs.into_iter().map(|a| format!("{a}={:?}", xattr::get(&p, &a).ok().flatten())).collect();
-        out.push(format!("{} {:o} {} {} {}", p.display(), m.mode(), m.len(), sum, attrs.join(",")));
+        let attrs: Vec<String> = attrs
+            .into_iter()
+            .map(|a| format!("{a}={:?}", xattr::get(&p, &a).ok().flatten()))
+            .collect();
+        out.push(format!(
+            "{} {:o} {} {} {}",
+            p.display(),
+            m.mode(),
+            m.len(),
+            sum,
+            attrs.join(",")
+        ));
     }
     out
+}
+
+/// A tmpfs mounted for the test: a second volume, so Make Base must copy instead of rename.
+/// Needs root (CI and this machine run tests as root); unmounted when dropped.
+pub struct OtherVolume {
+    pub dir: tempfile::TempDir,
+}
+
+impl OtherVolume {
+    pub fn new() -> OtherVolume {
+        let dir = tempfile::tempdir().unwrap();
+        let o = run_tool(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=512m",
+                "leafd-test",
+                dir.path().to_str().unwrap(),
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "cannot mount a tmpfs for the cross-volume test (run the tests as root): {}",
+            text(&o)
+        );
+        OtherVolume { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for OtherVolume {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// True when the process was killed by SIGKILL (what a fault injection does).
+pub fn killed(o: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.signal() == Some(9)
 }

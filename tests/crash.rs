@@ -1,0 +1,274 @@
+//! Crash safety: every step of both operations is interrupted with SIGKILL (the fault injection
+//! in `leafd::fault`), then recovery runs; the library must hold either the untouched source or
+//! the complete result, nothing lost, nothing duplicated, no staging left, the base unchanged.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use leafd::formats::disk::DiskType;
+use leafd::library::{make_base, new_leaf};
+use leafd::sample::{SampleDisk, SampleVm};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Volume {
+    Same,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// Recovery undoes the operation.
+    Undone,
+    /// Recovery finishes it.
+    Finished,
+}
+
+/// Each Make Base step, the volumes where it happens, and what recovery must do after a kill there.
+const MAKE_BASE: &[(&str, &[Volume], Expect)] = &[
+    ("journaled", &[Volume::Same, Volume::Other], Expect::Undone),
+    ("moved", &[Volume::Same], Expect::Undone),
+    ("copying", &[Volume::Other], Expect::Undone),
+    ("copied", &[Volume::Other], Expect::Undone),
+    (
+        "vmx-renamed",
+        &[Volume::Same, Volume::Other],
+        Expect::Undone,
+    ),
+    (
+        "lineage-written",
+        &[Volume::Same, Volume::Other],
+        Expect::Undone,
+    ),
+    ("protected", &[Volume::Same, Volume::Other], Expect::Undone),
+    (
+        "published",
+        &[Volume::Same, Volume::Other],
+        Expect::Finished,
+    ),
+    (
+        "drop-folder-created",
+        &[Volume::Same, Volume::Other],
+        Expect::Finished,
+    ),
+    ("source-removing", &[Volume::Other], Expect::Finished),
+    ("source-removed", &[Volume::Other], Expect::Finished),
+    (
+        "fingerprinted",
+        &[Volume::Same, Volume::Other],
+        Expect::Finished,
+    ),
+];
+
+const NEW_LEAF: &[(&str, Expect)] = &[
+    ("journaled", Expect::Undone),
+    ("parent-copies-written", Expect::Undone),
+    ("deltas-written", Expect::Undone),
+    ("vmx-written", Expect::Undone),
+    ("vmsd-written", Expect::Undone),
+    ("lineage-written", Expect::Undone),
+    ("published", Expect::Finished),
+    ("base-linked", Expect::Finished),
+    ("request-removed", Expect::Finished),
+];
+
+#[test]
+fn every_declared_step_is_covered() {
+    let covered: Vec<&str> = MAKE_BASE.iter().map(|s| s.0).collect();
+    assert_eq!(
+        covered,
+        make_base::STEPS,
+        "a Make Base step was added or removed: cover it here"
+    );
+    let covered: Vec<&str> = NEW_LEAF.iter().map(|s| s.0).collect();
+    assert_eq!(
+        covered,
+        new_leaf::STEPS,
+        "a New Leaf step was added or removed: cover it here"
+    );
+}
+
+/// A split disk and a monolithic one, so both extent layouts go through every step.
+fn vm() -> SampleVm {
+    SampleVm {
+        name: "Crashy".into(),
+        disks: vec![
+            SampleDisk::new(
+                "scsi0:0",
+                "Virtual Disk.vmdk",
+                DiskType::SplitSparse,
+                12 * MIB,
+            ),
+            SampleDisk::new(
+                "sata0:0",
+                "Second.vmdk",
+                DiskType::MonolithicSparse,
+                4 * MIB,
+            ),
+        ],
+    }
+}
+
+fn no_leftovers(lib: &Lib) {
+    assert_eq!(
+        std::fs::read_dir(lib.root.join(".leafd/journal"))
+            .unwrap()
+            .count(),
+        0,
+        "journal not empty"
+    );
+    for dir in [lib.root.clone(), lib.root.join("Bases")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let n = e.unwrap().file_name();
+            assert!(
+                !n.to_string_lossy().starts_with(".leafd-staging"),
+                "staging left in {}: {n:?}",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// The finished base holds exactly the source's files, protected, with its record complete.
+fn base_is_complete(
+    lib: &Lib,
+    vm: &SampleVm,
+    before: &std::collections::BTreeMap<std::path::PathBuf, String>,
+) {
+    let mut expected = before.clone();
+    let sum = expected.remove(Path::new("Crashy.vmx")).unwrap();
+    expected.insert("Crashy.vmx.base".into(), sum);
+    let mut now = checksums(&lib.base_dir(&vm.name));
+    now.retain(|p, _| !p.starts_with(".leaves"));
+    assert_eq!(now, expected);
+    let rec = record(&lib.base_dir(&vm.name), "base");
+    for d in rec["disks"].as_array().unwrap() {
+        assert!(
+            d["fingerprint"].as_str().is_some(),
+            "fingerprint not completed: {rec}"
+        );
+    }
+    assert!(lib.root.join("New Leaf/Crashy").is_dir());
+    for d in &vm.disks {
+        qemu_read_pattern(
+            &lib.base_dir(&vm.name).join(&d.file),
+            d.patterns[0].offset,
+            d.patterns[0].len,
+            d.patterns[0].byte,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn make_base_survives_a_kill_at_every_step() {
+    let vm = vm();
+    for &(step, volumes, expect) in MAKE_BASE {
+        for &volume in volumes {
+            let lib = Lib::new();
+            let other = (volume == Volume::Other).then(OtherVolume::new);
+            let dir = other
+                .as_ref()
+                .map_or(lib.make_base_dir(), |o| o.path().to_path_buf());
+            let bundle = vm.build(&dir).unwrap();
+            let before_tree = fingerprint_tree(&bundle);
+            let before = checksums(&bundle);
+            let o = lib
+                .command(&["make-base", bundle.to_str().unwrap()])
+                .env("LEAFD_FAULT", format!("make-base:{step}"))
+                .output()
+                .unwrap();
+            assert!(
+                killed(&o),
+                "{step} ({volume:?}): the process was not killed there: {}",
+                text(&o)
+            );
+            lib.ok(&["recover"]);
+            no_leftovers(&lib);
+            match expect {
+                Expect::Undone => {
+                    assert_eq!(
+                        fingerprint_tree(&bundle),
+                        before_tree,
+                        "{step} ({volume:?}): the source is not as it was"
+                    );
+                    assert!(
+                        !lib.base_dir(&vm.name).exists(),
+                        "{step} ({volume:?}): half a base"
+                    );
+                    // And doing it again now works.
+                    lib.ok(&["make-base", bundle.to_str().unwrap()]);
+                }
+                Expect::Finished => {
+                    assert!(
+                        !bundle.exists(),
+                        "{step} ({volume:?}): the source is still there"
+                    );
+                }
+            }
+            base_is_complete(&lib, &vm, &before);
+            no_leftovers(&lib);
+        }
+    }
+}
+
+#[test]
+fn new_leaf_survives_a_kill_at_every_step() {
+    let vm = vm();
+    for &(step, expect) in NEW_LEAF {
+        let lib = Lib::new();
+        let base = lib.base_from(&vm);
+        let base_before = fingerprint_tree(&base);
+        let o = lib
+            .command(&["new-leaf", "Crashy", "Leaf"])
+            .env("LEAFD_FAULT", format!("new-leaf:{step}"))
+            .output()
+            .unwrap();
+        assert!(
+            killed(&o),
+            "{step}: the process was not killed there: {}",
+            text(&o)
+        );
+        lib.ok(&["recover"]);
+        no_leftovers(&lib);
+        let leaves = base.join(".leaves");
+        let refs = || std::fs::read_dir(&leaves).map(|r| r.count()).unwrap_or(0);
+        match expect {
+            Expect::Undone => {
+                assert!(!lib.leaf_dir("Leaf").exists(), "{step}: half a leaf");
+                assert_eq!(
+                    refs(),
+                    0,
+                    "{step}: the base lists a leaf that does not exist"
+                );
+                assert_eq!(
+                    fingerprint_tree(&base),
+                    base_before,
+                    "{step}: the base changed"
+                );
+                lib.ok(&["new-leaf", "Crashy", "Leaf"]);
+            }
+            Expect::Finished => {}
+        }
+        assert_eq!(refs(), 1, "{step}");
+        for d in &vm.disks {
+            let delta = lib.leaf_dir("Leaf").join(format!(
+                "{}-000001.vmdk",
+                d.file.strip_suffix(".vmdk").unwrap()
+            ));
+            qemu_check(&delta);
+            for p in &d.patterns {
+                qemu_read_pattern(&delta, p.offset, p.len, p.byte).unwrap();
+            }
+        }
+        let mut after = fingerprint_tree(&base);
+        after.retain(|l| !l.contains("/.leaves"));
+        let mut was = base_before.clone();
+        was.retain(|l| !l.contains("/.leaves"));
+        assert_eq!(after, was, "{step}: the base's files changed");
+        no_leftovers(&lib);
+    }
+}

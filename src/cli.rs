@@ -13,12 +13,7 @@ use crate::library::{Library, Options, SnapshotBackend, journal, make_base, new_
 use crate::{logging, platform};
 
 #[derive(Parser)]
-#[command(
-    name = "leafd",
-    version,
-    about = "VMware linked clones as easy as making a folder",
-    max_term_width = 100
-)]
+#[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
 pub struct Cli {
     /// The library folder (default: LEAFD_ROOT, then config.toml, then the platform's VM folder)
     #[arg(long, global = true, value_name = "DIR")]
@@ -68,12 +63,8 @@ enum Command {
 fn options(config: &Config, snapshot: Option<SnapshotBackend>) -> Options {
     Options {
         path_style: config.path_style.unwrap_or(PathStyle::Relative),
-        snapshot: snapshot
-            .or(config.snapshot_backend)
-            .unwrap_or(SnapshotBackend::Auto),
-        vmrun: std::env::var_os("LEAFD_VMRUN")
-            .map(PathBuf::from)
-            .or_else(|| config.vmrun.clone()),
+        snapshot: snapshot.or(config.snapshot_backend).unwrap_or(SnapshotBackend::Auto),
+        vmrun: std::env::var_os("LEAFD_VMRUN").map(PathBuf::from).or_else(|| config.vmrun.clone()),
         ..Options::default()
     }
 }
@@ -97,9 +88,7 @@ fn warn_all(warnings: &[String]) {
 
 /// Starts the log; a log that cannot be opened is reported, and the work goes on without it.
 fn start_log(echo: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    logging::init(&platform::log_dir(), echo)
-        .inspect_err(|e| eprintln!("leafd: warning: {e}"))
-        .ok()
+    logging::init(&platform::log_dir(), echo).inspect_err(|e| eprintln!("leafd: warning: {e}")).ok()
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -110,19 +99,14 @@ fn run(cli: Cli) -> Result<()> {
             let _log = start_log(false);
             let opts = options(&config, None);
             let lib = open_for_change(&root, &opts)?;
-            let (made, fingerprinting) =
-                make_base::make_base(&lib, &bundle, name.as_deref(), &opts)
-                    .inspect_err(|e| tracing::warn!("{}", e.summary()))?;
+            let (made, fingerprinting) = make_base::make_base(&lib, &bundle, name.as_deref(), &opts)
+                .inspect_err(|e| tracing::warn!("{}", e.summary()))?;
             tracing::info!("{made}");
             println!("{made}");
             warn_all(&made.warnings);
             fingerprinting.finish(&lib, &opts)?;
         }
-        Command::NewLeaf {
-            base,
-            name,
-            snapshot,
-        } => {
+        Command::NewLeaf { base, name, snapshot } => {
             let _log = start_log(false);
             let opts = options(&config, snapshot);
             let lib = open_for_change(&root, &opts)?;
@@ -136,10 +120,7 @@ fn run(cli: Cli) -> Result<()> {
             let lib = Library::open_existing(&root)?;
             let s = status::status(&lib)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&s).expect("status serializes")
-                );
+                println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
             } else {
                 print!("{}", status::render(&s));
             }

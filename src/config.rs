@@ -31,9 +31,7 @@ pub struct Config {
 
 /// `LEAFD_CONFIG`, else the platform's configuration folder.
 pub fn path() -> PathBuf {
-    std::env::var_os("LEAFD_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| platform::config_dir().join("config.toml"))
+    std::env::var_os("LEAFD_CONFIG").map(PathBuf::from).unwrap_or_else(|| platform::config_dir().join("config.toml"))
 }
 
 fn expand_home(p: PathBuf) -> PathBuf {
@@ -67,11 +65,7 @@ impl Config {
     /// The library root: `--root`, then `LEAFD_ROOT`, then the file, then the platform default.
     pub fn root(&self, flag: Option<&Path>) -> PathBuf {
         flag.map(Path::to_path_buf)
-            .or_else(|| {
-                std::env::var_os("LEAFD_ROOT")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-            })
+            .or_else(|| std::env::var_os("LEAFD_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from))
             .or_else(|| self.root.clone())
             .unwrap_or_else(platform::default_root)
     }

@@ -36,13 +36,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: Kind, path: impl Into<Option<PathBuf>>, message: impl Into<String>) -> Error {
-        Error {
-            kind,
-            path: path.into(),
-            message: message.into(),
-            fix: None,
-            source: None,
-        }
+        Error { kind, path: path.into(), message: message.into(), fix: None, source: None }
     }
 
     /// An I/O failure while doing `what` on `path`.
@@ -84,9 +78,7 @@ impl Error {
 
     /// True when the underlying OS error says the file is missing.
     pub fn is_not_found(&self) -> bool {
-        self.source
-            .as_ref()
-            .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+        self.source.as_ref().is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
     }
 }
 

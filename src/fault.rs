@@ -8,18 +8,13 @@ pub const ENV: &str = "LEAFD_FAULT";
 
 fn target() -> Option<&'static str> {
     static TARGET: OnceLock<Option<String>> = OnceLock::new();
-    TARGET
-        .get_or_init(|| std::env::var(ENV).ok().filter(|s| !s.is_empty()))
-        .as_deref()
+    TARGET.get_or_init(|| std::env::var(ENV).ok().filter(|s| !s.is_empty())).as_deref()
 }
 
 /// Marks that `op` has just completed `step`. `steps` is the operation's declared list: a step
 /// missing from it is a programming error, caught in debug builds.
 pub fn point(op: &str, steps: &[&str], step: &str) {
-    debug_assert!(
-        steps.contains(&step),
-        "fault step {op}:{step} is not declared"
-    );
+    debug_assert!(steps.contains(&step), "fault step {op}:{step} is not declared");
     if let Some(t) = target()
         && t.split_once(':') == Some((op, step))
     {

@@ -1,8 +1,8 @@
 //! File work shared by the operations: walking a bundle, copying and comparing across volumes,
 //! content fingerprints, allocated sizes, and writing small files atomically.
 //!
-//! Large files are handled in 1 MiB chunks so that a shutdown can interrupt them, and holes are
-//! skipped so that sparse disks stay sparse and fast.
+//! Large files are handled in 64 KiB chunks (a grain) so that a shutdown can interrupt them, and
+//! holes and zero chunks are skipped so that sparse disks stay sparse and fast.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -13,18 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::platform;
 
-const CHUNK: u64 = 1 << 20;
+const CHUNK: u64 = 64 << 10;
 
 /// Set when the agent is asked to stop; long loops check it between chunks.
 pub type Cancel = AtomicBool;
 
 fn check(cancel: &Cancel, path: &Path) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
-        Err(Error::new(
-            Kind::Cancelled,
-            path.to_path_buf(),
-            "stopped before finishing (leafd is shutting down)",
-        ))
+        Err(Error::new(Kind::Cancelled, path.to_path_buf(), "stopped before finishing (leafd is shutting down)"))
     } else {
         Ok(())
     }
@@ -79,7 +75,7 @@ fn data_ranges(file: &File, len: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// The 1 MiB chunks of a file that overlap its data, in order.
+/// The chunks of a file that overlap its data, in order.
 fn data_chunks(file: &File, len: u64) -> Vec<u64> {
     let mut chunks = Vec::new();
     for (start, end) in data_ranges(file, len) {
@@ -94,7 +90,7 @@ fn data_chunks(file: &File, len: u64) -> Vec<u64> {
     chunks
 }
 
-/// Content fingerprint of a disk's extent files: BLAKE3 over every 1 MiB chunk in order, where an
+/// Content fingerprint of a disk's extent files: BLAKE3 over every 64 KiB chunk in order, where an
 /// all-zero chunk counts as one marker byte. It depends only on the bytes, not on how sparse the
 /// files are, so a copy that filled the holes has the same fingerprint; and it skips holes
 /// without reading them.
@@ -115,8 +111,7 @@ pub fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
             next_data.next();
             check(cancel, path)?;
             let n = (len - c * CHUNK).min(CHUNK) as usize;
-            file.read_exact_at(&mut buf[..n], c * CHUNK)
-                .at(path, "cannot read for fingerprint")?;
+            file.read_exact_at(&mut buf[..n], c * CHUNK).at(path, "cannot read for fingerprint")?;
             if buf[..n].iter().all(|&b| b == 0) {
                 outer.update(&[0]);
             } else {
@@ -130,9 +125,7 @@ pub fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
 
 /// Bytes a file actually occupies on disk.
 pub fn allocated(path: &Path) -> u64 {
-    fs::symlink_metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0)
+    fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
 /// Copies one regular file, keeping holes, permissions, times and extended attributes, and
@@ -140,21 +133,14 @@ pub fn allocated(path: &Path) -> u64 {
 pub fn copy_file(src: &Path, dst: &Path, cancel: &Cancel) -> Result<()> {
     let from = File::open(src).at(src, "cannot open for copying")?;
     let meta = from.metadata().at(src, "cannot stat")?;
-    let to = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dst)
-        .at(dst, "cannot create copy")?;
+    let to = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).at(dst, "cannot create copy")?;
     let mut buf = vec![0u8; CHUNK as usize];
     for c in data_chunks(&from, meta.len()) {
         check(cancel, src)?;
         let n = (meta.len() - c * CHUNK).min(CHUNK) as usize;
-        from.read_exact_at(&mut buf[..n], c * CHUNK)
-            .at(src, "cannot read")?;
+        from.read_exact_at(&mut buf[..n], c * CHUNK).at(src, "cannot read")?;
         if !buf[..n].iter().all(|&b| b == 0) {
-            to.write_all_at(&buf[..n], c * CHUNK)
-                .at(dst, "cannot write copy")?;
+            to.write_all_at(&buf[..n], c * CHUNK).at(dst, "cannot write copy")?;
         }
     }
     to.set_len(meta.len()).at(dst, "cannot size copy")?;
@@ -166,8 +152,7 @@ pub fn copy_file(src: &Path, dst: &Path, cancel: &Cancel) -> Result<()> {
             }
         }
     }
-    to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .at(dst, "cannot set permissions")?;
+    to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777)).at(dst, "cannot set permissions")?;
     if let Ok(mtime) = meta.modified() {
         let _ = to.set_modified(mtime);
     }
@@ -207,12 +192,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .at(&tmp, "cannot create")?;
+    let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).at(&tmp, "cannot create")?;
     f.write_all_at(bytes, 0).at(&tmp, "cannot write")?;
     platform::full_sync(&f).at(&tmp, "cannot flush")?;
     fs::rename(&tmp, path).at(path, "cannot replace")?;
@@ -221,11 +201,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Creates `path`, which must not exist, with `bytes`, flushed.
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .at(path, "cannot create file")?;
+    let f = OpenOptions::new().write(true).create_new(true).open(path).at(path, "cannot create file")?;
     f.write_all_at(bytes, 0).at(path, "cannot write file")?;
     platform::full_sync(&f).at(path, "cannot flush file")
 }
@@ -245,8 +221,7 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
 pub fn rename_new(from: &Path, to: &Path) -> Result<()> {
     platform::rename_noreplace(from, to).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::refused(to, "already exists")
-                .fix("choose another name, or move the existing item away")
+            Error::refused(to, "already exists").fix("choose another name, or move the existing item away")
         } else {
             Error::io(from, &format!("cannot move to {}", to.display()), e)
         }
@@ -278,10 +253,7 @@ mod tests {
         bytes[10] = 1;
         fs::write(&dense, &bytes).unwrap();
         assert_ne!(a, fingerprint(&[dense], &no).unwrap());
-        assert!(
-            allocated(&sparse) < CHUNK,
-            "sparse file was written densely"
-        );
+        assert!(allocated(&sparse) < CHUNK, "sparse file was written densely");
     }
 
     #[test]
@@ -298,11 +270,6 @@ mod tests {
         assert!(allocated(&dst) <= 2 * CHUNK + 8192);
         assert!(matches!(copy_file(&src, &dst, &no), Err(e) if e.kind == Kind::Io));
         let stop = Cancel::new(true);
-        assert_eq!(
-            copy_file(&src, &dir.path().join("x"), &stop)
-                .unwrap_err()
-                .kind,
-            Kind::Cancelled
-        );
+        assert_eq!(copy_file(&src, &dir.path().join("x"), &stop).unwrap_err().kind, Kind::Cancelled);
     }
 }

@@ -120,11 +120,8 @@ pub fn read<T: DeserializeOwned>(path: &Path, name: &str) -> Result<Option<T>> {
         return Ok(None);
     };
     serde_json::from_slice(&raw).map(Some).map_err(|e| {
-        Error::format(
-            path,
-            format!("lineage attribute {} is damaged: {e}", xattr_name(name)),
-        )
-        .fix("run `leafd verify` to rebuild it from the disk chain")
+        Error::format(path, format!("lineage attribute {} is damaged: {e}", xattr_name(name)))
+            .fix("run `leafd verify` to rebuild it from the disk chain")
     })
 }
 

@@ -35,12 +35,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         write!(w, "{} ", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"))?;
         let level = *event.metadata().level();
         if level != Level::INFO {
@@ -93,37 +88,14 @@ pub fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
         .filename_suffix("log")
         .max_log_files(KEEP_DAYS)
         .build(dir)
-        .map_err(|e| {
-            Error::new(
-                crate::error::Kind::Io,
-                dir.to_path_buf(),
-                format!("cannot open the log: {e}"),
-            )
-        })?;
-    let linked = Linked {
-        inner: appender,
-        dir: dir.to_path_buf(),
-        day: String::new(),
-    };
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("leafd-log")
-        .finish(linked);
+        .map_err(|e| Error::new(crate::error::Kind::Io, dir.to_path_buf(), format!("cannot open the log: {e}")))?;
+    let linked = Linked { inner: appender, dir: dir.to_path_buf(), day: String::new() };
+    let (writer, guard) = NonBlockingBuilder::default().lossy(false).thread_name("leafd-log").finish(linked);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let file_layer = tracing_subscriber::fmt::layer()
-        .event_format(LineFormat)
-        .with_writer(writer)
-        .with_ansi(false);
-    let echo_layer = echo.then(|| {
-        tracing_subscriber::fmt::layer()
-            .event_format(LineFormat)
-            .with_writer(io::stderr)
-            .with_ansi(false)
-    });
-    let subscriber = tracing_subscriber::registry()
-        .with(filter)
-        .with(file_layer)
-        .with(echo_layer);
+    let file_layer = tracing_subscriber::fmt::layer().event_format(LineFormat).with_writer(writer).with_ansi(false);
+    let echo_layer = echo
+        .then(|| tracing_subscriber::fmt::layer().event_format(LineFormat).with_writer(io::stderr).with_ansi(false));
+    let subscriber = tracing_subscriber::registry().with(filter).with(file_layer).with(echo_layer);
     // A second init (tests calling in-process) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(guard)
@@ -136,10 +108,7 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    n.starts_with("leafd.")
-                        && n.ends_with(".log")
-                        && n != CURRENT
-                        && !p.is_symlink()
+                    n.starts_with("leafd.") && n.ends_with(".log") && n != CURRENT && !p.is_symlink()
                 })
                 .collect()
         })
@@ -174,10 +143,7 @@ pub fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Resu
         return Ok(());
     }
     let mut current = log_files(dir).pop();
-    let mut pos = current
-        .as_ref()
-        .and_then(|f| fs::metadata(f).ok())
-        .map_or(0, |m| m.len());
+    let mut pos = current.as_ref().and_then(|f| fs::metadata(f).ok()).map_or(0, |m| m.len());
     loop {
         let newest = log_files(dir).pop();
         if newest != current {
@@ -188,8 +154,7 @@ pub fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Resu
             && let Ok(mut file) = fs::File::open(f)
             && file.metadata().map(|m| m.len()).unwrap_or(0) > pos
         {
-            file.seek(SeekFrom::Start(pos))
-                .at(f, "cannot read the log")?;
+            file.seek(SeekFrom::Start(pos)).at(f, "cannot read the log")?;
             let mut reader = io::BufReader::new(file.take(u64::MAX));
             let mut line = String::new();
             while reader.read_line(&mut line).at(f, "cannot read the log")? > 0 {

@@ -50,33 +50,13 @@ impl SampleDisk {
 /// an extent boundary, many grains, and the very last bytes of the disk.
 pub fn standard_patterns(capacity: u64, split: u64) -> Vec<Pattern> {
     let mut p = vec![
-        Pattern {
-            offset: 0,
-            len: 65536,
-            byte: 0x11,
-        },
-        Pattern {
-            offset: 65536 + 4096,
-            len: 512,
-            byte: 0x22,
-        },
-        Pattern {
-            offset: capacity / 2,
-            len: 3 * 65536 + 1024,
-            byte: 0x33,
-        },
-        Pattern {
-            offset: capacity - 4096,
-            len: 4096,
-            byte: 0x44,
-        },
+        Pattern { offset: 0, len: 65536, byte: 0x11 },
+        Pattern { offset: 65536 + 4096, len: 512, byte: 0x22 },
+        Pattern { offset: capacity / 2, len: 3 * 65536 + 1024, byte: 0x33 },
+        Pattern { offset: capacity - 4096, len: 4096, byte: 0x44 },
     ];
     if split < capacity && split >= 8192 {
-        p.push(Pattern {
-            offset: split - 4096,
-            len: 8192,
-            byte: 0x55,
-        });
+        p.push(Pattern { offset: split - 4096, len: 8192, byte: 0x55 });
     }
     p.sort_by_key(|p| p.offset);
     p
@@ -93,12 +73,7 @@ impl SampleVm {
     pub fn single(name: &str, disk_type: DiskType, capacity_bytes: u64) -> SampleVm {
         SampleVm {
             name: name.into(),
-            disks: vec![SampleDisk::new(
-                "scsi0:0",
-                "Virtual Disk.vmdk",
-                disk_type,
-                capacity_bytes,
-            )],
+            disks: vec![SampleDisk::new("scsi0:0", "Virtual Disk.vmdk", disk_type, capacity_bytes)],
         }
     }
 
@@ -115,9 +90,7 @@ impl SampleVm {
         };
         write(format!("{}.vmx", self.name), self.vmx().as_bytes())?;
         // An EFI variable store stand-in: leaves must get a byte-identical copy.
-        let nvram: Vec<u8> = (0..8192u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-            .collect();
+        let nvram: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
         write(format!("{}.nvram", self.name), &nvram)?;
         write(
             format!("{}.vmxf", self.name),
@@ -205,11 +178,8 @@ pub fn base_ddb(capacity: u64, cid: u32) -> Vec<(String, String)> {
 
 /// Creates a disk per `d` and writes its patterns with leafd's own writer.
 pub fn write_disk(path: &Path, d: &SampleDisk) -> Result<()> {
-    let extents = if d.disk_type.is_split() {
-        disk::split_capacity(d.capacity, d.split_sectors)
-    } else {
-        vec![d.capacity]
-    };
+    let extents =
+        if d.disk_type.is_split() { disk::split_capacity(d.capacity, d.split_sectors) } else { vec![d.capacity] };
     let cid = random_cid();
     disk::create(&NewDisk {
         path,
@@ -222,10 +192,7 @@ pub fn write_disk(path: &Path, d: &SampleDisk) -> Result<()> {
     let disk = Disk::open_writable(path)?;
     for p in &d.patterns {
         if p.offset + p.len > d.capacity * SECTOR {
-            return Err(Error::format(
-                path,
-                format!("pattern at {} runs past the disk's end", p.offset),
-            ));
+            return Err(Error::format(path, format!("pattern at {} runs past the disk's end", p.offset)));
         }
         disk.write_at(p.offset, &vec![p.byte; p.len as usize])?;
     }

@@ -33,34 +33,14 @@ const MAKE_BASE: &[(&str, &[Volume], Expect)] = &[
     ("moved", &[Volume::Same], Expect::Undone),
     ("copying", &[Volume::Other], Expect::Undone),
     ("copied", &[Volume::Other], Expect::Undone),
-    (
-        "vmx-renamed",
-        &[Volume::Same, Volume::Other],
-        Expect::Undone,
-    ),
-    (
-        "lineage-written",
-        &[Volume::Same, Volume::Other],
-        Expect::Undone,
-    ),
+    ("vmx-renamed", &[Volume::Same, Volume::Other], Expect::Undone),
+    ("lineage-written", &[Volume::Same, Volume::Other], Expect::Undone),
     ("protected", &[Volume::Same, Volume::Other], Expect::Undone),
-    (
-        "published",
-        &[Volume::Same, Volume::Other],
-        Expect::Finished,
-    ),
-    (
-        "drop-folder-created",
-        &[Volume::Same, Volume::Other],
-        Expect::Finished,
-    ),
+    ("published", &[Volume::Same, Volume::Other], Expect::Finished),
+    ("drop-folder-created", &[Volume::Same, Volume::Other], Expect::Finished),
     ("source-removing", &[Volume::Other], Expect::Finished),
     ("source-removed", &[Volume::Other], Expect::Finished),
-    (
-        "fingerprinted",
-        &[Volume::Same, Volume::Other],
-        Expect::Finished,
-    ),
+    ("fingerprinted", &[Volume::Same, Volume::Other], Expect::Finished),
 ];
 
 const NEW_LEAF: &[(&str, Expect)] = &[
@@ -78,17 +58,9 @@ const NEW_LEAF: &[(&str, Expect)] = &[
 #[test]
 fn every_declared_step_is_covered() {
     let covered: Vec<&str> = MAKE_BASE.iter().map(|s| s.0).collect();
-    assert_eq!(
-        covered,
-        make_base::STEPS,
-        "a Make Base step was added or removed: cover it here"
-    );
+    assert_eq!(covered, make_base::STEPS, "a Make Base step was added or removed: cover it here");
     let covered: Vec<&str> = NEW_LEAF.iter().map(|s| s.0).collect();
-    assert_eq!(
-        covered,
-        new_leaf::STEPS,
-        "a New Leaf step was added or removed: cover it here"
-    );
+    assert_eq!(covered, new_leaf::STEPS, "a New Leaf step was added or removed: cover it here");
 }
 
 /// A split disk and a monolithic one, so both extent layouts go through every step.
@@ -96,48 +68,24 @@ fn vm() -> SampleVm {
     SampleVm {
         name: "Crashy".into(),
         disks: vec![
-            SampleDisk::new(
-                "scsi0:0",
-                "Virtual Disk.vmdk",
-                DiskType::SplitSparse,
-                12 * MIB,
-            ),
-            SampleDisk::new(
-                "sata0:0",
-                "Second.vmdk",
-                DiskType::MonolithicSparse,
-                4 * MIB,
-            ),
+            SampleDisk::new("scsi0:0", "Virtual Disk.vmdk", DiskType::SplitSparse, 12 * MIB),
+            SampleDisk::new("sata0:0", "Second.vmdk", DiskType::MonolithicSparse, 4 * MIB),
         ],
     }
 }
 
 fn no_leftovers(lib: &Lib) {
-    assert_eq!(
-        std::fs::read_dir(lib.root.join(".leafd/journal"))
-            .unwrap()
-            .count(),
-        0,
-        "journal not empty"
-    );
+    assert_eq!(std::fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0, "journal not empty");
     for dir in [lib.root.clone(), lib.root.join("Bases")] {
         for e in std::fs::read_dir(&dir).unwrap() {
             let n = e.unwrap().file_name();
-            assert!(
-                !n.to_string_lossy().starts_with(".leafd-staging"),
-                "staging left in {}: {n:?}",
-                dir.display()
-            );
+            assert!(!n.to_string_lossy().starts_with(".leafd-staging"), "staging left in {}: {n:?}", dir.display());
         }
     }
 }
 
 /// The finished base holds exactly the source's files, protected, with its record complete.
-fn base_is_complete(
-    lib: &Lib,
-    vm: &SampleVm,
-    before: &std::collections::BTreeMap<std::path::PathBuf, String>,
-) {
+fn base_is_complete(lib: &Lib, vm: &SampleVm, before: &std::collections::BTreeMap<std::path::PathBuf, String>) {
     let mut expected = before.clone();
     let sum = expected.remove(Path::new("Crashy.vmx")).unwrap();
     expected.insert("Crashy.vmx.base".into(), sum);
@@ -146,10 +94,7 @@ fn base_is_complete(
     assert_eq!(now, expected);
     let rec = record(&lib.base_dir(&vm.name), "base");
     for d in rec["disks"].as_array().unwrap() {
-        assert!(
-            d["fingerprint"].as_str().is_some(),
-            "fingerprint not completed: {rec}"
-        );
+        assert!(d["fingerprint"].as_str().is_some(), "fingerprint not completed: {rec}");
     }
     assert!(lib.root.join("New Leaf/Crashy").is_dir());
     for d in &vm.disks {
@@ -170,9 +115,7 @@ fn make_base_survives_a_kill_at_every_step() {
         for &volume in volumes {
             let lib = Lib::new();
             let other = (volume == Volume::Other).then(OtherVolume::new);
-            let dir = other
-                .as_ref()
-                .map_or(lib.make_base_dir(), |o| o.path().to_path_buf());
+            let dir = other.as_ref().map_or(lib.make_base_dir(), |o| o.path().to_path_buf());
             let bundle = vm.build(&dir).unwrap();
             let before_tree = fingerprint_tree(&bundle);
             let before = checksums(&bundle);
@@ -181,11 +124,7 @@ fn make_base_survives_a_kill_at_every_step() {
                 .env("LEAFD_FAULT", format!("make-base:{step}"))
                 .output()
                 .unwrap();
-            assert!(
-                killed(&o),
-                "{step} ({volume:?}): the process was not killed there: {}",
-                text(&o)
-            );
+            assert!(killed(&o), "{step} ({volume:?}): the process was not killed there: {}", text(&o));
             lib.ok(&["recover"]);
             no_leftovers(&lib);
             match expect {
@@ -195,18 +134,12 @@ fn make_base_survives_a_kill_at_every_step() {
                         before_tree,
                         "{step} ({volume:?}): the source is not as it was"
                     );
-                    assert!(
-                        !lib.base_dir(&vm.name).exists(),
-                        "{step} ({volume:?}): half a base"
-                    );
+                    assert!(!lib.base_dir(&vm.name).exists(), "{step} ({volume:?}): half a base");
                     // And doing it again now works.
                     lib.ok(&["make-base", bundle.to_str().unwrap()]);
                 }
                 Expect::Finished => {
-                    assert!(
-                        !bundle.exists(),
-                        "{step} ({volume:?}): the source is still there"
-                    );
+                    assert!(!bundle.exists(), "{step} ({volume:?}): the source is still there");
                 }
             }
             base_is_complete(&lib, &vm, &before);
@@ -227,11 +160,7 @@ fn new_leaf_survives_a_kill_at_every_step() {
             .env("LEAFD_FAULT", format!("new-leaf:{step}"))
             .output()
             .unwrap();
-        assert!(
-            killed(&o),
-            "{step}: the process was not killed there: {}",
-            text(&o)
-        );
+        assert!(killed(&o), "{step}: the process was not killed there: {}", text(&o));
         lib.ok(&["recover"]);
         no_leftovers(&lib);
         let leaves = base.join(".leaves");
@@ -239,26 +168,15 @@ fn new_leaf_survives_a_kill_at_every_step() {
         match expect {
             Expect::Undone => {
                 assert!(!lib.leaf_dir("Leaf").exists(), "{step}: half a leaf");
-                assert_eq!(
-                    refs(),
-                    0,
-                    "{step}: the base lists a leaf that does not exist"
-                );
-                assert_eq!(
-                    fingerprint_tree(&base),
-                    base_before,
-                    "{step}: the base changed"
-                );
+                assert_eq!(refs(), 0, "{step}: the base lists a leaf that does not exist");
+                assert_eq!(fingerprint_tree(&base), base_before, "{step}: the base changed");
                 lib.ok(&["new-leaf", "Crashy", "Leaf"]);
             }
             Expect::Finished => {}
         }
         assert_eq!(refs(), 1, "{step}");
         for d in &vm.disks {
-            let delta = lib.leaf_dir("Leaf").join(format!(
-                "{}-000001.vmdk",
-                d.file.strip_suffix(".vmdk").unwrap()
-            ));
+            let delta = lib.leaf_dir("Leaf").join(format!("{}-000001.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
             qemu_check(&delta);
             for p in &d.patterns {
                 qemu_read_pattern(&delta, p.offset, p.len, p.byte).unwrap();

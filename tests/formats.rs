@@ -13,11 +13,7 @@ use leafd::formats::sparse::{Layout, SECTOR};
 use leafd::sample::{Pattern, SampleDisk, SampleVm, standard_patterns};
 
 const MIB: u64 = 1 << 20;
-const TYPES: [DiskType; 3] = [
-    DiskType::MonolithicSparse,
-    DiskType::SplitSparse,
-    DiskType::MonolithicFlat,
-];
+const TYPES: [DiskType; 3] = [DiskType::MonolithicSparse, DiskType::SplitSparse, DiskType::MonolithicFlat];
 
 /// A base disk to build chains on: its path and the patterns it holds.
 struct Base {
@@ -29,10 +25,7 @@ fn leafd_base(dir: &Path, t: DiskType) -> Base {
     let vm = SampleVm::single(&format!("{t:?}"), t, 64 * MIB);
     std::fs::create_dir_all(dir).unwrap();
     let bundle = vm.build(dir).unwrap();
-    Base {
-        disk: bundle.join("Virtual Disk.vmdk"),
-        patterns: vm.disks[0].patterns.clone(),
-    }
+    Base { disk: bundle.join("Virtual Disk.vmdk"), patterns: vm.disks[0].patterns.clone() }
 }
 
 fn qemu_base(dir: &Path, subformat: &str, size: u64) -> Base {
@@ -57,19 +50,9 @@ fn qemu_base(dir: &Path, subformat: &str, size: u64) -> Base {
     for p in &patterns {
         let o = run_tool(
             "qemu-io",
-            &[
-                "-f",
-                "vmdk",
-                "-c",
-                &format!("write -P 0x{:02x} {} {}", p.byte, p.offset, p.len),
-                disk.to_str().unwrap(),
-            ],
+            &["-f", "vmdk", "-c", &format!("write -P 0x{:02x} {} {}", p.byte, p.offset, p.len), disk.to_str().unwrap()],
         );
-        assert!(
-            o.status.success() && !text(&o).contains("failed"),
-            "{}",
-            text(&o)
-        );
+        assert!(o.status.success() && !text(&o).contains("failed"), "{}", text(&o));
     }
     Base { disk, patterns }
 }
@@ -87,38 +70,24 @@ fn leafd_sees_patterns(disk: &Disk, patterns: &[Pattern]) {
     for p in patterns {
         let mut buf = vec![0u8; p.len as usize];
         disk.read_at(p.offset, &mut buf).unwrap();
-        assert!(
-            buf.iter().all(|&b| b == p.byte),
-            "{}: pattern {p:?}",
-            disk.path().display()
-        );
+        assert!(buf.iter().all(|&b| b == p.byte), "{}: pattern {p:?}", disk.path().display());
         // Just before and after each pattern: zeros, unless another pattern is there.
-        for at in [p.offset.checked_sub(512), Some(p.offset + p.len)]
-            .into_iter()
-            .flatten()
-        {
+        for at in [p.offset.checked_sub(512), Some(p.offset + p.len)].into_iter().flatten() {
             if at + 512 > disk.capacity() * SECTOR
-                || patterns
-                    .iter()
-                    .any(|q| q.offset < at + 512 && at < q.offset + q.len)
+                || patterns.iter().any(|q| q.offset < at + 512 && at < q.offset + q.len)
             {
                 continue;
             }
             let mut b = [1u8; 512];
             disk.read_at(at, &mut b).unwrap();
-            assert!(
-                b.iter().all(|&x| x == 0),
-                "{} not zero at {at}",
-                disk.path().display()
-            );
+            assert!(b.iter().all(|&x| x == 0), "{} not zero at {at}", disk.path().display());
         }
     }
 }
 
 fn qemu_sees_patterns(path: &Path, patterns: &[Pattern]) {
     for p in patterns {
-        qemu_read_pattern(path, p.offset, p.len, p.byte)
-            .unwrap_or_else(|e| panic!("{}: {p:?}: {e}", path.display()));
+        qemu_read_pattern(path, p.offset, p.len, p.byte).unwrap_or_else(|e| panic!("{}: {p:?}: {e}", path.display()));
     }
 }
 
@@ -136,10 +105,7 @@ fn leafd_written_bases_are_read_alike_by_qemu_and_leafd() {
         leafd_sees_patterns(&disk, &base.patterns);
         let mut ours = vec![0u8; (64 * MIB) as usize];
         disk.read_at(0, &mut ours).unwrap();
-        assert!(
-            ours == qemu_raw(&base.disk, tmp.path()),
-            "{t:?}: leafd and qemu read different bytes"
-        );
+        assert!(ours == qemu_raw(&base.disk, tmp.path()), "{t:?}: leafd and qemu read different bytes");
     }
 }
 
@@ -155,11 +121,9 @@ fn split_sample_has_several_extents() {
 #[test]
 fn qemu_made_bases_are_read_by_leafd() {
     let tmp = tempfile::tempdir().unwrap();
-    for (sub, size) in [
-        ("monolithicSparse", 64 * MIB),
-        ("twoGbMaxExtentSparse", 5 * 1024 * MIB),
-        ("monolithicFlat", 64 * MIB),
-    ] {
+    for (sub, size) in
+        [("monolithicSparse", 64 * MIB), ("twoGbMaxExtentSparse", 5 * 1024 * MIB), ("monolithicFlat", 64 * MIB)]
+    {
         let base = qemu_base(tmp.path(), sub, size);
         let disk = Disk::open(&base.disk).unwrap();
         assert_eq!(disk.descriptor.create_type(), sub);
@@ -168,10 +132,7 @@ fn qemu_made_bases_are_read_by_leafd() {
         if size <= 64 * MIB {
             let mut ours = vec![0u8; size as usize];
             disk.read_at(0, &mut ours).unwrap();
-            assert!(
-                ours == qemu_raw(&base.disk, tmp.path()),
-                "{sub}: leafd and qemu read different bytes"
-            );
+            assert!(ours == qemu_raw(&base.disk, tmp.path()), "{sub}: leafd and qemu read different bytes");
         }
     }
 }
@@ -202,12 +163,7 @@ fn deltas_over_every_base_form_chains_qemu_accepts() {
         qemu_check(&delta);
         let chain = qemu_chain(&delta);
         assert_eq!(chain.len(), 2, "{name}: {chain:?}");
-        assert!(
-            chain[0]["backing-filename"]
-                .as_str()
-                .unwrap()
-                .ends_with(copy.file_name().unwrap().to_str().unwrap())
-        );
+        assert!(chain[0]["backing-filename"].as_str().unwrap().ends_with(copy.file_name().unwrap().to_str().unwrap()));
         assert_eq!(chain[0]["virtual-size"], chain[1]["virtual-size"]);
         qemu_sees_patterns(&delta, &base.patterns);
         let ours = Disk::open(&delta).unwrap();
@@ -225,31 +181,21 @@ fn deltas_over_every_base_form_chains_qemu_accepts() {
         for (off, len, byte) in writes {
             qemu_write(&delta, off, len, byte);
         }
-        assert_eq!(
-            checksums(base_dir),
-            before,
-            "{name}: a write into the delta changed the base"
-        );
+        assert_eq!(checksums(base_dir), before, "{name}: a write into the delta changed the base");
         qemu_check(&delta);
         let ours = Disk::open(&delta).unwrap();
         for (off, len, byte) in writes {
             qemu_read_pattern(&delta, off, len, byte).unwrap();
             let mut b = vec![0u8; len as usize];
             ours.read_at(off, &mut b).unwrap();
-            assert!(
-                b.iter().all(|&x| x == byte),
-                "{name}: leafd misreads qemu's write at {off}"
-            );
+            assert!(b.iter().all(|&x| x == byte), "{name}: leafd misreads qemu's write at {off}");
         }
         // The rest of the first pattern's grain still shows the base.
         qemu_read_pattern(&delta, 4096, 65536 - 4096, 0x11).unwrap();
         if cap <= 64 * MIB {
             let mut all = vec![0u8; cap as usize];
             ours.read_at(0, &mut all).unwrap();
-            assert!(
-                all == qemu_raw(&delta, tmp.path()),
-                "{name}: leafd and qemu read the chain differently"
-            );
+            assert!(all == qemu_raw(&delta, tmp.path()), "{name}: leafd and qemu read the chain differently");
         }
     }
 }
@@ -288,49 +234,23 @@ fn libvmdk_accepts_the_chain_and_refuses_a_wrong_parent_cid() {
         let leaf = tmp.path().join(format!("{t:?}"));
         let (copy, delta) = make_chain(&base.disk, &leaf);
         let p = base.patterns[0];
-        let (size, data) = libvmdk_chain(
-            &delta,
-            &extents_of(&delta),
-            &copy,
-            &extents_of(&copy),
-            p.offset,
-            p.len,
-        )
-        .unwrap();
+        let (size, data) =
+            libvmdk_chain(&delta, &extents_of(&delta), &copy, &extents_of(&copy), p.offset, p.len).unwrap();
         assert_eq!(size, 64 * MIB);
-        assert!(
-            data.iter().all(|&b| b == p.byte),
-            "{t:?}: libvmdk read the wrong bytes"
-        );
+        assert!(data.iter().all(|&b| b == p.byte), "{t:?}: libvmdk read the wrong bytes");
 
         // The base "changed" (its copy now carries another CID): every reader must refuse.
         let mut wrong = Descriptor::parse(&std::fs::read_to_string(&copy).unwrap()).unwrap();
         wrong.set_cid(wrong.cid().unwrap() ^ 1);
         std::fs::write(&copy, wrong.to_string()).unwrap();
-        let refused = libvmdk_chain(
-            &delta,
-            &extents_of(&delta),
-            &copy,
-            &extents_of(&copy),
-            0,
-            512,
-        );
-        assert!(
-            refused.is_err(),
-            "{t:?}: libvmdk accepted a wrong parent CID"
-        );
+        let refused = libvmdk_chain(&delta, &extents_of(&delta), &copy, &extents_of(&copy), 0, 512);
+        assert!(refused.is_err(), "{t:?}: libvmdk accepted a wrong parent CID");
         assert!(
             qemu_read_pattern(&delta, p.offset, p.len, p.byte).is_err(),
             "{t:?}: qemu-io accepted a wrong parent CID"
         );
-        let err = Disk::open(&delta)
-            .err()
-            .expect("leafd must refuse a wrong parent CID")
-            .to_string();
-        assert!(
-            err.contains("error 18") && err.contains(delta.to_str().unwrap()),
-            "{err}"
-        );
+        let err = Disk::open(&delta).err().expect("leafd must refuse a wrong parent CID").to_string();
+        assert!(err.contains("error 18") && err.contains(delta.to_str().unwrap()), "{err}");
     }
 }
 
@@ -338,21 +258,13 @@ fn libvmdk_accepts_the_chain_and_refuses_a_wrong_parent_cid() {
 fn an_empty_64_gib_delta_touches_only_its_metadata() {
     let tmp = tempfile::tempdir().unwrap();
     let mut vm = SampleVm::single("big", DiskType::MonolithicSparse, 64 << 30);
-    vm.disks[0].patterns = vec![Pattern {
-        offset: 0,
-        len: 512,
-        byte: 1,
-    }];
+    vm.disks[0].patterns = vec![Pattern { offset: 0, len: 512, byte: 1 }];
     let bundle = vm.build(tmp.path()).unwrap();
     let (_, delta) = make_chain(&bundle.join("Virtual Disk.vmdk"), &tmp.path().join("leaf"));
     let meta = std::fs::metadata(&delta).unwrap();
     let layout = Layout::new(64 << 21, true);
     assert_eq!(meta.len(), layout.file_len());
-    assert!(
-        meta.blocks() * 512 < 256 * 1024,
-        "{} bytes allocated",
-        meta.blocks() * 512
-    );
+    assert!(meta.blocks() * 512 < 256 * 1024, "{} bytes allocated", meta.blocks() * 512);
     qemu_check(&delta);
     qemu_read_pattern(&delta, 0, 512, 1).unwrap();
 }
@@ -364,15 +276,8 @@ fn split_delta_mirrors_the_parent_extents() {
     let (_, delta) = make_chain(&base.disk, &tmp.path().join("leaf"));
     let d = Disk::open(&delta).unwrap();
     assert_eq!(d.descriptor.create_type(), "twoGbMaxExtentSparse");
-    assert_eq!(
-        d.extent_sectors(),
-        Disk::open(&base.disk).unwrap().extent_sectors()
-    );
-    let names: Vec<String> = d
-        .files()
-        .iter()
-        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
+    assert_eq!(d.extent_sectors(), Disk::open(&base.disk).unwrap().extent_sectors());
+    let names: Vec<String> = d.files().iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(
         names,
         [
@@ -390,29 +295,15 @@ fn three_disks_on_two_buses_sample() {
     let vm = SampleVm {
         name: "Multi".into(),
         disks: vec![
-            SampleDisk::new(
-                "scsi0:0",
-                "Virtual Disk.vmdk",
-                DiskType::SplitSparse,
-                32 * MIB,
-            ),
-            SampleDisk::new(
-                "scsi0:1",
-                "Virtual Disk-2.vmdk",
-                DiskType::MonolithicSparse,
-                16 * MIB,
-            ),
+            SampleDisk::new("scsi0:0", "Virtual Disk.vmdk", DiskType::SplitSparse, 32 * MIB),
+            SampleDisk::new("scsi0:1", "Virtual Disk-2.vmdk", DiskType::MonolithicSparse, 16 * MIB),
             SampleDisk::new("nvme0:0", "Data.vmdk", DiskType::MonolithicFlat, 8 * MIB),
         ],
     };
     let bundle = vm.build(tmp.path()).unwrap();
-    let vmx = leafd::formats::dict::Dict::parse(&std::fs::read(bundle.join("Multi.vmx")).unwrap())
-        .unwrap();
+    let vmx = leafd::formats::dict::Dict::parse(&std::fs::read(bundle.join("Multi.vmx")).unwrap()).unwrap();
     let disks = leafd::formats::vmx::disks(&vmx);
-    assert_eq!(
-        disks.iter().map(|d| d.node.as_str()).collect::<Vec<_>>(),
-        ["scsi0:0", "scsi0:1", "nvme0:0"]
-    );
+    assert_eq!(disks.iter().map(|d| d.node.as_str()).collect::<Vec<_>>(), ["scsi0:0", "scsi0:1", "nvme0:0"]);
     for d in &vm.disks {
         qemu_sees_patterns(&bundle.join(&d.file), &d.patterns);
     }

@@ -34,10 +34,7 @@ struct Case {
 }
 
 fn make_base_of(bundle: PathBuf) -> (Vec<String>, Vec<PathBuf>) {
-    (
-        vec!["make-base".into(), bundle.to_string_lossy().into()],
-        vec![bundle],
-    )
+    (vec!["make-base".into(), bundle.to_string_lossy().into()], vec![bundle])
 }
 
 fn dropped(lib: &Lib, t: DiskType, edit: fn(&Path)) -> (Vec<String>, Vec<PathBuf>) {
@@ -47,59 +44,38 @@ fn dropped(lib: &Lib, t: DiskType, edit: fn(&Path)) -> (Vec<String>, Vec<PathBuf
 }
 
 fn with_base(lib: &Lib) -> PathBuf {
-    lib.base_from(&SampleVm::single(
-        "Base",
-        DiskType::MonolithicSparse,
-        8 * MIB,
-    ))
+    lib.base_from(&SampleVm::single("Base", DiskType::MonolithicSparse, 8 * MIB))
 }
 
 fn new_leaf(lib: &Lib, name: &str) -> (Vec<String>, Vec<PathBuf>) {
     let base = with_base(lib);
-    (
-        vec!["new-leaf".into(), "Base".into(), name.into()],
-        vec![base, lib.root.clone()],
-    )
+    (vec!["new-leaf".into(), "Base".into(), name.into()], vec![base, lib.root.clone()])
 }
 
 const CASES: &[Case] = &[
     Case {
         name: "running: lock folder",
-        setup: |lib| {
-            dropped(lib, DiskType::SplitSparse, |b| {
-                fs::create_dir(b.join("VM.vmx.lck")).unwrap()
-            })
-        },
+        setup: |lib| dropped(lib, DiskType::SplitSparse, |b| fs::create_dir(b.join("VM.vmx.lck")).unwrap()),
         exit: 1,
         says: &["VM.vmx.lck", "is running", "shut the VM down"],
     },
     Case {
         name: "running: disk lock",
         setup: |lib| {
-            dropped(lib, DiskType::MonolithicSparse, |b| {
-                fs::create_dir(b.join("Virtual Disk.vmdk.lck")).unwrap()
-            })
+            dropped(lib, DiskType::MonolithicSparse, |b| fs::create_dir(b.join("Virtual Disk.vmdk.lck")).unwrap())
         },
         exit: 1,
         says: &["Virtual Disk.vmdk.lck", "is running"],
     },
     Case {
         name: "running: memory file",
-        setup: |lib| {
-            dropped(lib, DiskType::MonolithicSparse, |b| {
-                fs::write(b.join("VM-5c1b3e9a.vmem"), b"x").unwrap()
-            })
-        },
+        setup: |lib| dropped(lib, DiskType::MonolithicSparse, |b| fs::write(b.join("VM-5c1b3e9a.vmem"), b"x").unwrap()),
         exit: 1,
         says: &["VM-5c1b3e9a.vmem", "is running"],
     },
     Case {
         name: "suspended: .vmss",
-        setup: |lib| {
-            dropped(lib, DiskType::MonolithicSparse, |b| {
-                fs::write(b.join("VM-5c1b3e9a.vmss"), b"x").unwrap()
-            })
-        },
+        setup: |lib| dropped(lib, DiskType::MonolithicSparse, |b| fs::write(b.join("VM-5c1b3e9a.vmss"), b"x").unwrap()),
         exit: 1,
         says: &["VM-5c1b3e9a.vmss", "suspended", "resume it"],
     },
@@ -107,12 +83,7 @@ const CASES: &[Case] = &[
         name: "suspended: checkpoint.vmState",
         setup: |lib| {
             dropped(lib, DiskType::MonolithicSparse, |b| {
-                edit_vmx(b, |t| {
-                    t.replace(
-                        "checkpoint.vmState = \"\"",
-                        "checkpoint.vmState = \"VM-1.vmss\"",
-                    )
-                })
+                edit_vmx(b, |t| t.replace("checkpoint.vmState = \"\"", "checkpoint.vmState = \"VM-1.vmss\""))
             })
         },
         exit: 1,
@@ -122,9 +93,7 @@ const CASES: &[Case] = &[
         name: "encrypted",
         setup: |lib| {
             dropped(lib, DiskType::MonolithicSparse, |b| {
-                edit_vmx(b, |t| {
-                    t + "encryption.keySafe = \"vmware:key/list/(pair/...)\"\n"
-                })
+                edit_vmx(b, |t| t + "encryption.keySafe = \"vmware:key/list/(pair/...)\"\n")
             })
         },
         exit: 1,
@@ -134,9 +103,7 @@ const CASES: &[Case] = &[
         name: "no disk",
         setup: |lib| {
             dropped(lib, DiskType::MonolithicSparse, |b| {
-                edit_vmx(b, |t| {
-                    t.replace("scsi0:0.present = \"TRUE\"", "scsi0:0.present = \"FALSE\"")
-                })
+                edit_vmx(b, |t| t.replace("scsi0:0.present = \"TRUE\"", "scsi0:0.present = \"FALSE\""))
             })
         },
         exit: 1,
@@ -145,9 +112,7 @@ const CASES: &[Case] = &[
     Case {
         name: "missing disk",
         setup: |lib| {
-            dropped(lib, DiskType::MonolithicSparse, |b| {
-                fs::remove_file(b.join("Virtual Disk.vmdk")).unwrap()
-            })
+            dropped(lib, DiskType::MonolithicSparse, |b| fs::remove_file(b.join("Virtual Disk.vmdk")).unwrap())
         },
         exit: 1,
         says: &["Virtual Disk.vmdk", "missing", "restore"],
@@ -155,9 +120,7 @@ const CASES: &[Case] = &[
     Case {
         name: "missing extent",
         setup: |lib| {
-            dropped(lib, DiskType::SplitSparse, |b| {
-                fs::remove_file(b.join("Virtual Disk-s002.vmdk")).unwrap()
-            })
+            dropped(lib, DiskType::SplitSparse, |b| fs::remove_file(b.join("Virtual Disk-s002.vmdk")).unwrap())
         },
         exit: 1,
         says: &["Virtual Disk-s002.vmdk", "missing", "restore"],
@@ -166,12 +129,7 @@ const CASES: &[Case] = &[
         name: "truncated flat extent",
         setup: |lib| {
             dropped(lib, DiskType::MonolithicFlat, |b| {
-                fs::File::options()
-                    .write(true)
-                    .open(b.join("Virtual Disk-flat.vmdk"))
-                    .unwrap()
-                    .set_len(MIB)
-                    .unwrap()
+                fs::File::options().write(true).open(b.join("Virtual Disk-flat.vmdk")).unwrap().set_len(MIB).unwrap()
             })
         },
         exit: 1,
@@ -181,12 +139,7 @@ const CASES: &[Case] = &[
         name: "truncated sparse extent",
         setup: |lib| {
             dropped(lib, DiskType::SplitSparse, |b| {
-                fs::File::options()
-                    .write(true)
-                    .open(b.join("Virtual Disk-s003.vmdk"))
-                    .unwrap()
-                    .set_len(2048)
-                    .unwrap()
+                fs::File::options().write(true).open(b.join("Virtual Disk-s003.vmdk")).unwrap().set_len(2048).unwrap()
             })
         },
         exit: 1,
@@ -197,43 +150,29 @@ const CASES: &[Case] = &[
         setup: |lib| {
             dropped(lib, DiskType::SplitSparse, |b| {
                 let p = b.join("Virtual Disk.vmdk");
-                let t = fs::read_to_string(&p)
-                    .unwrap()
-                    .replace("twoGbMaxExtentSparse", "streamOptimized");
+                let t = fs::read_to_string(&p).unwrap().replace("twoGbMaxExtentSparse", "streamOptimized");
                 fs::write(p, t).unwrap();
             })
         },
         exit: 1,
-        says: &[
-            "Virtual Disk.vmdk",
-            "\"streamOptimized\" is not one leafd serves",
-            "convert it",
-        ],
+        says: &["Virtual Disk.vmdk", "\"streamOptimized\" is not one leafd serves", "convert it"],
     },
     Case {
         name: "snapshot chain",
         setup: |lib| {
             dropped(lib, DiskType::SplitSparse, |b| {
                 let p = b.join("Virtual Disk.vmdk");
-                let t = fs::read_to_string(&p)
-                    .unwrap()
-                    .replace("parentCID=ffffffff", "parentCID=12345678");
+                let t = fs::read_to_string(&p).unwrap().replace("parentCID=ffffffff", "parentCID=12345678");
                 fs::write(p, t).unwrap();
             })
         },
         exit: 1,
-        says: &[
-            "Virtual Disk.vmdk",
-            "snapshot chain",
-            "delete the VM's snapshots",
-        ],
+        says: &["Virtual Disk.vmdk", "snapshot chain", "delete the VM's snapshots"],
     },
     Case {
         name: "garbage .vmx",
         setup: |lib| {
-            dropped(lib, DiskType::MonolithicSparse, |b| {
-                fs::write(b.join("VM.vmx"), b"\xff\xfe\x00garbage").unwrap()
-            })
+            dropped(lib, DiskType::MonolithicSparse, |b| fs::write(b.join("VM.vmx"), b"\xff\xfe\x00garbage").unwrap())
         },
         exit: 1,
         says: &["VM.vmx", "not valid UTF-8"],
@@ -242,9 +181,7 @@ const CASES: &[Case] = &[
         name: "two .vmx files",
         setup: |lib| {
             dropped(lib, DiskType::MonolithicSparse, |b| {
-                fs::copy(b.join("VM.vmx"), b.join("Copy.vmx"))
-                    .map(drop)
-                    .unwrap()
+                fs::copy(b.join("VM.vmx"), b.join("Copy.vmx")).map(drop).unwrap()
             })
         },
         exit: 1,
@@ -252,11 +189,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "no .vmx",
-        setup: |lib| {
-            dropped(lib, DiskType::MonolithicSparse, |b| {
-                fs::remove_file(b.join("VM.vmx")).unwrap()
-            })
-        },
+        setup: |lib| dropped(lib, DiskType::MonolithicSparse, |b| fs::remove_file(b.join("VM.vmx")).unwrap()),
         exit: 1,
         says: &["VM.vmwarevm", "no .vmx"],
     },
@@ -267,19 +200,13 @@ const CASES: &[Case] = &[
             let elsewhere = lib.tmp.path().join("elsewhere.vmdk");
             fs::rename(b.join("Virtual Disk.vmdk"), &elsewhere).unwrap();
             let e = elsewhere.to_string_lossy().into_owned();
-            edit_vmx(&b, |t| {
-                t.replace("\"Virtual Disk.vmdk\"", &format!("\"{e}\""))
-            });
+            edit_vmx(&b, |t| t.replace("\"Virtual Disk.vmdk\"", &format!("\"{e}\"")));
             let (args, mut keep) = make_base_of(b);
             keep.push(elsewhere);
             (args, keep)
         },
         exit: 1,
-        says: &[
-            "VM.vmx",
-            "outside the bundle",
-            "move the disk into the VM bundle",
-        ],
+        says: &["VM.vmx", "outside the bundle", "move the disk into the VM bundle"],
     },
     Case {
         name: "symlink leading outside",
@@ -347,10 +274,7 @@ const CASES: &[Case] = &[
         name: "leaf of an unknown base",
         setup: |lib| {
             with_base(lib);
-            (
-                vec!["new-leaf".into(), "Nope".into(), "Web".into()],
-                vec![lib.root.clone()],
-            )
+            (vec!["new-leaf".into(), "Nope".into(), "Web".into()], vec![lib.root.clone()])
         },
         exit: 1,
         says: &["Bases/Nope", "no base named \"Nope\"", "known bases: Base"],
@@ -371,18 +295,8 @@ const CASES: &[Case] = &[
         exit: 1,
         says: &["New Leaf/Base: leaf name \"\" is empty"],
     },
-    Case {
-        name: "leaf name '..'",
-        setup: |lib| new_leaf(lib, ".."),
-        exit: 1,
-        says: &["\"..\"", "not a name"],
-    },
-    Case {
-        name: "leaf name with a slash",
-        setup: |lib| new_leaf(lib, "a/b"),
-        exit: 1,
-        says: &["\"a/b\"", "slash"],
-    },
+    Case { name: "leaf name '..'", setup: |lib| new_leaf(lib, ".."), exit: 1, says: &["\"..\"", "not a name"] },
+    Case { name: "leaf name with a slash", setup: |lib| new_leaf(lib, "a/b"), exit: 1, says: &["\"a/b\"", "slash"] },
     Case {
         name: "leaf name with a control character",
         setup: |lib| new_leaf(lib, "a\tb"),
@@ -405,26 +319,14 @@ const CASES: &[Case] = &[
             let at = f.windows(4).position(|w| w == b"CID=").unwrap() + 4;
             f[at] = if f[at] == b'0' { b'1' } else { b'0' };
             fs::write(&p, f).unwrap();
-            (
-                vec!["new-leaf".into(), "Base".into(), "Web".into()],
-                vec![base, lib.root.clone()],
-            )
+            (vec!["new-leaf".into(), "Base".into(), "Web".into()], vec![base, lib.root.clone()])
         },
         exit: 1,
-        says: &[
-            "Virtual Disk.vmdk",
-            "changed since the base was made",
-            "leafd verify",
-        ],
+        says: &["Virtual Disk.vmdk", "changed since the base was made", "leafd verify"],
     },
     Case {
         name: "usage: missing argument",
-        setup: |lib| {
-            (
-                vec!["new-leaf".into(), "Base".into()],
-                vec![lib.root.clone()],
-            )
-        },
+        setup: |lib| (vec!["new-leaf".into(), "Base".into()], vec![lib.root.clone()]),
         exit: 2,
         says: &["NAME"],
     },
@@ -451,12 +353,7 @@ fn every_refusal_names_the_problem_and_changes_nothing() {
             eprintln!("--- {}\n{stderr}", case.name);
         }
         if o.status.code() != Some(case.exit) {
-            failures.push(format!(
-                "{}: exit {:?}, wanted {}: {stderr}",
-                case.name,
-                o.status.code(),
-                case.exit
-            ));
+            failures.push(format!("{}: exit {:?}, wanted {}: {stderr}", case.name, o.status.code(), case.exit));
             continue;
         }
         for s in case.says {
@@ -476,20 +373,11 @@ fn every_refusal_names_the_problem_and_changes_nothing() {
             b.retain(|l| !own(l));
             a.retain(|l| !own(l));
             if a != b {
-                failures.push(format!(
-                    "{}: input changed:\nbefore {b:#?}\nafter {a:#?}",
-                    case.name
-                ));
+                failures.push(format!("{}: input changed:\nbefore {b:#?}\nafter {a:#?}", case.name));
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        CASES.len(),
-        failures.join("\n\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n\n"));
 }
 
 #[test]

@@ -44,10 +44,7 @@ fn setup() -> (Lib, SampleVm) {
 }
 
 fn new_leaf(lib: &Lib, vmrun: &Path, backend: &str) -> std::process::Output {
-    lib.command(&["new-leaf", "Ubuntu", "Web", "--snapshot", backend])
-        .env("LEAFD_VMRUN", vmrun)
-        .output()
-        .unwrap()
+    lib.command(&["new-leaf", "Ubuntu", "Web", "--snapshot", backend]).env("LEAFD_VMRUN", vmrun).output().unwrap()
 }
 
 fn args(lib: &Lib) -> Vec<String> {
@@ -57,10 +54,7 @@ fn args(lib: &Lib) -> Vec<String> {
 }
 
 fn snapshot_of(lib: &Lib) -> String {
-    record(&lib.leaf_dir("Web"), "leaf")["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    record(&lib.leaf_dir("Web"), "leaf")["snapshot"].as_str().unwrap().to_string()
 }
 
 fn chain_reads(lib: &Lib, vm: &SampleVm) {
@@ -76,17 +70,10 @@ fn auto_falls_back_to_native_when_vmrun_fails() {
     let vmrun = stand_in(lib.tmp.path(), "fails", FAILS);
     let o = new_leaf(&lib, &vmrun, "auto");
     assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("vmrun could not take the snapshot"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("vmrun could not take the snapshot"), "{}", text(&o));
     let a = args(&lib);
     assert_eq!(a[..3], ["-T", "ws", "snapshot"]);
-    assert!(
-        a[3].ends_with("/Web.vmx") && a[3].contains("/.leafd-staging-"),
-        "{a:?}"
-    );
+    assert!(a[3].ends_with("/Web.vmx") && a[3].contains("/.leafd-staging-"), "{a:?}");
     assert_eq!(a[4], "Base");
     assert_eq!(snapshot_of(&lib), "native");
     chain_reads(&lib, &vm);
@@ -112,35 +99,21 @@ fn explicit_vmrun_failure_refuses_and_leaves_nothing() {
     let before = fingerprint_tree(&lib.base_dir("Ubuntu"));
     let o = new_leaf(&lib, &vmrun, "vmrun");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("vmrun snapshot failed") && text(&o).contains("cannot be found"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("vmrun snapshot failed") && text(&o).contains("cannot be found"), "{}", text(&o));
     assert!(!lib.leaf_dir("Web").exists());
     let stray: Vec<_> = std::fs::read_dir(&lib.root)
         .unwrap()
         .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with('.')
-                && !e
-                    .as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(".leafd")
+            e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')
+                && !e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".leafd")
         })
         .collect();
     assert!(stray.is_empty());
-    assert!(!std::fs::read_dir(&lib.root).unwrap().any(|e| {
-        e.unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".leafd-staging")
-    }));
+    assert!(
+        !std::fs::read_dir(&lib.root)
+            .unwrap()
+            .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with(".leafd-staging") })
+    );
     assert_eq!(fingerprint_tree(&lib.base_dir("Ubuntu")), before);
 }
 
@@ -159,17 +132,9 @@ fn a_working_vmrun_takes_the_snapshot_and_leafd_marks_it() {
     assert_eq!(snapshot_of(&lib), "vmrun");
     let vmsd = Dict::parse(&std::fs::read(lib.leaf_dir("Web").join("Web.vmsd")).unwrap()).unwrap();
     assert_eq!(vmsd.get("snapshot0.displayName"), Some("Base"));
-    assert!(
-        vmsd.get("snapshot0.description")
-            .unwrap()
-            .starts_with("Don't delete!")
-    );
+    assert!(vmsd.get("snapshot0.description").unwrap().starts_with("Don't delete!"));
     assert_eq!(vmsd.get("sentinel0"), Some("Virtual Disk-000001.vmdk"));
-    assert!(
-        vmsd.get("cloneOf0")
-            .unwrap()
-            .ends_with("Bases/Ubuntu/Ubuntu.vmx.base")
-    );
+    assert!(vmsd.get("cloneOf0").unwrap().ends_with("Bases/Ubuntu/Ubuntu.vmx.base"));
     chain_reads(&lib, &vm);
 }
 

@@ -23,10 +23,7 @@ pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> Str
         PathStyle::Relative => pathdiff::diff_paths(target, from_dir),
         PathStyle::Absolute => None,
     };
-    relative
-        .unwrap_or_else(|| target.to_path_buf())
-        .to_string_lossy()
-        .into_owned()
+    relative.unwrap_or_else(|| target.to_path_buf()).to_string_lossy().into_owned()
 }
 
 /// The descriptor a leaf keeps as its copy of `base`, to be written in `copy_dir`: the same CID
@@ -37,10 +34,7 @@ pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> Str
 /// descriptor with one extent naming the base file, which VMware and QEMU both read.
 pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Descriptor> {
     let base_dir = base.path().parent().unwrap_or(Path::new("/"));
-    let cid = base
-        .descriptor
-        .cid()
-        .map_err(|m| Error::format(base.path(), m))?;
+    let cid = base.descriptor.cid().map_err(|m| Error::format(base.path(), m))?;
     let mut copy = if base.embedded {
         let extent = Extent {
             access: Access::ReadWrite,
@@ -50,14 +44,7 @@ pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Des
             offset: None,
         };
         let ddb: Vec<(&str, &str)> = base.descriptor.ddb_entries().collect();
-        Descriptor::build(
-            cid,
-            NO_PARENT,
-            DiskType::SplitSparse.create_type(),
-            None,
-            &[extent],
-            &ddb,
-        )
+        Descriptor::build(cid, NO_PARENT, DiskType::SplitSparse.create_type(), None, &[extent], &ddb)
     } else {
         let mut d = base.descriptor.clone();
         d.map_extents(|e| {
@@ -77,20 +64,10 @@ pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Des
 /// Creates the snapshot delta `delta` over the parent copy named `parent_name` (in the same
 /// folder), split like the base: one sparse file for a monolithic base, else one sparse extent
 /// per extent of the parent. Returns the files written.
-pub fn create_delta(
-    delta: &Path,
-    parent_name: &str,
-    parent: &Descriptor,
-    base_type: DiskType,
-) -> Result<Vec<PathBuf>> {
-    let parent_cid = parent
-        .cid()
-        .map_err(|m| Error::format(delta, format!("parent copy {m}")))?;
+pub fn create_delta(delta: &Path, parent_name: &str, parent: &Descriptor, base_type: DiskType) -> Result<Vec<PathBuf>> {
+    let parent_cid = parent.cid().map_err(|m| Error::format(delta, format!("parent copy {m}")))?;
     let (disk_type, extents) = if base_type.is_split() {
-        (
-            DiskType::SplitSparse,
-            parent.extents().map(|e| e.sectors).collect(),
-        )
+        (DiskType::SplitSparse, parent.extents().map(|e| e.sectors).collect())
     } else {
         (DiskType::MonolithicSparse, vec![parent.capacity()])
     };

@@ -24,11 +24,7 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "line {}: {}", self.line, self.message)
-        }
+        if self.line == 0 { f.write_str(&self.message) } else { write!(f, "line {}: {}", self.line, self.message) }
     }
 }
 
@@ -101,12 +97,7 @@ pub struct Extent {
 
 impl Extent {
     fn render(&self) -> String {
-        let mut s = format!(
-            "{} {} {}",
-            self.access.as_str(),
-            self.sectors,
-            self.kind.as_str()
-        );
+        let mut s = format!("{} {} {}", self.access.as_str(), self.sectors, self.kind.as_str());
         if let Some(file) = &self.file {
             s.push_str(&format!(" \"{file}\""));
         }
@@ -123,9 +114,8 @@ impl Extent {
         };
         let rest = words.next().unwrap_or("").trim_start();
         let (sectors, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-        let sectors: u64 = sectors
-            .parse()
-            .map_err(|_| format!("extent size {sectors:?} is not a number of sectors"))?;
+        let sectors: u64 =
+            sectors.parse().map_err(|_| format!("extent size {sectors:?} is not a number of sectors"))?;
         let rest = rest.trim_start();
         let (kind, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
         if kind.is_empty() {
@@ -134,9 +124,7 @@ impl Extent {
         let kind = ExtentKind::parse(kind);
         let rest = rest.trim();
         let (file, rest) = if let Some(quoted) = rest.strip_prefix('"') {
-            let end = quoted
-                .find('"')
-                .ok_or("extent file name has no closing quote")?;
+            let end = quoted.find('"').ok_or("extent file name has no closing quote")?;
             (Some(quoted[..end].to_string()), quoted[end + 1..].trim())
         } else {
             (None, rest)
@@ -144,21 +132,12 @@ impl Extent {
         let offset = if rest.is_empty() {
             None
         } else {
-            Some(
-                rest.parse::<u64>()
-                    .map_err(|_| format!("extent offset {rest:?} is not a number"))?,
-            )
+            Some(rest.parse::<u64>().map_err(|_| format!("extent offset {rest:?} is not a number"))?)
         };
         if file.is_none() && kind != ExtentKind::Zero {
             return Err(format!("{} extent has no file name", kind.as_str()));
         }
-        Ok(Some(Extent {
-            access,
-            sectors,
-            kind,
-            file,
-            offset,
-        }))
+        Ok(Some(Extent { access, sectors, kind, file, offset }))
     }
 }
 
@@ -195,9 +174,7 @@ pub struct Descriptor {
 
 fn unquote(v: &str) -> &str {
     let v = v.trim();
-    v.strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(v)
+    v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v)
 }
 
 fn parse_hex32(v: &str) -> Option<u32> {
@@ -212,10 +189,7 @@ impl Descriptor {
     pub fn parse(text: &str) -> Result<Descriptor, ParseError> {
         let text = text.trim_end_matches('\0');
         if text.len() as u64 > MAX_DESCRIPTOR_BYTES {
-            return Err(ParseError {
-                line: 0,
-                message: "larger than any disk descriptor".into(),
-            });
+            return Err(ParseError { line: 0, message: "larger than any disk descriptor".into() });
         }
         let mut lines = Vec::new();
         for (i, raw) in text.split_inclusive('\n').enumerate() {
@@ -227,31 +201,14 @@ impl Descriptor {
                 },
             };
             if body.contains('\0') {
-                return Err(ParseError {
-                    line: i + 1,
-                    message: "contains a NUL byte".into(),
-                });
+                return Err(ParseError { line: i + 1, message: "contains a NUL byte".into() });
             }
-            let kind = Self::classify(body).map_err(|message| ParseError {
-                line: i + 1,
-                message,
-            })?;
-            lines.push(Line {
-                text: body.to_string(),
-                eol: eol.to_string(),
-                kind,
-            });
+            let kind = Self::classify(body).map_err(|message| ParseError { line: i + 1, message })?;
+            lines.push(Line { text: body.to_string(), eol: eol.to_string(), kind });
         }
         let d = Descriptor { lines };
-        if !d
-            .lines
-            .iter()
-            .any(|l| matches!(&l.kind, Kind::Header { key } if key == "createType"))
-        {
-            return Err(ParseError {
-                line: 0,
-                message: "no createType: not a disk descriptor".into(),
-            });
+        if !d.lines.iter().any(|l| matches!(&l.kind, Kind::Header { key } if key == "createType")) {
+            return Err(ParseError { line: 0, message: "no createType: not a disk descriptor".into() });
         }
         Ok(d)
     }
@@ -263,10 +220,7 @@ impl Descriptor {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         let text = std::str::from_utf8(&bytes[..end]).map_err(|e| ParseError {
             line: 0,
-            message: format!(
-                "is not UTF-8 text (invalid byte at offset {})",
-                e.valid_up_to()
-            ),
+            message: format!("is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
         })?;
         Descriptor::parse(text)
     }
@@ -282,15 +236,10 @@ impl Descriptor {
         if let Some((key, value)) = t.split_once('=') {
             let key = key.trim();
             if key.starts_with("ddb.") {
-                return Ok(Kind::Ddb {
-                    key: key.to_string(),
-                    value: unquote(value).to_string(),
-                });
+                return Ok(Kind::Ddb { key: key.to_string(), value: unquote(value).to_string() });
             }
             if !key.is_empty() && !key.contains(char::is_whitespace) {
-                return Ok(Kind::Header {
-                    key: key.to_string(),
-                });
+                return Ok(Kind::Header { key: key.to_string() });
             }
         }
         Ok(Kind::Other)
@@ -326,53 +275,38 @@ impl Descriptor {
     }
 
     fn header_line(&self, key: &str) -> Option<&Line> {
-        self.lines
-            .iter()
-            .find(|l| matches!(&l.kind, Kind::Header { key: k } if k.eq_ignore_ascii_case(key)))
+        self.lines.iter().find(|l| matches!(&l.kind, Kind::Header { key: k } if k.eq_ignore_ascii_case(key)))
     }
 
     /// The raw (unquoted) value of a header key such as `createType`.
     pub fn header(&self, key: &str) -> Option<&str> {
-        self.header_line(key)
-            .and_then(|l| l.text.split_once('='))
-            .map(|(_, v)| unquote(v))
+        self.header_line(key).and_then(|l| l.text.split_once('=')).map(|(_, v)| unquote(v))
     }
 
     /// Sets a header key, in place when present, else after the last header line.
     pub fn set_header(&mut self, key: &str, value: &str, quoted: bool) {
-        let text = if quoted {
-            format!("{key}=\"{value}\"")
-        } else {
-            format!("{key}={value}")
-        };
-        if let Some(i) = self
-            .lines
-            .iter()
-            .position(|l| matches!(&l.kind, Kind::Header { key: k } if k.eq_ignore_ascii_case(key)))
+        let text = if quoted { format!("{key}=\"{value}\"") } else { format!("{key}={value}") };
+        if let Some(i) =
+            self.lines.iter().position(|l| matches!(&l.kind, Kind::Header { key: k } if k.eq_ignore_ascii_case(key)))
         {
             self.lines[i].text = text;
             return;
         }
-        let at = self
-            .lines
-            .iter()
-            .rposition(|l| matches!(l.kind, Kind::Header { .. }))
-            .map_or(0, |i| i + 1);
-        self.lines.insert(
-            at,
-            Line {
-                text,
-                eol: "\n".into(),
-                kind: Kind::Header {
-                    key: key.to_string(),
-                },
-            },
-        );
+        let at = self.lines.iter().rposition(|l| matches!(l.kind, Kind::Header { .. })).map_or(0, |i| i + 1);
+        self.insert(at, Line { text, eol: "\n".into(), kind: Kind::Header { key: key.to_string() } });
+    }
+
+    /// Inserts a line, first ending the line before it if that was a last line without newline
+    /// (else the two would be joined).
+    fn insert(&mut self, at: usize, line: Line) {
+        if at > 0 && self.lines[at - 1].eol.is_empty() {
+            self.lines[at - 1].eol = "\n".into();
+        }
+        self.lines.insert(at, line);
     }
 
     pub fn remove_header(&mut self, key: &str) {
-        self.lines
-            .retain(|l| !matches!(&l.kind, Kind::Header { key: k } if k.eq_ignore_ascii_case(key)));
+        self.lines.retain(|l| !matches!(&l.kind, Kind::Header { key: k } if k.eq_ignore_ascii_case(key)));
     }
 
     fn cid_field(&self, key: &str) -> Result<u32, String> {
@@ -417,8 +351,7 @@ impl Descriptor {
 
     /// The disk's size in sectors: the sum of its extents.
     pub fn capacity(&self) -> u64 {
-        self.extents()
-            .fold(0u64, |acc, e| acc.saturating_add(e.sectors))
+        self.extents().fold(0u64, |acc, e| acc.saturating_add(e.sectors))
     }
 
     /// Edits every extent line with `f` (e.g. to reach the extents from a new folder); only the
@@ -453,35 +386,17 @@ impl Descriptor {
     /// Sets a DDB key: in place when present, else at the end.
     pub fn set_ddb(&mut self, key: &str, value: &str) {
         let text = format!("{key} = \"{value}\"");
-        let kind = Kind::Ddb {
-            key: key.to_string(),
-            value: value.to_string(),
-        };
-        if let Some(line) = self
-            .lines
-            .iter_mut()
-            .find(|l| matches!(&l.kind, Kind::Ddb { key: k, .. } if k == key))
-        {
+        let kind = Kind::Ddb { key: key.to_string(), value: value.to_string() };
+        if let Some(line) = self.lines.iter_mut().find(|l| matches!(&l.kind, Kind::Ddb { key: k, .. } if k == key)) {
             line.text = text;
             line.kind = kind;
             return;
         }
-        // Never append after a last line that lacks its newline: that would join two lines.
-        if let Some(last) = self.lines.last_mut()
-            && last.eol.is_empty()
-        {
-            last.eol = "\n".into();
-        }
-        self.lines.push(Line {
-            text,
-            eol: "\n".into(),
-            kind,
-        });
+        self.insert(self.lines.len(), Line { text, eol: "\n".into(), kind });
     }
 
     pub fn remove_ddb(&mut self, key: &str) {
-        self.lines
-            .retain(|l| !matches!(&l.kind, Kind::Ddb { key: k, .. } if k == key));
+        self.lines.retain(|l| !matches!(&l.kind, Kind::Ddb { key: k, .. } if k == key));
     }
 }
 
@@ -529,9 +444,7 @@ mod tests {
         assert!(out.contains("RW 4192256 SPARSE \"../8.10 Core/8.10 Core-s001.vmdk\"\n"));
         assert!(!out.contains("ddb.uuid"));
         assert!(out.ends_with("ddb.toolsVersion = \"7460\"\nddb.deletable = \"false\"\n"));
-        assert!(
-            out.starts_with("# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=242293ca\n")
-        );
+        assert!(out.starts_with("# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=242293ca\n"));
     }
 
     #[test]
@@ -556,12 +469,7 @@ mod tests {
         assert!(Descriptor::parse("hello\n").is_err());
         assert!(Descriptor::parse("createType=\"x\"\nRW 5 SPARSE \"open\n").is_err());
         // Stale bytes after the terminating NUL, as QEMU leaves them, are not part of the text.
-        assert_eq!(
-            Descriptor::parse_bytes(b"createType=\"x\"\n\0\"\n")
-                .unwrap()
-                .to_string(),
-            "createType=\"x\"\n"
-        );
+        assert_eq!(Descriptor::parse_bytes(b"createType=\"x\"\n\0\"\n").unwrap().to_string(), "createType=\"x\"\n");
         let d = Descriptor::parse("createType=\"x\"\nCID=xyz\n").unwrap();
         assert!(d.cid().is_err());
     }
@@ -570,10 +478,7 @@ mod tests {
     fn set_ddb_after_a_last_line_without_newline() {
         let mut d = Descriptor::parse("createType=\"x\"\nddb.a = \"1\"").unwrap();
         d.set_ddb("ddb.b", "2");
-        assert_eq!(
-            d.to_string(),
-            "createType=\"x\"\nddb.a = \"1\"\nddb.b = \"2\"\n"
-        );
+        assert_eq!(d.to_string(), "createType=\"x\"\nddb.a = \"1\"\nddb.b = \"2\"\n");
     }
 
     #[test]

@@ -35,9 +35,7 @@ pub fn unescape(v: &str) -> String {
     while i < b.len() {
         if b[i] == b'|'
             && i + 2 < b.len()
-            && let Some(byte) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(byte) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(byte);
             i += 3;
@@ -100,11 +98,7 @@ fn declared_encoding(bytes: &[u8]) -> Option<&'static Encoding> {
 
 impl Dict {
     pub fn new() -> Dict {
-        let mut d = Dict {
-            lines: Vec::new(),
-            encoding: encoding_rs::UTF_8,
-            bom: false,
-        };
+        let mut d = Dict { lines: Vec::new(), encoding: encoding_rs::UTF_8, bom: false };
         d.set(".encoding", "UTF-8");
         d
     }
@@ -112,10 +106,7 @@ impl Dict {
     /// Parses a dictionary file. Errors say what is wrong; nothing panics on any input.
     pub fn parse(bytes: &[u8]) -> Result<Dict, String> {
         if bytes.len() as u64 > MAX_DICT_BYTES {
-            return Err(format!(
-                "{} bytes is too large for a VMware configuration file",
-                bytes.len()
-            ));
+            return Err(format!("{} bytes is too large for a VMware configuration file", bytes.len()));
         }
         let (bytes, bom) = match bytes.strip_prefix(b"\xef\xbb\xbf") {
             Some(rest) => (rest, true),
@@ -124,12 +115,7 @@ impl Dict {
         let encoding = declared_encoding(bytes).unwrap_or(encoding_rs::UTF_8);
         let text = if encoding == encoding_rs::UTF_8 {
             std::str::from_utf8(bytes)
-                .map_err(|e| {
-                    format!(
-                        "is not valid UTF-8 (byte {}), yet declares no other .encoding",
-                        e.valid_up_to()
-                    )
-                })?
+                .map_err(|e| format!("is not valid UTF-8 (byte {}), yet declares no other .encoding", e.valid_up_to()))?
                 .to_string()
         } else {
             let (text, had_errors) = encoding.decode_without_bom_handling(bytes);
@@ -147,17 +133,9 @@ impl Dict {
                 Some(b) => (b, "\r\n"),
                 None => raw.strip_suffix('\n').map_or((raw, ""), |b| (b, "\n")),
             };
-            lines.push(Line {
-                text: body.to_string(),
-                eol: eol.to_string(),
-                entry: parse_line(body),
-            });
+            lines.push(Line { text: body.to_string(), eol: eol.to_string(), entry: parse_line(body) });
         }
-        Ok(Dict {
-            lines,
-            encoding,
-            bom,
-        })
+        Ok(Dict { lines, encoding, bom })
     }
 
     /// Writes the file back in its own encoding (byte-identical when nothing changed).
@@ -167,11 +145,7 @@ impl Dict {
             text.push_str(&l.text);
             text.push_str(&l.eol);
         }
-        let mut out = if self.bom {
-            b"\xef\xbb\xbf".to_vec()
-        } else {
-            Vec::new()
-        };
+        let mut out = if self.bom { b"\xef\xbb\xbf".to_vec() } else { Vec::new() };
         if self.encoding == encoding_rs::UTF_8 {
             out.extend_from_slice(text.as_bytes());
         } else {
@@ -208,8 +182,7 @@ impl Dict {
 
     /// True when `key` is set to a true value (`TRUE`, `true`, `1`...).
     pub fn is_true(&self, key: &str) -> bool {
-        self.get(key)
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
+        self.get(key).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
     }
 
     /// Sets `key`: in place (keeping the key's spelling) when present, else at the end. Any
@@ -246,22 +219,18 @@ impl Dict {
     /// Removes `key` (case-insensitive); returns whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
         let before = self.lines.len();
-        self.lines
-            .retain(|l| !matches!(&l.entry, Some((k, _)) if k.eq_ignore_ascii_case(key)));
+        self.lines.retain(|l| !matches!(&l.entry, Some((k, _)) if k.eq_ignore_ascii_case(key)));
         before != self.lines.len()
     }
 
     /// Removes every key for which `f(key)` is true (keys as spelled in the file).
     pub fn remove_where(&mut self, mut f: impl FnMut(&str) -> bool) {
-        self.lines
-            .retain(|l| !matches!(&l.entry, Some((k, _)) if f(k)));
+        self.lines.retain(|l| !matches!(&l.entry, Some((k, _)) if f(k)));
     }
 
     /// All entries in file order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.lines
-            .iter()
-            .filter_map(|l| l.entry.as_ref().map(|(k, v)| (k.as_str(), v.as_str())))
+        self.lines.iter().filter_map(|l| l.entry.as_ref().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 }
 
@@ -299,10 +268,7 @@ mod tests {
             ".encoding = \"UTF-8\"\nconfig.version = \"8\"\ndisplayName = \"Web |22Server|22 |7C 1\"\n\
              scsi0:0.fileName = \"Ubuntu.vmdk\"\n# comment\nweird line\nuuid.action = \"create\"\n"
         );
-        assert_eq!(
-            Dict::parse(out.as_bytes()).unwrap().get("displayName"),
-            Some("Web \"Server\" | 1")
-        );
+        assert_eq!(Dict::parse(out.as_bytes()).unwrap().get("displayName"), Some("Web \"Server\" | 1"));
     }
 
     #[test]
@@ -312,10 +278,7 @@ mod tests {
         assert_eq!(d.get("displayName"), Some("Caf\u{e9}"));
         assert_eq!(d.to_bytes(), bytes);
         d.to_utf8();
-        assert_eq!(
-            d.to_bytes(),
-            ".encoding = \"UTF-8\"\r\ndisplayName = \"Caf\u{e9}\"\r\n".as_bytes()
-        );
+        assert_eq!(d.to_bytes(), ".encoding = \"UTF-8\"\r\ndisplayName = \"Caf\u{e9}\"\r\n".as_bytes());
     }
 
     #[test]

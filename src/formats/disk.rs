@@ -66,22 +66,16 @@ pub fn read_descriptor(path: &Path) -> Result<(Descriptor, bool)> {
         let bytes = extent.embedded_descriptor()?.ok_or_else(|| {
             Error::format(path, "sparse extent without an embedded descriptor: open the disk's text descriptor instead")
         })?;
-        let d = Descriptor::parse_bytes(&bytes)
-            .map_err(|e| Error::format(path, format!("embedded descriptor {e}")))?;
+        let d = Descriptor::parse_bytes(&bytes).map_err(|e| Error::format(path, format!("embedded descriptor {e}")))?;
         return Ok((d, true));
     }
     if n == 4 && &head == b"COWD" {
-        return Err(Error::unsupported(
-            path,
-            "ESX (COWD) sparse disk: leafd serves only hosted VMware disks",
-        ));
+        return Err(Error::unsupported(path, "ESX (COWD) sparse disk: leafd serves only hosted VMware disks"));
     }
     if len > super::descriptor::MAX_DESCRIPTOR_BYTES {
         return Err(Error::format(
             path,
-            format!(
-                "{len} bytes is too large for a disk descriptor, and it is not a sparse extent"
-            ),
+            format!("{len} bytes is too large for a disk descriptor, and it is not a sparse extent"),
         ));
     }
     let mut bytes = Vec::with_capacity(len as usize);
@@ -89,28 +83,19 @@ pub fn read_descriptor(path: &Path) -> Result<(Descriptor, bool)> {
         .take(super::descriptor::MAX_DESCRIPTOR_BYTES + 1)
         .read_to_end(&mut bytes)
         .at(path, "cannot read descriptor")?;
-    let d = Descriptor::parse_bytes(&bytes)
-        .map_err(|e| Error::format(path, format!("descriptor {e}")))?;
+    let d = Descriptor::parse_bytes(&bytes).map_err(|e| Error::format(path, format!("descriptor {e}")))?;
     Ok((d, false))
 }
 
 /// Resolves an extent or parent file named in a descriptor in `dir`.
 pub fn resolve(dir: &Path, name: &str) -> PathBuf {
     let p = Path::new(name);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        dir.join(p)
-    }
+    if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
 }
 
 enum Data {
     Sparse(Box<SparseExtent>),
-    Flat {
-        file: File,
-        path: PathBuf,
-        offset: u64,
-    },
+    Flat { file: File, path: PathBuf, offset: u64 },
     Zero,
 }
 
@@ -152,9 +137,7 @@ impl Disk {
         if depth > MAX_CHAIN_DEPTH {
             return Err(Error::format(
                 path,
-                format!(
-                    "snapshot chain is deeper than {MAX_CHAIN_DEPTH} disks (a loop of parent hints?)"
-                ),
+                format!("snapshot chain is deeper than {MAX_CHAIN_DEPTH} disks (a loop of parent hints?)"),
             ));
         }
         let (descriptor, embedded) = read_descriptor(path)?;
@@ -164,49 +147,31 @@ impl Disk {
             Error::unsupported(path, format!("disk type \"{create_type}\" is not one leafd serves"))
                 .fix("convert it with VMware's disk tool (vmware-vdiskmanager -r ... -t 0) to a growable or preallocated disk")
         })?;
-        descriptor
-            .cid()
-            .map_err(|m| Error::format(path, format!("descriptor {m}")))?;
-        let parent_cid = descriptor
-            .parent_cid()
-            .map_err(|m| Error::format(path, format!("descriptor {m}")))?;
+        descriptor.cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
+        let parent_cid = descriptor.parent_cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
         let mut extents = Vec::new();
         let mut start = 0u64;
         for e in descriptor.extents() {
             let data = open_extent(dir, e, writable, path)?;
-            extents.push(OpenExtent {
-                start,
-                sectors: e.sectors,
-                access: e.access,
-                data,
-            });
-            start = start
-                .checked_add(e.sectors)
-                .ok_or_else(|| Error::format(path, "extent sizes overflow"))?;
+            extents.push(OpenExtent { start, sectors: e.sectors, access: e.access, data });
+            start = start.checked_add(e.sectors).ok_or_else(|| Error::format(path, "extent sizes overflow"))?;
         }
         if extents.is_empty() {
             return Err(Error::format(path, "descriptor lists no extents"));
         }
         let parent = if parent_cid != NO_PARENT && with_parent {
             let hint = descriptor.parent_file_name_hint().ok_or_else(|| {
-                Error::format(
-                    path,
-                    "snapshot disk without parentFileNameHint: its parent cannot be found",
-                )
+                Error::format(path, "snapshot disk without parentFileNameHint: its parent cannot be found")
             })?;
             let parent_path = resolve(dir, hint);
-            let parent =
-                Self::open_at_depth(&parent_path, false, depth + 1, true).map_err(|e| {
-                    if e.is_not_found() {
-                        Error::format(
-                            path,
-                            format!("parent disk {} is missing", parent_path.display()),
-                        )
+            let parent = Self::open_at_depth(&parent_path, false, depth + 1, true).map_err(|e| {
+                if e.is_not_found() {
+                    Error::format(path, format!("parent disk {} is missing", parent_path.display()))
                         .fix("put the parent back, or run `leafd relink` if the library moved")
-                    } else {
-                        e
-                    }
-                })?;
+                } else {
+                    e
+                }
+            })?;
             let actual = parent.descriptor.cid().unwrap_or(0);
             if actual != parent_cid {
                 return Err(Error::format(
@@ -232,14 +197,7 @@ impl Disk {
         } else {
             None
         };
-        Ok(Disk {
-            path: path.to_path_buf(),
-            descriptor,
-            embedded,
-            disk_type,
-            extents,
-            parent,
-        })
+        Ok(Disk { path: path.to_path_buf(), descriptor, embedded, disk_type, extents, parent })
     }
 
     pub fn path(&self) -> &Path {
@@ -257,21 +215,14 @@ impl Disk {
 
     /// The files of this disk alone: the descriptor (when separate), then its extent files.
     pub fn files(&self) -> Vec<PathBuf> {
-        let mut files = if self.embedded {
-            Vec::new()
-        } else {
-            vec![self.path.clone()]
-        };
+        let mut files = if self.embedded { Vec::new() } else { vec![self.path.clone()] };
         files.extend(self.extent_files());
         files
     }
 
     /// This disk's extent files, in order (`ZERO` extents have none).
     pub fn extent_files(&self) -> Vec<PathBuf> {
-        self.extent_layout()
-            .into_iter()
-            .filter_map(|(_, f)| f)
-            .collect()
+        self.extent_layout().into_iter().filter_map(|(_, f)| f).collect()
     }
 
     /// Every extent in order: its sectors and its file (`None` for `ZERO`).
@@ -296,17 +247,12 @@ impl Disk {
 
     /// Reads `buf.len()` bytes at byte `offset` of the virtual disk, through the chain.
     pub fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.capacity() * SECTOR);
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.capacity() * SECTOR);
         if end.is_none() {
             return Err(Error::new(
                 Kind::Io,
                 self.path.clone(),
-                format!(
-                    "read of {} bytes at {offset} is past the end of the disk",
-                    buf.len()
-                ),
+                format!("read of {} bytes at {offset} is past the end of the disk", buf.len()),
             ));
         }
         while !buf.is_empty() {
@@ -318,9 +264,7 @@ impl Disk {
     }
 
     fn extent_at(&self, sector: u64) -> &OpenExtent {
-        let i = self
-            .extents
-            .partition_point(|e| e.start + e.sectors <= sector);
+        let i = self.extents.partition_point(|e| e.start + e.sectors <= sector);
         &self.extents[i]
     }
 
@@ -331,23 +275,17 @@ impl Disk {
         let local = offset - e.start * SECTOR;
         let extent_left = e.sectors * SECTOR - local;
         match &e.data {
-            _ if e.access == Access::NoAccess => Err(Error::format(
-                &self.path,
-                format!("extent at sector {} is marked NOACCESS", e.start),
-            )),
+            _ if e.access == Access::NoAccess => {
+                Err(Error::format(&self.path, format!("extent at sector {} is marked NOACCESS", e.start)))
+            }
             Data::Zero => {
                 let n = (buf.len() as u64).min(extent_left) as usize;
                 buf[..n].fill(0);
                 Ok(n)
             }
-            Data::Flat {
-                file,
-                path,
-                offset: base,
-            } => {
+            Data::Flat { file, path, offset: base } => {
                 let n = (buf.len() as u64).min(extent_left) as usize;
-                file.read_exact_at(&mut buf[..n], base * SECTOR + local)
-                    .at(path, "cannot read flat extent")?;
+                file.read_exact_at(&mut buf[..n], base * SECTOR + local).at(path, "cannot read flat extent")?;
                 Ok(n)
             }
             Data::Sparse(s) => {
@@ -370,15 +308,8 @@ impl Disk {
     /// Writes `data` at byte `offset` into this disk's own extents (never into a parent).
     /// Partial grains keep the bytes the disk showed before. Needs `open_writable`.
     pub fn write_at(&self, mut offset: u64, mut data: &[u8]) -> Result<()> {
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > self.capacity() * SECTOR)
-        {
-            return Err(Error::new(
-                Kind::Io,
-                self.path.clone(),
-                "write past the end of the disk",
-            ));
+        if offset.checked_add(data.len() as u64).is_none_or(|e| e > self.capacity() * SECTOR) {
+            return Err(Error::new(Kind::Io, self.path.clone(), "write past the end of the disk"));
         }
         while !data.is_empty() {
             let sector = offset / SECTOR;
@@ -387,20 +318,11 @@ impl Disk {
             let extent_left = e.sectors * SECTOR - local;
             let n = match &e.data {
                 Data::Zero => {
-                    return Err(Error::new(
-                        Kind::Io,
-                        self.path.clone(),
-                        "cannot write into a ZERO extent",
-                    ));
+                    return Err(Error::new(Kind::Io, self.path.clone(), "cannot write into a ZERO extent"));
                 }
-                Data::Flat {
-                    file,
-                    path,
-                    offset: base,
-                } => {
+                Data::Flat { file, path, offset: base } => {
                     let n = (data.len() as u64).min(extent_left) as usize;
-                    file.write_all_at(&data[..n], base * SECTOR + local)
-                        .at(path, "cannot write flat extent")?;
+                    file.write_all_at(&data[..n], base * SECTOR + local).at(path, "cannot write flat extent")?;
                     n
                 }
                 Data::Sparse(s) => {
@@ -452,19 +374,12 @@ fn open_extent(dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Res
         ExtentKind::Zero => Ok(Data::Zero),
         ExtentKind::Sparse => {
             let p = file_path();
-            let s = if writable {
-                SparseExtent::open_writable(&p)
-            } else {
-                SparseExtent::open(&p)
-            }
-            .map_err(|err| missing(err, &p))?;
+            let s = if writable { SparseExtent::open_writable(&p) } else { SparseExtent::open(&p) }
+                .map_err(|err| missing(err, &p))?;
             if s.header.capacity != e.sectors {
                 return Err(Error::format(
                     &p,
-                    format!(
-                        "extent holds {} sectors but its descriptor says {}",
-                        s.header.capacity, e.sectors
-                    ),
+                    format!("extent holds {} sectors but its descriptor says {}", s.header.capacity, e.sectors),
                 ));
             }
             Ok(Data::Sparse(Box::new(s)))
@@ -485,16 +400,9 @@ fn open_extent(dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Res
                     format!("flat extent is {len} bytes, its descriptor needs {need}: truncated?"),
                 ));
             }
-            Ok(Data::Flat {
-                file,
-                path: p,
-                offset,
-            })
+            Ok(Data::Flat { file, path: p, offset })
         }
-        ExtentKind::Other(t) => Err(Error::unsupported(
-            descriptor,
-            format!("extent type {t} is not one leafd serves"),
-        )),
+        ExtentKind::Other(t) => Err(Error::unsupported(descriptor, format!("extent type {t} is not one leafd serves"))),
     }
 }
 
@@ -516,12 +424,8 @@ pub fn extent_names(stem: &str, disk_type: DiskType, count: usize) -> Vec<String
     match disk_type {
         DiskType::MonolithicSparse => vec![format!("{stem}.vmdk")],
         DiskType::MonolithicFlat => vec![format!("{stem}-flat.vmdk")],
-        DiskType::SplitSparse => (1..=count)
-            .map(|i| format!("{stem}-s{i:03}.vmdk"))
-            .collect(),
-        DiskType::SplitFlat => (1..=count)
-            .map(|i| format!("{stem}-f{i:03}.vmdk"))
-            .collect(),
+        DiskType::SplitSparse => (1..=count).map(|i| format!("{stem}-s{i:03}.vmdk")).collect(),
+        DiskType::SplitFlat => (1..=count).map(|i| format!("{stem}-f{i:03}.vmdk")).collect(),
     }
 }
 
@@ -545,11 +449,7 @@ pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
         .ok_or_else(|| Error::format(spec.path, "disk name is not valid UTF-8"))?;
     let stem = file_name.strip_suffix(".vmdk").unwrap_or(file_name);
     let names = extent_names(stem, spec.disk_type, spec.extents.len());
-    let kind = if spec.disk_type.is_sparse() {
-        ExtentKind::Sparse
-    } else {
-        ExtentKind::Flat
-    };
+    let kind = if spec.disk_type.is_sparse() { ExtentKind::Sparse } else { ExtentKind::Flat };
     let extents: Vec<Extent> = names
         .iter()
         .zip(&spec.extents)
@@ -558,30 +458,15 @@ pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
             sectors,
             kind: kind.clone(),
             file: Some(name.clone()),
-            offset: if kind == ExtentKind::Flat {
-                Some(0)
-            } else {
-                None
-            },
+            offset: if kind == ExtentKind::Flat { Some(0) } else { None },
         })
         .collect();
-    let ddb: Vec<(&str, &str)> = spec
-        .ddb
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let ddb: Vec<(&str, &str)> = spec.ddb.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let (hint, parent_cid) = match spec.parent {
         Some((hint, cid)) => (Some(hint), cid),
         None => (None, NO_PARENT),
     };
-    let descriptor = Descriptor::build(
-        spec.cid,
-        parent_cid,
-        spec.disk_type.create_type(),
-        hint,
-        &extents,
-        &ddb,
-    );
+    let descriptor = Descriptor::build(spec.cid, parent_cid, spec.disk_type.create_type(), hint, &extents, &ddb);
     let mut written = Vec::new();
     let result = (|| {
         if spec.disk_type == DiskType::MonolithicSparse {
@@ -595,20 +480,14 @@ pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
                 if spec.disk_type.is_sparse() {
                     sparse::create_empty(&p, sectors, None)?;
                 } else {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&p)
-                        .at(&p, "cannot create extent")?;
+                    let f = OpenOptions::new().write(true).create_new(true).open(&p).at(&p, "cannot create extent")?;
                     f.set_len(sectors * SECTOR).at(&p, "cannot size extent")?;
                 }
                 written.push(p);
             }
         }
         for p in &written {
-            File::open(p)
-                .and_then(|f| f.sync_all())
-                .at(p, "cannot flush")?;
+            File::open(p).and_then(|f| f.sync_all()).at(p, "cannot flush")?;
         }
         Ok(())
     })();

@@ -65,22 +65,12 @@ impl Layout {
     pub fn new(capacity: u64, embedded_descriptor: bool) -> Layout {
         let ngt = capacity.div_ceil(GRAIN_SECTORS * GTES_PER_GT as u64);
         let gd_sectors = (ngt * 4).div_ceil(SECTOR);
-        let desc = if embedded_descriptor {
-            EMBEDDED_DESCRIPTOR_SECTORS
-        } else {
-            0
-        };
+        let desc = if embedded_descriptor { EMBEDDED_DESCRIPTOR_SECTORS } else { 0 };
         let gt_sectors = (GTES_PER_GT as u64 * 4 / SECTOR) * ngt;
         let rgd_offset = 1 + desc;
         let gd_offset = rgd_offset + gd_sectors + gt_sectors;
         let overhead = (gd_offset + gd_sectors + gt_sectors).next_multiple_of(GRAIN_SECTORS);
-        Layout {
-            ngt,
-            gd_sectors,
-            rgd_offset,
-            gd_offset,
-            overhead,
-        }
+        Layout { ngt, gd_sectors, rgd_offset, gd_offset, overhead }
     }
 
     /// Length in bytes of the empty extent file.
@@ -107,11 +97,7 @@ impl Header {
             capacity,
             grain_size: GRAIN_SECTORS,
             descriptor_offset: if embedded_descriptor { 1 } else { 0 },
-            descriptor_size: if embedded_descriptor {
-                EMBEDDED_DESCRIPTOR_SECTORS
-            } else {
-                0
-            },
+            descriptor_size: if embedded_descriptor { EMBEDDED_DESCRIPTOR_SECTORS } else { 0 },
             num_gtes_per_gt: GTES_PER_GT,
             rgd_offset: l.rgd_offset,
             gd_offset: l.gd_offset,
@@ -167,36 +153,23 @@ impl Header {
             return Err(format!("sparse header version {} is unknown", h.version));
         }
         if h.flags & (FLAG_COMPRESSED | FLAG_MARKERS) != 0 || h.compress_algorithm != 0 {
-            return Err(
-                "compressed (streamOptimized) extent: leafd serves only hosted sparse disks".into(),
-            );
+            return Err("compressed (streamOptimized) extent: leafd serves only hosted sparse disks".into());
         }
         if h.flags & FLAG_NEWLINE_TEST != 0 && &b[73..77] != b"\n \r\n" {
-            return Err(
-                "newline test bytes are damaged (was the file transferred in text mode?)".into(),
-            );
+            return Err("newline test bytes are damaged (was the file transferred in text mode?)".into());
         }
         if h.capacity == 0 || h.capacity > MAX_CAPACITY_SECTORS {
-            return Err(format!(
-                "capacity of {} sectors is out of range",
-                h.capacity
-            ));
+            return Err(format!("capacity of {} sectors is out of range", h.capacity));
         }
         if !h.grain_size.is_power_of_two() || h.grain_size < 8 || h.grain_size > MAX_GRAIN_SECTORS {
             return Err(format!("grain size of {} sectors is invalid", h.grain_size));
         }
         if h.num_gtes_per_gt == 0 || h.num_gtes_per_gt > MAX_GTES_PER_GT {
-            return Err(format!(
-                "{} entries per grain table is invalid",
-                h.num_gtes_per_gt
-            ));
+            return Err(format!("{} entries per grain table is invalid", h.num_gtes_per_gt));
         }
         let file_sectors = file_len / SECTOR;
         let gd_bytes = h.num_gts() * 4;
-        for (name, off) in [
-            ("grain directory", h.gd_offset),
-            ("redundant grain directory", h.rgd_offset),
-        ] {
+        for (name, off) in [("grain directory", h.gd_offset), ("redundant grain directory", h.rgd_offset)] {
             if name.starts_with("redundant") && h.flags & FLAG_REDUNDANT_GT == 0 {
                 continue;
             }
@@ -207,10 +180,7 @@ impl Header {
             }
         }
         if h.descriptor_size > 0
-            && h.descriptor_offset
-                .saturating_add(h.descriptor_size)
-                .saturating_mul(SECTOR)
-                > file_len
+            && h.descriptor_offset.saturating_add(h.descriptor_size).saturating_mul(SECTOR) > file_len
         {
             return Err("embedded descriptor lies outside the file: truncated?".into());
         }
@@ -247,10 +217,7 @@ pub fn create_empty(path: &Path, capacity: u64, embedded_descriptor: Option<&str
     if let Some(desc) = embedded_descriptor {
         let max = (EMBEDDED_DESCRIPTOR_SECTORS * SECTOR) as usize;
         if desc.len() > max {
-            return Err(Error::format(
-                path,
-                format!("descriptor of {} bytes does not fit in {max}", desc.len()),
-            ));
+            return Err(Error::format(path, format!("descriptor of {} bytes does not fit in {max}", desc.len())));
         }
         head.extend_from_slice(desc.as_bytes());
         head.resize(head.len() + max - desc.len(), 0);
@@ -260,23 +227,14 @@ pub fn create_empty(path: &Path, capacity: u64, embedded_descriptor: Option<&str
     let gt_sectors = GTES_PER_GT as u64 * 4 / SECTOR;
     let directory = |dir_offset: u64| -> Vec<u8> {
         let first_gt = dir_offset + layout.gd_sectors;
-        (0..layout.ngt)
-            .flat_map(|i| ((first_gt + gt_sectors * i) as u32).to_le_bytes())
-            .collect()
+        (0..layout.ngt).flat_map(|i| ((first_gt + gt_sectors * i) as u32).to_le_bytes()).collect()
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .at(path, "cannot create extent")?;
-    file.write_all_at(&head, 0)
-        .at(path, "cannot write extent header")?;
+    let file = OpenOptions::new().write(true).create_new(true).open(path).at(path, "cannot create extent")?;
+    file.write_all_at(&head, 0).at(path, "cannot write extent header")?;
     for dir_offset in [layout.rgd_offset, layout.gd_offset] {
-        file.write_all_at(&directory(dir_offset), dir_offset * SECTOR)
-            .at(path, "cannot write grain directory")?;
+        file.write_all_at(&directory(dir_offset), dir_offset * SECTOR).at(path, "cannot write grain directory")?;
     }
-    file.set_len(layout.file_len())
-        .at(path, "cannot size extent")?;
+    file.set_len(layout.file_len()).at(path, "cannot size extent")?;
     Ok(())
 }
 
@@ -315,37 +273,21 @@ impl SparseExtent {
     }
 
     fn open_with(path: &Path, writable: bool) -> Result<SparseExtent> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .at(path, "cannot open extent")?;
+        let file = OpenOptions::new().read(true).write(writable).open(path).at(path, "cannot open extent")?;
         let file_len = file.metadata().at(path, "cannot stat extent")?.len();
         let mut hb = [0u8; 512];
         if file_len < 512 {
-            return Err(Error::format(
-                path,
-                "shorter than a sparse extent header: truncated?",
-            ));
+            return Err(Error::format(path, "shorter than a sparse extent header: truncated?"));
         }
-        file.read_exact_at(&mut hb, 0)
-            .at(path, "cannot read extent header")?;
+        file.read_exact_at(&mut hb, 0).at(path, "cannot read extent header")?;
         let header = Header::parse(&hb, file_len).map_err(|m| Error::format(path, m))?;
         let read_dir = |offset: u64| -> Result<Vec<u32>> {
             let mut raw = vec![0u8; (header.num_gts() * 4) as usize];
-            file.read_exact_at(&mut raw, offset * SECTOR)
-                .at(path, "cannot read grain directory")?;
-            Ok(raw
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect())
+            file.read_exact_at(&mut raw, offset * SECTOR).at(path, "cannot read grain directory")?;
+            Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
         };
         let gd = read_dir(header.gd_offset)?;
-        let rgd = if header.redundant() {
-            read_dir(header.rgd_offset)?
-        } else {
-            Vec::new()
-        };
+        let rgd = if header.redundant() { read_dir(header.rgd_offset)? } else { Vec::new() };
         Ok(SparseExtent {
             path: path.to_path_buf(),
             file,
@@ -387,34 +329,21 @@ impl SparseExtent {
         if sector * SECTOR + n as u64 * 4 > file_len {
             return Err(Error::format(
                 &self.path,
-                format!(
-                    "grain table {gt} at sector {sector} lies past the end of the file: truncated?"
-                ),
+                format!("grain table {gt} at sector {sector} lies past the end of the file: truncated?"),
             ));
         }
         let mut raw = vec![0u8; n * 4];
-        self.file
-            .read_exact_at(&mut raw, sector * SECTOR)
-            .at(&self.path, "cannot read grain table")?;
-        let t: Arc<Vec<u32>> = Arc::new(
-            raw.chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        );
-        self.tables
-            .lock()
-            .expect("table cache")
-            .insert(gt, t.clone());
+        self.file.read_exact_at(&mut raw, sector * SECTOR).at(&self.path, "cannot read grain table")?;
+        let t: Arc<Vec<u32>> =
+            Arc::new(raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect());
+        self.tables.lock().expect("table cache").insert(gt, t.clone());
         Ok(Some(t))
     }
 
     /// Looks up the grain holding sector `sector` of this extent.
     pub fn grain(&self, sector: u64) -> Result<Grain> {
         if sector >= self.header.capacity {
-            return Err(Error::format(
-                &self.path,
-                format!("sector {sector} is past the extent's capacity"),
-            ));
+            return Err(Error::format(&self.path, format!("sector {sector} is past the extent's capacity")));
         }
         let grain = sector / self.header.grain_size;
         let gt = grain / self.header.num_gtes_per_gt as u64;
@@ -438,9 +367,7 @@ impl SparseExtent {
                 format!("grain at sector {at_sector} lies past the end of the file: truncated?"),
             ));
         }
-        self.file
-            .read_exact_at(buf, pos)
-            .at(&self.path, "cannot read grain")
+        self.file.read_exact_at(buf, pos).at(&self.path, "cannot read grain")
     }
 
     pub fn grain_bytes(&self) -> u64 {
@@ -458,26 +385,15 @@ impl SparseExtent {
         fill: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<()> {
         if !self.writable {
-            return Err(Error::new(
-                crate::error::Kind::Io,
-                self.path.clone(),
-                "extent was opened read-only",
-            ));
+            return Err(Error::new(crate::error::Kind::Io, self.path.clone(), "extent was opened read-only"));
         }
         let gb = self.grain_bytes();
         if within + data.len() as u64 > gb {
-            return Err(Error::new(
-                crate::error::Kind::Io,
-                self.path.clone(),
-                "write crosses a grain boundary",
-            ));
+            return Err(Error::new(crate::error::Kind::Io, self.path.clone(), "write crosses a grain boundary"));
         }
         let current = self.grain(sector)?;
         if let Grain::At(at) = current {
-            return self
-                .file
-                .write_all_at(data, at * SECTOR + within)
-                .at(&self.path, "cannot write grain");
+            return self.file.write_all_at(data, at * SECTOR + within).at(&self.path, "cannot write grain");
         }
         let mut grain = vec![0u8; gb as usize];
         if current == Grain::Unallocated && data.len() as u64 != gb {
@@ -491,9 +407,7 @@ impl SparseExtent {
             *len = at + gb;
             at
         };
-        self.file
-            .write_all_at(&grain, at)
-            .at(&self.path, "cannot write grain")?;
+        self.file.write_all_at(&grain, at).at(&self.path, "cannot write grain")?;
         self.set_entry(sector, (at / SECTOR) as u32)
     }
 
@@ -539,10 +453,7 @@ mod tests {
     #[test]
     fn reference_layout_5_gib_embedded() {
         let l = Layout::new(5 << 21, true);
-        assert_eq!(
-            (l.rgd_offset, l.gd_offset, l.overhead, l.file_len()),
-            (21, 663, 1408, 720_896)
-        );
+        assert_eq!((l.rgd_offset, l.gd_offset, l.overhead, l.file_len()), (21, 663, 1408, 720_896));
     }
 
     #[test]
@@ -554,10 +465,7 @@ mod tests {
     #[test]
     fn reference_layout_split_extent_without_descriptor() {
         let l = Layout::new(8_323_072, false);
-        assert_eq!(
-            (l.rgd_offset, l.gd_offset, l.overhead, l.file_len()),
-            (1, 510, 1024, 524_288)
-        );
+        assert_eq!((l.rgd_offset, l.gd_offset, l.overhead, l.file_len()), (1, 510, 1024, 524_288));
     }
 
     #[test]
@@ -566,11 +474,7 @@ mod tests {
         let b = h.to_bytes();
         assert_eq!(Header::parse(&b, h.overhead * SECTOR).unwrap(), h);
         // Truncated file: the directories no longer fit.
-        assert!(
-            Header::parse(&b, 100 * SECTOR)
-                .unwrap_err()
-                .contains("truncated")
-        );
+        assert!(Header::parse(&b, 100 * SECTOR).unwrap_err().contains("truncated"));
         let mut bad = b;
         bad[73] = b'\r';
         assert!(Header::parse(&bad, h.overhead * SECTOR).is_err());
@@ -579,10 +483,6 @@ mod tests {
         assert!(Header::parse(&bad, h.overhead * SECTOR).is_err());
         let mut bad = b;
         bad[10] = 1; // compressed flag (bit 16)
-        assert!(
-            Header::parse(&bad, h.overhead * SECTOR)
-                .unwrap_err()
-                .contains("streamOptimized")
-        );
+        assert!(Header::parse(&bad, h.overhead * SECTOR).unwrap_err().contains("streamOptimized"));
     }
 }

@@ -22,9 +22,7 @@ fn disk_node(key: &str) -> Option<(&str, &str)> {
         return None;
     }
     let node = &key[..i];
-    let bus = DISK_BUSES
-        .iter()
-        .find(|b| node.len() > b.len() && node[..b.len()].eq_ignore_ascii_case(b))?;
+    let bus = DISK_BUSES.iter().find(|b| node.len() > b.len() && node[..b.len()].eq_ignore_ascii_case(b))?;
     let (ctrl, unit) = node[bus.len()..].split_once(':')?;
     if ctrl.is_empty()
         || unit.is_empty()
@@ -47,31 +45,20 @@ pub fn disks(vmx: &Dict) -> Vec<DiskEntry> {
             continue;
         }
         // An explicitly absent controller detaches its devices (IDE has no controller key).
-        if vmx.get(&format!("{controller}.present")).is_some()
-            && !vmx.is_true(&format!("{controller}.present"))
-        {
+        if vmx.get(&format!("{controller}.present")).is_some() && !vmx.is_true(&format!("{controller}.present")) {
             continue;
         }
-        let device = vmx
-            .get(&format!("{node}.deviceType"))
-            .unwrap_or("disk")
-            .to_ascii_lowercase();
+        let device = vmx.get(&format!("{node}.deviceType")).unwrap_or("disk").to_ascii_lowercase();
         if device.contains("cdrom")
             || device.contains("atapi")
             || (device == "disk" && !value.to_ascii_lowercase().ends_with(".vmdk"))
         {
             continue;
         }
-        if out
-            .iter()
-            .any(|d: &DiskEntry| d.node.eq_ignore_ascii_case(node))
-        {
+        if out.iter().any(|d: &DiskEntry| d.node.eq_ignore_ascii_case(node)) {
             continue;
         }
-        out.push(DiskEntry {
-            node: node.to_string(),
-            file_name: value.to_string(),
-        });
+        out.push(DiskEntry { node: node.to_string(), file_name: value.to_string() });
     }
     out
 }
@@ -79,21 +66,15 @@ pub fn disks(vmx: &Dict) -> Vec<DiskEntry> {
 /// True for a key that ties a VM to its identity, which a second VM must not share.
 pub fn is_identity_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    if matches!(
-        k.as_str(),
-        "uuid.bios" | "uuid.location" | "vc.uuid" | "sched.swap.derivedname"
-    ) {
+    if matches!(k.as_str(), "uuid.bios" | "uuid.location" | "vc.uuid" | "sched.swap.derivedname") {
         return true;
     }
     if k.starts_with("vm.genid") || k.starts_with("checkpoint.vmstate") {
         return true;
     }
-    k.strip_prefix("ethernet")
-        .and_then(|rest| rest.split_once('.'))
-        .is_some_and(|(n, field)| {
-            n.bytes().all(|c| c.is_ascii_digit())
-                && (field == "generatedaddress" || field == "generatedaddressoffset")
-        })
+    k.strip_prefix("ethernet").and_then(|rest| rest.split_once('.')).is_some_and(|(n, field)| {
+        n.bytes().all(|c| c.is_ascii_digit()) && (field == "generatedaddress" || field == "generatedaddressoffset")
+    })
 }
 
 /// A random locally unique static MAC in VMware's manual range 00:50:56:00:00:00–00:50:56:3F:FF:FF.
@@ -117,11 +98,7 @@ pub fn leaf_vmx(base: &Dict, leaf_name: &str, deltas: &[(String, String)]) -> Di
     let statics: Vec<String> = vmx
         .entries()
         .filter_map(|(k, v)| {
-            let n = k
-                .to_ascii_lowercase()
-                .strip_prefix("ethernet")?
-                .strip_suffix(".addresstype")?
-                .to_string();
+            let n = k.to_ascii_lowercase().strip_prefix("ethernet")?.strip_suffix(".addresstype")?.to_string();
             v.eq_ignore_ascii_case("static").then_some(n)
         })
         .collect();
@@ -138,10 +115,7 @@ pub fn leaf_vmx(base: &Dict, leaf_name: &str, deltas: &[(String, String)]) -> Di
 
 /// Microseconds since 1970 split as VMware writes them: high half, and low half as signed 32-bit.
 pub fn vmsd_time(t: SystemTime) -> (u32, i32) {
-    let us = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
+    let us = t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
     ((us >> 32) as u32, (us & 0xffff_ffff) as u32 as i32)
 }
 
@@ -168,10 +142,7 @@ pub fn leaf_vmsd(s: &Snapshot) -> Dict {
     d.set("snapshot.lastUID", "1");
     d.set("snapshot.current", "1");
     d.set("snapshot0.uid", "1");
-    d.set(
-        "snapshot0.filename",
-        &format!("{}-Snapshot1.vmsn", s.leaf_name),
-    );
+    d.set("snapshot0.filename", &format!("{}-Snapshot1.vmsn", s.leaf_name));
     d.set("snapshot0.displayName", "Base");
     d.set("snapshot0.description", SNAPSHOT_DESCRIPTION);
     d.set("snapshot0.createTimeHigh", &high.to_string());
@@ -201,24 +172,16 @@ mod tests {
 
     #[test]
     fn finds_disks_not_cdroms() {
-        let v = vmx(
-            "scsi0.present = \"TRUE\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"a.vmdk\"\n\
+        let v = vmx("scsi0.present = \"TRUE\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"a.vmdk\"\n\
              sata0:1.present = \"TRUE\"\nsata0:1.deviceType = \"cdrom-image\"\nsata0:1.fileName = \"x.iso\"\n\
              NVME0:0.present = \"true\"\nnvme0:0.FILENAME = \"b c.vmdk\"\nide1:0.present = \"FALSE\"\nide1:0.fileName = \"d.vmdk\"\n\
-             scsi1.present = \"FALSE\"\nscsi1:0.present = \"TRUE\"\nscsi1:0.fileName = \"e.vmdk\"\n",
-        );
+             scsi1.present = \"FALSE\"\nscsi1:0.present = \"TRUE\"\nscsi1:0.fileName = \"e.vmdk\"\n");
         let d = disks(&v);
         assert_eq!(
             d,
             vec![
-                DiskEntry {
-                    node: "scsi0:0".into(),
-                    file_name: "a.vmdk".into()
-                },
-                DiskEntry {
-                    node: "nvme0:0".into(),
-                    file_name: "b c.vmdk".into()
-                },
+                DiskEntry { node: "scsi0:0".into(), file_name: "a.vmdk".into() },
+                DiskEntry { node: "nvme0:0".into(), file_name: "b c.vmdk".into() },
             ]
         );
     }
@@ -238,12 +201,7 @@ mod tests {
         ] {
             assert!(is_identity_key(k), "{k}");
         }
-        for k in [
-            "uuid.action",
-            "ethernet0.address",
-            "ethernetx.generatedAddress",
-            "displayName",
-        ] {
+        for k in ["uuid.action", "ethernet0.address", "ethernetx.generatedAddress", "displayName"] {
             assert!(!is_identity_key(k), "{k}");
         }
     }
@@ -254,18 +212,12 @@ mod tests {
             ".encoding = \"UTF-8\"\ndisplayName = \"Ubuntu\"\nuuid.bios = \"56 4d\"\nethernet0.generatedAddress = \"00:0c:29:aa:bb:cc\"\n\
              ethernet1.addressType = \"static\"\nethernet1.address = \"00:50:56:01:02:03\"\nscsi0:0.fileName = \"Ubuntu.vmdk\"\nnvram = \"Ubuntu.nvram\"\n",
         );
-        let leaf = leaf_vmx(
-            &base,
-            "Web Server",
-            &[("scsi0:0".into(), "Ubuntu-000001.vmdk".into())],
-        );
+        let leaf = leaf_vmx(&base, "Web Server", &[("scsi0:0".into(), "Ubuntu-000001.vmdk".into())]);
         assert_eq!(leaf.get("displayName"), Some("Web Server"));
         assert_eq!(leaf.get("scsi0:0.fileName"), Some("Ubuntu-000001.vmdk"));
         assert_eq!(leaf.get("uuid.action"), Some("create"));
         assert_eq!(leaf.get("nvram"), Some("Web Server.nvram"));
-        assert!(
-            leaf.get("uuid.bios").is_none() && leaf.get("ethernet0.generatedAddress").is_none()
-        );
+        assert!(leaf.get("uuid.bios").is_none() && leaf.get("ethernet0.generatedAddress").is_none());
         let mac = leaf.get("ethernet1.address").unwrap();
         assert!(mac.starts_with("00:50:56:") && mac != "00:50:56:01:02:03");
     }
@@ -286,11 +238,7 @@ mod tests {
             created: UNIX_EPOCH,
         });
         assert_eq!(d.get("snapshot0.displayName"), Some("Base"));
-        assert!(
-            d.get("snapshot0.description")
-                .unwrap()
-                .starts_with("Don't delete!")
-        );
+        assert!(d.get("snapshot0.description").unwrap().starts_with("Don't delete!"));
         assert_eq!(d.get("snapshot0.disk0.fileName"), Some("U.vmdk"));
         assert_eq!(d.get("sentinel0"), Some("U-000001.vmdk"));
         assert_eq!(d.get("numSentinels"), Some("1"));

@@ -41,11 +41,7 @@ impl Journal {
         // Held while the plan is unlocked on disk (between create and lock), so recovery never
         // claims a plan that is being written.
         let _scan = lib.lock("journal")?;
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp, "cannot create journal")?;
+        let f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp, "cannot create journal")?;
         f.lock().at(&tmp, "cannot lock journal")?;
         let json = serde_json::to_vec_pretty(plan).expect("plans serialize");
         f.write_all_at(&json, 0).at(&tmp, "cannot write journal")?;
@@ -103,11 +99,8 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
     }
     let mut out = Vec::new();
     for (path, file) in claimed {
-        let Some(id) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".json"))
-            .map(str::to_string)
+        let Some(id) =
+            path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).map(str::to_string)
         else {
             continue;
         };
@@ -130,10 +123,6 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
 /// True when some operation's journal is waiting for recovery or running.
 pub fn pending(lib: &Library) -> usize {
     fs::read_dir(lib.journal_dir())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                .count()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
         .unwrap_or(0)
 }

@@ -94,11 +94,7 @@ impl std::fmt::Display for MadeBase {
             if self.disks == 1 { "" } else { "s" },
             human_bytes(self.capacity_bytes),
             human_duration(self.elapsed),
-            if self.copied {
-                " (copied from another volume)"
-            } else {
-                ""
-            }
+            if self.copied { " (copied from another volume)" } else { "" }
         )
     }
 }
@@ -119,11 +115,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub fn human_duration(d: Duration) -> String {
-    if d < Duration::from_secs(10) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
-    }
+    if d < Duration::from_secs(10) { format!("{} ms", d.as_millis()) } else { format!("{:.1} s", d.as_secs_f64()) }
 }
 
 /// A bundle that passed every check, with what Make Base needs to know about it.
@@ -169,32 +161,23 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
         .at(bundle, "cannot find the VM")
         .map_err(|e| e.fix("check the path of the VM bundle"))?;
     if meta.file_type().is_symlink() {
-        return Err(Error::refused(bundle, "is a symbolic link")
-            .fix("drop the VM bundle itself, not an alias to it"));
+        return Err(Error::refused(bundle, "is a symbolic link").fix("drop the VM bundle itself, not an alias to it"));
     }
     if !meta.is_dir() {
-        return Err(Error::refused(bundle, "is not a VM bundle").fix(
-            "Make Base takes a whole VM: a .vmwarevm bundle, or a folder holding exactly one .vmx",
-        ));
+        return Err(Error::refused(bundle, "is not a VM bundle")
+            .fix("Make Base takes a whole VM: a .vmwarevm bundle, or a folder holding exactly one .vmx"));
     }
     if bundle.starts_with(lib.bases_dir()) {
         return Err(Error::refused(bundle, "is already inside Bases"));
     }
     if let Ok(Some(leaf)) = lineage::read::<lineage::LeafRecord>(bundle, lineage::LEAF) {
-        return Err(Error::refused(
-            bundle,
-            format!("is a linked clone of base {:?}", leaf.base_name),
-        )
-        .fix("a leaf depends on its base; make a base from a standalone VM"));
+        return Err(Error::refused(bundle, format!("is a linked clone of base {:?}", leaf.base_name))
+            .fix("a leaf depends on its base; make a base from a standalone VM"));
     }
     let entries = fsutil::walk(bundle)?;
     let mut vmxs = Vec::new();
     for p in &entries {
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
         let m = fs::symlink_metadata(p).at(p, "cannot stat")?;
         if m.file_type().is_symlink() {
             let target = fs::read_link(p).at(p, "cannot read link")?;
@@ -202,10 +185,7 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             if target.is_absolute() || !resolved.starts_with(bundle) {
                 return Err(Error::refused(
                     p,
-                    format!(
-                        "is a symbolic link leading outside the bundle (to {})",
-                        target.display()
-                    ),
+                    format!("is a symbolic link leading outside the bundle (to {})", target.display()),
                 )
                 .fix("replace the link with the file it points to"));
             }
@@ -217,8 +197,9 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             return Err(running(p, "its memory file is present"));
         }
         if name.ends_with(".vmss") || name.ends_with(".vmem.vmss") {
-            return Err(Error::refused(p, "the VM is suspended")
-                .fix("resume it in VMware, shut it down, and drop it again"));
+            return Err(
+                Error::refused(p, "the VM is suspended").fix("resume it in VMware, shut it down, and drop it again")
+            );
         }
         if name.ends_with(".vmx") && p.parent() == Some(bundle) && m.is_file() {
             vmxs.push(p.clone());
@@ -227,8 +208,9 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     let vmx_path = match vmxs.len() {
         1 => vmxs.remove(0),
         0 => {
-            return Err(Error::refused(bundle, "holds no .vmx: it is not a VM")
-                .fix("drop a VMware VM bundle (.vmwarevm)"));
+            return Err(
+                Error::refused(bundle, "holds no .vmx: it is not a VM").fix("drop a VMware VM bundle (.vmwarevm)")
+            );
         }
         n => {
             return Err(Error::refused(bundle, format!("holds {n} .vmx files"))
@@ -237,21 +219,18 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     };
     let bytes = read_small(&vmx_path)?;
     let dict = Dict::parse(&bytes).map_err(|m| damaged(Error::format(&vmx_path, m)))?;
-    if dict
-        .get("checkpoint.vmState")
-        .is_some_and(|v| !v.is_empty())
-    {
+    if dict.get("checkpoint.vmState").is_some_and(|v| !v.is_empty()) {
         return Err(Error::refused(&vmx_path, "the VM is suspended")
             .fix("resume it in VMware, shut it down, and drop it again"));
     }
     if dict.get("encryption.keySafe").is_some() || dict.get("encryption.data").is_some() {
-        return Err(Error::refused(&vmx_path, "the VM is encrypted")
-            .fix("remove the encryption in VMware's settings first"));
+        return Err(
+            Error::refused(&vmx_path, "the VM is encrypted").fix("remove the encryption in VMware's settings first")
+        );
     }
     let disk_entries = vmx::disks(&dict);
     if disk_entries.is_empty() {
-        return Err(Error::refused(&vmx_path, "the VM has no hard disk")
-            .fix("a base needs a disk to share"));
+        return Err(Error::refused(&vmx_path, "the VM has no hard disk").fix("a base needs a disk to share"));
     }
     let mut disks = Vec::new();
     let mut disk_files = Vec::new();
@@ -261,11 +240,7 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
         if !path.starts_with(bundle) {
             return Err(Error::refused(
                 &vmx_path,
-                format!(
-                    "disk {} ({}) is outside the bundle",
-                    entry.node,
-                    path.display()
-                ),
+                format!("disk {} ({}) is outside the bundle", entry.node, path.display()),
             )
             .fix("move the disk into the VM bundle (VMware can do it), then drop the VM again"));
         }
@@ -278,17 +253,13 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             }
         })?;
         if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
-            return Err(
-                Error::refused(&path, format!("disk {} is a snapshot chain", entry.node)).fix(
-                    "delete the VM's snapshots in VMware (this merges them), then drop it again",
-                ),
-            );
+            return Err(Error::refused(&path, format!("disk {} is a snapshot chain", entry.node))
+                .fix("delete the VM's snapshots in VMware (this merges them), then drop it again"));
         }
         let disk = Disk::open(&path).map_err(damaged)?;
         // Reading the last sector proves every extent is present and long enough.
         let mut last = [0u8; SECTOR as usize];
-        disk.read_at((disk.capacity() - 1) * SECTOR, &mut last)
-            .map_err(damaged)?;
+        disk.read_at((disk.capacity() - 1) * SECTOR, &mut last).map_err(damaged)?;
         let rel = |p: &Path| p.strip_prefix(bundle).map(Path::to_path_buf);
         let descriptor_rel = rel(&path).expect("checked inside");
         let mut extents = Vec::new();
@@ -296,11 +267,8 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             let Some(f) = f else { continue };
             let f = normalize(&f);
             let Ok(r) = rel(&f) else {
-                return Err(Error::refused(
-                    &f,
-                    format!("an extent of disk {} is outside the bundle", entry.node),
-                )
-                .fix("keep all of a disk's files inside the VM bundle"));
+                return Err(Error::refused(&f, format!("an extent of disk {} is outside the bundle", entry.node))
+                    .fix("keep all of a disk's files inside the VM bundle"));
             };
             let size = fs::metadata(&f).at(&f, "cannot stat extent")?.len();
             extents.push(ExtentRecord {
@@ -351,20 +319,14 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
 pub fn read_small(path: &Path) -> Result<Vec<u8>> {
     let len = fs::metadata(path).at(path, "cannot stat")?.len();
     if len > crate::formats::dict::MAX_DICT_BYTES {
-        return Err(Error::format(
-            path,
-            format!("{len} bytes is too large for a VMware configuration file"),
-        ));
+        return Err(Error::format(path, format!("{len} bytes is too large for a VMware configuration file")));
     }
     fs::read(path).at(path, "cannot read")
 }
 
 /// The base name for a bundle: its folder name without `.vmwarevm`.
 pub fn default_name(bundle: &Path) -> String {
-    let name = bundle
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     match name.rsplit_once('.') {
         Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) => stem.to_string(),
         _ => name,
@@ -383,34 +345,20 @@ pub fn make_base(
     let start = Instant::now();
     let bundle = std::path::absolute(bundle).at(bundle, "cannot resolve path")?;
     // Resolve the folder it is in (e.g. /var → /private/var), but never the bundle itself.
-    let parent = bundle
-        .parent()
-        .ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?;
-    let parent = parent
-        .canonicalize()
-        .at(parent, "cannot find the VM's folder")?;
-    let bundle = parent.join(
-        bundle
-            .file_name()
-            .ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?,
-    );
-    let name = name
-        .map(str::to_string)
-        .unwrap_or_else(|| default_name(&bundle));
+    let parent = bundle.parent().ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?;
+    let parent = parent.canonicalize().at(parent, "cannot find the VM's folder")?;
+    let bundle = parent.join(bundle.file_name().ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?);
+    let name = name.map(str::to_string).unwrap_or_else(|| default_name(&bundle));
     validate_name(&name, "base", &bundle)?;
     let target = lib.bases_dir().join(&name);
     if target.symlink_metadata().is_ok() || lib.base(&name).is_ok() {
-        return Err(
-            Error::refused(&bundle, format!("a base named {name:?} already exists"))
-                .fix("rename the VM bundle (or pass --name) to give the new base another name"),
-        );
+        return Err(Error::refused(&bundle, format!("a base named {name:?} already exists"))
+            .fix("rename the VM bundle (or pass --name) to give the new base another name"));
     }
     let found = inspect(lib, &bundle)?;
     let id = lineage::new_id();
     let copy = fs::metadata(&parent).at(&parent, "cannot stat")?.dev()
-        != fs::metadata(lib.bases_dir())
-            .at(&lib.bases_dir(), "cannot stat")?
-            .dev();
+        != fs::metadata(lib.bases_dir()).at(&lib.bases_dir(), "cannot stat")?.dev();
     let disks: Vec<DiskRecord> = found.disks.iter().map(|(d, _)| d.clone()).collect();
     let plan = Plan {
         id: id.clone(),
@@ -433,13 +381,8 @@ pub fn make_base(
     let journal = Journal::begin(lib, &id, &JournalPlan::MakeBase(plan.clone()))?;
     step("journaled");
     if let Err(e) = build(lib, &plan, &found, opts) {
-        roll_back(&plan).map_err(|re| {
-            Error::new(
-                re.kind,
-                re.path.clone(),
-                format!("{} (while undoing after: {e})", re.message),
-            )
-        })?;
+        roll_back(&plan)
+            .map_err(|re| Error::new(re.kind, re.path.clone(), format!("{} (while undoing after: {e})", re.message)))?;
         journal.finish()?;
         return Err(e);
     }
@@ -454,16 +397,7 @@ pub fn make_base(
         elapsed: start.elapsed(),
         warnings,
     };
-    Ok((
-        made,
-        Fingerprinting {
-            journal,
-            base: Base {
-                dir: target,
-                record: plan.record,
-            },
-        },
-    ))
+    Ok((made, Fingerprinting { journal, base: Base { dir: target, record: plan.record } }))
 }
 
 /// The last part of Make Base, which may run after the base is in use: fingerprinting its disks.
@@ -507,12 +441,8 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
             if fs::symlink_metadata(src).at(src, "cannot stat")?.is_file()
                 && !fsutil::same_content(src, &dst, &opts.cancel)?
             {
-                return Err(Error::new(
-                    Kind::Io,
-                    dst,
-                    "the copy differs from the original after flushing",
-                )
-                .fix("the destination disk may be failing; the original is untouched"));
+                return Err(Error::new(Kind::Io, dst, "the copy differs from the original after flushing")
+                    .fix("the destination disk may be failing; the original is untouched"));
             }
         }
         for dir in entries
@@ -534,22 +464,14 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
     fsutil::rename_new(&vmx_from, &vmx_to)?;
     step("vmx-renamed");
     for e in found.disks.iter().flat_map(|(_, extents)| extents) {
-        lineage::write(
-            &staging.join(&e.file),
-            lineage::EXTENT,
-            &ExtentRecord {
-                base: plan.id.clone(),
-                ..e.clone()
-            },
-        )?;
+        lineage::write(&staging.join(&e.file), lineage::EXTENT, &ExtentRecord { base: plan.id.clone(), ..e.clone() })?;
     }
     lineage::write(staging, lineage::BASE, &plan.record)?;
     platform::set_tag(staging, Tag::Base, true).at(staging, "cannot tag the base")?;
     step("lineage-written");
     for (rel, mode) in &plan.disk_files {
         let p = staging.join(rel);
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode & !0o222))
-            .at(&p, "cannot write-protect")?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode & !0o222)).at(&p, "cannot write-protect")?;
         platform::set_locked(&p, true).at(&p, "cannot lock")?;
     }
     step("protected");
@@ -564,10 +486,7 @@ fn finish(lib: &Library, plan: &Plan, opts: &Options) -> Vec<String> {
     let mut warnings = Vec::new();
     let drop_folder = lib.new_leaf_dir().join(&plan.name);
     if let Err(e) = fs::create_dir_all(&drop_folder) {
-        warnings.push(format!(
-            "{}: cannot create the New Leaf folder: {e}",
-            drop_folder.display()
-        ));
+        warnings.push(format!("{}: cannot create the New Leaf folder: {e}", drop_folder.display()));
     }
     step("drop-folder-created");
     if plan.copy {
@@ -594,15 +513,8 @@ fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
     let mut kept = Vec::new();
     let mut removed_one = false;
     for src in fsutil::walk(&plan.source)?.into_iter().rev() {
-        let rel = src
-            .strip_prefix(&plan.source)
-            .expect("inside")
-            .to_path_buf();
-        let copy = if rel == plan.vmx {
-            plan.target.join(&plan.record.vmx)
-        } else {
-            plan.target.join(&rel)
-        };
+        let rel = src.strip_prefix(&plan.source).expect("inside").to_path_buf();
+        let copy = if rel == plan.vmx { plan.target.join(&plan.record.vmx) } else { plan.target.join(&rel) };
         let m = fs::symlink_metadata(&src).at(&src, "cannot stat")?;
         if m.is_dir() {
             let _ = fs::remove_dir(&src); // not empty when a changed file was kept
@@ -641,8 +553,7 @@ fn roll_back(plan: &Plan) -> Result<()> {
         let p = staging.join(rel);
         if p.symlink_metadata().is_ok() {
             platform::set_locked(&p, false).at(&p, "cannot unlock")?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(*mode))
-                .at(&p, "cannot restore permissions")?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).at(&p, "cannot restore permissions")?;
         }
     }
     for p in fsutil::walk(staging)? {
@@ -661,10 +572,7 @@ fn roll_back(plan: &Plan) -> Result<()> {
         // Something new took the bundle's name meanwhile: put it back beside it.
         let aside = plan.source.with_file_name(format!(
             "{} (restored by leafd)",
-            plan.source
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
+            plan.source.file_name().unwrap_or_default().to_string_lossy()
         ));
         return fsutil::rename_new(staging, &aside);
     }
@@ -676,21 +584,12 @@ pub fn recover(lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
     let published = matches!(lineage::read::<BaseRecord>(&plan.target, lineage::BASE), Ok(Some(r)) if r.id == plan.id);
     if !published {
         roll_back(plan)?;
-        return Ok(format!(
-            "undid the interrupted Make Base of {}; the VM is back as it was",
-            plan.source.display()
-        ));
+        return Ok(format!("undid the interrupted Make Base of {}; the VM is back as it was", plan.source.display()));
     }
     let warnings = finish(lib, plan, opts);
-    let base = Base {
-        dir: plan.target.clone(),
-        record: plan.record.clone(),
-    };
+    let base = Base { dir: plan.target.clone(), record: plan.record.clone() };
     complete_fingerprints(lib, &base, opts)?;
-    let mut msg = format!(
-        "finished the interrupted Make Base: base {:?} is ready",
-        plan.name
-    );
+    let mut msg = format!("finished the interrupted Make Base: base {:?} is ready", plan.name);
     for w in warnings {
         msg.push_str(&format!("; {w}"));
     }
@@ -700,8 +599,7 @@ pub fn recover(lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
 /// Computes and records the fingerprints a base does not have yet (they are computed after the
 /// base is usable, so a big disk does not delay it).
 pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Result<()> {
-    let current = lineage::read::<BaseRecord>(&base.dir, lineage::BASE)?
-        .unwrap_or_else(|| base.record.clone());
+    let current = lineage::read::<BaseRecord>(&base.dir, lineage::BASE)?.unwrap_or_else(|| base.record.clone());
     if current.disks.iter().all(|d| d.fingerprint.is_some()) {
         return Ok(());
     }

@@ -42,17 +42,12 @@ pub const NOTE_SUFFIX: &str = " - leafd error.txt";
 
 /// The note file beside a drop item.
 pub fn note_path(item: &Path) -> PathBuf {
-    let name = item
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     item.with_file_name(format!("{name}{NOTE_SUFFIX}"))
 }
 
 /// Who takes a leaf's snapshot.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotBackend {
     /// VMware's `vmrun` when it is installed, else (or when it fails) leafd's own writer.
@@ -133,10 +128,7 @@ pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
     }
     let max = 255 - BUNDLE_EXT.len() - 1;
     if name.len() > max {
-        return bad(&format!(
-            "is {} bytes long; at most {max} fit in a file name with \".{BUNDLE_EXT}\"",
-            name.len()
-        ));
+        return bad(&format!("is {} bytes long; at most {max} fit in a file name with \".{BUNDLE_EXT}\"", name.len()));
     }
     Ok(())
 }
@@ -145,9 +137,7 @@ impl Library {
     /// Opens the library at `root`, creating it and its folders if needed.
     pub fn open(root: &Path) -> Result<Library> {
         fs::create_dir_all(root).at(root, "cannot create the library folder")?;
-        let root = root
-            .canonicalize()
-            .at(root, "cannot resolve the library folder")?;
+        let root = root.canonicalize().at(root, "cannot resolve the library folder")?;
         let lib = Library { root };
         for dir in [
             lib.make_base_dir(),
@@ -206,10 +196,7 @@ impl Library {
 
     /// `path` shown relative to the root when inside it (as the log shows places).
     pub fn display(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
+        path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
     }
 
     /// Every base store with a readable record, sorted by name.
@@ -221,11 +208,7 @@ impl Library {
         };
         for e in rd {
             let p = e.at(&dir, "cannot list bases")?.path();
-            if p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-                || !p.is_dir()
-            {
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) || !p.is_dir() {
                 continue;
             }
             if let Ok(Some(record)) = lineage::read::<BaseRecord>(&p, lineage::BASE) {
@@ -248,11 +231,7 @@ impl Library {
         } else {
             format!("known bases: {}", known.join(", "))
         };
-        Err(Error::refused(
-            &self.bases_dir().join(name),
-            format!("there is no base named {name:?}"),
-        )
-        .fix(fix))
+        Err(Error::refused(&self.bases_dir().join(name), format!("there is no base named {name:?}")).fix(fix))
     }
 
     /// Every leaf bundle directly in the root, sorted by name.
@@ -274,12 +253,7 @@ impl Library {
     /// Takes the lock named `name` (waiting for it); held until the file is dropped.
     pub fn lock(&self, name: &str) -> Result<File> {
         let path = self.locks_dir().join(format!("{name}.lock"));
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at(&path, "cannot open lock")?;
+        let f = File::options().create(true).truncate(false).write(true).open(&path).at(&path, "cannot open lock")?;
         f.lock().at(&path, "cannot take lock")?;
         Ok(f)
     }
@@ -287,19 +261,10 @@ impl Library {
     /// Takes the lock named `name` if free; `Busy` when another process holds it.
     pub fn try_lock(&self, name: &str) -> Result<File> {
         let path = self.locks_dir().join(format!("{name}.lock"));
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at(&path, "cannot open lock")?;
+        let f = File::options().create(true).truncate(false).write(true).open(&path).at(&path, "cannot open lock")?;
         match f.try_lock() {
             Ok(()) => Ok(f),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::new(
-                Kind::Busy,
-                path,
-                "held by another leafd process",
-            )),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::new(Kind::Busy, path, "held by another leafd process")),
             Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, "cannot take lock", e)),
         }
     }

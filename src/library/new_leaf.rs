@@ -105,8 +105,7 @@ pub fn new_leaf(
     let base = lib.base(base_name)?;
     if target.symlink_metadata().is_ok() {
         return Err(
-            Error::refused(&target, "a VM with this name already exists")
-                .fix("choose another name for the new leaf"),
+            Error::refused(&target, "a VM with this name already exists").fix("choose another name for the new leaf")
         );
     }
     // A base whose disk changed would give leaves that fail to boot (VMware error 18).
@@ -118,10 +117,7 @@ pub fn new_leaf(
         if cid != d.cid {
             return Err(Error::refused(
                 &path,
-                format!(
-                    "the base disk changed since the base was made (CID {cid}, recorded {})",
-                    d.cid
-                ),
+                format!("the base disk changed since the base was made (CID {cid}, recorded {})", d.cid),
             )
             .fix("run `leafd verify`; a base must never be booted or edited"));
         }
@@ -156,21 +152,14 @@ pub fn new_leaf(
     };
     warnings.extend(finish(lib, &plan)?);
     journal.finish()?;
-    let own_bytes = fsutil::walk(&target)?
-        .iter()
-        .map(|p| fsutil::allocated(p))
-        .sum();
+    let own_bytes = fsutil::walk(&target)?.iter().map(|p| fsutil::allocated(p)).sum();
     Ok(MadeLeaf {
         name: name.to_string(),
         base: base.record.name.clone(),
         dir: target,
         disks: record.disks.len(),
         own_bytes,
-        snapshot: if record.snapshot == "vmrun" {
-            "vmrun"
-        } else {
-            "native"
-        },
+        snapshot: if record.snapshot == "vmrun" { "vmrun" } else { "native" },
         elapsed: start.elapsed(),
         warnings,
     })
@@ -189,9 +178,8 @@ fn build(
         SnapshotBackend::Native => None,
         SnapshotBackend::Auto => find_vmrun(opts),
         SnapshotBackend::Vmrun => Some(find_vmrun(opts).ok_or_else(|| {
-            Error::refused(Path::new("vmrun"), "VMware's vmrun was not found").fix(
-                "install VMware, set `vmrun` in the config, or use the native snapshot backend",
-            )
+            Error::refused(Path::new("vmrun"), "VMware's vmrun was not found")
+                .fix("install VMware, set `vmrun` in the config, or use the native snapshot backend")
         })?),
     };
     let mut record = None;
@@ -199,13 +187,8 @@ fn build(
         match build_files(plan, base, base_disks, opts, Some(&vmrun)) {
             Ok(r) => record = Some(r),
             Err(e) if opts.snapshot == SnapshotBackend::Auto && e.kind != Kind::Cancelled => {
-                warnings.push(format!(
-                    "vmrun could not take the snapshot, leafd wrote it itself: {e}"
-                ));
-                tracing::warn!(
-                    "vmrun failed for leaf {:?}, using the native snapshot writer: {e}",
-                    plan.name
-                );
+                warnings.push(format!("vmrun could not take the snapshot, leafd wrote it itself: {e}"));
+                tracing::warn!("vmrun failed for leaf {:?}, using the native snapshot writer: {e}", plan.name);
                 fsutil::remove_tree(staging)?;
             }
             Err(e) => return Err(e),
@@ -218,14 +201,9 @@ fn build(
     // Open every chain from where it is staged (same depth as its final place) before publishing.
     for d in &record.disks {
         let delta = Disk::open(&staging.join(&d.delta))?;
-        let parent_cid = delta
-            .parent()
-            .map(|p| format!("{:08x}", p.descriptor.cid().unwrap_or(0)));
+        let parent_cid = delta.parent().map(|p| format!("{:08x}", p.descriptor.cid().unwrap_or(0)));
         if parent_cid.as_deref() != Some(d.parent_cid.as_str()) {
-            return Err(Error::format(
-                &staging.join(&d.delta),
-                "the new delta does not lead to the base",
-            ));
+            return Err(Error::format(&staging.join(&d.delta), "the new delta does not lead to the base"));
         }
     }
     fsutil::rename_new(staging, &plan.target)?;
@@ -251,77 +229,41 @@ fn build_files(
         if let Some(dir) = copy_path.parent() {
             fs::create_dir_all(dir).at(dir, "cannot create folder")?;
         }
-        let final_dir = plan
-            .target
-            .join(&rel)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| plan.target.clone());
+        let final_dir = plan.target.join(&rel).parent().map(Path::to_path_buf).unwrap_or_else(|| plan.target.clone());
         let copy = parent_copy(disk, &final_dir, opts.path_style)?;
         fsutil::write_new(&copy_path, copy.to_string().as_bytes())?;
-        let file_name = rel
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("disk.vmdk")
-            .to_string();
+        let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk").to_string();
         let delta_rel = rel.with_file_name(delta_name(&file_name));
-        disks.push((
-            d.node.clone(),
-            rel,
-            delta_rel,
-            copy,
-            file_name,
-            disk.disk_type,
-        ));
+        disks.push((d.node.clone(), rel, delta_rel, copy, file_name, disk.disk_type));
     }
     step("parent-copies-written");
-    let base_vmx = Dict::parse(&read_small(&base.vmx_path())?)
-        .map_err(|m| Error::format(&base.vmx_path(), m))?;
+    let base_vmx = Dict::parse(&read_small(&base.vmx_path())?).map_err(|m| Error::format(&base.vmx_path(), m))?;
     copy_nvram(&base_vmx, base, staging, &plan.name, opts)?;
     let vmx_path = staging.join(format!("{}.vmx", plan.name));
     let vmsd_path = staging.join(format!("{}.vmsd", plan.name));
     let str_of = |p: &Path| p.to_string_lossy().into_owned();
     if let Some(vmrun) = vmrun {
-        let on_copies: Vec<(String, String)> = disks
-            .iter()
-            .map(|(node, rel, ..)| (node.clone(), str_of(rel)))
-            .collect();
-        fsutil::write_new(
-            &vmx_path,
-            &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes(),
-        )?;
+        let on_copies: Vec<(String, String)> =
+            disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
+        fsutil::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes())?;
         step("vmx-written");
         run_vmrun(vmrun, &vmx_path)?;
         // vmrun must have pointed every disk at a new delta over our parent copy.
-        let after =
-            Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
+        let after = Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
         for (node, rel, delta_rel, ..) in &mut disks {
-            let now = after
-                .get(&format!("{node}.fileName"))
-                .unwrap_or_default()
-                .to_string();
+            let now = after.get(&format!("{node}.fileName")).unwrap_or_default().to_string();
             let delta = Disk::open(&resolve(staging, &now))?;
-            if now == str_of(rel)
-                || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel))
-            {
+            if now == str_of(rel) || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel)) {
                 return Err(Error::format(
                     &vmx_path,
-                    format!(
-                        "vmrun reported success but disk {node} has no snapshot over {}",
-                        rel.display()
-                    ),
+                    format!("vmrun reported success but disk {node} has no snapshot over {}", rel.display()),
                 ));
             }
             *delta_rel = PathBuf::from(now);
         }
         step("deltas-written");
-        let mut vmsd =
-            Dict::parse(&read_small(&vmsd_path)?).map_err(|m| Error::format(&vmsd_path, m))?;
-        add_clone_keys(
-            &mut vmsd,
-            base,
-            &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>(),
-        );
+        let mut vmsd = Dict::parse(&read_small(&vmsd_path)?).map_err(|m| Error::format(&vmsd_path, m))?;
+        add_clone_keys(&mut vmsd, base, &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>());
         fsutil::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
         step("vmsd-written");
     } else {
@@ -329,19 +271,12 @@ fn build_files(
             create_delta(&staging.join(delta_rel), file_name, copy, *base_type)?;
         }
         step("deltas-written");
-        let deltas: Vec<(String, String)> = disks
-            .iter()
-            .map(|(node, _, delta, ..)| (node.clone(), str_of(delta)))
-            .collect();
-        fsutil::write_new(
-            &vmx_path,
-            &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes(),
-        )?;
+        let deltas: Vec<(String, String)> =
+            disks.iter().map(|(node, _, delta, ..)| (node.clone(), str_of(delta))).collect();
+        fsutil::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes())?;
         step("vmx-written");
-        let at_snapshot: Vec<(String, String)> = disks
-            .iter()
-            .map(|(node, rel, ..)| (node.clone(), str_of(rel)))
-            .collect();
+        let at_snapshot: Vec<(String, String)> =
+            disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
         let own: Vec<String> = disks.iter().map(|d| str_of(&d.2)).collect();
         let vmsd = vmx::leaf_vmsd(&Snapshot {
             leaf_name: &plan.name,
@@ -373,11 +308,7 @@ fn build_files(
     };
     lineage::write(staging, lineage::LEAF, &record)?;
     platform::set_tag(staging, Tag::LinkedClone, true).at(staging, "cannot tag the leaf")?;
-    for dir in fsutil::walk(staging)?
-        .iter()
-        .filter(|p| p.is_dir())
-        .chain([staging])
-    {
+    for dir in fsutil::walk(staging)?.iter().filter(|p| p.is_dir()).chain([staging]) {
         platform::sync_dir(dir).at(dir, "cannot flush folder")?;
     }
     step("lineage-written");
@@ -385,22 +316,9 @@ fn build_files(
 }
 
 /// Copies the base's `.nvram` (EFI boot entries) under the leaf's name, when the base has one.
-fn copy_nvram(
-    base_vmx: &Dict,
-    base: &Base,
-    staging: &Path,
-    name: &str,
-    opts: &Options,
-) -> Result<()> {
-    let stem = base
-        .record
-        .vmx
-        .trim_end_matches(super::BASE_VMX_SUFFIX)
-        .trim_end_matches(".vmx");
-    let nvram = base_vmx
-        .get("nvram")
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{stem}.nvram"));
+fn copy_nvram(base_vmx: &Dict, base: &Base, staging: &Path, name: &str, opts: &Options) -> Result<()> {
+    let stem = base.record.vmx.trim_end_matches(super::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
+    let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
     let from = resolve(&base.dir, &nvram);
     if from.is_file() {
         fsutil::copy_file(&from, &staging.join(format!("{name}.nvram")), &opts.cancel)?;
@@ -425,9 +343,7 @@ fn find_vmrun(opts: &Options) -> Option<PathBuf> {
     if let Some(p) = &opts.vmrun {
         return p.is_file().then(|| p.clone());
     }
-    platform::vmrun_candidates()
-        .into_iter()
-        .find(|p| p.is_file())
+    platform::vmrun_candidates().into_iter().find(|p| p.is_file())
 }
 
 /// `vmrun -T fusion|ws snapshot <vmx> Base`, with a time limit.
@@ -444,27 +360,17 @@ fn run_vmrun(vmrun: &Path, vmx: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait().at(vmrun, "cannot wait for vmrun")? {
-            let out = child
-                .wait_with_output()
-                .at(vmrun, "cannot read vmrun's output")?;
+            let out = child.wait_with_output().at(vmrun, "cannot read vmrun's output")?;
             if status.success() {
                 return Ok(());
             }
-            let said = String::from_utf8_lossy(&out.stdout).trim().to_string()
-                + String::from_utf8_lossy(&out.stderr).trim();
-            return Err(Error::new(
-                Kind::Io,
-                vmrun.to_path_buf(),
-                format!("vmrun snapshot failed ({status}): {said}"),
-            ));
+            let said =
+                String::from_utf8_lossy(&out.stdout).trim().to_string() + String::from_utf8_lossy(&out.stderr).trim();
+            return Err(Error::new(Kind::Io, vmrun.to_path_buf(), format!("vmrun snapshot failed ({status}): {said}")));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            return Err(Error::new(
-                Kind::Io,
-                vmrun.to_path_buf(),
-                "vmrun snapshot did not finish within 2 minutes",
-            ));
+            return Err(Error::new(Kind::Io, vmrun.to_path_buf(), "vmrun snapshot did not finish within 2 minutes"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -490,10 +396,7 @@ fn finish(lib: &Library, plan: &Plan) -> Result<Vec<String>> {
         match fs::remove_dir(request) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) => warnings.push(format!(
-                "{} was left in place because it holds files",
-                lib.display(request)
-            )),
+            Err(_) => warnings.push(format!("{} was left in place because it holds files", lib.display(request))),
         }
     }
     step("request-removed");
@@ -505,10 +408,7 @@ pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
     let published = matches!(lineage::read::<LeafRecord>(&plan.target, lineage::LEAF), Ok(Some(r)) if r.id == plan.id);
     if published {
         let warnings = finish(lib, plan)?;
-        let mut msg = format!(
-            "finished the interrupted New Leaf: leaf {:?} is ready",
-            plan.name
-        );
+        let mut msg = format!("finished the interrupted New Leaf: leaf {:?} is ready", plan.name);
         for w in warnings {
             msg.push_str(&format!("; {w}"));
         }
@@ -519,8 +419,5 @@ pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
     if marker.symlink_metadata().is_ok() {
         fs::remove_file(&marker).at(&marker, "cannot remove")?;
     }
-    Ok(format!(
-        "undid the interrupted New Leaf {:?}; nothing of it remains",
-        plan.name
-    ))
+    Ok(format!("undid the interrupted New Leaf {:?}; nothing of it remains", plan.name))
 }

@@ -60,9 +60,7 @@ pub struct Failed {
 }
 
 fn allocated_of_disk(path: &Path) -> u64 {
-    Disk::open_alone(path)
-        .map(|d| d.files().iter().map(|f| fsutil::allocated(f)).sum())
-        .unwrap_or(0)
+    Disk::open_alone(path).map(|d| d.files().iter().map(|f| fsutil::allocated(f)).sum()).unwrap_or(0)
 }
 
 /// Gathers the status of `lib`; reads only.
@@ -70,47 +68,24 @@ pub fn status(lib: &Library) -> Result<Status> {
     let leaves = lib.leaves()?;
     let mut bases = Vec::new();
     for base in lib.bases()? {
-        let shared: u64 = base
-            .record
-            .disks
-            .iter()
-            .map(|d| allocated_of_disk(&base.descriptor_path(d)))
-            .sum();
+        let shared: u64 = base.record.disks.iter().map(|d| allocated_of_disk(&base.descriptor_path(d))).sum();
         let mut ls = Vec::new();
         for r in base.leaf_refs()? {
             let found = leaves.iter().find(|l| l.record.id == r.id);
-            let own = found.map_or(0, |l| {
-                l.record
-                    .disks
-                    .iter()
-                    .map(|d| allocated_of_disk(&l.dir.join(&d.delta)))
-                    .sum()
-            });
+            let own =
+                found.map_or(0, |l| l.record.disks.iter().map(|d| allocated_of_disk(&l.dir.join(&d.delta))).sum());
             let path = found.map_or(r.path.clone(), |l| l.dir.to_string_lossy().into_owned());
-            ls.push(LeafStatus {
-                name: r.name.clone(),
-                path,
-                present: found.is_some(),
-                own_bytes: own,
-            });
+            ls.push(LeafStatus { name: r.name.clone(), path, present: found.is_some(), own_bytes: own });
         }
         // Leaves found in the library but missing from the base's list still count.
         let unlisted: Vec<LeafStatus> = leaves
             .iter()
-            .filter(|l| {
-                l.record.base_id == base.record.id
-                    && !ls.iter().any(|s| s.path == l.dir.to_string_lossy())
-            })
+            .filter(|l| l.record.base_id == base.record.id && !ls.iter().any(|s| s.path == l.dir.to_string_lossy()))
             .map(|l| LeafStatus {
                 name: l.record.name.clone(),
                 path: l.dir.to_string_lossy().into(),
                 present: true,
-                own_bytes: l
-                    .record
-                    .disks
-                    .iter()
-                    .map(|d| allocated_of_disk(&l.dir.join(&d.delta)))
-                    .sum(),
+                own_bytes: l.record.disks.iter().map(|d| allocated_of_disk(&l.dir.join(&d.delta))).sum(),
             })
             .collect();
         ls.extend(unlisted);
@@ -132,22 +107,15 @@ pub fn status(lib: &Library) -> Result<Status> {
         });
     }
     let (pending, failed) = drops(lib);
-    Ok(Status {
-        root: lib.root().to_string_lossy().into(),
-        bases,
-        pending,
-        failed,
-        interrupted: journal::pending(lib),
-    })
+    Ok(Status { root: lib.root().to_string_lossy().into(), bases, pending, failed, interrupted: journal::pending(lib) })
 }
 
 /// Items in the drop folders: those with a failure note, and the others.
 fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
     let mut items = Vec::new();
     let list = |dir: &Path| -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = fs::read_dir(dir)
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
+        let mut v: Vec<_> =
+            fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
         v.sort();
         v
     };
@@ -158,18 +126,13 @@ fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
     let mut pending = Vec::new();
     let mut failed = Vec::new();
     for item in items {
-        let name = item
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = item.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.starts_with('.') || name.ends_with(NOTE_SUFFIX) {
             continue;
         }
         match fs::read_to_string(note_path(&item)) {
-            Ok(note) => failed.push(Failed {
-                item: lib.display(&item),
-                reason: note.lines().next().unwrap_or_default().to_string(),
-            }),
+            Ok(note) => failed
+                .push(Failed { item: lib.display(&item), reason: note.lines().next().unwrap_or_default().to_string() }),
             Err(_) => pending.push(lib.display(&item)),
         }
     }
@@ -190,18 +153,10 @@ pub fn render(s: &Status) -> String {
             if b.disks == 1 { "" } else { "s" },
             human_bytes(b.capacity_bytes),
             human_bytes(b.shared_bytes),
-            if b.fingerprinted {
-                ""
-            } else {
-                " (fingerprint pending)"
-            }
+            if b.fingerprinted { "" } else { " (fingerprint pending)" }
         ));
         for l in &b.leaves {
-            let missing = if l.present {
-                String::new()
-            } else {
-                format!("  MISSING (was {})", l.path)
-            };
+            let missing = if l.present { String::new() } else { format!("  MISSING (was {})", l.path) };
             out.push_str(&format!(
                 "  leaf {:<30} {:>10} of its own{missing}\n",
                 format!("{:?}", l.name),
@@ -217,10 +172,7 @@ pub fn render(s: &Status) -> String {
             human_bytes(b.saved_bytes)
         ));
         if b.leaves.is_empty() {
-            out.push_str(&format!(
-                "; removing the base would free {}",
-                human_bytes(b.reclaimable_bytes)
-            ));
+            out.push_str(&format!("; removing the base would free {}", human_bytes(b.reclaimable_bytes)));
         }
         out.push('\n');
     }
@@ -231,7 +183,10 @@ pub fn render(s: &Status) -> String {
         out.push_str(&format!("\nFAILED {}: {}\n", f.item, f.reason));
     }
     if s.interrupted > 0 {
-        out.push_str(&format!("\n{} interrupted operation(s) will be finished or undone by the next leafd command or agent start\n", s.interrupted));
+        out.push_str(&format!(
+            "\n{} interrupted operation(s) will be finished or undone by the next leafd command or agent start\n",
+            s.interrupted
+        ));
     }
     out
 }

@@ -15,23 +15,14 @@ pub const XATTR_PREFIX: &str = "user.";
 const TAGS_XATTR: &str = "user.xdg.tags";
 
 fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let (f, t) = (cstr(from)?, cstr(to)?);
     // SAFETY: both are valid NUL-terminated paths; AT_FDCWD makes them relative to the cwd.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
     if r == 0 {
         return Ok(());
     }
@@ -57,11 +48,7 @@ pub fn is_locked(_path: &Path) -> io::Result<bool> {
 
 pub fn read_tags(path: &Path) -> io::Result<Vec<String>> {
     match xattr::get(path, TAGS_XATTR)? {
-        Some(v) => Ok(String::from_utf8_lossy(&v)
-            .split(',')
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect()),
+        Some(v) => Ok(String::from_utf8_lossy(&v).split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()),
         None => Ok(Vec::new()),
     }
 }
@@ -117,7 +104,5 @@ pub const VMRUN_HOST_TYPE: &str = "ws";
 
 /// Where VMware Workstation puts `vmrun`: on the PATH.
 pub fn vmrun_candidates() -> Vec<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("vmrun")).collect())
-        .unwrap_or_default()
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("vmrun")).collect()).unwrap_or_default()
 }

@@ -17,8 +17,7 @@ const TAGS_XATTR: &str = "com.apple.metadata:_kMDItemUserTags";
 const FINDER_INFO_XATTR: &str = "com.apple.FinderInfo";
 
 fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything.
@@ -35,21 +34,13 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 /// Sets or clears the Finder's Locked flag (`uchg`), which also stops deletion and renaming.
 pub fn set_locked(path: &Path, locked: bool) -> io::Result<()> {
     let flags = std::fs::symlink_metadata(path)?.st_flags();
-    let new = if locked {
-        flags | libc::UF_IMMUTABLE
-    } else {
-        flags & !libc::UF_IMMUTABLE
-    };
+    let new = if locked { flags | libc::UF_IMMUTABLE } else { flags & !libc::UF_IMMUTABLE };
     if new == flags {
         return Ok(());
     }
     let p = cstr(path)?;
     // SAFETY: valid NUL-terminated path.
-    if unsafe { libc::chflags(p.as_ptr(), new) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if unsafe { libc::chflags(p.as_ptr(), new) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 pub fn is_locked(path: &Path) -> io::Result<bool> {
@@ -61,15 +52,12 @@ pub fn read_tags(path: &Path) -> io::Result<Vec<String>> {
     let Some(raw) = xattr::get(path, TAGS_XATTR)? else {
         return Ok(Vec::new());
     };
-    let value = plist::Value::from_reader(io::Cursor::new(raw))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let value =
+        plist::Value::from_reader(io::Cursor::new(raw)).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(value
         .as_array()
         .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_string())
-                .map(|s| s.split('\n').next().unwrap_or(s).to_string())
-                .collect()
+            a.iter().filter_map(|v| v.as_string()).map(|s| s.split('\n').next().unwrap_or(s).to_string()).collect()
         })
         .unwrap_or_default())
 }
@@ -88,15 +76,9 @@ pub fn write_tags(path: &Path, tags: &[String]) -> io::Result<()> {
     if tags.is_empty() {
         return super::remove_xattr(path, TAGS_XATTR);
     }
-    let array = plist::Value::Array(
-        tags.iter()
-            .map(|t| plist::Value::String(format!("{t}\n{}", colour(t))))
-            .collect(),
-    );
+    let array = plist::Value::Array(tags.iter().map(|t| plist::Value::String(format!("{t}\n{}", colour(t)))).collect());
     let mut out = Vec::new();
-    array
-        .to_writer_binary(&mut out)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    array.to_writer_binary(&mut out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     xattr::set(path, TAGS_XATTR, &out)
 }
 
@@ -108,11 +90,7 @@ pub fn copy_in_progress(path: &Path) -> bool {
 /// Posts a notification through `osascript`, best effort: never blocks, never fails the caller.
 pub fn notify_user(title: &str, message: &str) {
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let script = format!(
-        "display notification \"{}\" with title \"{}\"",
-        quote(message),
-        quote(title)
-    );
+    let script = format!("display notification \"{}\" with title \"{}\"", quote(message), quote(title));
     let _ = std::process::Command::new("/usr/bin/osascript")
         .args(["-e", &script])
         .stdin(std::process::Stdio::null())
@@ -124,20 +102,12 @@ pub fn notify_user(title: &str, message: &str) {
 /// `fsync` on macOS does not reach the platters; `F_FULLFSYNC` does.
 pub fn full_sync(file: &File) -> io::Result<()> {
     // SAFETY: a valid open descriptor.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_FULLFSYNC) } == 0 {
-        Ok(())
-    } else {
-        file.sync_all()
-    }
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_FULLFSYNC) } == 0 { Ok(()) } else { file.sync_all() }
 }
 
 pub fn default_root(home: &Path) -> PathBuf {
     let fusion = home.join("Virtual Machines.localized");
-    if fusion.is_dir() {
-        fusion
-    } else {
-        home.join("Virtual Machines")
-    }
+    if fusion.is_dir() { fusion } else { home.join("Virtual Machines") }
 }
 
 pub fn log_dir(home: &Path) -> PathBuf {
@@ -159,7 +129,5 @@ pub const VMRUN_HOST_TYPE: &str = "fusion";
 
 /// Where VMware Fusion keeps `vmrun`.
 pub fn vmrun_candidates() -> Vec<PathBuf> {
-    vec![PathBuf::from(
-        "/Applications/VMware Fusion.app/Contents/Library/vmrun",
-    )]
+    vec![PathBuf::from("/Applications/VMware Fusion.app/Contents/Library/vmrun")]
 }

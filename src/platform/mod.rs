@@ -17,8 +17,8 @@ mod linux;
 use linux as os;
 
 pub use os::{
-    VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, notify_user, rename_noreplace,
-    set_locked, vmrun_candidates,
+    VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, notify_user, rename_noreplace, set_locked,
+    vmrun_candidates,
 };
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
@@ -78,9 +78,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Removes an extended attribute; one that is absent (or a file that is gone) is not an error.
 pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
     match xattr::remove(path, name) {
-        Err(e) if e.raw_os_error() == Some(os::NO_ATTR) || e.kind() == io::ErrorKind::NotFound => {
-            Ok(())
-        }
+        Err(e) if e.raw_os_error() == Some(os::NO_ATTR) || e.kind() == io::ErrorKind::NotFound => Ok(()),
         r => r,
     }
 }

@@ -21,68 +21,30 @@ pub fn run_tool(program: &str, args: &[&str]) -> Output {
 }
 
 pub fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// `qemu-img check`: no errors, no leaks.
 pub fn qemu_check(path: &Path) {
-    let o = run_tool(
-        "qemu-img",
-        &["check", "-f", "vmdk", "-U", path.to_str().unwrap()],
-    );
-    assert!(
-        o.status.success(),
-        "qemu-img check {}: {}",
-        path.display(),
-        text(&o)
-    );
-    assert!(
-        text(&o).contains("No errors were found"),
-        "qemu-img check {}: {}",
-        path.display(),
-        text(&o)
-    );
+    let o = run_tool("qemu-img", &["check", "-f", "vmdk", "-U", path.to_str().unwrap()]);
+    assert!(o.status.success(), "qemu-img check {}: {}", path.display(), text(&o));
+    assert!(text(&o).contains("No errors were found"), "qemu-img check {}: {}", path.display(), text(&o));
 }
 
 /// `qemu-img info --backing-chain` as JSON: one object per disk of the chain, top first.
 pub fn qemu_chain(path: &Path) -> Vec<serde_json::Value> {
-    let o = run_tool(
-        "qemu-img",
-        &[
-            "info",
-            "-U",
-            "--backing-chain",
-            "--output=json",
-            "-f",
-            "vmdk",
-            path.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "qemu-img info {}: {}",
-        path.display(),
-        text(&o)
-    );
+    let o =
+        run_tool("qemu-img", &["info", "-U", "--backing-chain", "--output=json", "-f", "vmdk", path.to_str().unwrap()]);
+    assert!(o.status.success(), "qemu-img info {}: {}", path.display(), text(&o));
     serde_json::from_slice(&o.stdout).expect("qemu-img info JSON")
 }
 
 /// `qemu-io -r` read of `len` bytes at `offset`, expecting every byte to be `byte`.
 pub fn qemu_read_pattern(path: &Path, offset: u64, len: u64, byte: u8) -> Result<(), String> {
     let cmd = format!("read -P 0x{byte:02x} {offset} {len}");
-    let o = run_tool(
-        "qemu-io",
-        &["-r", "-f", "vmdk", "-c", &cmd, path.to_str().unwrap()],
-    );
+    let o = run_tool("qemu-io", &["-r", "-f", "vmdk", "-c", &cmd, path.to_str().unwrap()]);
     let t = text(&o);
-    if o.status.success()
-        && !t.contains("Pattern verification failed")
-        && !t.contains("failed")
-        && t.contains("read ")
+    if o.status.success() && !t.contains("Pattern verification failed") && !t.contains("failed") && t.contains("read ")
     {
         Ok(())
     } else {
@@ -93,15 +55,8 @@ pub fn qemu_read_pattern(path: &Path, offset: u64, len: u64, byte: u8) -> Result
 /// Writes through QEMU into the top of a chain (a delta): never use on a base.
 pub fn qemu_write(path: &Path, offset: u64, len: u64, byte: u8) {
     let cmd = format!("write -P 0x{byte:02x} {offset} {len}");
-    let o = run_tool(
-        "qemu-io",
-        &["-f", "vmdk", "-c", &cmd, path.to_str().unwrap()],
-    );
-    assert!(
-        o.status.success() && !text(&o).contains("failed"),
-        "qemu-io write: {}",
-        text(&o)
-    );
+    let o = run_tool("qemu-io", &["-f", "vmdk", "-c", &cmd, path.to_str().unwrap()]);
+    assert!(o.status.success() && !text(&o).contains("failed"), "qemu-io write: {}", text(&o));
 }
 
 /// The whole virtual disk as QEMU reads it through its chain, as raw bytes.
@@ -110,16 +65,7 @@ pub fn qemu_raw(path: &Path, scratch: &Path) -> Vec<u8> {
     let _ = std::fs::remove_file(&out);
     let o = run_tool(
         "qemu-img",
-        &[
-            "convert",
-            "-U",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            path.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ],
+        &["convert", "-U", "-f", "vmdk", "-O", "raw", path.to_str().unwrap(), out.to_str().unwrap()],
     );
     assert!(o.status.success(), "qemu-img convert: {}", text(&o));
     let bytes = std::fs::read(&out).unwrap();
@@ -142,13 +88,7 @@ pub fn libvmdk_chain(
     len: u64,
 ) -> Result<(u64, Vec<u8>), String> {
     let list = |v: &[PathBuf]| {
-        format!(
-            "[{}]",
-            v.iter()
-                .map(|p| format!("{:?}", p.to_str().unwrap()))
-                .collect::<Vec<_>>()
-                .join(",")
-        )
+        format!("[{}]", v.iter().map(|p| format!("{:?}", p.to_str().unwrap())).collect::<Vec<_>>().join(","))
     };
     let script = format!(
         r#"
@@ -181,10 +121,7 @@ sys.stdout.buffer.write(data)
     }
     assert!(o.status.success(), "libvmdk: {}", text(&o));
     let nl = o.stdout.iter().position(|&b| b == b'\n').unwrap();
-    let size: u64 = std::str::from_utf8(&o.stdout[5..nl])
-        .unwrap()
-        .parse()
-        .unwrap();
+    let size: u64 = std::str::from_utf8(&o.stdout[5..nl]).unwrap().parse().unwrap();
     Ok((size, o.stdout[nl + 1..].to_vec()))
 }
 
@@ -194,10 +131,7 @@ pub fn checksums(dir: &Path) -> BTreeMap<PathBuf, String> {
     for entry in walk(dir) {
         if entry.is_file() {
             let bytes = std::fs::read(&entry).unwrap();
-            out.insert(
-                entry.strip_prefix(dir).unwrap().to_path_buf(),
-                blake3::hash(&bytes).to_hex().to_string(),
-            );
+            out.insert(entry.strip_prefix(dir).unwrap().to_path_buf(), blake3::hash(&bytes).to_hex().to_string());
         }
     }
     out
@@ -225,11 +159,7 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// Runs the real `leafd` binary.
 pub fn leafd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_leafd"))
-        .args(args)
-        .env_remove("LEAFD_ROOT")
-        .output()
-        .expect("run leafd")
+    Command::new(env!("CARGO_BIN_EXE_leafd")).args(args).env_remove("LEAFD_ROOT").output().expect("run leafd")
 }
 
 /// A library in a temporary folder, with its own HOME and log folder, and the real binary.
@@ -323,29 +253,14 @@ pub fn fingerprint_tree(dir: &Path) -> Vec<String> {
             out.push(format!("{} missing", p.display()));
             continue;
         };
-        let sum = if m.is_file() {
-            blake3::hash(&std::fs::read(&p).unwrap())
-                .to_hex()
-                .to_string()
-        } else {
-            String::new()
-        };
-        let mut attrs: Vec<String> = xattr::list(&p)
-            .map(|l| l.map(|n| n.to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
+        let sum =
+            if m.is_file() { blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string() } else { String::new() };
+        let mut attrs: Vec<String> =
+            xattr::list(&p).map(|l| l.map(|n| n.to_string_lossy().into_owned()).collect()).unwrap_or_default();
         attrs.sort();
-        let attrs: Vec<String> = attrs
-            .into_iter()
-            .map(|a| format!("{a}={:?}", xattr::get(&p, &a).ok().flatten()))
-            .collect();
-        out.push(format!(
-            "{} {:o} {} {} {}",
-            p.display(),
-            m.mode(),
-            m.len(),
-            sum,
-            attrs.join(",")
-        ));
+        let attrs: Vec<String> =
+            attrs.into_iter().map(|a| format!("{a}={:?}", xattr::get(&p, &a).ok().flatten())).collect();
+        out.push(format!("{} {:o} {} {} {}", p.display(), m.mode(), m.len(), sum, attrs.join(",")));
     }
     out
 }
@@ -359,17 +274,7 @@ pub struct OtherVolume {
 impl OtherVolume {
     pub fn new() -> OtherVolume {
         let dir = tempfile::tempdir().unwrap();
-        let o = run_tool(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=512m",
-                "leafd-test",
-                dir.path().to_str().unwrap(),
-            ],
-        );
+        let o = run_tool("mount", &["-t", "tmpfs", "-o", "size=512m", "leafd-test", dir.path().to_str().unwrap()]);
         assert!(
             o.status.success(),
             "cannot mount a tmpfs for the cross-volume test (run the tests as root): {}",
@@ -385,10 +290,7 @@ impl OtherVolume {
 
 impl Drop for OtherVolume {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
 

@@ -1,0 +1,85 @@
+//! Make Base and New Leaf through the real binary:
+//! - Make Base of a 64 GiB sparse VM against a 1 GiB one on the same volume (renames only, so
+//!   the time must not depend on the size);
+//! - New Leaf against `qemu-img create -f vmdk -b` on the same base.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use leafd::formats::disk::DiskType;
+use leafd::sample::SampleVm;
+
+fn leafd(root: &Path, home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+    c.arg("--root")
+        .arg(root)
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env_remove("LEAFD_ROOT");
+    c
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    const RUNS: usize = 15;
+
+    println!("leafd make-base on one volume (sparse sample, data in a few grains), {RUNS} runs each:");
+    let mut medians = Vec::new();
+    for (label, size) in [("1 GiB", 1u64 << 30), ("64 GiB", 64 << 30)] {
+        let root = tmp.path().join(format!("lib-{label}"));
+        let drop_dir = root.join("Make Base");
+        std::fs::create_dir_all(&drop_dir).unwrap();
+        let times = measure(
+            RUNS,
+            |i| drop(SampleVm::single(&format!("VM {i}"), DiskType::MonolithicSparse, size).build(&drop_dir).unwrap()),
+            |i| {
+                run(&mut leafd(
+                    &root,
+                    &home,
+                    &["make-base", drop_dir.join(format!("VM {i}.vmwarevm")).to_str().unwrap()],
+                ))
+            },
+        );
+        report(&format!("make-base, {label} disk"), &times);
+        medians.push(median(&times));
+    }
+    let diff = medians[1].abs_diff(medians[0]);
+    let ok = diff.as_millis() < 5;
+    println!(
+        "  => 64 GiB within a few ms of 1 GiB: {} (difference {})\n",
+        if ok { "holds" } else { "DOES NOT HOLD" },
+        ms(diff)
+    );
+
+    println!("making a linked clone of a 16 GiB split base, {RUNS} runs each:");
+    let root = tmp.path().join("lib-leaf");
+    std::fs::create_dir_all(root.join("Make Base")).unwrap();
+    let bundle = SampleVm::single("Base", DiskType::SplitSparse, 16 << 30).build(&root.join("Make Base")).unwrap();
+    run(&mut leafd(&root, &home, &["make-base", bundle.to_str().unwrap()]));
+    let ours = measure(
+        RUNS,
+        |_| {},
+        |i| run(&mut leafd(&root, &home, &["new-leaf", "Base", &format!("Leaf {i}"), "--snapshot", "native"])),
+    );
+    report("leafd new-leaf (parent copy, delta, .vmx, .vmsd, lineage, flushed)", &ours);
+    let qemu_dir = tmp.path().join("qemu");
+    std::fs::create_dir(&qemu_dir).unwrap();
+    let base_disk = root.join("Bases/Base/Virtual Disk.vmdk");
+    let theirs = measure(
+        RUNS,
+        |_| {},
+        |i| {
+            run(Command::new("qemu-img")
+                .args(["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b"])
+                .arg(&base_disk)
+                .arg(qemu_dir.join(format!("delta-{i}.vmdk"))))
+        },
+    );
+    report("qemu-img create -f vmdk -b (the delta alone)", &theirs);
+    verdict("leafd new-leaf is not slower than qemu-img create", median(&ours), median(&theirs));
+}

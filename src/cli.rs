@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::formats::clone::PathStyle;
 use crate::library::{Library, Options, SnapshotBackend, journal, make_base, new_leaf, status};
-use crate::{logging, platform};
+use crate::{agent, logging, platform};
 
 #[derive(Parser)]
 #[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
@@ -24,6 +24,12 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch the drop folders (what the login service runs)
+    Agent {
+        /// Seconds an item must be quiet before leafd acts on it (default: config, else 3)
+        #[arg(long, value_name = "SECONDS")]
+        settle: Option<f64>,
+    },
     /// Convert a powered-off VM bundle into a write-protected base, as a drop would
     MakeBase {
         /// The VM: a .vmwarevm bundle or a folder holding one .vmx
@@ -95,6 +101,24 @@ fn run(cli: Cli) -> Result<()> {
     let config = Config::load()?;
     let root = config.root(cli.root.as_deref());
     match cli.command {
+        Command::Agent { settle } => {
+            let _log = start_log(true);
+            let settle = settle.or(config.settle_seconds).unwrap_or(3.0);
+            if !(settle.is_finite() && (0.0..=3600.0).contains(&settle)) {
+                return Err(crate::error::Error::new(
+                    crate::error::Kind::Refused,
+                    None,
+                    format!("a settle period of {settle} s makes no sense"),
+                )
+                .fix("give seconds between 0 and 3600"));
+            }
+            let settings = agent::Settings {
+                settle: std::time::Duration::from_secs_f64(settle),
+                notifications: config.notifications.unwrap_or(cfg!(target_os = "macos")),
+                opts: options(&config, None),
+            };
+            agent::run(&root, settings).inspect_err(|e| tracing::error!("{}", e.summary()))?;
+        }
         Command::MakeBase { bundle, name } => {
             let _log = start_log(false);
             let opts = options(&config, None);

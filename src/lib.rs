@@ -4,6 +4,7 @@
 //! operations turn items into bases and leaves, using the [`formats`] core and recording
 //! [`lineage`]. [`platform`] holds everything that differs between macOS and Linux.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -146,6 +146,19 @@ const CASES: &[Case] = &[
         says: &["Virtual Disk-s003.vmdk", "truncated"],
     },
     Case {
+        name: "sparse extent cut inside its data",
+        setup: |lib| {
+            dropped(lib, DiskType::MonolithicSparse, |b| {
+                // Header and tables survive; the last grains written do not.
+                let f = fs::File::options().write(true).open(b.join("Virtual Disk.vmdk")).unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(len - 65536).unwrap();
+            })
+        },
+        exit: 1,
+        says: &["Virtual Disk.vmdk", "past the end of the file", "truncated", "let the copy finish"],
+    },
+    Case {
         name: "unsupported disk type",
         setup: |lib| {
             dropped(lib, DiskType::SplitSparse, |b| {

@@ -347,6 +347,17 @@ impl Disk {
         Ok(())
     }
 
+    /// Checks that every extent of this disk is whole: sparse grains inside their files (flat
+    /// extents were checked for length when opened).
+    pub fn check_extents(&self) -> Result<()> {
+        for e in &self.extents {
+            if let Data::Sparse(s) = &e.data {
+                s.check_grains()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Flushes every writable extent of this disk.
     pub fn sync(&self) -> Result<()> {
         for e in &self.extents {

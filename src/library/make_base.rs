@@ -257,9 +257,8 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
                 .fix("delete the VM's snapshots in VMware (this merges them), then drop it again"));
         }
         let disk = Disk::open(&path).map_err(damaged)?;
-        // Reading the last sector proves every extent is present and long enough.
-        let mut last = [0u8; SECTOR as usize];
-        disk.read_at((disk.capacity() - 1) * SECTOR, &mut last).map_err(damaged)?;
+        // Every extent whole: a bundle cut short must never become a base.
+        disk.check_extents().map_err(damaged)?;
         let rel = |p: &Path| p.strip_prefix(bundle).map(Path::to_path_buf);
         let descriptor_rel = rel(&path).expect("checked inside");
         let mut extents = Vec::new();

@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::error::Result;
 use crate::formats::clone::PathStyle;
-use crate::library::{Library, Options, SnapshotBackend, journal, make_base, new_leaf, status};
+use crate::library::{
+    Library, Options, SnapshotBackend, journal, make_base, new_leaf, promote, relink, remove_base, status, verify,
+};
 use crate::{agent, logging, platform};
 
 #[derive(Parser)]
@@ -51,6 +53,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check every chain, protection and lineage record; exit 1 on any problem
+    Verify {
+        #[arg(long)]
+        json: bool,
+        /// Also recompute the bases' content fingerprints and check every grain
+        #[arg(long)]
+        deep: bool,
+        /// Bases or leaves to check (default: all)
+        names: Vec<String>,
+    },
+    /// Point a leaf at its base again after the leaf, the base, or both moved
+    Relink {
+        /// The leaf: its path, or its name in the library
+        leaf: PathBuf,
+    },
+    /// Turn a leaf into a standalone VM that no longer needs its base
+    Promote {
+        /// The leaf: its path, or its name in the library
+        leaf: PathBuf,
+    },
+    /// Remove a base no leaf depends on (to the Trash on macOS; deleted on Linux)
+    RemoveBase {
+        name: String,
+        /// Confirm deleting for good where there is no Trash
+        #[arg(long)]
+        yes: bool,
+    },
     /// Finish or undo operations a crash interrupted (every command that changes the library,
     /// and the agent at start, does this first)
     Recover,
@@ -85,6 +114,18 @@ fn open_for_change(root: &Path, opts: &Options) -> Result<Library> {
     Ok(lib)
 }
 
+/// Asks on the terminal; false when there is none to ask on.
+fn confirm(question: &str) -> bool {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
 fn warn_all(warnings: &[String]) {
     for w in warnings {
         tracing::warn!("{w}");
@@ -97,7 +138,7 @@ fn start_log(echo: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> 
     logging::init(&platform::log_dir(), echo).inspect_err(|e| eprintln!("leafd: warning: {e}")).ok()
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load()?;
     let root = config.root(cli.root.as_deref());
     match cli.command {
@@ -149,6 +190,50 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", status::render(&s));
             }
         }
+        Command::Verify { json, deep, names } => {
+            let _log = start_log(false);
+            let opts = options(&config, None);
+            let lib = Library::open_existing(&root)?;
+            let report = verify::verify(&lib, &names, deep, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize"));
+            } else {
+                print!("{}", report.render());
+            }
+            for r in &report.repaired {
+                tracing::info!("verify repaired {}: {}", r.path, r.what);
+            }
+            if !report.problems.is_empty() {
+                tracing::warn!("verify found {} problem(s)", report.problems.len());
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Relink { leaf } => {
+            let _log = start_log(false);
+            let opts = options(&config, None);
+            let lib = open_for_change(&root, &opts)?;
+            let done = relink::relink(&lib, &leaf, &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
+            tracing::info!("{done}");
+            println!("{done}");
+        }
+        Command::Promote { leaf } => {
+            let _log = start_log(false);
+            let opts = options(&config, None);
+            let lib = open_for_change(&root, &opts)?;
+            let done = promote::promote(&lib, &leaf, &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
+            tracing::info!("{done}");
+            println!("{done}");
+        }
+        Command::RemoveBase { name, yes } => {
+            let _log = start_log(false);
+            let opts = options(&config, None);
+            let lib = open_for_change(&root, &opts)?;
+            let confirmed = yes || (!platform::HAS_TRASH && confirm(&format!("Delete base {name:?} for good? [y/N] ")));
+            let done = remove_base::remove_base(&lib, &name, confirmed, &opts)
+                .inspect_err(|e| tracing::warn!("{}", e.summary()))?;
+            tracing::info!("{done}");
+            println!("{done}");
+        }
         Command::Recover => {
             let _log = start_log(false);
             let opts = options(&config, None);
@@ -159,14 +244,14 @@ fn run(cli: Cli) -> Result<()> {
             logging::show(&platform::log_dir(), lines, follow, &mut std::io::stdout())?;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses the command line, runs it, and maps the result to the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("leafd: {e}");
             ExitCode::from(1)

@@ -30,6 +30,8 @@ enum Expect {
 /// Each Make Base step, the volumes where it happens, and what recovery must do after a kill there.
 const MAKE_BASE: &[(&str, &[Volume], Expect)] = &[
     ("journaled", &[Volume::Same, Volume::Other], Expect::Undone),
+    // Only a VM whose disks are chains is flattened: covered by the test for leaves below.
+    ("flattened", &[], Expect::Undone),
     ("moved", &[Volume::Same], Expect::Undone),
     ("copying", &[Volume::Other], Expect::Undone),
     ("copied", &[Volume::Other], Expect::Undone),
@@ -188,5 +190,34 @@ fn new_leaf_survives_a_kill_at_every_step() {
         was.retain(|l| !l.contains("/.leaves"));
         assert_eq!(after, was, "{step}: the base's files changed");
         no_leftovers(&lib);
+    }
+}
+
+#[test]
+fn make_base_of_a_leaf_survives_a_kill_while_flattening() {
+    let lib = Lib::new();
+    let vm = vm();
+    lib.base_from(&vm);
+    lib.ok(&["new-leaf", "Crashy", "Leaf"]);
+    let leaf = lib.leaf_dir("Leaf");
+    let before = fingerprint_tree(&leaf);
+    let o =
+        lib.command(&["make-base", leaf.to_str().unwrap()]).env("LEAFD_FAULT", "make-base:flattened").output().unwrap();
+    assert!(killed(&o), "not killed while flattening: {}", text(&o));
+    lib.ok(&["recover"]);
+    no_leftovers(&lib);
+    assert_eq!(fingerprint_tree(&leaf), before, "the leaf is not as it was");
+    assert!(!lib.base_dir("Leaf").exists());
+    assert!(
+        !std::fs::read_dir(lib.root.join("Bases")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".leafd"))
+    );
+    lib.ok(&["make-base", leaf.to_str().unwrap()]);
+    for d in &vm.disks {
+        let flat = lib.base_dir("Leaf").join(format!("{}-000001-base.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
+        qemu_read_pattern(&flat, d.patterns[0].offset, d.patterns[0].len, d.patterns[0].byte).unwrap();
     }
 }

@@ -61,6 +61,20 @@ pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Des
     Ok(copy)
 }
 
+/// `copy` with its extents pointed, in order, at `targets` (a base disk's extent files), as seen
+/// from `from_dir`. `None` when the number of extents differs.
+pub fn repoint(copy: &Descriptor, targets: &[PathBuf], from_dir: &Path, style: PathStyle) -> Option<Descriptor> {
+    let mut new = copy.clone();
+    let mut i = 0;
+    new.map_extents(|e| {
+        if e.file.is_some() {
+            e.file = targets.get(i).map(|t| extent_reference(t, from_dir, style));
+            i += 1;
+        }
+    });
+    (i == targets.len() && new.extents().all(|e| e.file.is_some() || e.kind == ExtentKind::Zero)).then_some(new)
+}
+
 /// Creates the snapshot delta `delta` over the parent copy named `parent_name` (in the same
 /// folder), split like the base: one sparse file for a monolithic base, else one sparse extent
 /// per extent of the parent. Returns the files written.

@@ -99,6 +99,16 @@ enum Data {
     Zero,
 }
 
+/// The source of a run of bytes of a disk.
+enum Piece<'a> {
+    Zeros,
+    File(&'a File, &'a Path, u64),
+    /// An allocated grain: its sector, and the byte offset within it.
+    Grain(&'a SparseExtent, u64, u64),
+    /// Not stored here: the parent's bytes (zeros without a parent).
+    Parent,
+}
+
 struct OpenExtent {
     start: u64,
     sectors: u64,
@@ -141,6 +151,33 @@ impl Disk {
             ));
         }
         let (descriptor, embedded) = read_descriptor(path)?;
+        let disk = Self::build(path, descriptor, embedded, writable)?;
+        let parent_cid = disk.descriptor.parent_cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
+        if parent_cid == NO_PARENT || !with_parent {
+            return Ok(disk);
+        }
+        let hint = disk.descriptor.parent_file_name_hint().ok_or_else(|| {
+            Error::format(path, "snapshot disk without parentFileNameHint: its parent cannot be found")
+        })?;
+        let parent_path = resolve(path.parent().unwrap_or(Path::new(".")), hint);
+        let parent = Self::open_at_depth(&parent_path, false, depth + 1, true).map_err(|e| {
+            if e.is_not_found() {
+                Error::format(path, format!("parent disk {} is missing", parent_path.display()))
+                    .fix("put the parent back, or run `leafd relink` if the library moved")
+            } else {
+                e
+            }
+        })?;
+        disk.with_parent(parent)
+    }
+
+    /// A disk from a descriptor held in memory, read-only, its extents resolved from the folder
+    /// of `path` (which need not exist). Its parent is not opened.
+    pub fn from_descriptor(path: &Path, descriptor: Descriptor) -> Result<Disk> {
+        Self::build(path, descriptor, false, false)
+    }
+
+    fn build(path: &Path, descriptor: Descriptor, embedded: bool, writable: bool) -> Result<Disk> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let create_type = descriptor.create_type();
         let disk_type = DiskType::from_create_type(create_type).ok_or_else(|| {
@@ -148,7 +185,7 @@ impl Disk {
                 .fix("convert it with VMware's disk tool (vmware-vdiskmanager -r ... -t 0) to a growable or preallocated disk")
         })?;
         descriptor.cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
-        let parent_cid = descriptor.parent_cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
+        descriptor.parent_cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
         let mut extents = Vec::new();
         let mut start = 0u64;
         for e in descriptor.extents() {
@@ -159,45 +196,37 @@ impl Disk {
         if extents.is_empty() {
             return Err(Error::format(path, "descriptor lists no extents"));
         }
-        let parent = if parent_cid != NO_PARENT && with_parent {
-            let hint = descriptor.parent_file_name_hint().ok_or_else(|| {
-                Error::format(path, "snapshot disk without parentFileNameHint: its parent cannot be found")
-            })?;
-            let parent_path = resolve(dir, hint);
-            let parent = Self::open_at_depth(&parent_path, false, depth + 1, true).map_err(|e| {
-                if e.is_not_found() {
-                    Error::format(path, format!("parent disk {} is missing", parent_path.display()))
-                        .fix("put the parent back, or run `leafd relink` if the library moved")
-                } else {
-                    e
-                }
-            })?;
-            let actual = parent.descriptor.cid().unwrap_or(0);
-            if actual != parent_cid {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "parentCID {parent_cid:08x} does not match CID {actual:08x} of parent {} (VMware error 18: the parent was modified)",
-                        parent_path.display()
-                    ),
-                ));
-            }
-            if parent.capacity() != start {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "capacity {} sectors differs from parent {} with {} sectors (VMware error 67)",
-                        start,
-                        parent_path.display(),
-                        parent.capacity()
-                    ),
-                ));
-            }
-            Some(Box::new(parent))
-        } else {
-            None
-        };
-        Ok(Disk { path: path.to_path_buf(), descriptor, embedded, disk_type, extents, parent })
+        Ok(Disk { path: path.to_path_buf(), descriptor, embedded, disk_type, extents, parent: None })
+    }
+
+    /// Puts `parent` under this disk, after the two checks VMware makes: the parent's CID is
+    /// this disk's parentCID, and the capacities are equal.
+    pub fn with_parent(mut self, parent: Disk) -> Result<Disk> {
+        let path = &self.path;
+        let parent_cid = self.descriptor.parent_cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
+        let actual = parent.descriptor.cid().unwrap_or(0);
+        if actual != parent_cid {
+            return Err(Error::format(
+                path,
+                format!(
+                    "parentCID {parent_cid:08x} does not match CID {actual:08x} of parent {} (VMware error 18: the parent was modified)",
+                    parent.path.display()
+                ),
+            ));
+        }
+        if parent.capacity() != self.capacity() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "capacity {} sectors differs from parent {} with {} sectors (VMware error 67)",
+                    self.capacity(),
+                    parent.path.display(),
+                    parent.capacity()
+                ),
+            ));
+        }
+        self.parent = Some(Box::new(parent));
+        Ok(self)
     }
 
     pub fn path(&self) -> &Path {
@@ -268,41 +297,65 @@ impl Disk {
         &self.extents[i]
     }
 
+    /// Where the bytes at `offset` come from, for at most `max` bytes (one grain or less).
+    fn locate(&self, offset: u64, max: u64) -> Result<(usize, Piece<'_>)> {
+        let e = self.extent_at(offset / SECTOR);
+        let local = offset - e.start * SECTOR;
+        let left = (e.sectors * SECTOR - local).min(max);
+        if e.access == Access::NoAccess {
+            return Err(Error::format(&self.path, format!("extent at sector {} is marked NOACCESS", e.start)));
+        }
+        Ok(match &e.data {
+            Data::Zero => (left as usize, Piece::Zeros),
+            Data::Flat { file, path, offset: base } => (left as usize, Piece::File(file, path, base * SECTOR + local)),
+            Data::Sparse(s) => {
+                let within = local % s.grain_bytes();
+                let n = left.min(s.grain_bytes() - within) as usize;
+                match s.grain(local / SECTOR)? {
+                    Grain::At(at) => (n, Piece::Grain(s, at, within)),
+                    Grain::Zero => (n, Piece::Zeros),
+                    Grain::Unallocated => (n, Piece::Parent),
+                }
+            }
+        })
+    }
+
     /// Reads as much as fits in one grain (or one extent) at `offset`; returns the bytes read.
     fn read_piece(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let sector = offset / SECTOR;
-        let e = self.extent_at(sector);
-        let local = offset - e.start * SECTOR;
-        let extent_left = e.sectors * SECTOR - local;
-        match &e.data {
-            _ if e.access == Access::NoAccess => {
-                Err(Error::format(&self.path, format!("extent at sector {} is marked NOACCESS", e.start)))
-            }
-            Data::Zero => {
-                let n = (buf.len() as u64).min(extent_left) as usize;
-                buf[..n].fill(0);
-                Ok(n)
-            }
-            Data::Flat { file, path, offset: base } => {
-                let n = (buf.len() as u64).min(extent_left) as usize;
-                file.read_exact_at(&mut buf[..n], base * SECTOR + local).at(path, "cannot read flat extent")?;
-                Ok(n)
-            }
-            Data::Sparse(s) => {
-                let gb = s.grain_bytes();
-                let within = local % gb;
-                let n = (buf.len() as u64).min(gb - within).min(extent_left) as usize;
-                match s.grain(local / SECTOR)? {
-                    Grain::At(at) => s.read_grain(at, within, &mut buf[..n])?,
-                    Grain::Zero => buf[..n].fill(0),
-                    Grain::Unallocated => match &self.parent {
-                        Some(p) => p.read_at(offset, &mut buf[..n])?,
-                        None => buf[..n].fill(0),
-                    },
-                }
-                Ok(n)
-            }
+        let (n, piece) = self.locate(offset, buf.len() as u64)?;
+        let buf = &mut buf[..n];
+        match piece {
+            Piece::Zeros => buf.fill(0),
+            Piece::File(file, path, pos) => file.read_exact_at(buf, pos).at(path, "cannot read flat extent")?,
+            Piece::Grain(s, at, within) => s.read_grain(at, within, buf)?,
+            Piece::Parent => match &self.parent {
+                Some(p) => p.read_at(offset, buf)?,
+                None => buf.fill(0),
+            },
         }
+        Ok(n)
+    }
+
+    /// True when some disk of the chain stores data for any byte of `[offset, offset + len)`;
+    /// false means those bytes read as zeros without being stored anywhere.
+    pub fn has_data(&self, mut offset: u64, len: u64) -> Result<bool> {
+        let end = offset + len;
+        while offset < end {
+            let (n, piece) = self.locate(offset, end - offset)?;
+            match piece {
+                Piece::Zeros => {}
+                Piece::File(..) | Piece::Grain(..) => return Ok(true),
+                Piece::Parent => {
+                    if let Some(p) = &self.parent
+                        && p.has_data(offset, n as u64)?
+                    {
+                        return Ok(true);
+                    }
+                }
+            }
+            offset += n as u64;
+        }
+        Ok(false)
     }
 
     /// Writes `data` at byte `offset` into this disk's own extents (never into a parent).

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Library, Options, make_base, new_leaf};
+use super::{Library, Options, make_base, new_leaf, promote, remove_base};
 use crate::error::{Error, IoContext, Result};
 use crate::platform;
 
@@ -23,6 +23,8 @@ use crate::platform;
 pub enum Plan {
     MakeBase(make_base::Plan),
     NewLeaf(new_leaf::Plan),
+    Promote(promote::Plan),
+    RemoveBase(remove_base::Plan),
 }
 
 /// A plan on disk, locked by the running operation.
@@ -112,6 +114,8 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
         let message = match &plan {
             Plan::MakeBase(p) => make_base::recover(lib, p, opts)?,
             Plan::NewLeaf(p) => new_leaf::recover(lib, p)?,
+            Plan::Promote(p) => promote::recover(p)?,
+            Plan::RemoveBase(p) => remove_base::recover(p, opts)?,
         };
         remove(&path)?;
         drop(file);

@@ -19,9 +19,11 @@ use super::journal::{Journal, Plan as JournalPlan};
 use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Library, Options, STAGING_PREFIX, validate_name};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fault;
+use crate::formats::clone::{PathStyle, repoint};
 use crate::formats::descriptor::NO_PARENT;
 use crate::formats::dict::Dict;
-use crate::formats::disk::{Disk, read_descriptor, resolve};
+use crate::formats::disk::{Disk, DiskType, extent_names, read_descriptor, resolve};
+use crate::formats::flatten::flatten;
 use crate::formats::sparse::SECTOR;
 use crate::formats::vmx;
 use crate::fsutil;
@@ -30,10 +32,12 @@ use crate::platform::{self, Tag};
 
 pub const OP: &str = "make-base";
 
-/// Every step at which a crash test kills Make Base. `moved` happens on one volume only;
-/// `copying`, `copied`, `source-removing` and `source-removed` across volumes only.
+/// Every step at which a crash test kills Make Base. `flattened` happens only for a VM whose
+/// disks are snapshot chains (a leaf, say); `moved` on one volume only; `copying`, `copied`,
+/// `source-removing` and `source-removed` across volumes only.
 pub const STEPS: &[&str] = &[
     "journaled",
+    "flattened",
     "moved",
     "copying",
     "copied",
@@ -65,7 +69,32 @@ pub struct Plan {
     pub vmx: PathBuf,
     /// Disk files relative to the bundle, with their permission bits before protection.
     pub disk_files: Vec<(PathBuf, u32)>,
+    /// Snapshot chains flattened into new base disks (their current state).
+    pub flatten: Vec<Flatten>,
+    /// When the VM was a leaf: its base's folder and its id, to unlink once it is a base.
+    pub from_leaf: Option<(PathBuf, String)>,
     pub record: BaseRecord,
+}
+
+/// A disk whose chain becomes one new disk of the base; the chain's own files are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Flatten {
+    /// Index of the disk in the base record.
+    pub disk: usize,
+    /// The chain's top, relative to the bundle.
+    pub top: PathBuf,
+    /// The new disk, relative to the bundle, and every file it is made of.
+    pub target: PathBuf,
+    pub files: Vec<PathBuf>,
+    /// Extent sizes when split like the chain's top.
+    pub split: Option<Vec<u64>>,
+}
+
+impl Plan {
+    /// Where flattened disks are written before they join the base (same volume as `Bases`).
+    fn flatten_dir(&self) -> PathBuf {
+        self.target.with_file_name(format!(".leafd-flatten-{}", self.id))
+    }
 }
 
 /// What Make Base did.
@@ -123,6 +152,8 @@ struct Inspected {
     bundle: PathBuf,
     vmx: PathBuf,
     disk_files: Vec<(PathBuf, u32)>,
+    flatten: Vec<Flatten>,
+    from_leaf: Option<(PathBuf, String)>,
     disks: Vec<(DiskRecord, Vec<ExtentRecord>)>,
     capacity_bytes: u64,
 }
@@ -170,10 +201,15 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     if bundle.starts_with(lib.bases_dir()) {
         return Err(Error::refused(bundle, "is already inside Bases"));
     }
-    if let Ok(Some(leaf)) = lineage::read::<lineage::LeafRecord>(bundle, lineage::LEAF) {
-        return Err(Error::refused(bundle, format!("is a linked clone of base {:?}", leaf.base_name))
-            .fix("a leaf depends on its base; make a base from a standalone VM"));
-    }
+    // A leaf dropped here becomes a base of its own state: its chain is flattened below.
+    let (leaf_base, from_leaf) = match lineage::read::<lineage::LeafRecord>(bundle, lineage::LEAF) {
+        Ok(Some(leaf)) => {
+            let base = lib.bases()?.into_iter().find(|b| b.record.id == leaf.base_id);
+            let from = base.as_ref().map(|b| (b.dir.clone(), leaf.id));
+            (base, from)
+        }
+        _ => (None, None),
+    };
     let entries = fsutil::walk(bundle)?;
     let mut vmxs = Vec::new();
     for p in &entries {
@@ -234,6 +270,7 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     }
     let mut disks = Vec::new();
     let mut disk_files = Vec::new();
+    let mut flatten = Vec::new();
     let mut capacity_bytes = 0;
     for entry in &disk_entries {
         let path = normalize(&resolve(bundle, &entry.file_name));
@@ -252,15 +289,18 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
                 damaged(e)
             }
         })?;
-        if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
-            return Err(Error::refused(&path, format!("disk {} is a snapshot chain", entry.node))
-                .fix("delete the VM's snapshots in VMware (this merges them), then drop it again"));
-        }
-        let disk = Disk::open(&path).map_err(damaged)?;
+        let disk = open_chain(bundle, &path, leaf_base.as_ref()).map_err(damaged)?;
         // Every extent whole: a bundle cut short must never become a base.
         disk.check_extents().map_err(damaged)?;
         let rel = |p: &Path| p.strip_prefix(bundle).map(Path::to_path_buf);
         let descriptor_rel = rel(&path).expect("checked inside");
+        if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
+            let (record, f) = plan_flatten(bundle, &descriptor_rel, &entry.node, &disk, disks.len())?;
+            capacity_bytes += disk.capacity() * SECTOR;
+            disks.push((record, Vec::new()));
+            flatten.push(f);
+            continue;
+        }
         let mut extents = Vec::new();
         for (index, (sectors, f)) in disk.extent_layout().into_iter().enumerate() {
             let Some(f) = f else { continue };
@@ -309,9 +349,100 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
         bundle: bundle.to_path_buf(),
         vmx: vmx_path.strip_prefix(bundle).expect("inside").to_path_buf(),
         disk_files: with_modes,
+        flatten,
+        from_leaf,
         disks,
         capacity_bytes,
     })
+}
+
+/// Plans the new disk a snapshot chain becomes: `<top>-base.vmdk`, split like the top.
+fn plan_flatten(bundle: &Path, top: &Path, node: &str, chain: &Disk, index: usize) -> Result<(DiskRecord, Flatten)> {
+    let name = top.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
+    let stem = format!("{}-base", name.strip_suffix(".vmdk").unwrap_or(name));
+    let target = top.with_file_name(format!("{stem}.vmdk"));
+    let split = chain.disk_type.is_split().then(|| chain.extent_sectors());
+    let disk_type = if split.is_some() { DiskType::SplitSparse } else { DiskType::MonolithicSparse };
+    let count = split.as_ref().map_or(1, Vec::len);
+    let mut files: Vec<PathBuf> =
+        extent_names(&stem, disk_type, count).into_iter().map(|n| top.with_file_name(n)).collect();
+    if disk_type.is_split() {
+        files.insert(0, target.clone());
+    }
+    if let Some(taken) = files.iter().find(|f| bundle.join(f).symlink_metadata().is_ok()) {
+        return Err(Error::refused(&bundle.join(taken), "is in the way of the flattened disk leafd would write")
+            .fix("rename or remove that file, then drop the VM again"));
+    }
+    let record = DiskRecord {
+        node: node.to_string(),
+        descriptor: target.to_string_lossy().into(),
+        cid: String::new(), // known once written
+        capacity: chain.capacity(),
+        create_type: disk_type.create_type().to_string(),
+        extents: count,
+        fingerprint: None,
+    };
+    Ok((record, Flatten { disk: index, top: top.to_path_buf(), target, files, split }))
+}
+
+/// Opens the disk at `path` in a dropped bundle with its chain. A leaf moved into Make Base no
+/// longer reaches its base by its relative paths, so its parent copy is read against the base
+/// its record names (in memory: the leaf's files are not changed).
+fn open_chain(bundle: &Path, path: &Path, leaf_base: Option<&Base>) -> Result<Disk> {
+    let direct = Disk::open(path);
+    let (Err(_), Some(base)) = (&direct, leaf_base) else { return direct };
+    let Ok(Some(leaf)) = lineage::read::<lineage::LeafRecord>(bundle, lineage::LEAF) else { return direct };
+    let Some(d) = leaf.disks.iter().find(|d| bundle.join(&d.delta) == path) else { return direct };
+    let Some(bd) = base.record.disks.iter().find(|b| b.node == d.node) else { return direct };
+    let base_disk = Disk::open(&base.descriptor_path(bd))?;
+    let copy_path = bundle.join(&d.parent_copy);
+    let (copy, _) = read_descriptor(&copy_path)?;
+    let from = copy_path.parent().unwrap_or(bundle);
+    let Some(copy) = repoint(&copy, &base_disk.extent_files(), from, PathStyle::Absolute) else { return direct };
+    Disk::open_alone(path)?.with_parent(Disk::from_descriptor(&copy_path, copy)?)
+}
+
+/// Writes every flattened disk into the plan's flatten folder, reading the chains where they
+/// are (their parents may be elsewhere, by relative paths).
+fn write_flattened(plan: &Plan, opts: &Options) -> Result<()> {
+    let dir = plan.flatten_dir();
+    fs::create_dir(&dir).at(&dir, "cannot create a folder for flattened disks")?;
+    let leaf_base = plan.from_leaf.as_ref().and_then(|(dir, _)| {
+        lineage::read::<BaseRecord>(dir, lineage::BASE).ok().flatten().map(|record| Base { dir: dir.clone(), record })
+    });
+    for f in &plan.flatten {
+        let chain = open_chain(&plan.source, &plan.source.join(&f.top), leaf_base.as_ref())?;
+        let target = dir.join(&f.target);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).at(parent, "cannot create folder")?;
+        }
+        flatten(&chain, &target, f.split.clone(), &opts.cancel)?;
+    }
+    platform::sync_dir(&dir).at(&dir, "cannot flush folder")
+}
+
+/// The base record once flattened disks exist in `staging`: their CIDs and extent records.
+fn complete_record(plan: &Plan, staging: &Path) -> Result<(BaseRecord, Vec<ExtentRecord>)> {
+    let mut record = plan.record.clone();
+    let mut extents = Vec::new();
+    for f in &plan.flatten {
+        let disk = Disk::open_alone(&staging.join(&f.target))?;
+        record.disks[f.disk].cid = format!("{:08x}", disk.descriptor.cid().map_err(|m| Error::format(disk.path(), m))?);
+        for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
+            let Some(file) = file else { continue };
+            let size = fs::metadata(&file).at(&file, "cannot stat")?.len();
+            let rel = file.strip_prefix(staging).unwrap_or(&file).to_string_lossy().into_owned();
+            extents.push(ExtentRecord {
+                base: plan.id.clone(),
+                disk: f.target.to_string_lossy().into(),
+                index,
+                file: rel,
+                sectors,
+                size,
+            });
+        }
+    }
+    Ok((record, extents))
 }
 
 /// Reads a configuration file, refusing absurd sizes before reading.
@@ -368,6 +499,8 @@ pub fn make_base(
         copy,
         vmx: found.vmx.clone(),
         disk_files: found.disk_files.clone(),
+        flatten: found.flatten.clone(),
+        from_leaf: found.from_leaf.clone(),
         record: BaseRecord {
             id: id.clone(),
             name: name.clone(),
@@ -417,6 +550,10 @@ impl Fingerprinting {
 /// Everything up to and including the publish rename.
 fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Result<()> {
     let staging = &plan.staging;
+    if !plan.flatten.is_empty() {
+        write_flattened(plan, opts)?;
+        step("flattened");
+    }
     if plan.copy {
         fs::create_dir(staging).at(staging, "cannot create staging folder")?;
         let entries = fsutil::walk(&found.bundle)?;
@@ -458,20 +595,26 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
         fsutil::rename_new(&found.bundle, staging)?;
         step("moved");
     }
+    for f in &plan.flatten {
+        for file in &f.files {
+            fsutil::rename_new(&plan.flatten_dir().join(file), &staging.join(file))?;
+        }
+    }
+    fsutil::remove_tree(&plan.flatten_dir())?;
     let vmx_from = staging.join(&plan.vmx);
     let vmx_to = staging.join(&plan.record.vmx);
     fsutil::rename_new(&vmx_from, &vmx_to)?;
     step("vmx-renamed");
-    for e in found.disks.iter().flat_map(|(_, extents)| extents) {
+    let (record, flattened_extents) = complete_record(plan, staging)?;
+    for e in found.disks.iter().flat_map(|(_, extents)| extents).chain(&flattened_extents) {
         lineage::write(&staging.join(&e.file), lineage::EXTENT, &ExtentRecord { base: plan.id.clone(), ..e.clone() })?;
     }
-    lineage::write(staging, lineage::BASE, &plan.record)?;
+    lineage::write(staging, lineage::BASE, &record)?;
     platform::set_tag(staging, Tag::Base, true).at(staging, "cannot tag the base")?;
     step("lineage-written");
-    for (rel, mode) in &plan.disk_files {
+    for rel in plan.disk_files.iter().map(|(rel, _)| rel).chain(plan.flatten.iter().flat_map(|f| &f.files)) {
         let p = staging.join(rel);
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode & !0o222)).at(&p, "cannot write-protect")?;
-        platform::set_locked(&p, true).at(&p, "cannot lock")?;
+        platform::protect(&p).at(&p, "cannot write-protect")?;
     }
     step("protected");
     fsutil::rename_new(staging, &plan.target)?;
@@ -488,6 +631,18 @@ fn finish(lib: &Library, plan: &Plan, opts: &Options) -> Vec<String> {
         warnings.push(format!("{}: cannot create the New Leaf folder: {e}", drop_folder.display()));
     }
     step("drop-folder-created");
+    if let Some((old_base, leaf_id)) = &plan.from_leaf {
+        // The leaf is now a base: it is no leaf of its old base any more.
+        let marker = old_base.join(lineage::LEAVES_DIR).join(leaf_id);
+        let unlinked = lineage::remove(&plan.target, lineage::LEAF)
+            .and_then(|()| platform::set_tag(&plan.target, Tag::LinkedClone, false).at(&plan.target, "cannot untag"))
+            .and_then(
+                |()| if marker.exists() { fs::remove_file(&marker).at(&marker, "cannot remove") } else { Ok(()) },
+            );
+        if let Err(e) = unlinked {
+            warnings.push(format!("the old leaf's lineage was not fully removed: {e}"));
+        }
+    }
     if plan.copy {
         match remove_copied_source(plan, opts) {
             Ok(kept) if kept.is_empty() => {}
@@ -541,6 +696,7 @@ fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
 /// Undoes an unpublished Make Base. Idempotent: works from whatever state a crash left.
 fn roll_back(plan: &Plan) -> Result<()> {
     let staging = &plan.staging;
+    fsutil::remove_tree(&plan.flatten_dir())?;
     if staging.symlink_metadata().is_err() {
         return Ok(()); // nothing was moved or copied (or the undo already finished)
     }
@@ -551,8 +707,14 @@ fn roll_back(plan: &Plan) -> Result<()> {
     for (rel, mode) in &plan.disk_files {
         let p = staging.join(rel);
         if p.symlink_metadata().is_ok() {
-            platform::set_locked(&p, false).at(&p, "cannot unlock")?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).at(&p, "cannot restore permissions")?;
+            platform::unprotect(&p, *mode).at(&p, "cannot restore permissions")?;
+        }
+    }
+    // Flattened disks are leafd's own: they go.
+    for p in plan.flatten.iter().flat_map(|f| &f.files).map(|f| staging.join(f)) {
+        if p.symlink_metadata().is_ok() {
+            platform::unprotect(&p, 0o644).at(&p, "cannot unlock")?;
+            fs::remove_file(&p).at(&p, "cannot remove")?;
         }
     }
     for p in fsutil::walk(staging)? {

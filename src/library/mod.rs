@@ -15,7 +15,11 @@
 pub mod journal;
 pub mod make_base;
 pub mod new_leaf;
+pub mod promote;
+pub mod relink;
+pub mod remove_base;
 pub mod status;
+pub mod verify;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

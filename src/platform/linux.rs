@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 /// errno for "no such attribute".
 pub const NO_ATTR: i32 = libc::ENODATA;
 
+/// Whether files have a user-settable Locked (immutable) flag.
+pub const HAS_LOCKED_FLAG: bool = false;
+
 pub const XATTR_PREFIX: &str = "user.";
 
 /// The freedesktop.org tag attribute (comma-separated), which file managers such as Dolphin show.
@@ -105,4 +108,11 @@ pub const VMRUN_HOST_TYPE: &str = "ws";
 /// Where VMware Workstation puts `vmrun`: on the PATH.
 pub fn vmrun_candidates() -> Vec<PathBuf> {
     std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("vmrun")).collect()).unwrap_or_default()
+}
+
+/// Linux desktops have no Trash leafd can rely on: removal deletes, after confirmation.
+pub const HAS_TRASH: bool = false;
+
+pub fn trash(_path: &Path, _name: &str) -> io::Result<PathBuf> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "no Trash on this platform"))
 }

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 /// errno for "no such attribute".
 pub const NO_ATTR: i32 = libc::ENOATTR;
 
+/// Whether files have a user-settable Locked (immutable) flag.
+pub const HAS_LOCKED_FLAG: bool = true;
+
 pub const XATTR_PREFIX: &str = "";
 
 const TAGS_XATTR: &str = "com.apple.metadata:_kMDItemUserTags";
@@ -130,4 +133,39 @@ pub const VMRUN_HOST_TYPE: &str = "fusion";
 /// Where VMware Fusion keeps `vmrun`.
 pub fn vmrun_candidates() -> Vec<PathBuf> {
     vec![PathBuf::from("/Applications/VMware Fusion.app/Contents/Library/vmrun")]
+}
+
+pub const HAS_TRASH: bool = true;
+
+/// Moves `path` to the Trash as `name` (with a number if taken): the user's `~/.Trash` on the
+/// startup volume, else the volume's own `.Trashes/<uid>`, as Finder does.
+pub fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let home_trash = super::home().join(".Trash");
+    let dev = std::fs::metadata(path)?.dev();
+    let trash = if std::fs::metadata(&home_trash).is_ok_and(|m| m.dev() == dev) {
+        home_trash
+    } else {
+        // The volume's root: the highest ancestor on the same device.
+        let mut root = path.to_path_buf();
+        while let Some(parent) = root.parent() {
+            if std::fs::metadata(parent).map(|m| m.dev()).ok() != Some(dev) {
+                break;
+            }
+            root = parent.to_path_buf();
+        }
+        // SAFETY: getuid never fails.
+        let dir = root.join(".Trashes").join(unsafe { libc::getuid() }.to_string());
+        std::fs::create_dir_all(&dir)?;
+        dir
+    };
+    for n in 0..1000 {
+        let to = trash.join(if n == 0 { name.to_string() } else { format!("{name} {n}") });
+        match rename_noreplace(path, &to) {
+            Ok(()) => return Ok(to),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "too many items of that name in the Trash"))
 }

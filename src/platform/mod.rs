@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 #[cfg(target_os = "macos")]
@@ -17,7 +18,7 @@ mod linux;
 use linux as os;
 
 pub use os::{
-    VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, notify_user, rename_noreplace, set_locked,
+    HAS_TRASH, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, notify_user, rename_noreplace, set_locked, trash,
     vmrun_candidates,
 };
 
@@ -80,6 +81,36 @@ pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
     match xattr::remove(path, name) {
         Err(e) if e.raw_os_error() == Some(os::NO_ATTR) || e.kind() == io::ErrorKind::NotFound => Ok(()),
         r => r,
+    }
+}
+
+/// Write-protects a base file: no write permission for anyone, then (macOS) the Locked flag,
+/// which unlike permissions also stops deletion and renaming.
+pub fn protect(path: &Path) -> io::Result<()> {
+    let mode = std::fs::symlink_metadata(path)?.permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o222))?;
+    os::set_locked(path, true)
+}
+
+/// Lifts the protection and sets the permission bits to `mode`.
+pub fn unprotect(path: &Path, mode: u32) -> io::Result<()> {
+    os::set_locked(path, false)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// True when `path` is write-protected as [`protect`] leaves it.
+pub fn is_protected(path: &Path) -> io::Result<bool> {
+    let mode = std::fs::symlink_metadata(path)?.permissions().mode();
+    Ok(mode & 0o222 == 0 && (!os::HAS_LOCKED_FLAG || os::is_locked(path)?))
+}
+
+/// How to put the protection back by hand, for messages.
+pub fn protect_command(path: &Path) -> String {
+    let quoted = format!("'{}'", path.display().to_string().replace('\'', "'\\''"));
+    if os::HAS_LOCKED_FLAG {
+        format!("chmod a-w {quoted} && chflags uchg {quoted}")
+    } else {
+        format!("chmod a-w {quoted}")
     }
 }
 

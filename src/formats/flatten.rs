@@ -1,0 +1,96 @@
+//! Flattening: writing what a chain shows (a leaf's delta over its base) into one standalone
+//! sparse disk. Only grains that hold data somewhere in the chain are read, and all-zero grains
+//! are left unallocated, so the result is as small as the data. The source is only read.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::disk::{self, Disk, DiskType, NewDisk};
+use super::sparse::{GRAIN_SECTORS, GTES_PER_GT, Layout, SECTOR};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::Cancel;
+use crate::sample::{long_content_id, random_cid};
+
+const GRAIN: u64 = GRAIN_SECTORS * SECTOR;
+/// Grains gathered before one write.
+const BATCH: usize = 32;
+
+/// The disk at the bottom of `d`'s chain (the base), whose DDB holds geometry and adapter.
+fn root(d: &Disk) -> &Disk {
+    let mut d = d;
+    while let Some(p) = d.parent() {
+        d = p;
+    }
+    d
+}
+
+/// Writes the content of `src` (through its chain) into a new disk at `dst`: monolithicSparse,
+/// or split sparse with `split` extent sizes (sectors). Returns the files written, flushed.
+pub fn flatten(src: &Disk, dst: &Path, split: Option<Vec<u64>>, cancel: &Cancel) -> Result<Vec<PathBuf>> {
+    let capacity = src.capacity();
+    let (disk_type, extents) = match split {
+        Some(s) if s.iter().sum::<u64>() == capacity => (DiskType::SplitSparse, s),
+        Some(_) => return Err(Error::format(dst, "split extent sizes do not add up to the disk's capacity")),
+        None => (DiskType::MonolithicSparse, vec![capacity]),
+    };
+    let cid = random_cid();
+    let mut ddb: Vec<(String, String)> = root(src)
+        .descriptor
+        .ddb_entries()
+        .filter(|(k, _)| !matches!(*k, "ddb.uuid" | "ddb.longContentID" | "ddb.deletable"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    ddb.push(("ddb.longContentID".into(), long_content_id(cid)));
+    let files = disk::create(&NewDisk { path: dst, disk_type, extents: extents.clone(), cid, parent: None, ddb })?;
+    let extent_files = if disk_type == DiskType::MonolithicSparse { &files[..] } else { &files[1..] };
+    let mut start = 0u64;
+    for (path, &sectors) in extent_files.iter().zip(&extents) {
+        fill_extent(src, start, sectors, path, disk_type == DiskType::MonolithicSparse, cancel)?;
+        start += sectors;
+    }
+    Ok(files)
+}
+
+/// Copies the chain's grains for sectors `[start, start + sectors)` into the empty extent `path`.
+fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool, cancel: &Cancel) -> Result<()> {
+    let file = OpenOptions::new().read(true).write(true).open(path).at(path, "cannot open new extent")?;
+    let layout = Layout::new(sectors, embedded);
+    let mut table = vec![0u32; (layout.ngt * GTES_PER_GT as u64) as usize];
+    let mut next = layout.overhead;
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH * GRAIN as usize);
+    let mut batch_at = next;
+    let mut grain = vec![0u8; GRAIN as usize];
+    for g in 0..sectors.div_ceil(GRAIN_SECTORS) {
+        let offset = (start + g * GRAIN_SECTORS) * SECTOR;
+        let len = ((sectors - g * GRAIN_SECTORS) * SECTOR).min(GRAIN);
+        if !src.has_data(offset, len)? {
+            continue;
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::new(crate::error::Kind::Cancelled, path.to_path_buf(), "stopped before finishing"));
+        }
+        grain.fill(0);
+        src.read_at(offset, &mut grain[..len as usize])?;
+        if grain.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let sector =
+            u32::try_from(next).map_err(|_| Error::format(path, "extent too large for 32-bit grain offsets"))?;
+        table[g as usize] = sector;
+        batch.extend_from_slice(&grain);
+        next += GRAIN_SECTORS;
+        if batch.len() >= BATCH * GRAIN as usize {
+            file.write_all_at(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
+            batch.clear();
+            batch_at = next;
+        }
+    }
+    file.write_all_at(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
+    // The grain tables follow each directory, contiguous: write both copies whole.
+    let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
+    for dir in [layout.rgd_offset, layout.gd_offset] {
+        file.write_all_at(&bytes, (dir + layout.gd_sectors) * SECTOR).at(path, "cannot write grain tables")?;
+    }
+    crate::platform::full_sync(&file).at(path, "cannot flush new extent")
+}

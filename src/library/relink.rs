@@ -1,0 +1,182 @@
+//! `leafd relink LEAF`: after a leaf, its base, or both moved, point the leaf's parent copies at
+//! the base again. The base is found by its identity (recorded id, then CID and capacity), never
+//! by its name, and refused if its CID or content does not match what the leaf was made from.
+
+use std::path::{Path, PathBuf};
+
+use super::make_base::read_small;
+use super::verify::link_to_base;
+use super::{Base, Leaf, Library, Options};
+use crate::error::{Error, IoContext, Result};
+use crate::formats::clone::{PathStyle, repoint};
+use crate::formats::descriptor::Descriptor;
+use crate::formats::dict::Dict;
+use crate::formats::disk::{Disk, read_descriptor};
+use crate::fsutil;
+use crate::lineage::{self, LeafRecord};
+
+/// What relink did.
+#[derive(Debug)]
+pub struct Relinked {
+    pub leaf: String,
+    pub base: String,
+    /// Parent copies rewritten (0: the leaf already reached its base).
+    pub rewritten: usize,
+}
+
+impl std::fmt::Display for Relinked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rewritten == 0 {
+            write!(f, "leaf {:?} already reaches base {:?}; nothing to do", self.leaf, self.base)
+        } else {
+            write!(
+                f,
+                "leaf {:?} relinked to base {:?} ({} disk{})",
+                self.leaf,
+                self.base,
+                self.rewritten,
+                if self.rewritten == 1 { "" } else { "s" }
+            )
+        }
+    }
+}
+
+/// The leaf bundle `arg` names: a path, or the name of a leaf in the library.
+pub fn find_leaf(lib: &Library, arg: &Path) -> Result<Leaf> {
+    let dir = if arg.is_dir() { arg.to_path_buf() } else { lib.leaf_path(&arg.to_string_lossy()) };
+    let dir = dir.canonicalize().map_err(|e| {
+        Error::io(&dir, "no leaf here", e).fix("give the leaf's path, or the name of a leaf in the library")
+    })?;
+    let record = lineage::read::<LeafRecord>(&dir, lineage::LEAF)?.ok_or_else(|| {
+        Error::refused(&dir, "is not a leaf made by leafd (no lineage record)")
+            .fix("run `leafd verify` in its library to rebuild the record")
+    })?;
+    Ok(Leaf { dir, record })
+}
+
+/// The base `leaf` was made from: by id, else by every disk's CID and capacity. A base with the
+/// leaf's base name but another identity is refused, naming it.
+fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> {
+    let bases = lib.bases()?;
+    if let Some(b) = bases.iter().find(|b| b.record.id == leaf.record.base_id) {
+        return Ok(b.clone());
+    }
+    let matches = |b: &Base| {
+        leaf.record.disks.iter().zip(copies).all(|(d, c)| {
+            b.record
+                .disks
+                .iter()
+                .any(|bd| bd.node == d.node && Some(bd.cid.as_str()) == c.header("CID") && bd.capacity == c.capacity())
+        })
+    };
+    if let Some(b) = bases.iter().find(|b| matches(b)) {
+        return Ok(b.clone());
+    }
+    let named = bases.iter().find(|b| super::same_name(&b.record.name, &leaf.record.base_name));
+    Err(match named {
+        Some(b) => Error::refused(
+            &b.dir,
+            format!("is not the base leaf {:?} was made from: its id and CID differ", leaf.record.name),
+        )
+        .fix("put the original base back in Bases (a different VM of the same name cannot serve this leaf)"),
+        None => Error::refused(
+            &lib.bases_dir(),
+            format!("the base of leaf {:?} ({:?}) is not in this library", leaf.record.name, leaf.record.base_name),
+        )
+        .fix("move the base into Bases, or give the library that holds it with --root"),
+    })
+}
+
+/// Points `leaf`'s parent copies at its base in `lib`.
+pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
+    let leaf = find_leaf(lib, arg)?;
+    let copies: Vec<(PathBuf, Descriptor)> = leaf
+        .record
+        .disks
+        .iter()
+        .map(|d| {
+            let p = leaf.dir.join(&d.parent_copy);
+            read_descriptor(&p).map(|(desc, _)| (p, desc))
+        })
+        .collect::<Result<_>>()?;
+    let descriptors: Vec<Descriptor> = copies.iter().map(|(_, d)| d.clone()).collect();
+    let base = find_base(lib, &leaf, &descriptors)?;
+    let _lock = lib.lock(&base.lock_name())?;
+    // Both under the library's root: relative, so the library can move as a whole.
+    let style = if leaf.dir.starts_with(lib.root()) { opts.path_style } else { PathStyle::Absolute };
+    let mut plans = Vec::new();
+    for (d, (path, copy)) in leaf.record.disks.iter().zip(&copies) {
+        let bd = base.record.disks.iter().find(|b| b.node == d.node).ok_or_else(|| {
+            Error::refused(
+                &base.dir,
+                format!("base {:?} has no disk {} for leaf {:?}", base.record.name, d.node, leaf.record.name),
+            )
+        })?;
+        if Some(bd.cid.as_str()) != copy.header("CID") || bd.capacity != copy.capacity() {
+            return Err(Error::refused(
+                &base.descriptor_path(bd),
+                format!("CID {} or capacity does not match the leaf's parent copy {}", bd.cid, path.display()),
+            )
+            .fix("this is not the base the leaf was made from; put the original back"));
+        }
+        let base_disk = Disk::open(&base.descriptor_path(bd))?;
+        if let Some(recorded) = &bd.fingerprint
+            && *recorded != fsutil::fingerprint(&base_disk.extent_files(), &opts.cancel)?
+        {
+            return Err(Error::refused(
+                &base.descriptor_path(bd),
+                "the base's content no longer matches its fingerprint",
+            )
+            .fix("restore the base from a backup; run `leafd verify --deep`"));
+        }
+        if Disk::open(&leaf.dir.join(&d.delta)).is_ok_and(|c| c.parent().is_some_and(|p| same_files(p, &base_disk))) {
+            continue; // already reaches this base
+        }
+        let from = path.parent().unwrap_or(&leaf.dir);
+        let new = repoint(copy, &base_disk.extent_files(), from, style)
+            .ok_or_else(|| Error::format(path, "the parent copy's extents do not match the base's"))?;
+        plans.push((path.clone(), copy.to_string(), new.to_string()));
+    }
+    for (path, _, text) in &plans {
+        fsutil::write_atomic(path, text.as_bytes())?;
+    }
+    // Every chain must open now, or the old parent copies go back.
+    for d in &leaf.record.disks {
+        if let Err(e) = Disk::open(&leaf.dir.join(&d.delta)) {
+            for (path, old, _) in &plans {
+                fsutil::write_atomic(path, old.as_bytes())?;
+            }
+            return Err(e);
+        }
+    }
+    update_records(&leaf, &base)?;
+    Ok(Relinked { leaf: leaf.record.name.clone(), base: base.record.name.clone(), rewritten: plans.len() })
+}
+
+fn same_files(a: &Disk, b: &Disk) -> bool {
+    let canon =
+        |d: &Disk| d.extent_files().iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect::<Vec<_>>();
+    canon(a) == canon(b)
+}
+
+/// The leaf's record, its `.vmsd`'s clone source and the base's list follow the move.
+fn update_records(leaf: &Leaf, base: &Base) -> Result<()> {
+    let mut record = leaf.record.clone();
+    record.path = leaf.dir.to_string_lossy().into();
+    record.base_id = base.record.id.clone();
+    record.base_name = base.record.name.clone();
+    lineage::write(&leaf.dir, lineage::LEAF, &record)?;
+    let vmsd = leaf.dir.join(format!("{}.vmsd", record.name));
+    if vmsd.is_file() {
+        let mut d = Dict::parse(&read_small(&vmsd)?).map_err(|m| Error::format(&vmsd, m))?;
+        if d.get("cloneOf0").is_some() {
+            d.set("cloneOf0", &base.vmx_path().to_string_lossy());
+            fsutil::write_atomic(&vmsd, &d.to_bytes())?;
+        }
+    }
+    let stale = base.leaves_dir().join(&record.id);
+    if stale.exists() {
+        std::fs::remove_file(&stale).at(&stale, "cannot update the base's leaf list")?;
+    }
+    link_to_base(base, &Leaf { dir: leaf.dir.clone(), record })
+}

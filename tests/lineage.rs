@@ -1,0 +1,489 @@
+//! Keeping lineage healthy: verify, relink, promote, flatten on Make Base, remove-base. Results
+//! are checked with QEMU (`qemu-io -r`, `qemu-img compare`) against the chain as it was.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use leafd::formats::disk::DiskType;
+use leafd::library::promote;
+use leafd::sample::{SampleDisk, SampleVm};
+
+const MIB: u64 = 1 << 20;
+
+fn two_disk_vm(name: &str) -> SampleVm {
+    SampleVm {
+        name: name.into(),
+        disks: vec![
+            // Odd capacity: the last grain is partial.
+            SampleDisk::new("scsi0:0", "Virtual Disk.vmdk", DiskType::SplitSparse, 24 * MIB + 1536),
+            SampleDisk::new("sata0:0", "Data.vmdk", DiskType::MonolithicFlat, 8 * MIB),
+        ],
+    }
+}
+
+fn delta(lib: &Lib, leaf: &str, disk: &str) -> PathBuf {
+    lib.leaf_dir(leaf).join(format!("{}-000001.vmdk", disk.strip_suffix(".vmdk").unwrap()))
+}
+
+/// Writes into many grains of every disk of a leaf, including its last (partial) grain.
+fn scribble(lib: &Lib, leaf: &str, vm: &SampleVm, byte: u8) {
+    for d in &vm.disks {
+        let p = delta(lib, leaf, &d.file);
+        let cap = d.capacity * 512;
+        let mut cmds = Vec::new();
+        for g in (0..cap / 65536).step_by(5) {
+            cmds.push(format!("write -P 0x{:02x} {} 3000", byte.wrapping_add(g as u8), g * 65536 + 100));
+        }
+        cmds.push(format!("write -P 0x{byte:02x} {} 1024", cap - 1024));
+        let mut args = vec!["-f", "vmdk"];
+        for c in &cmds {
+            args.extend(["-c", c]);
+        }
+        args.push(p.to_str().unwrap());
+        let o = run_tool("qemu-io", &args);
+        assert!(o.status.success() && !text(&o).contains("failed"), "{}", text(&o));
+    }
+}
+
+/// What each disk of a leaf shows, as raw files made by QEMU (the reference).
+fn snapshot(lib: &Lib, leaf: &str, vm: &SampleVm, into: &Path) -> Vec<PathBuf> {
+    vm.disks
+        .iter()
+        .map(|d| {
+            let out = into.join(format!("{leaf}-{}.raw", d.file));
+            let o = run_tool(
+                "qemu-img",
+                &[
+                    "convert",
+                    "-U",
+                    "-f",
+                    "vmdk",
+                    "-O",
+                    "raw",
+                    delta(lib, leaf, &d.file).to_str().unwrap(),
+                    out.to_str().unwrap(),
+                ],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            out
+        })
+        .collect()
+}
+
+fn same_as(reference: &Path, disk: &Path) {
+    let o = run_tool(
+        "qemu-img",
+        &["compare", "-U", "-f", "raw", "-F", "vmdk", reference.to_str().unwrap(), disk.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{} differs from {}: {}", disk.display(), reference.display(), text(&o));
+}
+
+fn setup(leaves: &[&str]) -> (Lib, SampleVm) {
+    let lib = Lib::new();
+    let vm = two_disk_vm("Ubuntu");
+    lib.base_from(&vm);
+    for l in leaves {
+        lib.ok(&["new-leaf", "Ubuntu", l]);
+    }
+    (lib, vm)
+}
+
+fn verify(lib: &Lib, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["verify"];
+    all.extend(args);
+    let o = lib.run(&all);
+    (o.status.code().unwrap(), text(&o))
+}
+
+fn strip_leafd_xattrs(dir: &Path) {
+    for p in std::iter::once(dir.to_path_buf()).chain(walk(dir)) {
+        for name in xattr::list(&p).unwrap() {
+            if name.to_string_lossy().starts_with("user.org.leafd.") {
+                xattr::remove(&p, &name).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_healthy_library_verifies() {
+    let (lib, _) = setup(&["Web", "DB"]);
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 base, 2 leaves checked: all good"), "{out}");
+    let (code, out) = verify(&lib, &["--deep", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+}
+
+/// Each break, on a fresh library: verify must fail and name the file.
+#[test]
+fn verify_names_every_break() {
+    type Break = fn(&Lib) -> String;
+    let breaks: &[(&str, Break, &str)] = &[
+        (
+            "parent copy CID changed",
+            |lib| {
+                let p = lib.leaf_dir("Web").join("Virtual Disk.vmdk");
+                let t = fs::read_to_string(&p).unwrap();
+                let at = t.find("CID=").unwrap() + 4;
+                let mut t = t.into_bytes();
+                t[at] = if t[at] == b'0' { b'1' } else { b'0' };
+                fs::write(&p, t).unwrap();
+                p.display().to_string()
+            },
+            "CID",
+        ),
+        (
+            "base extent missing",
+            |lib| {
+                let p = lib.base_dir("Ubuntu").join("Virtual Disk-s002.vmdk");
+                fs::remove_file(&p).unwrap();
+                p.display().to_string()
+            },
+            "missing",
+        ),
+        (
+            "base extent truncated",
+            |lib| {
+                let p = lib.base_dir("Ubuntu").join("Virtual Disk-s001.vmdk");
+                let f = fs::File::options().write(true).open(&p).unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(len - 4096).unwrap();
+                p.display().to_string()
+            },
+            "truncated",
+        ),
+        (
+            "base unlocked",
+            |lib| {
+                let p = lib.base_dir("Ubuntu").join("Data-flat.vmdk");
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+                p.display().to_string()
+            },
+            "not write-protected",
+        ),
+        (
+            "base deleted",
+            |lib| {
+                fs::rename(lib.base_dir("Ubuntu"), lib.tmp.path().join("gone")).unwrap();
+                lib.leaf_dir("Web").display().to_string()
+            },
+            "is not in the library",
+        ),
+        (
+            "leaf moved out of the library",
+            |lib| {
+                fs::rename(lib.leaf_dir("Web"), lib.tmp.path().join("Web.vmwarevm")).unwrap();
+                lib.leaf_dir("Web").display().to_string()
+            },
+            "moved out of the library",
+        ),
+        (
+            "leaf's .vmx no longer on the delta",
+            |lib| {
+                let p = lib.leaf_dir("Web").join("Web.vmx");
+                let t =
+                    fs::read_to_string(&p).unwrap().replace("\"Virtual Disk-000001.vmdk\"", "\"Virtual Disk.vmdk\"");
+                fs::write(&p, t).unwrap();
+                p.display().to_string()
+            },
+            "no longer points at its delta",
+        ),
+    ];
+    for (name, break_it, says) in breaks {
+        let (lib, _) = setup(&["Web"]);
+        let path = break_it(&lib);
+        let (code, out) = verify(&lib, &[]);
+        assert_eq!(code, 1, "{name}: {out}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("PROBLEM:") && l.contains(says))
+            .unwrap_or_else(|| panic!("{name}: no problem saying {says:?}: {out}"));
+        assert!(line.contains(&path) || out.contains(&path), "{name}: {path} not named: {out}");
+        assert!(out.contains("  fix: "), "{name}: no fix: {out}");
+    }
+}
+
+#[test]
+fn a_base_that_lost_its_lineage_gets_it_back_with_the_id_its_leaves_know() {
+    let (lib, _) = setup(&["Web"]);
+    let base_id = record(&lib.base_dir("Ubuntu"), "base")["id"].clone();
+    strip_leafd_xattrs(&lib.base_dir("Ubuntu"));
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("base lineage was missing"), "{out}");
+    assert_eq!(record(&lib.base_dir("Ubuntu"), "base")["id"], base_id);
+    assert_eq!(record(&lib.base_dir("Ubuntu").join("Virtual Disk-s002.vmdk"), "extent")["index"], 1);
+    let (code, out) = verify(&lib, &["--deep"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = verify(&lib, &[]);
+    assert!(code == 0 && !out.contains("repaired"), "a second verify repairs nothing: {out}");
+}
+
+#[test]
+fn a_library_copied_without_extended_attributes_is_rebuilt_from_the_chain() {
+    let (lib, vm) = setup(&["Web", "DB"]);
+    strip_leafd_xattrs(&lib.root);
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("base lineage was missing") && out.contains("leaf lineage was missing"), "{out}");
+    assert!(out.contains("1 base, 2 leaves checked: all good"), "{out}");
+    let base_id = record(&lib.base_dir("Ubuntu"), "base")["id"].clone();
+    for leaf in ["Web", "DB"] {
+        assert_eq!(record(&lib.leaf_dir(leaf), "leaf")["base_id"], base_id);
+    }
+    assert_eq!(fs::read_dir(lib.base_dir("Ubuntu").join(".leaves")).unwrap().count(), 2);
+    let (code, out) = verify(&lib, &[]);
+    assert!(code == 0 && !out.contains("repaired"), "a second verify repairs nothing: {out}");
+    lib.ok(&["new-leaf", "Ubuntu", "After"]);
+    leaf_reads(&lib.leaf_dir("After"), &vm);
+}
+
+#[test]
+fn deep_verify_sees_changed_content() {
+    let (lib, _) = setup(&[]);
+    let p = lib.base_dir("Ubuntu").join("Data-flat.vmdk");
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    let mode = fs::metadata(&p).unwrap().permissions().mode();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::File::options().write(true).open(&p).unwrap().write_all_at(b"bit rot", 12345).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "a flip of content inside the data is invisible without --deep: {out}");
+    let (code, out) = verify(&lib, &["--deep"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("content changed"), "{out}");
+}
+
+#[test]
+fn a_library_moved_as_a_whole_needs_no_relink() {
+    let (lib, vm) = setup(&["Web"]);
+    let moved = lib.tmp.path().join("elsewhere/My VMs");
+    fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    fs::rename(&lib.root, &moved).unwrap();
+    let o = lib.command(&["verify"]).arg("--root").arg(&moved).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for d in &vm.disks {
+        let delta = moved.join("Web.vmwarevm").join(format!("{}-000001.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
+        qemu_read_pattern(&delta, d.patterns[0].offset, d.patterns[0].len, d.patterns[0].byte).unwrap();
+    }
+}
+
+fn leaf_reads(leaf_dir: &Path, vm: &SampleVm) {
+    for d in &vm.disks {
+        let delta = leaf_dir.join(format!("{}-000001.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
+        for p in &d.patterns {
+            qemu_read_pattern(&delta, p.offset, p.len, p.byte).unwrap_or_else(|e| panic!("{}: {e}", delta.display()));
+        }
+    }
+}
+
+#[test]
+fn relink_after_the_leaf_moved_alone() {
+    let (lib, vm) = setup(&["Web"]);
+    let away = lib.tmp.path().join("Desktop/Web.vmwarevm");
+    fs::create_dir_all(away.parent().unwrap()).unwrap();
+    fs::rename(lib.leaf_dir("Web"), &away).unwrap();
+    assert!(
+        qemu_read_pattern(&away.join("Virtual Disk-000001.vmdk"), 0, 512, 0x11).is_err(),
+        "moving alone breaks relative paths"
+    );
+    let out = lib.ok(&["relink", away.to_str().unwrap()]);
+    assert!(out.contains("relinked to base \"Ubuntu\" (2 disks)"), "{out}");
+    leaf_reads(&away, &vm);
+    assert!(
+        fs::read_to_string(away.join("Virtual Disk.vmdk"))
+            .unwrap()
+            .contains(&format!("\"{}/", lib.root.join("Bases/Ubuntu").display())),
+        "absolute outside the library"
+    );
+    assert_eq!(record(&away, "leaf")["path"], away.to_str().unwrap());
+    let out = lib.ok(&["relink", away.to_str().unwrap()]);
+    assert!(out.contains("nothing to do"), "{out}");
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "the base now lists the leaf where it is: {out}");
+}
+
+#[test]
+fn relink_after_the_base_moved_to_another_library() {
+    let (lib, vm) = setup(&["Web"]);
+    let other = Lib::new();
+    fs::create_dir_all(other.root.join("Bases")).unwrap();
+    fs::rename(lib.base_dir("Ubuntu"), other.base_dir("Ubuntu")).unwrap();
+    let o = other.command(&["relink", lib.leaf_dir("Web").to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    leaf_reads(&lib.leaf_dir("Web"), &vm);
+}
+
+#[test]
+fn relink_after_both_moved() {
+    let (lib, vm) = setup(&["Web"]);
+    let other = Lib::new();
+    fs::create_dir_all(other.root.join("Bases")).unwrap();
+    // Into another library, the base under a new name.
+    fs::rename(lib.base_dir("Ubuntu"), other.base_dir("Ubuntu LTS")).unwrap();
+    fs::rename(lib.leaf_dir("Web"), other.leaf_dir("Web")).unwrap();
+    other.ok(&["relink", "Web"]);
+    leaf_reads(&other.leaf_dir("Web"), &vm);
+    let copy = fs::read_to_string(other.leaf_dir("Web").join("Virtual Disk.vmdk")).unwrap();
+    assert!(copy.contains("\"../Bases/Ubuntu LTS/Virtual Disk-s001.vmdk\""), "relative inside the library: {copy}");
+}
+
+#[test]
+fn relink_refuses_a_different_base_with_the_same_name() {
+    let (lib, _) = setup(&["Web"]);
+    fs::rename(lib.base_dir("Ubuntu"), lib.tmp.path().join("original")).unwrap();
+    lib.base_from(&two_disk_vm("Ubuntu"));
+    let before = fingerprint_tree(&lib.leaf_dir("Web"));
+    let o = lib.run(&["relink", "Web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("is not the base leaf \"Web\" was made from")
+            && text(&o).contains(lib.base_dir("Ubuntu").to_str().unwrap()),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fingerprint_tree(&lib.leaf_dir("Web")), before);
+}
+
+#[test]
+fn promote_makes_a_standalone_vm_with_exactly_the_leafs_bytes() {
+    let (lib, vm) = setup(&["Web", "Other"]);
+    scribble(&lib, "Web", &vm, 0x60);
+    let refs = snapshot(&lib, "Web", &vm, lib.tmp.path());
+    let base_before = fingerprint_tree(&lib.base_dir("Ubuntu"));
+    let out = lib.ok(&["promote", "Web"]);
+    assert!(out.contains("promoted to a standalone VM"), "{out}");
+    let base_after: Vec<String> =
+        fingerprint_tree(&lib.base_dir("Ubuntu")).into_iter().filter(|l| !l.contains("/.leaves")).collect();
+    let base_before: Vec<String> = base_before.into_iter().filter(|l| !l.contains("/.leaves")).collect();
+    assert_eq!(base_after, base_before, "the base was written");
+    // The base out of reach: the promoted VM must not need it.
+    fs::rename(lib.base_dir("Ubuntu"), lib.tmp.path().join("away")).unwrap();
+    let dir = lib.leaf_dir("Web");
+    let vmx = leafd::formats::dict::Dict::parse(&fs::read(dir.join("Web.vmx")).unwrap()).unwrap();
+    for (d, reference) in vm.disks.iter().zip(&refs) {
+        let disk = dir.join(&d.file);
+        assert_eq!(vmx.get(&format!("{}.fileName", d.node)), Some(d.file.as_str()));
+        assert_eq!(qemu_chain(&disk).len(), 1, "no backing file");
+        qemu_check(&disk);
+        same_as(reference, &disk);
+    }
+    assert!(!dir.join("Web.vmsd").exists() && !dir.join("Virtual Disk-000001.vmdk").exists());
+    assert_eq!(fs::read(dir.join("Web.nvram")).unwrap().len(), 8192);
+    assert!(xattr::get(&dir, "user.org.leafd.leaf").unwrap().is_none());
+    fs::rename(lib.tmp.path().join("away"), lib.base_dir("Ubuntu")).unwrap();
+    let refs_left = fs::read_dir(lib.base_dir("Ubuntu").join(".leaves")).unwrap().count();
+    assert_eq!(refs_left, 1, "the base forgot the promoted leaf and kept the other");
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn promote_survives_a_kill_at_every_step() {
+    for &step in promote::STEPS {
+        let (lib, vm) = setup(&["Web"]);
+        scribble(&lib, "Web", &vm, 0x70);
+        let refs = snapshot(&lib, "Web", &vm, lib.tmp.path());
+        let o = lib.command(&["promote", "Web"]).env("LEAFD_FAULT", format!("promote:{step}")).output().unwrap();
+        assert!(killed(&o), "{step}: not killed there: {}", text(&o));
+        lib.ok(&["recover"]);
+        let dir = lib.leaf_dir("Web");
+        let promoted = xattr::get(&dir, "user.org.leafd.leaf").unwrap().is_none();
+        for (d, reference) in vm.disks.iter().zip(&refs) {
+            let disk = if promoted { dir.join(&d.file) } else { delta(&lib, "Web", &d.file) };
+            same_as(reference, &disk);
+        }
+        let stray: Vec<_> = fs::read_dir(&lib.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".leafd-"))
+            .collect();
+        assert!(stray.is_empty(), "{step}: {stray:?}");
+        if !promoted {
+            lib.ok(&["promote", "Web"]);
+        }
+        let (code, out) = verify(&lib, &[]);
+        assert_eq!(code, 0, "{step}: {out}");
+    }
+}
+
+#[test]
+fn a_leaf_dropped_into_make_base_becomes_a_base_of_its_state() {
+    let (lib, vm) = setup(&["Web"]);
+    scribble(&lib, "Web", &vm, 0x80);
+    let refs = snapshot(&lib, "Web", &vm, lib.tmp.path());
+    let leaf_files = checksums(&lib.leaf_dir("Web"));
+    let dropped = lib.make_base_dir().join("Web Base.vmwarevm");
+    fs::rename(lib.leaf_dir("Web"), &dropped).unwrap();
+    lib.ok(&["make-base", dropped.to_str().unwrap()]);
+    let base = lib.base_dir("Web Base");
+    // Nothing of the leaf is lost: all its files are in the base, unchanged.
+    let mut now = checksums(&base);
+    for (f, sum) in &leaf_files {
+        let name = if *f == Path::new("Web.vmx") { PathBuf::from("Web.vmx.base") } else { f.clone() };
+        assert_eq!(now.remove(&name).as_ref(), Some(sum), "{} changed or lost", f.display());
+    }
+    for (d, reference) in vm.disks.iter().zip(&refs) {
+        let flat = base.join(format!("{}-000001-base.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
+        assert_eq!(qemu_chain(&flat).len(), 1);
+        same_as(reference, &flat);
+    }
+    assert!(xattr::get(&base, "user.org.leafd.leaf").unwrap().is_none());
+    assert_eq!(
+        fs::read_dir(lib.base_dir("Ubuntu").join(".leaves")).unwrap().count(),
+        0,
+        "the old base forgot the leaf"
+    );
+    // A leaf of the leaf's state.
+    lib.ok(&["new-leaf", "Web Base", "Grandchild"]);
+    for (d, reference) in vm.disks.iter().zip(&refs) {
+        let stem = format!("{}-000001-base", d.file.strip_suffix(".vmdk").unwrap());
+        same_as(reference, &lib.leaf_dir("Grandchild").join(format!("{stem}-000001.vmdk")));
+    }
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn remove_base_only_when_nothing_depends_on_it() {
+    let (lib, _) = setup(&["Web"]);
+    let o = lib.run(&["remove-base", "Ubuntu", "--yes"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("1 leaf still depend") && text(&o).contains("\"Web\""), "{}", text(&o));
+    lib.ok(&["promote", "Web"]);
+    let o = lib.run(&["remove-base", "Ubuntu"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--yes"), "{}", text(&o));
+    assert!(lib.base_dir("Ubuntu").exists());
+    let s: serde_json::Value = serde_json::from_str(&lib.ok(&["status", "--json"])).unwrap();
+    let bases = if s["bases"].is_array() { &s["bases"] } else { &s["library"]["bases"] };
+    assert!(bases[0]["reclaimable_bytes"].as_u64().unwrap() > 0);
+    let out = lib.ok(&["remove-base", "Ubuntu", "--yes"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(!lib.base_dir("Ubuntu").exists() && !lib.root.join("New Leaf/Ubuntu").exists());
+    assert!(fs::read_dir(lib.root.join("Bases")).unwrap().next().is_none());
+    // The promoted VM still works without it.
+    qemu_read_pattern(&lib.leaf_dir("Web").join("Virtual Disk.vmdk"), 0, 65536, 0x11).unwrap();
+}
+
+#[test]
+fn remove_base_survives_a_kill_at_every_step() {
+    for &step in leafd::library::remove_base::STEPS {
+        let (lib, _) = setup(&[]);
+        let o = lib
+            .command(&["remove-base", "Ubuntu", "--yes"])
+            .env("LEAFD_FAULT", format!("remove-base:{step}"))
+            .output()
+            .unwrap();
+        assert!(killed(&o), "{step}: {}", text(&o));
+        lib.ok(&["recover"]);
+        assert!(fs::read_dir(lib.root.join("Bases")).unwrap().next().is_none(), "{step}: removal not finished");
+    }
+}

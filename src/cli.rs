@@ -12,7 +12,7 @@ use crate::formats::clone::PathStyle;
 use crate::library::{
     Library, Options, SnapshotBackend, journal, make_base, new_leaf, promote, relink, remove_base, status, verify,
 };
-use crate::{agent, logging, platform};
+use crate::{agent, demo, logging, platform};
 
 #[derive(Parser)]
 #[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
@@ -79,6 +79,11 @@ enum Command {
         /// Confirm deleting for good where there is no Trash
         #[arg(long)]
         yes: bool,
+    },
+    /// Build a small sample VM and walk it through the whole flow with the real agent
+    Demo {
+        /// An empty folder to run in (default: a new temporary folder, kept afterwards)
+        dir: Option<PathBuf>,
     },
     /// Finish or undo operations a crash interrupted (every command that changes the library,
     /// and the agent at start, does this first)
@@ -234,6 +239,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tracing::info!("{done}");
             println!("{done}");
         }
+        Command::Demo { dir } => demo::run(dir.as_deref())?,
         Command::Recover => {
             let _log = start_log(false);
             let opts = options(&config, None);

@@ -391,3 +391,33 @@ fn a_file_dropped_in_new_leaf_is_ignored() {
     assert_eq!(leaves(&lib), ["Real"]);
     assert!(lib.root.join("New Leaf/Base/notes.txt").exists());
 }
+
+#[test]
+fn sigterm_during_a_long_copy_rolls_it_back_and_exits_in_time() {
+    let lib = Lib::new();
+    // Make Base on a volume of its own: a VM dropped there is copied into Bases.
+    let volume = OtherVolume::at(&lib.make_base_dir());
+    let agent = Agent::start(&lib);
+    let mut vm = SampleVm::single("Big", DiskType::MonolithicFlat, 400 * MIB);
+    vm.disks[0].patterns = vec![leafd::sample::Pattern { offset: 0, len: 400 * MIB, byte: 0x5a }];
+    let hidden = volume.path().join(".building");
+    fs::create_dir(&hidden).unwrap();
+    let built = vm.build(&hidden).unwrap();
+    let before = checksums(&built);
+    let bundle = volume.path().join("Big.vmwarevm");
+    fs::rename(&built, &bundle).unwrap();
+    let staging = || {
+        fs::read_dir(lib.root.join("Bases"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".leafd-staging"))
+    };
+    assert!(wait_until(Duration::from_secs(20), staging), "the copy never started: {}", log_of(&lib));
+    let asked = Instant::now();
+    assert_eq!(agent.stop().code(), Some(0));
+    assert!(asked.elapsed() < Duration::from_secs(20));
+    assert!(!staging(), "the half copy was left behind");
+    assert!(!is_base(&lib, "Big"));
+    assert_eq!(checksums(&bundle), before, "the source changed");
+    assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0);
+    assert!(log_of(&lib).trim_end().ends_with("agent stopped"));
+}

@@ -119,9 +119,12 @@ pub fn default_root() -> PathBuf {
     os::default_root(&home())
 }
 
-/// Where the daily logs go.
+/// Where the daily logs go (`LEAFD_LOG_DIR` overrides, e.g. for the demo).
 pub fn log_dir() -> PathBuf {
-    os::log_dir(&home())
+    std::env::var_os("LEAFD_LOG_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| os::log_dir(&home()))
 }
 
 /// Where `config.toml` lives.

@@ -268,29 +268,36 @@ pub fn fingerprint_tree(dir: &Path) -> Vec<String> {
 /// A tmpfs mounted for the test: a second volume, so Make Base must copy instead of rename.
 /// Needs root (CI and this machine run tests as root); unmounted when dropped.
 pub struct OtherVolume {
-    pub dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    at: Option<PathBuf>,
 }
 
 impl OtherVolume {
     pub fn new() -> OtherVolume {
         let dir = tempfile::tempdir().unwrap();
-        let o = run_tool("mount", &["-t", "tmpfs", "-o", "size=512m", "leafd-test", dir.path().to_str().unwrap()]);
-        assert!(
-            o.status.success(),
-            "cannot mount a tmpfs for the cross-volume test (run the tests as root): {}",
-            text(&o)
-        );
-        OtherVolume { dir }
+        mount(dir.path());
+        OtherVolume { dir, at: None }
+    }
+
+    /// Mounts it over the existing folder `at` instead.
+    pub fn at(at: &Path) -> OtherVolume {
+        mount(at);
+        OtherVolume { dir: tempfile::tempdir().unwrap(), at: Some(at.to_path_buf()) }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.at.as_deref().unwrap_or(self.dir.path())
     }
+}
+
+fn mount(at: &Path) {
+    let o = run_tool("mount", &["-t", "tmpfs", "-o", "size=1g", "leafd-test", at.to_str().unwrap()]);
+    assert!(o.status.success(), "cannot mount a tmpfs for the cross-volume test (run the tests as root): {}", text(&o));
 }
 
 impl Drop for OtherVolume {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
     }
 }
 

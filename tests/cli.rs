@@ -1,0 +1,121 @@
+//! The command line around the operations: the demo, the log, the configuration file.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use leafd::formats::disk::DiskType;
+use leafd::sample::SampleVm;
+
+#[test]
+fn the_demo_runs_the_whole_flow_and_checks_it() {
+    let lib = Lib::new();
+    let dir = lib.tmp.path().join("demo");
+    let start = Instant::now();
+    let o = lib.command(&["demo", dir.to_str().unwrap()]).output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(start.elapsed() < Duration::from_secs(60), "the demo took {:?}", start.elapsed());
+    for says in [
+        "[3/6] dropping the VM into \"Make Base\"",
+        "nothing happens while the folder is still \"untitled folder\"",
+        "leafd's reader: all 5 patterns read back through the chain",
+        "qemu-img check: no errors; qemu-io -r: every pattern matches",
+        "leafd verify --deep: 1 base, 1 leaf checked: all good",
+        "All checks passed",
+    ] {
+        assert!(out.contains(says), "the demo did not say {says:?}:\n{out}");
+    }
+    assert!(dir.join("library/Web Server.vmwarevm").is_dir());
+    let log = fs::read_to_string(dir.join("logs/leafd.log")).unwrap();
+    assert!(log.contains("base \"Ubuntu Demo\" made from Make Base/Ubuntu Demo.vmwarevm"), "{log}");
+    // Not in an occupied folder.
+    let o = lib.run(&["demo", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("is not empty"), "{}", text(&o));
+}
+
+#[test]
+fn log_shows_recent_outcomes_and_follows_new_ones() {
+    let lib = Lib::new();
+    lib.base_from(&SampleVm::single("Base", DiskType::MonolithicSparse, 8 << 20));
+    lib.ok(&["new-leaf", "Base", "One"]);
+    lib.ok(&["new-leaf", "Base", "Two"]);
+    let out = lib.ok(&["log", "-n", "2"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].contains("leaf \"One\" made from base \"Base\"") && lines[1].contains("leaf \"Two\""), "{out}");
+    // One line per outcome: date, time, what happened.
+    assert!(lines[1].len() > 20 && lines[1].as_bytes()[4] == b'-' && lines[1].as_bytes()[13] == b':', "{out}");
+    let all = lib.ok(&["log"]);
+    assert!(
+        all.lines().next().unwrap().contains("base \"Base\" made from Make Base/Base.vmwarevm: 1 disk, 8.0 MiB"),
+        "{all}"
+    );
+
+    let mut follow = lib.command(&["log", "-f", "-n", "0"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(follow.stdout.take().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    lib.ok(&["new-leaf", "Base", "Three"]);
+    let mut line = String::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        reader.read_line(&mut line).unwrap();
+        tx.send(line).unwrap();
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("log -f printed nothing");
+    assert!(got.contains("leaf \"Three\" made from base \"Base\""), "{got}");
+    follow.kill().unwrap();
+}
+
+#[test]
+fn the_configuration_file_and_overrides() {
+    let lib = Lib::new();
+    let config_dir = lib.tmp.path().join("config/leafd");
+    fs::create_dir_all(&config_dir).unwrap();
+    let configured = lib.tmp.path().join("configured library");
+    fs::write(
+        config_dir.join("config.toml"),
+        format!("root = \"{}\"\nsnapshot_backend = \"native\"\npath_style = \"absolute\"\n", configured.display()),
+    )
+    .unwrap();
+    // `lib.command` passes --root; here the root must come from the file.
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_leafd"));
+        c.args(args)
+            .env("HOME", lib.home())
+            .env("XDG_CONFIG_HOME", lib.tmp.path().join("config"))
+            .env("XDG_STATE_HOME", lib.tmp.path().join("state"));
+        match env {
+            Some(r) => c.env("LEAFD_ROOT", r),
+            None => c.env_remove("LEAFD_ROOT"),
+        };
+        c.output().unwrap()
+    };
+    let bundle = SampleVm::single("Cfg", DiskType::MonolithicSparse, 8 << 20).build(lib.tmp.path()).unwrap();
+    let o = run(&["make-base", bundle.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(configured.join("Bases/Cfg").is_dir(), "the root came from config.toml");
+    let o = run(&["new-leaf", "Cfg", "Abs"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let copy = fs::read_to_string(configured.join("Abs.vmwarevm/Virtual Disk.vmdk")).unwrap();
+    assert!(
+        copy.contains(&format!("\"{}/Bases/Cfg/Virtual Disk.vmdk\"", configured.canonicalize().unwrap().display())),
+        "path_style = absolute: {copy}"
+    );
+    // LEAFD_ROOT beats the file; --root beats both.
+    let env_root = lib.tmp.path().join("env library");
+    let o = run(&["status"], Some(env_root.to_str().unwrap()));
+    assert!(text(&o).contains("env library"), "{}", text(&o));
+    let o = run(&["--root", configured.to_str().unwrap(), "status"], Some(env_root.to_str().unwrap()));
+    assert!(o.status.success() && text(&o).contains("base \"Cfg\""), "{}", text(&o));
+    // A malformed file is an error that names it.
+    fs::write(config_dir.join("config.toml"), "settle_seconds = \"soon\"\n").unwrap();
+    let o = run(&["status"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("config.toml") && text(&o).contains("configuration is not valid"), "{}", text(&o));
+}

@@ -175,7 +175,10 @@ fn check_leaf(leaf_dir: &Path, vm: &SampleVm) -> Result<()> {
             println!("      qemu-img check: no errors; qemu-io -r: every pattern matches");
         }
         Ok(o) => {
-            return Err(Error::format(&delta, format!("qemu-img check failed: {}", String::from_utf8_lossy(&o.stdout))));
+            return Err(Error::format(
+                &delta,
+                format!("qemu-img check failed: {}", String::from_utf8_lossy(&o.stdout)),
+            ));
         }
         Err(_) => println!("      (qemu-img is not installed: the independent check was skipped)"),
     }

@@ -344,3 +344,21 @@ fn flattened_chains_hold_exactly_what_the_chain_shows() {
         assert!(data < 16 * MIB, "{t:?}: {data} bytes for a disk with ~9 MiB of data");
     }
 }
+
+#[test]
+fn a_one_gib_descriptor_or_vmx_is_refused_without_being_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = |name: &str, head: &[u8]| {
+        let p = tmp.path().join(name);
+        let f = std::fs::File::create(&p).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, head, 0).unwrap();
+        f.set_len(1 << 30).unwrap();
+        p
+    };
+    let d = huge("huge.vmdk", b"# Disk DescriptorFile\ncreateType=\"monolithicFlat\"\n");
+    let err = leafd::formats::disk::read_descriptor(&d).unwrap_err().to_string();
+    assert!(err.contains("huge.vmdk") && err.contains("too large for a disk descriptor"), "{err}");
+    let v = huge("huge.vmx", b".encoding = \"UTF-8\"\n");
+    let err = leafd::library::make_base::read_small(&v).unwrap_err().to_string();
+    assert!(err.contains("huge.vmx") && err.contains("too large"), "{err}");
+}

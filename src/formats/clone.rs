@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::descriptor::{Access, Descriptor, Extent, ExtentKind, NEW_DISK_CID, NO_PARENT};
+use super::descriptor::{Access, Descriptor, Extent, ExtentKind, NEW_DISK_CID, NO_PARENT, check_representable};
 use super::disk::{self, Disk, DiskType, NewDisk, resolve};
 use crate::error::{Error, Result};
 use crate::sample::long_content_id;
@@ -17,13 +17,17 @@ pub enum PathStyle {
     Absolute,
 }
 
-/// `target` as written in a descriptor that lives in `from_dir`. Both must be absolute.
-pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> String {
+/// `target` as written in a descriptor that lives in `from_dir`. Both must be absolute. Fails
+/// for a path a descriptor cannot hold (a quote in a folder name, say).
+pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> Result<String> {
     let relative = match style {
         PathStyle::Relative => pathdiff::diff_paths(target, from_dir),
         PathStyle::Absolute => None,
     };
-    relative.unwrap_or_else(|| target.to_path_buf()).to_string_lossy().into_owned()
+    let reference = relative.unwrap_or_else(|| target.to_path_buf()).to_string_lossy().into_owned();
+    check_representable(&reference)
+        .map_err(|m| Error::unsupported(target, m).fix("rename the folder so its name has no double quote"))?;
+    Ok(reference)
 }
 
 /// The descriptor a leaf keeps as its copy of `base`, to be written in `copy_dir`: the same CID
@@ -40,20 +44,28 @@ pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Des
             access: Access::ReadWrite,
             sectors: base.capacity(),
             kind: ExtentKind::Sparse,
-            file: Some(extent_reference(base.path(), copy_dir, style)),
+            file: Some(extent_reference(base.path(), copy_dir, style)?),
             offset: None,
         };
         let ddb: Vec<(&str, &str)> = base.descriptor.ddb_entries().collect();
         Descriptor::build(cid, NO_PARENT, DiskType::SplitSparse.create_type(), None, &[extent], &ddb)
+            .map_err(|e| Error::format(base.path(), e.to_string()))?
     } else {
         let mut d = base.descriptor.clone();
+        let mut failed = None;
         d.map_extents(|e| {
             // QEMU ignores extents not marked RW; VMware writes RW for snapshot parents too.
             e.access = Access::ReadWrite;
             if let Some(f) = &e.file {
-                e.file = Some(extent_reference(&resolve(base_dir, f), copy_dir, style));
+                match extent_reference(&resolve(base_dir, f), copy_dir, style) {
+                    Ok(r) => e.file = Some(r),
+                    Err(err) => failed = Some(err),
+                }
             }
         });
+        if let Some(err) = failed {
+            return Err(err);
+        }
         d
     };
     copy.remove_ddb("ddb.uuid");
@@ -62,17 +74,22 @@ pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Des
 }
 
 /// `copy` with its extents pointed, in order, at `targets` (a base disk's extent files), as seen
-/// from `from_dir`. `None` when the number of extents differs.
-pub fn repoint(copy: &Descriptor, targets: &[PathBuf], from_dir: &Path, style: PathStyle) -> Option<Descriptor> {
+/// from `from_dir`.
+pub fn repoint(copy: &Descriptor, targets: &[PathBuf], from_dir: &Path, style: PathStyle) -> Result<Descriptor> {
     let mut new = copy.clone();
-    let mut i = 0;
+    let mut references =
+        targets.iter().map(|t| extent_reference(t, from_dir, style)).collect::<Result<Vec<_>>>()?.into_iter();
+    let mut missing = false;
     new.map_extents(|e| {
         if e.file.is_some() {
-            e.file = targets.get(i).map(|t| extent_reference(t, from_dir, style));
-            i += 1;
+            e.file = references.next();
+            missing |= e.file.is_none();
         }
     });
-    (i == targets.len() && new.extents().all(|e| e.file.is_some() || e.kind == ExtentKind::Zero)).then_some(new)
+    if missing || references.next().is_some() {
+        return Err(Error::format(from_dir, "the parent copy's extents do not match the base's"));
+    }
+    Ok(new)
 }
 
 /// Creates the snapshot delta `delta` over the parent copy named `parent_name` (in the same

@@ -15,6 +15,15 @@ pub const NEW_DISK_CID: u32 = 0xffff_fffe;
 /// needs about 70 KiB); refusing early keeps a mistaken multi-GiB file out of memory.
 pub const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
 
+/// A descriptor value is written between double quotes on one line: it cannot hold a quote or
+/// a line break (VMware has no escape for them).
+pub fn check_representable(value: &str) -> Result<(), String> {
+    if value.contains('"') || value.chars().any(char::is_control) {
+        return Err(format!("{value:?} contains a quote or control character, which a disk descriptor cannot hold"));
+    }
+    Ok(())
+}
+
 /// Error from parsing: the line number (1-based, 0 for the whole text) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -253,7 +262,11 @@ impl Descriptor {
         parent_hint: Option<&str>,
         extents: &[Extent],
         ddb: &[(&str, &str)],
-    ) -> Descriptor {
+    ) -> Result<Descriptor, ParseError> {
+        let names = parent_hint.into_iter().chain(extents.iter().filter_map(|e| e.file.as_deref()));
+        for name in names.chain(ddb.iter().map(|(_, v)| *v)) {
+            check_representable(name).map_err(|message| ParseError { line: 0, message })?;
+        }
         let mut text = format!(
             "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID={cid:08x}\nparentCID={parent_cid:08x}\n\
              isNativeSnapshot=\"no\"\ncreateType=\"{create_type}\"\n"
@@ -270,8 +283,7 @@ impl Descriptor {
         for (k, v) in ddb {
             text.push_str(&format!("{k} = \"{v}\"\n"));
         }
-        // Our own output always parses: it has a createType and extents we rendered ourselves.
-        Descriptor::parse(&text).expect("a built descriptor parses")
+        Descriptor::parse(&text)
     }
 
     fn header_line(&self, key: &str) -> Option<&Line> {
@@ -497,7 +509,9 @@ mod tests {
             Some("disk.vmdk"),
             &ext,
             &[("ddb.longContentID", "0123")],
-        );
+        )
+        .unwrap();
+        assert!(Descriptor::build(1, 2, "x", Some("a\"b.vmdk"), &ext, &[]).is_err());
         let again = Descriptor::parse(&d.to_string()).unwrap();
         assert_eq!(again, d);
         assert_eq!(d.parent_cid().unwrap(), 0x1234abcd);

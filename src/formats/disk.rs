@@ -530,7 +530,10 @@ pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
         Some((hint, cid)) => (Some(hint), cid),
         None => (None, NO_PARENT),
     };
-    let descriptor = Descriptor::build(spec.cid, parent_cid, spec.disk_type.create_type(), hint, &extents, &ddb);
+    let descriptor = Descriptor::build(spec.cid, parent_cid, spec.disk_type.create_type(), hint, &extents, &ddb)
+        .map_err(|e| {
+            Error::unsupported(spec.path, e.to_string()).fix("rename the disk's files to names without quotes")
+        })?;
     let mut written = Vec::new();
     let result = (|| {
         if spec.disk_type == DiskType::MonolithicSparse {

@@ -398,7 +398,7 @@ fn open_chain(bundle: &Path, path: &Path, leaf_base: Option<&Base>) -> Result<Di
     let copy_path = bundle.join(&d.parent_copy);
     let (copy, _) = read_descriptor(&copy_path)?;
     let from = copy_path.parent().unwrap_or(bundle);
-    let Some(copy) = repoint(&copy, &base_disk.extent_files(), from, PathStyle::Absolute) else { return direct };
+    let Ok(copy) = repoint(&copy, &base_disk.extent_files(), from, PathStyle::Absolute) else { return direct };
     Disk::open_alone(path)?.with_parent(Disk::from_descriptor(&copy_path, copy)?)
 }
 

@@ -133,8 +133,7 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
             continue; // already reaches this base
         }
         let from = path.parent().unwrap_or(&leaf.dir);
-        let new = repoint(copy, &base_disk.extent_files(), from, style)
-            .ok_or_else(|| Error::format(path, "the parent copy's extents do not match the base's"))?;
+        let new = repoint(copy, &base_disk.extent_files(), from, style)?;
         plans.push((path.clone(), copy.to_string(), new.to_string()));
     }
     for (path, _, text) in &plans {

@@ -18,17 +18,6 @@ use leafd::sample::{Pattern, SampleVm};
 
 const MIB: u64 = 1 << 20;
 
-fn leafd(root: &Path, home: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
-    c.arg("--root")
-        .arg(root)
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_STATE_HOME", home.join("state"))
-        .env_remove("LEAFD_ROOT");
-    c
-}
-
 fn mb_per_s(bytes: u64, d: std::time::Duration) -> String {
     format!("{:.0} MB/s", bytes as f64 / 1e6 / d.as_secs_f64())
 }

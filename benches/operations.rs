@@ -5,23 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
 use leafd::formats::disk::DiskType;
 use leafd::sample::SampleVm;
-
-fn leafd(root: &Path, home: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
-    c.arg("--root")
-        .arg(root)
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_STATE_HOME", home.join("state"))
-        .env_remove("LEAFD_ROOT");
-    c
-}
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();

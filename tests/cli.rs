@@ -70,6 +70,7 @@ fn log_shows_recent_outcomes_and_follows_new_ones() {
     let got = rx.recv_timeout(Duration::from_secs(10)).expect("log -f printed nothing");
     assert!(got.contains("leaf \"Three\" made from base \"Base\""), "{got}");
     follow.kill().unwrap();
+    follow.wait().unwrap();
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each bench uses its own subset
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -48,4 +49,16 @@ pub fn verdict(claim: &str, ours: Duration, theirs: Duration) -> bool {
     let ok = ours <= theirs;
     println!("  => {claim}: {} ({} vs {})\n", if ok { "holds" } else { "DOES NOT HOLD" }, ms(ours), ms(theirs));
     ok
+}
+
+/// The real `leafd` binary on library `root`, with `home` as its HOME and log folder.
+pub fn leafd(root: &Path, home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+    c.arg("--root")
+        .arg(root)
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env_remove("LEAFD_ROOT");
+    c
 }

@@ -20,12 +20,23 @@ struct Line {
     entry: Option<(String, String)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Dict {
     lines: Vec<Line>,
     encoding: &'static Encoding,
     bom: bool,
+    /// The bytes as read, while nothing has changed: some encodings do not round-trip byte for
+    /// byte through a decoder (redundant escapes, vendor extensions), and an unchanged file must.
+    original: Option<Vec<u8>>,
 }
+
+impl PartialEq for Dict {
+    fn eq(&self, other: &Dict) -> bool {
+        self.lines == other.lines && self.encoding == other.encoding && self.bom == other.bom
+    }
+}
+
+impl Eq for Dict {}
 
 /// Decodes `|XX` escapes; a `|` not followed by two hex digits stays as it is.
 pub fn unescape(v: &str) -> String {
@@ -98,13 +109,14 @@ fn declared_encoding(bytes: &[u8]) -> Option<&'static Encoding> {
 
 impl Dict {
     pub fn new() -> Dict {
-        let mut d = Dict { lines: Vec::new(), encoding: encoding_rs::UTF_8, bom: false };
+        let mut d = Dict { lines: Vec::new(), encoding: encoding_rs::UTF_8, bom: false, original: None };
         d.set(".encoding", "UTF-8");
         d
     }
 
     /// Parses a dictionary file. Errors say what is wrong; nothing panics on any input.
-    pub fn parse(bytes: &[u8]) -> Result<Dict, String> {
+    pub fn parse(input: &[u8]) -> Result<Dict, String> {
+        let bytes = input;
         if bytes.len() as u64 > MAX_DICT_BYTES {
             return Err(format!("{} bytes is too large for a VMware configuration file", bytes.len()));
         }
@@ -113,6 +125,15 @@ impl Dict {
             None => (bytes, false),
         };
         let encoding = declared_encoding(bytes).unwrap_or(encoding_rs::UTF_8);
+        if encoding == encoding_rs::UTF_16LE
+            || encoding == encoding_rs::UTF_16BE
+            || encoding == encoding_rs::REPLACEMENT
+        {
+            return Err(format!(
+                ".encoding \"{}\" cannot be read: VMware files use UTF-8 or a byte-based encoding",
+                encoding.name()
+            ));
+        }
         let text = if encoding == encoding_rs::UTF_8 {
             std::str::from_utf8(bytes)
                 .map_err(|e| format!("is not valid UTF-8 (byte {}), yet declares no other .encoding", e.valid_up_to()))?
@@ -135,11 +156,14 @@ impl Dict {
             };
             lines.push(Line { text: body.to_string(), eol: eol.to_string(), entry: parse_line(body) });
         }
-        Ok(Dict { lines, encoding, bom })
+        Ok(Dict { lines, encoding, bom, original: Some(input.to_vec()) })
     }
 
     /// Writes the file back in its own encoding (byte-identical when nothing changed).
     pub fn to_bytes(&self) -> Vec<u8> {
+        if let Some(original) = &self.original {
+            return original.clone();
+        }
         let mut text = String::new();
         for l in &self.lines {
             text.push_str(&l.text);
@@ -156,6 +180,7 @@ impl Dict {
 
     /// Switches to UTF-8 without BOM (what leafd writes for new files).
     pub fn to_utf8(&mut self) {
+        self.original = None;
         self.encoding = encoding_rs::UTF_8;
         self.bom = false;
         if self.get(".encoding").is_some() {
@@ -188,6 +213,7 @@ impl Dict {
     /// Sets `key`: in place (keeping the key's spelling) when present, else at the end. Any
     /// duplicates of the key are removed.
     pub fn set(&mut self, key: &str, value: &str) {
+        self.original = None;
         let mut found = false;
         self.lines.retain_mut(|l| match &l.entry {
             Some((k, _)) if k.eq_ignore_ascii_case(key) => {
@@ -218,6 +244,7 @@ impl Dict {
 
     /// Removes `key` (case-insensitive); returns whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
+        self.original = None;
         let before = self.lines.len();
         self.lines.retain(|l| !matches!(&l.entry, Some((k, _)) if k.eq_ignore_ascii_case(key)));
         before != self.lines.len()
@@ -225,6 +252,7 @@ impl Dict {
 
     /// Removes every key for which `f(key)` is true (keys as spelled in the file).
     pub fn remove_where(&mut self, mut f: impl FnMut(&str) -> bool) {
+        self.original = None;
         self.lines.retain(|l| !matches!(&l.entry, Some((k, _)) if f(k)));
     }
 
@@ -279,6 +307,15 @@ mod tests {
         assert_eq!(d.to_bytes(), bytes);
         d.to_utf8();
         assert_eq!(d.to_bytes(), ".encoding = \"UTF-8\"\r\ndisplayName = \"Caf\u{e9}\"\r\n".as_bytes());
+    }
+
+    #[test]
+    fn unchanged_files_in_any_encoding_are_written_back_as_read() {
+        // ISO-2022-JP with a redundant escape: decoding and encoding again would drop it.
+        let bytes = b".encoding = \"ISO-2022-JP\"\n\x1b(Ba\n";
+        let d = Dict::parse(bytes).unwrap();
+        assert_eq!(d.to_bytes(), bytes);
+        assert!(Dict::parse(b".encoding = \"UTF-16\"\na = \"b\"\n").unwrap_err().contains("UTF-16"));
     }
 
     #[test]

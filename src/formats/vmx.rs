@@ -22,7 +22,10 @@ fn disk_node(key: &str) -> Option<(&str, &str)> {
         return None;
     }
     let node = &key[..i];
-    let bus = DISK_BUSES.iter().find(|b| node.len() > b.len() && node[..b.len()].eq_ignore_ascii_case(b))?;
+    // Compared as bytes: a key may hold any character, and slicing it could split one.
+    let bus = DISK_BUSES
+        .iter()
+        .find(|b| node.len() > b.len() && node.as_bytes()[..b.len()].eq_ignore_ascii_case(b.as_bytes()))?;
     let (ctrl, unit) = node[bus.len()..].split_once(':')?;
     if ctrl.is_empty()
         || unit.is_empty()
@@ -184,6 +187,12 @@ mod tests {
                 DiskEntry { node: "nvme0:0".into(), file_name: "b c.vmdk".into() },
             ]
         );
+    }
+
+    #[test]
+    fn keys_with_any_characters_are_not_disks() {
+        assert!(disks(&vmx("abé0.fileName = \"x\"\nabé0.present = \"TRUE\"\n")).is_empty());
+        assert!(disks(&vmx("idé0:0.fileName = \"x.vmdk\"\nidé0:0.present = \"TRUE\"\n")).is_empty());
     }
 
     #[test]

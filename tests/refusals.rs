@@ -171,16 +171,37 @@ const CASES: &[Case] = &[
         says: &["Virtual Disk.vmdk", "\"streamOptimized\" is not one leafd serves", "convert it"],
     },
     Case {
-        name: "snapshot chain",
+        name: "snapshot chain with its parent missing",
         setup: |lib| {
             dropped(lib, DiskType::SplitSparse, |b| {
                 let p = b.join("Virtual Disk.vmdk");
-                let t = fs::read_to_string(&p).unwrap().replace("parentCID=ffffffff", "parentCID=12345678");
+                let t = fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("parentCID=ffffffff", "parentCID=12345678\nparentFileNameHint=\"Missing Parent.vmdk\"");
                 fs::write(p, t).unwrap();
             })
         },
         exit: 1,
-        says: &["Virtual Disk.vmdk", "snapshot chain", "delete the VM's snapshots"],
+        says: &["Virtual Disk.vmdk", "Missing Parent.vmdk is missing", "put the parent back"],
+    },
+    Case {
+        name: "snapshot chain whose parent changed",
+        setup: |lib| {
+            dropped(lib, DiskType::MonolithicSparse, |b| {
+                // A second disk as the parent, with another CID than the child expects.
+                let parent = b.join("Virtual Disk.vmdk");
+                let child_text = format!(
+                    "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=00000001\ncreateType=\"monolithicFlat\"\nparentFileNameHint=\"Virtual Disk.vmdk\"\nRW {} FLAT \"Child-flat.vmdk\" 0\n",
+                    8 * MIB / 512
+                );
+                fs::write(b.join("Child.vmdk"), child_text).unwrap();
+                fs::File::create(b.join("Child-flat.vmdk")).unwrap().set_len(8 * MIB).unwrap();
+                assert!(parent.exists());
+                edit_vmx(b, |t| t.replace("\"Virtual Disk.vmdk\"", "\"Child.vmdk\""));
+            })
+        },
+        exit: 1,
+        says: &["Child.vmdk", "VMware error 18"],
     },
     Case {
         name: "garbage .vmx",

@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use common::*;
 use leafd::formats::disk::{Disk, DiskType};
 use leafd::formats::flatten::flatten;
-use leafd::library::{Library, Options, make_base, new_leaf};
 use leafd::sample::{Pattern, SampleVm};
 
 const MIB: u64 = 1 << 20;
@@ -30,23 +28,6 @@ fn data_vm(name: &str, t: DiskType, capacity: u64, data: u64) -> SampleVm {
     vm.disks[0].patterns =
         (0..runs).map(|i| Pattern { offset: i * stride, len: MIB, byte: (i % 250) as u8 + 1 }).collect();
     vm
-}
-
-fn build_library(root: &Path, bases: usize, leaves_per_base: usize) -> Library {
-    std::fs::create_dir_all(root.join("Make Base")).unwrap();
-    let lib = Library::open(root).unwrap();
-    let opts = Options::default();
-    for b in 0..bases {
-        let bundle = SampleVm::single(&format!("Base {b:03}"), DiskType::MonolithicSparse, MIB)
-            .build(&lib.make_base_dir())
-            .unwrap();
-        let (made, fp) = make_base::make_base(&lib, &bundle, None, &opts).unwrap();
-        fp.finish(&lib, &opts).unwrap();
-        for l in 0..leaves_per_base {
-            new_leaf::new_leaf(&lib, &made.name, &format!("Leaf {b:03}-{l:02}"), None, &opts).unwrap();
-        }
-    }
-    lib
 }
 
 fn main() {

@@ -26,7 +26,11 @@ impl Agent {
     }
 
     fn start_with(lib: &Lib, env: &[(&str, &str)]) -> Agent {
-        let mut c = lib.command(&["agent", "--settle", SETTLE]);
+        Self::start_args(lib, &["agent", "--settle", SETTLE], env)
+    }
+
+    fn start_args(lib: &Lib, args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut c = lib.command(args);
         c.stdout(Stdio::null()).stderr(Stdio::null());
         for (k, v) in env {
             c.env(k, v);
@@ -420,4 +424,21 @@ fn sigterm_during_a_long_copy_rolls_it_back_and_exits_in_time() {
     assert_eq!(checksums(&bundle), before, "the source changed");
     assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0);
     assert!(log_of(&lib).trim_end().ends_with("agent stopped"));
+}
+
+#[test]
+fn the_default_settle_period_works_too() {
+    // The agent's own looks open files; those events must not keep restarting the wait.
+    let lib = Lib::new();
+    let _agent = Agent::start_args(&lib, &["agent"], &[]);
+    assert!(log_of(&lib).contains("(settle 3.0 s)"));
+    let vm = small("Default");
+    let built = vm.build(lib.tmp.path()).unwrap();
+    fs::rename(&built, lib.make_base_dir().join("Default.vmwarevm")).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || is_base(&lib, "Default")), "no base: {}", log_of(&lib));
+    let drop = lib.root.join("New Leaf/Default");
+    fs::create_dir(drop.join("untitled folder")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    fs::rename(drop.join("untitled folder"), drop.join("Leaf")).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || is_leaf(&lib, "Leaf")), "no leaf: {}", log_of(&lib));
 }

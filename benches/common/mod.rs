@@ -62,3 +62,23 @@ pub fn leafd(root: &Path, home: &Path, args: &[&str]) -> Command {
         .env_remove("LEAFD_ROOT");
     c
 }
+
+/// A library at `root` with `bases` bases of a 1 MiB disk and `leaves_per_base` leaves each,
+/// built through the library API rather than one process per operation, to keep set-up short.
+pub fn build_library(root: &Path, bases: usize, leaves_per_base: usize) {
+    use leafd::library::{Library, Options, make_base, new_leaf};
+    let lib = Library::open(root).unwrap();
+    let opts = Options::default();
+    for b in 0..bases {
+        let vm = leafd::sample::SampleVm::single(
+            &format!("Base {b:03}"),
+            leafd::formats::disk::DiskType::MonolithicSparse,
+            1 << 20,
+        );
+        let (made, fp) = make_base::make_base(&lib, &vm.build(&lib.make_base_dir()).unwrap(), None, &opts).unwrap();
+        fp.finish(&lib, &opts).unwrap();
+        for l in 0..leaves_per_base {
+            new_leaf::new_leaf(&lib, &made.name, &format!("Leaf {b:03}-{l:02}"), None, &opts).unwrap();
+        }
+    }
+}

@@ -110,6 +110,11 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
                     if e.need_rescan() {
                         agent.scan(now);
                     }
+                    // Opening or reading changes nothing, and the agent's own looks cause them
+                    // (inotify reports opens): they must not restart the settle period.
+                    if e.kind.is_access() {
+                        continue;
+                    }
                     for p in &e.paths {
                         agent.touch(p, now);
                     }

@@ -12,7 +12,7 @@ use crate::formats::clone::PathStyle;
 use crate::library::{
     Library, Options, SnapshotBackend, journal, make_base, new_leaf, promote, relink, remove_base, status, verify,
 };
-use crate::{agent, demo, logging, platform};
+use crate::{agent, demo, logging, platform, service};
 
 #[derive(Parser)]
 #[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
@@ -79,6 +79,17 @@ enum Command {
         /// Confirm deleting for good where there is no Trash
         #[arg(long)]
         yes: bool,
+    },
+    /// Install the login service (launchd on macOS, systemd --user on Linux) and start it
+    Install {
+        /// Print what would be written and run, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop and remove the login service (the library is never touched)
+    Uninstall {
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Build a small sample VM and walk it through the whole flow with the real agent
     Demo {
@@ -189,11 +200,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => {
             let lib = Library::open_existing(&root)?;
             let s = status::status(&lib)?;
+            let service = service::state(&service::Context::current(None)?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+                let mut v = serde_json::to_value(&s).expect("status serializes");
+                v["service"] = serde_json::to_value(&service).expect("state serializes");
+                println!("{}", serde_json::to_string_pretty(&v).expect("status serializes"));
             } else {
                 print!("{}", status::render(&s));
+                println!("\n{}", service.render());
             }
+        }
+        Command::Install { dry_run } => {
+            let ctx = service::Context::current(cli.root.as_deref())?;
+            service::execute(&service::install_plan(&ctx)?, dry_run, &mut std::io::stdout())?;
+        }
+        Command::Uninstall { dry_run } => {
+            let ctx = service::Context::current(None)?;
+            service::execute(&service::uninstall_plan(&ctx), dry_run, &mut std::io::stdout())?;
         }
         Command::Verify { json, deep, names } => {
             let _log = start_log(false);

@@ -17,5 +17,6 @@ pub mod lineage;
 pub mod logging;
 pub mod platform;
 pub mod sample;
+pub mod service;
 
 pub use error::{Error, Result};

@@ -116,3 +116,6 @@ pub const HAS_TRASH: bool = false;
 pub fn trash(_path: &Path, _name: &str) -> io::Result<PathBuf> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no Trash on this platform"))
 }
+
+/// The login service on Linux: a systemd user unit.
+pub const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Systemd;

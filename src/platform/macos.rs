@@ -169,3 +169,6 @@ pub fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
     }
     Err(io::Error::new(io::ErrorKind::AlreadyExists, "too many items of that name in the Trash"))
 }
+
+/// The login service on macOS: a LaunchAgent.
+pub const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Launchd;

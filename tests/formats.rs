@@ -362,3 +362,41 @@ fn a_one_gib_descriptor_or_vmx_is_refused_without_being_read() {
     let err = leafd::library::make_base::read_small(&v).unwrap_err().to_string();
     assert!(err.contains("huge.vmx") && err.contains("too large"), "{err}");
 }
+
+/// Inputs the fuzzers found (fuzz/regressions): each must give an error or a clean result, never
+/// a panic.
+#[test]
+fn fuzz_regressions_are_handled() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = std::fs::read(&path).unwrap();
+        seen += 1;
+        if name.starts_with("dict-") {
+            if let Ok(d) = leafd::formats::dict::Dict::parse(&bytes) {
+                assert_eq!(d.to_bytes(), bytes, "{name}: not written back byte for byte");
+                let _ = leafd::formats::vmx::disks(&d);
+            }
+        } else if name.starts_with("sparse_header-") {
+            let mut header = bytes.clone();
+            header.resize(512, 0);
+            let len = bytes.get(512..520).map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().unwrap()));
+            let _ = leafd::formats::sparse::Header::parse(&header, len);
+            let _ = leafd::formats::sparse::Header::parse(&header, u64::MAX);
+        } else if name.starts_with("disk_open-") {
+            let file = tmp.path().join("fuzz.vmdk");
+            std::fs::write(&file, &bytes).unwrap();
+            if let Ok(d) = Disk::open(&file) {
+                let mut b = [0u8; 512];
+                let _ = d.read_at(0, &mut b);
+                let _ = d.read_at(d.capacity().saturating_sub(1) * SECTOR, &mut b);
+            }
+        } else {
+            panic!("{name}: unknown target prefix");
+        }
+    }
+    assert!(seen >= 9, "fuzz/regressions holds {seen} inputs");
+}

@@ -116,7 +116,12 @@ fuzz_target!(|data: &[u8]| {
     if !safe {
         return;
     }
-    if let Ok(disk) = Disk::open(&dir.join(NAMES[0])) {
+    let opened = Disk::open(&dir.join(NAMES[0]));
+    if std::env::var_os("LEAFD_FUZZ_DEBUG").is_some() {
+        // Shows whether an input gets past `Disk::open`, e.g. when writing seeds.
+        eprintln!("Disk::open: {:?}", opened.as_ref().map(|d| d.capacity()));
+    }
+    if let Ok(disk) = opened {
         exercise_disk(&disk);
     }
     if let Ok(disk) = Disk::open_alone(&dir.join(NAMES[0])) {

@@ -52,6 +52,7 @@ fn sparse_disk(
     patterns: &[(u64, usize, u8)],
 ) -> Vec<u8> {
     let path = tmp.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&path);
     disk::create(&NewDisk {
         path: &path,
@@ -136,7 +137,8 @@ fn main() {
         None,
         &[(0, 4096, 0x11), (65536 - 512, 1024, 0x22)],
     );
-    write("disk_open", "mono", &base);
+    let mono = sparse_disk(&tmp, "mono/fuzz.vmdk", 2048, None, &[(0, 4096, 0x11), (65536 - 512, 1024, 0x22)]);
+    write("disk_open", "mono", &mono);
     let delta = sparse_disk(
         &tmp,
         "fuzz.vmdk",
@@ -157,6 +159,13 @@ RW 256 SPARSE \"f1.vmdk\"\nRW 128 ZERO\n";
     let text = "# Disk DescriptorFile\nversion=1\nCID=0000abcd\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\
 RW 8 FLAT \"f1.vmdk\" 0\nRW 8 FLAT \"f2.vmdk\" 2\n";
     write("disk_open", "flat", &join(&[text.as_bytes(), &[0x55; 4096], &[0x66; 5120]]));
+    // Small text-only disks, so the fuzzer also spends time on descriptors and chains.
+    let text = "CID=0000abcd\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 64 ZERO\nNOACCESS 8 ZERO\nRDONLY 8 FLAT \"f1.vmdk\" 1\n";
+    write("disk_open", "zero-flat", &join(&[text.as_bytes(), &[0x77; 4608]]));
+    let child = "CID=00000002\nparentCID=00000001\ncreateType=\"monolithicFlat\"\nparentFileNameHint=\"f1.vmdk\"\nRW 16 FLAT \"f2.vmdk\"\n";
+    let parent = "CID=00000001\nparentCID=ffffffff\ncreateType=\"twoGbMaxExtentFlat\"\nRW 8 ZERO\nRW 8 FLAT \"f2.vmdk\" 0\n";
+    write("disk_open", "flat-chain", &join(&[child.as_bytes(), parent.as_bytes(), &[0x88; 8192]]));
+
     // The same from QEMU, whose embedded descriptor differs in layout (skipped without qemu-img).
     let q = tmp.join("q").join("fuzz.vmdk");
     std::fs::create_dir_all(q.parent().unwrap()).unwrap();

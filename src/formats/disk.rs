@@ -196,6 +196,10 @@ impl Disk {
         if extents.is_empty() {
             return Err(Error::format(path, "descriptor lists no extents"));
         }
+        // Byte offsets are sectors × 512 in u64: a bound here keeps every product in range.
+        if start > sparse::MAX_CAPACITY_SECTORS {
+            return Err(Error::format(path, format!("capacity of {start} sectors is beyond any disk VMware makes")));
+        }
         Ok(Disk { path: path.to_path_buf(), descriptor, embedded, disk_type, extents, parent: None })
     }
 

@@ -28,7 +28,7 @@ const FLAG_COMPRESSED: u32 = 1 << 16;
 const FLAG_MARKERS: u32 = 1 << 17;
 
 /// Upper bounds that keep a hostile header from asking for absurd allocations or overflowing.
-const MAX_CAPACITY_SECTORS: u64 = 1 << 40; // 512 TiB
+pub const MAX_CAPACITY_SECTORS: u64 = 1 << 40; // 512 TiB
 const MAX_GRAIN_SECTORS: u64 = 1 << 16;
 const MAX_GTES_PER_GT: u32 = 1 << 16;
 
@@ -173,14 +173,19 @@ impl Header {
             if name.starts_with("redundant") && h.flags & FLAG_REDUNDANT_GT == 0 {
                 continue;
             }
-            if off == 0 || off.saturating_mul(SECTOR).saturating_add(gd_bytes) > file_len {
+            if off == 0
+                || off.checked_mul(SECTOR).and_then(|b| b.checked_add(gd_bytes)).is_none_or(|end| end > file_len)
+            {
                 return Err(format!(
                     "{name} at sector {off} lies outside the file ({file_sectors} sectors): truncated?"
                 ));
             }
         }
         if h.descriptor_size > 0
-            && h.descriptor_offset.saturating_add(h.descriptor_size).saturating_mul(SECTOR) > file_len
+            && h.descriptor_offset
+                .checked_add(h.descriptor_size)
+                .and_then(|s| s.checked_mul(SECTOR))
+                .is_none_or(|end| end > file_len)
         {
             return Err("embedded descriptor lies outside the file: truncated?".into());
         }

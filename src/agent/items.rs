@@ -222,24 +222,28 @@ impl Item {
         }
     }
 
-    /// Something happened under the item.
-    pub fn touch(&mut self, now: Instant) {
-        self.changed = now;
+    /// Something happened under the item at `when` (the event's own time: the debouncer delivers
+    /// events a moment late).
+    pub fn touch(&mut self, when: Instant) {
+        self.changed = self.changed.max(when);
         if self.phase == Phase::Running {
             self.dirty = true;
         }
     }
 
-    /// When the item next needs a look (`None`: only an event wakes it).
+    /// When the item next needs a look (`None`: only an event wakes it). The first of the two
+    /// looks that must agree comes `second_look` before the settle period ends and the second
+    /// when it ends, so an item that stays quiet is ready just as the settle period is over.
     pub fn due(&self, t: &Timing) -> Option<Instant> {
+        let end = self.changed + t.settle;
         match &self.phase {
             Phase::Running => None,
             Phase::Unnamed | Phase::Failed(_) if self.last_look.as_ref().is_some_and(|(_, at)| *at >= self.changed) => {
                 None
             }
             _ => Some(match &self.last_look {
-                Some((_, at)) if *at >= self.changed => *at + t.second_look,
-                _ => self.changed + t.settle,
+                Some((_, at)) if *at >= self.changed => (*at + t.second_look).max(end),
+                _ => end.checked_sub(t.second_look).unwrap_or(self.changed).max(self.changed),
             }),
         }
     }
@@ -254,9 +258,6 @@ impl Item {
                 self.last_look = Some((look, now));
                 return Verdict::Idle;
             }
-        }
-        if now < self.changed + t.settle {
-            return Verdict::Wait(self.changed + t.settle);
         }
         if let Phase::Failed(failed) = &self.phase {
             if *failed == look {
@@ -281,15 +282,20 @@ impl Item {
             }
             return Verdict::Wait(now + t.settle);
         }
-        if agrees {
+        let end = self.changed + t.settle;
+        if agrees && now >= end {
             self.phase = Phase::Running;
             self.dirty = false;
             self.last_look = Some((look, now));
             return Verdict::Ready;
         }
         self.phase = Phase::Settling;
-        self.last_look = Some((look, now));
-        Verdict::Wait(now + t.second_look)
+        // A look that agrees with the last one still counts if it comes before the end.
+        self.last_look = Some(match previous {
+            Some((p, at)) if agrees => (p, at),
+            _ => (look, now),
+        });
+        Verdict::Wait((now + t.second_look).max(end))
     }
 }
 
@@ -353,21 +359,30 @@ mod tests {
     }
 
     #[test]
-    fn ready_after_quiet_and_two_agreeing_looks() {
+    fn ready_when_quiet_for_the_settle_period_and_two_looks_agree() {
         let t = Timing::new(Duration::from_secs(3));
         let t0 = Instant::now();
         let mut item = Item::new("/l/Make Base/U.vmwarevm".into(), Request::MakeBase, t0);
-        assert_eq!(item.due(&t), Some(t0 + t.settle));
-        assert_eq!(item.decide(Some(look(&[1], false)), t0 + Duration::from_secs(1), &t), Verdict::Wait(t0 + t.settle));
-        let t1 = t0 + t.settle;
-        assert_eq!(item.decide(Some(look(&[1], false)), t1, &t), Verdict::Wait(t1 + t.second_look));
-        // Still growing: not ready.
-        let t2 = t1 + t.second_look;
-        assert_eq!(item.decide(Some(look(&[2], false)), t2, &t), Verdict::Wait(t2 + t.second_look));
-        let t3 = t2 + t.second_look;
-        assert_eq!(item.decide(Some(look(&[2], false)), t3, &t), Verdict::Ready);
+        let end = t0 + t.settle;
+        // First look a moment before the end, second at the end: ready exactly then.
+        assert_eq!(item.due(&t), Some(end - t.second_look));
+        assert_eq!(item.decide(Some(look(&[1], false)), end - t.second_look, &t), Verdict::Wait(end));
+        assert_eq!(item.due(&t), Some(end));
+        assert_eq!(item.decide(Some(look(&[1], false)), end, &t), Verdict::Ready);
         assert_eq!(item.phase, Phase::Running);
         assert_eq!(item.due(&t), None);
+    }
+
+    #[test]
+    fn still_growing_is_not_ready() {
+        let t = Timing::new(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let mut item = Item::new("/x".into(), Request::MakeBase, t0);
+        let end = t0 + t.settle;
+        item.decide(Some(look(&[1], false)), end - t.second_look, &t);
+        // Grew without an event reaching us: the looks disagree.
+        assert_eq!(item.decide(Some(look(&[2], false)), end, &t), Verdict::Wait(end + t.second_look));
+        assert_eq!(item.decide(Some(look(&[2], false)), end + t.second_look, &t), Verdict::Ready);
     }
 
     #[test]
@@ -375,11 +390,16 @@ mod tests {
         let t = Timing::new(Duration::from_secs(3));
         let t0 = Instant::now();
         let mut item = Item::new("/x".into(), Request::MakeBase, t0);
-        let t1 = t0 + t.settle;
-        item.decide(Some(look(&[1], false)), t1, &t);
-        item.touch(t1 + Duration::from_millis(10));
-        assert_eq!(item.due(&t), Some(t1 + Duration::from_millis(10) + t.settle));
-        assert!(matches!(item.decide(Some(look(&[1], false)), t1 + t.second_look, &t), Verdict::Wait(_)));
+        let first = t0 + t.settle - t.second_look;
+        item.decide(Some(look(&[1], false)), first, &t);
+        let event = first + Duration::from_millis(10);
+        item.touch(event);
+        assert_eq!(item.due(&t), Some(event + t.settle - t.second_look));
+        // Equal looks, but not quiet long enough since the event.
+        assert!(matches!(item.decide(Some(look(&[1], false)), t0 + t.settle, &t), Verdict::Wait(_)));
+        // Events arrive late; an older time never moves the clock back.
+        item.touch(t0);
+        assert_eq!(item.changed, event);
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
                         continue;
                     }
                     for p in &e.paths {
-                        agent.touch(p, now);
+                        agent.touch(p, e.time);
                     }
                 }
             }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds leafd-<version>.pkg: installs /usr/local/bin/leafd and, for the user logged in at the
-# console, starts the agent at login (the postinstall runs `leafd install` as that user).
-# Runs on a Mac only (pkgbuild, productbuild); untested on Linux CI, where it is only checked
-# with `bash -n` and ShellCheck. Signs with SIGN_IDENTITY="Developer ID Installer: …" if set.
+# Builds target/leafd-<version>.pkg: installs /usr/local/bin/leafd (universal) and the
+# LaunchAgent template in /usr/local/share/leafd/, and its postinstall starts the agent for the
+# user logged in at the console (`leafd install` as that user). Signs the package when
+# SIGN_IDENTITY="Developer ID Installer: …" is set. Needs a Mac (pkgbuild, productbuild).
+# untested on Linux CI; run on a Mac (CI only checks it with `bash -n` and ShellCheck).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(uname -s)" != "Darwin" ]; then
-  echo "build-pkg.sh: run this on a Mac (it needs pkgbuild and productbuild)" >&2
+  echo "build-pkg.sh: this needs pkgbuild and productbuild: run it on a Mac" >&2
   exit 1
 fi
 
@@ -27,9 +28,10 @@ pkgbuild --root "$work/root" \
   --install-location / \
   "$work/leafd-component.pkg"
 
+# macOS's bash 3.2 treats an empty "${array[@]}" as unbound under `set -u`: hence the +.
 sign=()
 if [ -n "${SIGN_IDENTITY:-}" ]; then
   sign=(--sign "$SIGN_IDENTITY")
 fi
-productbuild --package "$work/leafd-component.pkg" "${sign[@]}" "target/leafd-$version.pkg"
+productbuild --package "$work/leafd-component.pkg" ${sign[@]+"${sign[@]}"} "target/leafd-$version.pkg"
 echo "built target/leafd-$version.pkg"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds a universal (Apple silicon + Intel) leafd into target/universal/leafd.
-# Runs on a Mac only (it needs Xcode's lipo and the macOS SDK); untested on Linux CI, where it
-# is only checked with `bash -n` and ShellCheck.
+# Builds a universal (Apple silicon + Intel) leafd into target/universal/leafd and checks that
+# it runs. Needs a Mac (Xcode's lipo, the macOS SDK) and refuses to run elsewhere.
+# untested on Linux CI; run on a Mac (CI only checks it with `bash -n` and ShellCheck).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(uname -s)" != "Darwin" ]; then
-  echo "build-universal.sh: run this on a Mac (it needs Xcode's lipo and the macOS SDK)" >&2
+  echo "build-universal.sh: this builds macOS binaries with Xcode's lipo: run it on a Mac" >&2
   exit 1
 fi
 
@@ -20,5 +20,6 @@ mkdir -p target/universal
 lipo -create -output target/universal/leafd \
   target/aarch64-apple-darwin/release/leafd \
   target/x86_64-apple-darwin/release/leafd
-lipo -info target/universal/leafd
+lipo target/universal/leafd -verify_arch arm64 x86_64
 target/universal/leafd --version
+echo "built target/universal/leafd ($(lipo -archs target/universal/leafd))"

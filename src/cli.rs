@@ -198,25 +198,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             warn_all(&made.warnings);
         }
         Command::Status { json } => {
-            let lib = Library::open_existing(&root)?;
-            let s = status::status(&lib)?;
-            let service = service::state(&service::Context::current(None)?);
+            let s = Library::open_existing(&root).and_then(|lib| status::status(&lib));
+            let service = service::state(&service::Context::current());
+            // The service is reported even without a library: the agent may be what makes it.
             if json {
-                let mut v = serde_json::to_value(&s).expect("status serializes");
+                let mut v = match &s {
+                    Ok(s) => serde_json::to_value(s).expect("status serializes"),
+                    Err(_) => serde_json::json!({}),
+                };
                 v["service"] = serde_json::to_value(&service).expect("state serializes");
                 println!("{}", serde_json::to_string_pretty(&v).expect("status serializes"));
             } else {
-                print!("{}", status::render(&s));
-                println!("\n{}", service.render());
+                if let Ok(s) = &s {
+                    println!("{}", status::render(s));
+                }
+                println!("{}", service.render());
             }
+            s?;
         }
         Command::Install { dry_run } => {
-            let ctx = service::Context::current(cli.root.as_deref())?;
-            service::execute(&service::install_plan(&ctx)?, dry_run, &mut std::io::stdout())?;
+            let ctx = service::Context::current();
+            let program = service::Program::current(cli.root.as_deref())?;
+            warn_all(&service::install_warnings(&ctx, &program));
+            service::execute(&service::install_plan(&ctx, &program)?, dry_run, &mut std::io::stdout())?;
         }
         Command::Uninstall { dry_run } => {
-            let ctx = service::Context::current(None)?;
-            service::execute(&service::uninstall_plan(&ctx), dry_run, &mut std::io::stdout())?;
+            service::execute(&service::uninstall_plan(&service::Context::current()), dry_run, &mut std::io::stdout())?;
         }
         Command::Verify { json, deep, names } => {
             let _log = start_log(false);

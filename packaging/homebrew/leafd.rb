@@ -1,19 +1,18 @@
-# Homebrew formula for leafd: builds from source, and runs the agent at login like
-# `leafd install` does (`brew services start leafd`).
+# Homebrew formula for leafd: builds from source, and `brew services start leafd` runs the agent
+# at login exactly as `leafd install` does (use one or the other: only one agent can watch a
+# library).
 #
-# At release, set `url` to the release tarball and `sha256` to its checksum
-# (`shasum -a 256 leafd-X.Y.Z.tar.gz`). Untested on this project's Linux CI: run on a Mac with
-# `brew install --build-from-source ./packaging/homebrew/leafd.rb`.
+# At release: set `url` to the release tarball, `sha256` to its checksum
+# (`shasum -a 256 leafd-X.Y.Z.tar.gz`), `homepage` to the project's page, and add `license`
+# once the project declares one. Untested on Linux CI; run on a Mac:
+#   brew install --build-from-source ./packaging/homebrew/leafd.rb && brew test leafd
 class Leafd < Formula
   desc "VMware linked clones as easy as making a folder"
-  homepage "https://github.com/leafd/leafd"
-  url "https://github.com/leafd/leafd/archive/refs/tags/v0.1.0.tar.gz"
-  sha256 "0000000000000000000000000000000000000000000000000000000000000000" # fill in at release
-  license "MIT"
-  head "https://github.com/leafd/leafd.git", branch: "main"
+  homepage "https://example.invalid/leafd" # FILL IN AT RELEASE
+  url "https://example.invalid/leafd/leafd-0.1.0.tar.gz" # FILL IN AT RELEASE
+  sha256 "0000000000000000000000000000000000000000000000000000000000000000" # FILL IN AT RELEASE
 
   depends_on "rust" => :build
-  depends_on :macos
 
   def install
     system "cargo", "install", *std_cargo_args
@@ -32,8 +31,15 @@ class Leafd < Formula
     error_log_path var/"log/leafd/agent.stderr.log"
   end
 
+  def caveats
+    <<~EOS
+      Start the agent at login with either `brew services start leafd` or `leafd install`,
+      not both: only one agent can watch a library. Its log: `leafd log`.
+    EOS
+  end
+
   test do
-    assert_match "leafd", shell_output("#{bin}/leafd --version")
+    assert_match version.to_s, shell_output("#{bin}/leafd --version")
     (testpath/"lib").mkpath
     assert_match "no bases yet", shell_output("#{bin}/leafd --root #{testpath}/lib status")
   end

@@ -87,12 +87,20 @@ pub fn log_dir(home: &Path) -> PathBuf {
         .join("leafd")
 }
 
-pub fn config_dir(home: &Path) -> PathBuf {
+fn xdg_config_home(home: &Path) -> PathBuf {
     std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .unwrap_or_else(|| home.join(".config"))
-        .join("leafd")
+}
+
+pub fn config_dir(home: &Path) -> PathBuf {
+    xdg_config_home(home).join("leafd")
+}
+
+/// systemd's folder for the user's own units.
+pub fn service_dir(home: &Path) -> PathBuf {
+    xdg_config_home(home).join("systemd/user")
 }
 
 /// Asks the kernel to forget cached pages of `file`, so a comparison reads what reached the disk.

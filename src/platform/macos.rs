@@ -121,6 +121,11 @@ pub fn config_dir(home: &Path) -> PathBuf {
     home.join("Library/Application Support/leafd")
 }
 
+/// The user's LaunchAgents, loaded at login.
+pub fn service_dir(home: &Path) -> PathBuf {
+    home.join("Library/LaunchAgents")
+}
+
 /// Reads of `file` bypass the cache from now on, so a comparison reads what reached the disk.
 pub fn drop_cache(file: &File) {
     // SAFETY: advisory fcntl on a valid descriptor.

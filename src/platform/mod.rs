@@ -132,6 +132,11 @@ pub fn config_dir() -> PathBuf {
     os::config_dir(&home())
 }
 
+/// Where the login service's definition goes.
+pub fn service_dir() -> PathBuf {
+    os::service_dir(&home())
+}
+
 pub fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)

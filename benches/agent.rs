@@ -115,7 +115,14 @@ fn latency(root: &Path, settle: Duration, runs: usize) -> Vec<Duration> {
             }
         },
     );
-    times.into_iter().map(|t| t.saturating_sub(settle)).collect()
+    // Earlier than the settle period would be a bug: the name must have been quiet that long.
+    assert!(
+        times[0] >= settle,
+        "a leaf was made {} after its rename, before the settle period of {}",
+        ms(times[0]),
+        ms(settle)
+    );
+    times.into_iter().map(|t| t - settle).collect()
 }
 
 fn main() {

@@ -222,8 +222,7 @@ impl Item {
         }
     }
 
-    /// Something happened under the item at `when` (the event's own time: the debouncer delivers
-    /// events a moment late).
+    /// Something happened under the item (seen at `when`).
     pub fn touch(&mut self, when: Instant) {
         self.changed = self.changed.max(when);
         if self.phase == Phase::Running {

@@ -26,6 +26,8 @@ use crate::library::{Library, Options, journal};
 
 /// A full rescan of the drop folders this often, in case the watcher missed something.
 const RESCAN: Duration = Duration::from_secs(300);
+/// The watcher's debounce: events of a burst reach us together, about this long after it.
+const DEBOUNCE: Duration = Duration::from_millis(500);
 /// How long shutdown waits for running operations (launchd allows 20 s).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
@@ -76,7 +78,7 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
     let folders = DropFolders { make_base: lib.make_base_dir(), new_leaf: lib.new_leaf_dir() };
     // Watch first, then recover and scan: nothing that arrives meanwhile is missed.
     let event_tx = tx.clone();
-    let mut watcher = new_debouncer(Duration::from_millis(500), Some(Duration::from_millis(250)), move |r| {
+    let mut watcher = new_debouncer(DEBOUNCE, Some(DEBOUNCE / 2), move |r| {
         let _ = event_tx.send(Msg::Events(r));
     })
     .map_err(|e| Error::new(Kind::Io, lib.root().to_path_buf(), format!("cannot watch the library: {e}")))?;
@@ -116,7 +118,10 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
                         continue;
                     }
                     for p in &e.paths {
-                        agent.touch(p, e.time);
+                        // Timed at delivery, not by the event: a folder created then renamed
+                        // comes as one event timed at its creation, which would shorten the
+                        // settle period after the rename.
+                        agent.touch(p, now);
                     }
                 }
             }

@@ -253,6 +253,23 @@ const CASES: &[Case] = &[
         says: &["notes.txt", "outside the bundle", "replace the link"],
     },
     Case {
+        name: "a disk file that is a symlink inside the bundle",
+        setup: |lib| {
+            dropped(lib, DiskType::SplitSparse, |b| {
+                fs::rename(b.join("Virtual Disk-s002.vmdk"), b.join("real-s002")).unwrap();
+                std::os::unix::fs::symlink("real-s002", b.join("Virtual Disk-s002.vmdk")).unwrap();
+            })
+        },
+        exit: 1,
+        says: &["Virtual Disk-s002.vmdk", "symbolic link or not a regular file"],
+    },
+    Case {
+        name: "a file already named like the base's .vmx",
+        setup: |lib| dropped(lib, DiskType::MonolithicSparse, |b| fs::write(b.join("VM.vmx.base"), b"old").unwrap()),
+        exit: 1,
+        says: &["VM.vmx.base", "is in the way"],
+    },
+    Case {
         name: "bundle is a symlink",
         setup: |lib| {
             let real = sample(lib.tmp.path(), "VM", DiskType::MonolithicSparse);

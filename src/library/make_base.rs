@@ -67,13 +67,21 @@ pub struct Plan {
     pub copy: bool,
     /// The `.vmx`, relative to the bundle.
     pub vmx: PathBuf,
-    /// Disk files relative to the bundle, with their permission bits before protection.
-    pub disk_files: Vec<(PathBuf, u32)>,
+    /// Disk files relative to the bundle, with their protection before Make Base.
+    pub disk_files: Vec<DiskFile>,
     /// Snapshot chains flattened into new base disks (their current state).
     pub flatten: Vec<Flatten>,
     /// When the VM was a leaf: its base's folder and its id, to unlink once it is a base.
     pub from_leaf: Option<(PathBuf, String)>,
     pub record: BaseRecord,
+}
+
+/// A disk file of the bundle and how it was protected before, to put back on an undo.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskFile {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub locked: bool,
 }
 
 /// A disk whose chain becomes one new disk of the base; the chain's own files are kept.
@@ -151,7 +159,7 @@ pub fn human_duration(d: Duration) -> String {
 struct Inspected {
     bundle: PathBuf,
     vmx: PathBuf,
-    disk_files: Vec<(PathBuf, u32)>,
+    disk_files: Vec<DiskFile>,
     flatten: Vec<Flatten>,
     from_leaf: Option<(PathBuf, String)>,
     disks: Vec<(DiskRecord, Vec<ExtentRecord>)>,
@@ -337,13 +345,25 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             extents,
         ));
     }
-    let mut with_modes = Vec::new();
+    let mut with_modes: Vec<DiskFile> = Vec::new();
     for r in disk_files {
         let p = bundle.join(&r);
-        let mode = fs::metadata(&p).at(&p, "cannot stat")?.permissions().mode() & 0o7777;
-        if !with_modes.iter().any(|(q, _): &(PathBuf, u32)| *q == r) {
-            with_modes.push((r, mode));
+        let meta = fs::symlink_metadata(&p).at(&p, "cannot stat")?;
+        // leafd records lineage on the base's disk files themselves: they must be files here.
+        if !meta.is_file() {
+            return Err(Error::refused(&p, "a disk file of the VM is a symbolic link or not a regular file")
+                .fix("replace the link with the file it points to"));
         }
+        if !with_modes.iter().any(|d| d.path == r) {
+            let locked = platform::is_locked(&p).at(&p, "cannot stat")?;
+            with_modes.push(DiskFile { path: r, mode: meta.permissions().mode() & 0o7777, locked });
+        }
+    }
+    let renamed_vmx =
+        bundle.join(format!("{}{BASE_VMX_SUFFIX}", vmx_path.file_name().unwrap_or_default().to_string_lossy()));
+    if renamed_vmx.symlink_metadata().is_ok() {
+        return Err(Error::refused(&renamed_vmx, "is in the way: leafd keeps the base's .vmx under this name")
+            .fix("move that file out of the VM bundle, then drop the VM again"));
     }
     Ok(Inspected {
         bundle: bundle.to_path_buf(),
@@ -605,6 +625,12 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
     let vmx_to = staging.join(&plan.record.vmx);
     fsutil::rename_new(&vmx_from, &vmx_to)?;
     step("vmx-renamed");
+    // Lineage goes on the disk files themselves, which may have come read-only (the manual
+    // procedure says `chmod a-w`): writing an extended attribute needs write permission.
+    for d in &plan.disk_files {
+        let p = staging.join(&d.path);
+        platform::unprotect(&p, d.mode | 0o200).at(&p, "cannot make writable to record lineage")?;
+    }
     let (record, flattened_extents) = complete_record(plan, staging)?;
     for e in found.disks.iter().flat_map(|(_, extents)| extents).chain(&flattened_extents) {
         lineage::write(&staging.join(&e.file), lineage::EXTENT, &ExtentRecord { base: plan.id.clone(), ..e.clone() })?;
@@ -612,7 +638,7 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
     lineage::write(staging, lineage::BASE, &record)?;
     platform::set_tag(staging, Tag::Base, true).at(staging, "cannot tag the base")?;
     step("lineage-written");
-    for rel in plan.disk_files.iter().map(|(rel, _)| rel).chain(plan.flatten.iter().flat_map(|f| &f.files)) {
+    for rel in plan.disk_files.iter().map(|d| &d.path).chain(plan.flatten.iter().flat_map(|f| &f.files)) {
         let p = staging.join(rel);
         platform::protect(&p).at(&p, "cannot write-protect")?;
     }
@@ -704,10 +730,17 @@ fn roll_back(plan: &Plan) -> Result<()> {
         // The source was never touched: drop the copy.
         return fsutil::remove_tree(staging);
     }
-    for (rel, mode) in &plan.disk_files {
-        let p = staging.join(rel);
+    // Only the disk files got records; each is made writable to remove them, then gets its
+    // protection back exactly as it was.
+    for d in &plan.disk_files {
+        let p = staging.join(&d.path);
         if p.symlink_metadata().is_ok() {
-            platform::unprotect(&p, *mode).at(&p, "cannot restore permissions")?;
+            platform::unprotect(&p, d.mode | 0o200).at(&p, "cannot make writable")?;
+            lineage::remove(&p, lineage::EXTENT)?;
+            platform::unprotect(&p, d.mode).at(&p, "cannot restore permissions")?;
+            if d.locked {
+                platform::set_locked(&p, true).at(&p, "cannot restore the Locked flag")?;
+            }
         }
     }
     // Flattened disks are leafd's own: they go.
@@ -717,13 +750,10 @@ fn roll_back(plan: &Plan) -> Result<()> {
             fs::remove_file(&p).at(&p, "cannot remove")?;
         }
     }
-    for p in fsutil::walk(staging)? {
-        lineage::remove(&p, lineage::EXTENT)?;
-    }
     lineage::remove(staging, lineage::BASE)?;
     platform::set_tag(staging, Tag::Base, false).at(staging, "cannot remove the Base tag")?;
     let renamed = staging.join(&plan.record.vmx);
-    if renamed.symlink_metadata().is_ok() {
+    if renamed.symlink_metadata().is_ok() && staging.join(&plan.vmx).symlink_metadata().is_err() {
         fsutil::rename_new(&renamed, &staging.join(&plan.vmx))?;
     }
     if let Some(parent) = plan.source.parent() {

@@ -18,8 +18,8 @@ mod linux;
 use linux as os;
 
 pub use os::{
-    HAS_TRASH, SERVICE_KIND, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, notify_user, rename_noreplace, set_locked,
-    trash, vmrun_candidates,
+    HAS_TRASH, SERVICE_KIND, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, notify_user, rename_noreplace,
+    set_locked, trash, vmrun_candidates,
 };
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).

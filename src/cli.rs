@@ -124,8 +124,7 @@ fn options(config: &Config, snapshot: Option<SnapshotBackend>) -> Options {
 fn open_for_change(root: &Path, opts: &Options) -> Result<Library> {
     let lib = Library::open(root)?;
     for r in journal::recover(&lib, opts)? {
-        tracing::info!("{}", r.message);
-        eprintln!("leafd: {}", r.message);
+        r.report(true);
     }
     Ok(lib)
 }
@@ -274,7 +273,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let _log = start_log(false);
             let opts = options(&config, None);
             let lib = open_for_change(&root, &opts)?;
-            println!("{} interrupted operation(s) left", journal::pending(&lib));
+            let left = journal::pending(&lib);
+            println!("{left} interrupted operation(s) left");
+            if left > 0 {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Log { follow, lines } => {
             logging::show(&platform::log_dir(), lines, follow, &mut std::io::stdout())?;

@@ -436,6 +436,11 @@ fn a_leaf_dropped_into_make_base_becomes_a_base_of_its_state() {
         same_as(reference, &flat);
     }
     assert!(xattr::get(&base, "user.org.leafd.leaf").unwrap().is_none());
+    // Its lineage can be rebuilt too, though its .vmx still names the old chain.
+    strip_leafd_xattrs(&base);
+    let (code, out) = verify(&lib, &[]);
+    assert!(code == 0 && out.contains("base lineage was missing"), "{out}");
+    assert!(record(&base, "base")["disks"][0]["descriptor"].as_str().unwrap().ends_with("-000001-base.vmdk"));
     assert_eq!(
         fs::read_dir(lib.base_dir("Ubuntu").join(".leaves")).unwrap().count(),
         0,
@@ -484,6 +489,46 @@ fn remove_base_survives_a_kill_at_every_step() {
             .unwrap();
         assert!(killed(&o), "{step}: {}", text(&o));
         lib.ok(&["recover"]);
+        if step == "journaled" {
+            // Killed before the base left the library: it stays, whole.
+            let (code, out) = verify(&lib, &[]);
+            assert_eq!(code, 0, "{step}: {out}");
+            lib.ok(&["remove-base", "Ubuntu", "--yes"]);
+        }
         assert!(fs::read_dir(lib.root.join("Bases")).unwrap().next().is_none(), "{step}: removal not finished");
     }
+}
+
+#[test]
+fn promote_refuses_a_leaf_with_snapshots_of_its_own() {
+    let (lib, _) = setup(&["Web"]);
+    // As VMware would after a snapshot: the disk on a newer delta over the leaf's.
+    let vmx = lib.leaf_dir("Web").join("Web.vmx");
+    let edited =
+        fs::read_to_string(&vmx).unwrap().replace("\"Virtual Disk-000001.vmdk\"", "\"Virtual Disk-000002.vmdk\"");
+    fs::write(&vmx, edited).unwrap();
+    let before = fingerprint_tree(&lib.leaf_dir("Web"));
+    let o = lib.run(&["promote", "Web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("snapshots of its own") && text(&o).contains("Web.vmx"), "{}", text(&o));
+    assert_eq!(fingerprint_tree(&lib.leaf_dir("Web")), before);
+}
+
+#[test]
+fn a_damaged_journal_does_not_stop_leafd() {
+    let (lib, _) = setup(&[]);
+    fs::write(lib.root.join(".leafd/journal/0000-damaged.json"), b"{ not json").unwrap();
+    let o = lib.run(&["new-leaf", "Ubuntu", "Web"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("could not finish or undo interrupted operation 0000-damaged")
+            && text(&o).contains("journal is damaged"),
+        "{}",
+        text(&o)
+    );
+    let o = lib.run(&["recover"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("1 interrupted operation(s)"), "{out}");
 }

@@ -60,6 +60,10 @@ impl Runner {
         Runner { lib, opts, tx, busy: HashSet::new(), queue: VecDeque::new(), threads: Vec::new() }
     }
 
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
     pub fn submit(&mut self, job: Job) {
         self.queue.push_back(job);
         self.start_what_can();

@@ -89,7 +89,7 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
     }
     tracing::info!("agent watching {} (settle {:.1} s)", lib.root().display(), settings.settle.as_secs_f64());
     for r in journal::recover(&lib, &settings.opts)? {
-        tracing::info!("{}", r.message);
+        r.report(false);
     }
     let cancel = settings.opts.cancel.clone();
     let mut agent = Agent {
@@ -137,6 +137,16 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         }
         let now = Instant::now();
         if now >= next_rescan {
+            // A CLI command killed meanwhile left its journal: finish or undo it now, not at the
+            // next start.
+            match journal::recover(&agent.lib, agent.runner.options()) {
+                Ok(done) => {
+                    for r in &done {
+                        r.report(false);
+                    }
+                }
+                Err(e) => tracing::warn!("{}", e.summary()),
+            }
             agent.scan(now);
             next_rescan = now + RESCAN;
         }

@@ -317,10 +317,6 @@ impl Descriptor {
         self.lines.insert(at, line);
     }
 
-    pub fn remove_header(&mut self, key: &str) {
-        self.lines.retain(|l| !matches!(&l.kind, Kind::Header { key: k } if k.eq_ignore_ascii_case(key)));
-    }
-
     fn cid_field(&self, key: &str) -> Result<u32, String> {
         let v = self.header(key).ok_or_else(|| format!("has no {key}"))?;
         parse_hex32(v).ok_or_else(|| format!("{key}={v} is not 8 hex digits"))
@@ -340,10 +336,6 @@ impl Descriptor {
 
     pub fn set_cid(&mut self, cid: u32) {
         self.set_header("CID", &format!("{cid:08x}"), false);
-    }
-
-    pub fn set_parent_cid(&mut self, cid: u32) {
-        self.set_header("parentCID", &format!("{cid:08x}"), false);
     }
 
     pub fn create_type(&self) -> &str {

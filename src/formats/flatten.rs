@@ -56,12 +56,30 @@ pub fn flatten(src: &Disk, dst: &Path, split: Option<Vec<u64>>, cancel: &Cancel)
 fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool, cancel: &Cancel) -> Result<()> {
     let file = OpenOptions::new().read(true).write(true).open(path).at(path, "cannot open new extent")?;
     let layout = Layout::new(sectors, embedded);
-    let mut table = vec![0u32; (layout.ngt * GTES_PER_GT as u64) as usize];
+    // One grain table in memory at a time: each is written (both copies) once its grains are.
+    let per_table = GTES_PER_GT as u64;
+    let mut table = vec![0u32; per_table as usize];
+    let mut table_index = 0u64;
+    let write_table = |index: u64, table: &[u32]| -> Result<()> {
+        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
+        for dir in [layout.rgd_offset, layout.gd_offset] {
+            let at = (dir + layout.gd_sectors + index * per_table * 4 / SECTOR) * SECTOR;
+            file.write_all_at(&bytes, at).at(path, "cannot write grain tables")?;
+        }
+        Ok(())
+    };
     let mut next = layout.overhead;
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH * GRAIN as usize);
     let mut batch_at = next;
     let mut grain = vec![0u8; GRAIN as usize];
     for g in 0..sectors.div_ceil(GRAIN_SECTORS) {
+        if g / per_table != table_index {
+            if table.iter().any(|&e| e != 0) {
+                write_table(table_index, &table)?;
+                table.fill(0);
+            }
+            table_index = g / per_table;
+        }
         let offset = (start + g * GRAIN_SECTORS) * SECTOR;
         let len = ((sectors - g * GRAIN_SECTORS) * SECTOR).min(GRAIN);
         if !src.has_data(offset, len)? {
@@ -77,7 +95,7 @@ fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool
         }
         let sector =
             u32::try_from(next).map_err(|_| Error::format(path, "extent too large for 32-bit grain offsets"))?;
-        table[g as usize] = sector;
+        table[(g % per_table) as usize] = sector;
         batch.extend_from_slice(&grain);
         next += GRAIN_SECTORS;
         if batch.len() >= BATCH * GRAIN as usize {
@@ -87,10 +105,8 @@ fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool
         }
     }
     file.write_all_at(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
-    // The grain tables follow each directory, contiguous: write both copies whole.
-    let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-    for dir in [layout.rgd_offset, layout.gd_offset] {
-        file.write_all_at(&bytes, (dir + layout.gd_sectors) * SECTOR).at(path, "cannot write grain tables")?;
+    if table.iter().any(|&e| e != 0) {
+        write_table(table_index, &table)?;
     }
     crate::platform::full_sync(&file).at(path, "cannot flush new extent")
 }

@@ -31,6 +31,8 @@ const FLAG_MARKERS: u32 = 1 << 17;
 pub const MAX_CAPACITY_SECTORS: u64 = 1 << 40; // 512 TiB
 const MAX_GRAIN_SECTORS: u64 = 1 << 16;
 const MAX_GTES_PER_GT: u32 = 1 << 16;
+/// A 512 TiB disk in VMware's layout has a 64 MiB directory.
+const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
 
 /// The 512-byte sparse extent header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +171,14 @@ impl Header {
         }
         let file_sectors = file_len / SECTOR;
         let gd_bytes = h.num_gts() * 4;
+        // Real directories are a few hundred KiB; a sparse file can claim any length, so the
+        // size read into memory is bounded here rather than by the file.
+        if gd_bytes > MAX_DIRECTORY_BYTES {
+            return Err(format!("grain directory of {gd_bytes} bytes is larger than any disk VMware makes"));
+        }
+        if h.descriptor_size.saturating_mul(SECTOR) > crate::formats::descriptor::MAX_DESCRIPTOR_BYTES {
+            return Err(format!("embedded descriptor of {} sectors is larger than any descriptor", h.descriptor_size));
+        }
         for (name, off) in [("grain directory", h.gd_offset), ("redundant grain directory", h.rgd_offset)] {
             if name.starts_with("redundant") && h.flags & FLAG_REDUNDANT_GT == 0 {
                 continue;

@@ -69,7 +69,34 @@ fn remove(path: &Path) -> Result<()> {
 #[derive(Debug)]
 pub struct Recovered {
     pub id: String,
-    pub message: String,
+    /// What was done; or why it could not be, in which case the journal is kept for next time.
+    pub result: Result<String, Error>,
+}
+
+impl Recovered {
+    /// Logs the outcome (and echoes it on stderr when `echo`); true when it went through.
+    pub fn report(&self, echo: bool) -> bool {
+        match &self.result {
+            Ok(m) => {
+                tracing::info!("{m}");
+                if echo {
+                    eprintln!("leafd: {m}");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "could not finish or undo interrupted operation {} (its journal is kept): {}",
+                    self.id,
+                    e.summary()
+                );
+                if echo {
+                    eprintln!("leafd: could not finish or undo interrupted operation {}: {e}", self.id);
+                }
+                false
+            }
+        }
+    }
 }
 
 /// Finishes or undoes every operation whose process is gone. Operations still running in
@@ -106,27 +133,33 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
         else {
             continue;
         };
-        let bytes = fs::read(&path).at(&path, "cannot read journal")?;
-        let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::format(&path, format!("journal is damaged: {e}"))
-                .fix("look at the paths it names, put things right by hand, then delete it")
-        })?;
-        let message = match &plan {
-            Plan::MakeBase(p) => make_base::recover(lib, p, opts)?,
-            Plan::NewLeaf(p) => new_leaf::recover(lib, p)?,
-            Plan::Promote(p) => promote::recover(p)?,
-            Plan::RemoveBase(p) => remove_base::recover(p, opts)?,
-        };
-        remove(&path)?;
+        // One operation that cannot be finished must not stop the others, nor leafd.
+        let result = finish_or_undo(lib, &path, opts).and_then(|message| remove(&path).map(|()| message));
         drop(file);
-        out.push(Recovered { id, message });
+        out.push(Recovered { id, result });
     }
     Ok(out)
 }
 
-/// True when some operation's journal is waiting for recovery or running.
+fn finish_or_undo(lib: &Library, path: &Path, opts: &Options) -> Result<String> {
+    let bytes = fs::read(path).at(path, "cannot read journal")?;
+    let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::format(path, format!("journal is damaged: {e}"))
+            .fix("look at the paths it names, put things right by hand, then delete it")
+    })?;
+    match &plan {
+        Plan::MakeBase(p) => make_base::recover(lib, p, opts),
+        Plan::NewLeaf(p) => new_leaf::recover(lib, p),
+        Plan::Promote(p) => promote::recover(lib, p),
+        Plan::RemoveBase(p) => remove_base::recover(lib, p, opts),
+    }
+}
+
+/// Operations interrupted and not yet finished or undone (those still running do not count).
 pub fn pending(lib: &Library) -> usize {
-    fs::read_dir(lib.journal_dir())
-        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
-        .unwrap_or(0)
+    let Ok(rd) = fs::read_dir(lib.journal_dir()) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter(|e| File::open(e.path()).is_ok_and(|f| f.try_lock().is_ok()))
+        .count()
 }

@@ -181,11 +181,6 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-fn running(path: &Path, what: &str) -> Error {
-    Error::refused(path, format!("the VM is running ({what})"))
-        .fix("shut the VM down in VMware and quit VMware; leafd retries by itself when the lock goes away")
-}
-
 /// Adds the advice for a VM whose files do not read as they should.
 fn damaged(e: Error) -> Error {
     if e.fix.is_some() || !matches!(e.kind, Kind::Format | Kind::Io) {
@@ -234,17 +229,7 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
                 .fix("replace the link with the file it points to"));
             }
         }
-        if name.ends_with(".lck") {
-            return Err(running(p, "VMware's lock is present"));
-        }
-        if name.ends_with(".vmem") {
-            return Err(running(p, "its memory file is present"));
-        }
-        if name.ends_with(".vmss") || name.ends_with(".vmem.vmss") {
-            return Err(
-                Error::refused(p, "the VM is suspended").fix("resume it in VMware, shut it down, and drop it again")
-            );
-        }
+        super::refuse_if_in_use(p)?;
         if name.ends_with(".vmx") && p.parent() == Some(bundle) && m.is_file() {
             vmxs.push(p.clone());
         }
@@ -263,10 +248,7 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     };
     let bytes = read_small(&vmx_path)?;
     let dict = Dict::parse(&bytes).map_err(|m| damaged(Error::format(&vmx_path, m)))?;
-    if dict.get("checkpoint.vmState").is_some_and(|v| !v.is_empty()) {
-        return Err(Error::refused(&vmx_path, "the VM is suspended")
-            .fix("resume it in VMware, shut it down, and drop it again"));
-    }
+    super::refuse_if_suspended(&vmx_path, &dict)?;
     if dict.get("encryption.keySafe").is_some() || dict.get("encryption.data").is_some() {
         return Err(
             Error::refused(&vmx_path, "the VM is encrypted").fix("remove the encryption in VMware's settings first")
@@ -376,11 +358,16 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     })
 }
 
+/// The disk a snapshot chain whose top is `top` becomes in a base: `<top>-base.vmdk` beside it.
+pub fn flattened_name(top: &Path) -> PathBuf {
+    let name = top.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
+    top.with_file_name(format!("{}-base.vmdk", name.strip_suffix(".vmdk").unwrap_or(name)))
+}
+
 /// Plans the new disk a snapshot chain becomes: `<top>-base.vmdk`, split like the top.
 fn plan_flatten(bundle: &Path, top: &Path, node: &str, chain: &Disk, index: usize) -> Result<(DiskRecord, Flatten)> {
-    let name = top.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
-    let stem = format!("{}-base", name.strip_suffix(".vmdk").unwrap_or(name));
-    let target = top.with_file_name(format!("{stem}.vmdk"));
+    let target = flattened_name(top);
+    let stem = target.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let split = chain.disk_type.is_split().then(|| chain.extent_sectors());
     let disk_type = if split.is_some() { DiskType::SplitSparse } else { DiskType::MonolithicSparse };
     let count = split.as_ref().map_or(1, Vec::len);
@@ -659,12 +646,13 @@ fn finish(lib: &Library, plan: &Plan, opts: &Options) -> Vec<String> {
     step("drop-folder-created");
     if let Some((old_base, leaf_id)) = &plan.from_leaf {
         // The leaf is now a base: it is no leaf of its old base any more.
-        let marker = old_base.join(lineage::LEAVES_DIR).join(leaf_id);
         let unlinked = lineage::remove(&plan.target, lineage::LEAF)
             .and_then(|()| platform::set_tag(&plan.target, Tag::LinkedClone, false).at(&plan.target, "cannot untag"))
-            .and_then(
-                |()| if marker.exists() { fs::remove_file(&marker).at(&marker, "cannot remove") } else { Ok(()) },
-            );
+            .and_then(|()| {
+                let old = lineage::read::<BaseRecord>(old_base, lineage::BASE)?;
+                let _lock = old.map(|r| lib.lock_base(&r.id)).transpose()?;
+                super::unlink_leaf(old_base, leaf_id)
+            });
         if let Err(e) = unlinked {
             warnings.push(format!("the old leaf's lineage was not fully removed: {e}"));
         }
@@ -799,7 +787,7 @@ pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Resu
         let disk = Disk::open_alone(&base.dir.join(&d.descriptor))?;
         prints.push(fsutil::fingerprint(&disk.extent_files(), &opts.cancel)?);
     }
-    let _lock = lib.lock(&format!("base-{}", current.id))?;
+    let _lock = lib.lock_base(&current.id)?;
     let mut record = lineage::read::<BaseRecord>(&base.dir, lineage::BASE)?.unwrap_or(current);
     for (d, fp) in record.disks.iter_mut().zip(prints) {
         d.fingerprint.get_or_insert(fp);

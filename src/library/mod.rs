@@ -262,6 +262,11 @@ impl Library {
         Ok(f)
     }
 
+    /// Takes the lock that serializes changes to base `id`: its records and its list of leaves.
+    pub fn lock_base(&self, id: &str) -> Result<File> {
+        self.lock(&format!("base-{id}"))
+    }
+
     /// Takes the lock named `name` if free; `Busy` when another process holds it.
     pub fn try_lock(&self, name: &str) -> Result<File> {
         let path = self.locks_dir().join(format!("{name}.lock"));
@@ -296,6 +301,9 @@ impl Base {
         };
         for e in rd {
             let p = e.at(&dir, "cannot list leaves")?.path();
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue; // a marker being written
+            }
             if let Some(r) = lineage::read::<LeafRef>(&p, lineage::LEAF_REF)? {
                 out.push(r);
             }
@@ -303,14 +311,58 @@ impl Base {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
 
-    /// Name of the lock that serializes changes to this base's records.
-    pub fn lock_name(&self) -> String {
-        format!("base-{}", self.record.id)
+/// Refuses a VM file that shows the VM is running (VMware's `.lck` locks, the `.vmem` memory
+/// file) or suspended (`.vmss`): its disks may change under leafd.
+pub fn refuse_if_in_use(path: &Path) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let running = |what: &str| {
+        Err(Error::refused(path, format!("the VM is running ({what})"))
+            .fix("shut the VM down in VMware and quit VMware; leafd retries by itself when the lock goes away"))
+    };
+    if name.ends_with(".lck") {
+        return running("VMware's lock is present");
     }
+    if name.ends_with(".vmem") {
+        return running("its memory file is present");
+    }
+    if name.ends_with(".vmss") {
+        return Err(Error::refused(path, "the VM is suspended").fix("resume it in VMware, shut it down, and try again"));
+    }
+    Ok(())
+}
 
-    /// Rewrites the base record (callers hold the base's lock).
-    pub fn save(&self) -> Result<()> {
-        lineage::write(&self.dir, lineage::BASE, &self.record)
+/// Refuses a VM whose `.vmx` says it is suspended.
+pub fn refuse_if_suspended(vmx_path: &Path, vmx: &crate::formats::dict::Dict) -> Result<()> {
+    if vmx.get("checkpoint.vmState").is_some_and(|v| !v.is_empty()) {
+        return Err(
+            Error::refused(vmx_path, "the VM is suspended").fix("resume it in VMware, shut it down, and try again")
+        );
+    }
+    Ok(())
+}
+
+/// Records `leaf` in the list of the base in `base_dir` (the caller holds the base's lock). The
+/// marker appears whole: written under a hidden name with its record, then renamed.
+pub fn link_leaf(base_dir: &Path, leaf: &LeafRef) -> Result<()> {
+    let dir = base_dir.join(lineage::LEAVES_DIR);
+    fs::create_dir_all(&dir).at(&dir, "cannot create the base's leaf list")?;
+    let marker = dir.join(&leaf.id);
+    let tmp = dir.join(format!(".tmp-{}", leaf.id));
+    fs::write(&tmp, b"").at(&tmp, "cannot record the leaf on its base")?;
+    lineage::write(&tmp, lineage::LEAF_REF, leaf)?;
+    fs::rename(&tmp, &marker).at(&marker, "cannot record the leaf on its base")?;
+    crate::platform::sync_dir(&dir).at(&dir, "cannot flush folder")
+}
+
+/// Removes leaf `id` from the list of the base in `base_dir` (the caller holds the base's lock).
+pub fn unlink_leaf(base_dir: &Path, id: &str) -> Result<()> {
+    let marker = base_dir.join(lineage::LEAVES_DIR).join(id);
+    match fs::remove_file(&marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(&marker, "cannot update the base's leaf list", e))
+        }
+        _ => Ok(()),
     }
 }

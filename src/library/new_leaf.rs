@@ -103,6 +103,11 @@ pub fn new_leaf(
     let asked_in = lib.new_leaf_dir().join(base_name);
     validate_name(name, "leaf", request.unwrap_or(&asked_in))?;
     let base = lib.base(base_name)?;
+    // Held until the leaf is on the base's list: a base being removed cannot gain a leaf.
+    let _lock = lib.lock_base(&base.record.id)?;
+    if lineage::read::<lineage::BaseRecord>(&base.dir, lineage::BASE)?.is_none_or(|r| r.id != base.record.id) {
+        return Err(Error::new(Kind::Busy, base.dir.clone(), "the base changed while waiting for it (removed?)"));
+    }
     if target.symlink_metadata().is_ok() {
         return Err(
             Error::refused(&target, "a VM with this name already exists").fix("choose another name for the new leaf")
@@ -379,17 +384,7 @@ fn run_vmrun(vmrun: &Path, vmx: &Path) -> Result<()> {
 /// After the publish: link the leaf from its base and remove the request folder. Idempotent.
 fn finish(lib: &Library, plan: &Plan) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
-    let leaves = plan.base_dir.join(lineage::LEAVES_DIR);
-    let marker = leaves.join(&plan.id);
-    {
-        let _lock = lib.lock(&format!("base-{}", plan.base_id))?;
-        fs::create_dir_all(&leaves).at(&leaves, "cannot create the base's leaf list")?;
-        if marker.symlink_metadata().is_err() {
-            fs::write(&marker, b"").at(&marker, "cannot record the leaf on its base")?;
-        }
-        lineage::write(&marker, lineage::LEAF_REF, &plan.leaf_ref)?;
-        platform::sync_dir(&leaves).at(&leaves, "cannot flush folder")?;
-    }
+    super::link_leaf(&plan.base_dir, &plan.leaf_ref)?;
     step("base-linked");
     if let Some(request) = &plan.request {
         let _ = fs::remove_file(request.join(".DS_Store"));
@@ -406,6 +401,7 @@ fn finish(lib: &Library, plan: &Plan) -> Result<Vec<String>> {
 /// Finishes or undoes a New Leaf that was interrupted.
 pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
     let published = matches!(lineage::read::<LeafRecord>(&plan.target, lineage::LEAF), Ok(Some(r)) if r.id == plan.id);
+    let _lock = lib.lock_base(&plan.base_id)?;
     if published {
         let warnings = finish(lib, plan)?;
         let mut msg = format!("finished the interrupted New Leaf: leaf {:?} is ready", plan.name);
@@ -415,9 +411,6 @@ pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
         return Ok(msg);
     }
     fsutil::remove_tree(&plan.staging)?;
-    let marker = plan.base_dir.join(lineage::LEAVES_DIR).join(&plan.id);
-    if marker.symlink_metadata().is_ok() {
-        fs::remove_file(&marker).at(&marker, "cannot remove")?;
-    }
+    super::unlink_leaf(&plan.base_dir, &plan.id)?;
     Ok(format!("undid the interrupted New Leaf {:?}; nothing of it remains", plan.name))
 }

@@ -40,7 +40,8 @@ pub struct Plan {
     pub staging: PathBuf,
     /// Where the old leaf waits between the two renames, and until it is removed.
     pub aside: PathBuf,
-    pub base_dir: Option<PathBuf>,
+    /// The base's folder and id, to take the leaf off its list.
+    pub base: Option<(PathBuf, String)>,
     pub leaf_id: String,
 }
 
@@ -97,11 +98,33 @@ pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
     let record = leaf.record.clone();
     // A running or suspended VM would keep writing into the delta we are copying.
     for p in fsutil::walk(&leaf.dir)? {
-        let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
-        if n.ends_with(".lck") || n.ends_with(".vmem") || n.ends_with(".vmss") {
-            return Err(Error::refused(&p, "the VM is running or suspended")
-                .fix("shut it down in VMware and quit VMware, then promote it"));
+        super::refuse_if_in_use(&p)?;
+    }
+    // Only the leaf as leafd made it: one snapshot, "Base", each disk on its delta. Snapshots the
+    // user took since would be lost by flattening the delta under them.
+    let vmx_path = leaf.dir.join(format!("{}.vmx", record.name));
+    let vmx = Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
+    super::refuse_if_suspended(&vmx_path, &vmx)?;
+    for d in &record.disks {
+        let now = vmx.get(&format!("{}.fileName", d.node)).unwrap_or_default();
+        if now != d.delta {
+            return Err(Error::refused(
+                &vmx_path,
+                format!(
+                    "disk {} is on {now}, not on the leaf's delta {}: the VM has snapshots of its own",
+                    d.node, d.delta
+                ),
+            )
+            .fix("delete the VM's own snapshots in VMware (keep \"Base\"), then promote it"));
         }
+    }
+    let vmsd_path = leaf.dir.join(format!("{}.vmsd", record.name));
+    if let Ok(bytes) = read_small(&vmsd_path)
+        && let Ok(vmsd) = Dict::parse(&bytes)
+        && vmsd.get("snapshot.numSnapshots").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1) > 1
+    {
+        return Err(Error::refused(&vmsd_path, "the VM has snapshots of its own besides \"Base\"")
+            .fix("delete them in VMware (keep \"Base\"), then promote it"));
     }
     let mut chains = Vec::new();
     let mut needed = 0u64;
@@ -130,7 +153,7 @@ pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
         leaf: leaf.dir.clone(),
         staging: parent.join(format!("{STAGING_PREFIX}{id}")),
         aside: parent.join(format!(".leafd-promoted-{id}")),
-        base_dir: base.as_ref().map(|b| b.dir.clone()),
+        base: base.as_ref().map(|b| (b.dir.clone(), b.record.id.clone())),
         leaf_id: record.id.clone(),
     };
     let journal = Journal::begin(lib, &id, &JournalPlan::Promote(plan.clone()))?;
@@ -145,7 +168,7 @@ pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
     };
     drop(chains);
     swap(&plan)?;
-    finish(&plan)?;
+    finish(lib, &plan)?;
     journal.finish()?;
     Ok(Promoted { name: record.name, base: record.base_name, bytes, elapsed: start.elapsed() })
 }
@@ -235,12 +258,10 @@ fn swap(plan: &Plan) -> Result<()> {
 }
 
 /// After the swap: the base forgets the leaf, and the old chain is removed. Idempotent.
-fn finish(plan: &Plan) -> Result<()> {
-    if let Some(base) = &plan.base_dir {
-        let marker = base.join(lineage::LEAVES_DIR).join(&plan.leaf_id);
-        if marker.exists() {
-            fs::remove_file(&marker).at(&marker, "cannot update the base's leaf list")?;
-        }
+fn finish(lib: &Library, plan: &Plan) -> Result<()> {
+    if let Some((dir, id)) = &plan.base {
+        let _lock = lib.lock_base(id)?;
+        super::unlink_leaf(dir, &plan.leaf_id)?;
     }
     // The promoted bundle was built without leaf lineage; the tag came along with the folder.
     lineage::remove(&plan.leaf, lineage::LEAF)?;
@@ -251,18 +272,24 @@ fn finish(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Finishes or undoes an interrupted Promote: once the leaf was set aside, the (complete)
-/// promoted bundle takes its place; before that, the staging is dropped.
-pub fn recover(plan: &Plan) -> Result<String> {
+/// Finishes or undoes an interrupted Promote. Once the leaf was set aside the promoted bundle
+/// (complete by then) takes its place; before that the staging is dropped and the leaf is as it
+/// was.
+pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
     if plan.aside.exists() {
         swap(plan)?;
-        finish(plan)?;
+        finish(lib, plan)?;
         return Ok(format!("finished the interrupted promotion of {}", plan.leaf.display()));
     }
-    if plan.leaf.exists() && lineage::read::<LeafRecord>(&plan.leaf, lineage::LEAF)?.is_some() {
+    if plan.staging.exists() {
         fsutil::remove_tree(&plan.staging)?;
         return Ok(format!("undid the interrupted promotion of {}; the leaf is as it was", plan.leaf.display()));
     }
-    finish(plan)?;
-    Ok(format!("finished the interrupted promotion of {}", plan.leaf.display()))
+    // No staging and nothing aside: never started, or swapped and cleaned up already.
+    let promoted = plan.leaf.exists() && lineage::read::<LeafRecord>(&plan.leaf, lineage::LEAF)?.is_none();
+    if promoted {
+        finish(lib, plan)?;
+        return Ok(format!("finished the interrupted promotion of {}", plan.leaf.display()));
+    }
+    Ok(format!("the interrupted promotion of {} had not started; the leaf is as it was", plan.leaf.display()))
 }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use super::make_base::read_small;
-use super::verify::link_to_base;
+use super::verify::{extent_keys, link_to_base};
 use super::{Base, Leaf, Library, Options};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::formats::clone::{PathStyle, repoint};
 use crate::formats::descriptor::Descriptor;
 use crate::formats::dict::Dict;
@@ -101,7 +101,7 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
         .collect::<Result<_>>()?;
     let descriptors: Vec<Descriptor> = copies.iter().map(|(_, d)| d.clone()).collect();
     let base = find_base(lib, &leaf, &descriptors)?;
-    let _lock = lib.lock(&base.lock_name())?;
+    let _lock = lib.lock_base(&base.record.id)?;
     // Both under the library's root: relative, so the library can move as a whole.
     let style = if leaf.dir.starts_with(lib.root()) { opts.path_style } else { PathStyle::Absolute };
     let mut plans = Vec::new();
@@ -129,7 +129,9 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
             )
             .fix("restore the base from a backup; run `leafd verify --deep`"));
         }
-        if Disk::open(&leaf.dir.join(&d.delta)).is_ok_and(|c| c.parent().is_some_and(|p| same_files(p, &base_disk))) {
+        if Disk::open(&leaf.dir.join(&d.delta))
+            .is_ok_and(|c| c.parent().is_some_and(|p| extent_keys(p) == extent_keys(&base_disk)))
+        {
             continue; // already reaches this base
         }
         let from = path.parent().unwrap_or(&leaf.dir);
@@ -152,12 +154,6 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
     Ok(Relinked { leaf: leaf.record.name.clone(), base: base.record.name.clone(), rewritten: plans.len() })
 }
 
-fn same_files(a: &Disk, b: &Disk) -> bool {
-    let canon =
-        |d: &Disk| d.extent_files().iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect::<Vec<_>>();
-    canon(a) == canon(b)
-}
-
 /// The leaf's record, its `.vmsd`'s clone source and the base's list follow the move.
 fn update_records(leaf: &Leaf, base: &Base) -> Result<()> {
     let mut record = leaf.record.clone();
@@ -172,10 +168,6 @@ fn update_records(leaf: &Leaf, base: &Base) -> Result<()> {
             d.set("cloneOf0", &base.vmx_path().to_string_lossy());
             fsutil::write_atomic(&vmsd, &d.to_bytes())?;
         }
-    }
-    let stale = base.leaves_dir().join(&record.id);
-    if stale.exists() {
-        std::fs::remove_file(&stale).at(&stale, "cannot update the base's leaf list")?;
     }
     link_to_base(base, &Leaf { dir: leaf.dir.clone(), record })
 }

@@ -13,6 +13,7 @@ use super::{Library, Options};
 use crate::error::{Error, IoContext, Result};
 use crate::fault;
 use crate::fsutil;
+use crate::lineage::{self, BaseRecord};
 use crate::platform;
 
 pub const OP: &str = "remove-base";
@@ -25,6 +26,8 @@ fn step(name: &str) {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
+    /// The base's id: only that base is ever hidden or removed.
+    pub id: String,
     pub name: String,
     pub dir: PathBuf,
     pub hidden: PathBuf,
@@ -76,6 +79,8 @@ pub fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
 /// Removes base `name`. `confirmed` must be true where removal is final (no Trash).
 pub fn remove_base(lib: &Library, name: &str, confirmed: bool, opts: &Options) -> Result<Removed> {
     let base = lib.base(name)?;
+    // Held from the check to the hide: no New Leaf can start on the base in between.
+    let _lock = lib.lock_base(&base.record.id)?;
     let deps = dependents(lib, name)?;
     if !deps.is_empty() {
         return Err(Error::refused(
@@ -96,6 +101,7 @@ pub fn remove_base(lib: &Library, name: &str, confirmed: bool, opts: &Options) -
     let bytes = fsutil::walk(&base.dir)?.iter().map(|p| fsutil::allocated(p)).sum();
     let id = base.record.id.clone();
     let plan = Plan {
+        id: id.clone(),
         name: base.record.name.clone(),
         dir: base.dir.clone(),
         hidden: lib.bases_dir().join(format!(".leafd-removing-{id}")),
@@ -103,43 +109,52 @@ pub fn remove_base(lib: &Library, name: &str, confirmed: bool, opts: &Options) -
     };
     let journal = Journal::begin(lib, &format!("remove-{id}"), &JournalPlan::RemoveBase(plan.clone()))?;
     step("journaled");
+    fsutil::rename_new(&plan.dir, &plan.hidden)?;
+    step("hidden");
     let trashed_to = finish(&plan, opts)?;
     journal.finish()?;
     Ok(Removed { name: plan.name, bytes, trashed_to })
 }
 
-/// Hides, unlocks and removes the base. Idempotent, so recovery runs it again.
+/// Unlocks and removes the hidden base. Idempotent, so recovery runs it again.
 fn finish(plan: &Plan, _opts: &Options) -> Result<Option<PathBuf>> {
-    if plan.dir.exists() && !plan.hidden.exists() {
-        fsutil::rename_new(&plan.dir, &plan.hidden)?;
-    }
-    step("hidden");
-    if !plan.hidden.exists() {
-        return Ok(None); // removed before a crash
-    }
-    for p in fsutil::walk(&plan.hidden)? {
-        if p.is_file() {
-            let mode =
-                fs::metadata(&p).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap_or(0o644);
-            platform::unprotect(&p, mode | 0o200).at(&p, "cannot unlock")?;
+    let mut trashed_to = None;
+    if plan.hidden.exists() {
+        for p in fsutil::walk(&plan.hidden)? {
+            if p.is_file() {
+                let mode = fs::metadata(&p)
+                    .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+                    .unwrap_or(0o644);
+                platform::unprotect(&p, mode | 0o200).at(&p, "cannot unlock")?;
+            }
         }
+        step("unlocked");
+        if platform::HAS_TRASH {
+            trashed_to = Some(platform::trash(&plan.hidden, &plan.name).at(&plan.hidden, "cannot move to the Trash")?);
+        } else {
+            fs::remove_dir_all(&plan.hidden).at(&plan.hidden, "cannot delete")?;
+        }
+        step("removed");
     }
-    step("unlocked");
-    let trashed_to = if platform::HAS_TRASH {
-        Some(platform::trash(&plan.hidden, &plan.name).at(&plan.hidden, "cannot move to the Trash")?)
-    } else {
-        fs::remove_dir_all(&plan.hidden).at(&plan.hidden, "cannot delete")?;
-        None
-    };
-    step("removed");
     // The drop folder goes too, unless someone put something in it.
     let _ = fs::remove_file(plan.drop_folder.join(".DS_Store"));
     let _ = fs::remove_dir(&plan.drop_folder);
     Ok(trashed_to)
 }
 
-/// Finishes an interrupted removal: once it was asked for, it goes through.
-pub fn recover(plan: &Plan, opts: &Options) -> Result<String> {
+/// An interrupted removal: finished once the base was hidden (it was out of the library and
+/// asked for); before that nothing had changed, and the base stays.
+pub fn recover(_lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
+    if !plan.hidden.exists() {
+        let still_there =
+            lineage::read::<BaseRecord>(&plan.dir, lineage::BASE).ok().flatten().is_some_and(|r| r.id == plan.id);
+        return Ok(if still_there {
+            format!("the interrupted removal of base {:?} had not started; the base is untouched", plan.name)
+        } else {
+            finish(plan, opts)?;
+            format!("finished removing base {:?}", plan.name)
+        });
+    }
     finish(plan, opts)?;
     Ok(format!("finished removing base {:?}", plan.name))
 }

@@ -96,7 +96,12 @@ pub fn status(lib: &Library) -> Result<Status> {
             name: base.record.name.clone(),
             id: base.record.id.clone(),
             disks: base.record.disks.len(),
-            capacity_bytes: base.record.disks.iter().map(|d| d.capacity * 512).sum(),
+            capacity_bytes: base
+                .record
+                .disks
+                .iter()
+                .map(|d| d.capacity.saturating_mul(512))
+                .fold(0, u64::saturating_add),
             shared_bytes: shared,
             reclaimable_bytes: if ls.is_empty() { shared } else { 0 },
             leaves: ls,

@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::make_base::read_small;
+use super::make_base::{flattened_name, read_small};
 use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, journal};
 use crate::error::{Error, Result};
+use crate::formats::descriptor::NO_PARENT;
 use crate::formats::dict::Dict;
-use crate::formats::disk::{Disk, resolve};
+use crate::formats::disk::{Disk, read_descriptor, resolve};
 use crate::formats::vmx;
 use crate::fsutil;
 use crate::lineage::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, LeafRef};
@@ -79,7 +80,7 @@ impl Report {
 }
 
 /// Canonical paths of a disk's extent files (for matching a leaf's parent copy to its base).
-fn extent_keys(disk: &Disk) -> Vec<PathBuf> {
+pub fn extent_keys(disk: &Disk) -> Vec<PathBuf> {
     disk.extent_files().iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect()
 }
 
@@ -105,7 +106,7 @@ pub fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Re
     }) {
         report.bases += 1;
         check_base(lib, base, deep, opts, &mut report)?;
-        check_refs(base, &leaves, &mut report)?;
+        check_refs(lib, base, &leaves, &mut report)?;
     }
     for leaf in leaves.iter().filter(|l| wanted(&l.record.name) || wanted(&l.record.base_name)) {
         report.leaves += 1;
@@ -163,7 +164,12 @@ fn rebuild_base(dir: &Path, leaves: &[Leaf]) -> Result<Base> {
     let mut disks = Vec::new();
     let mut id = None;
     for entry in vmx::disks(&dict) {
-        let path = resolve(dir, &entry.file_name);
+        let mut path = resolve(dir, &entry.file_name);
+        // The .vmx of a base made from a snapshot chain still names the chain (it is kept as it
+        // was); the base's disk is the flattened one beside it.
+        if read_descriptor(&path).is_ok_and(|(d, _)| d.parent_cid().is_ok_and(|p| p != NO_PARENT)) {
+            path = flattened_name(&path);
+        }
         let disk = Disk::open(&path)?;
         let keys = extent_keys(&disk);
         // A leaf whose parent copy reaches these very extents names the base's id.
@@ -306,18 +312,22 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
         }
     }
     if changed {
-        let _lock = lib.lock(&base.lock_name())?;
+        let _lock = lib.lock_base(&base.record.id)?;
         lineage::write(&base.dir, lineage::BASE, &record)?;
     }
     Ok(())
 }
 
 /// Every leaf the base lists must exist; leaves of the base it does not list are added.
-fn check_refs(base: &Base, leaves: &[Leaf], report: &mut Report) -> Result<()> {
+fn check_refs(lib: &Library, base: &Base, leaves: &[Leaf], report: &mut Report) -> Result<()> {
+    let _lock = lib.lock_base(&base.record.id)?;
     // Markers whose record was lost (copied without extended attributes) say nothing: the leaves
     // found in the library are listed again below.
     for e in fs::read_dir(base.leaves_dir()).into_iter().flatten().filter_map(|e| e.ok()) {
         let marker = e.path();
+        if marker.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue;
+        }
         if !matches!(lineage::read::<LeafRef>(&marker, lineage::LEAF_REF), Ok(Some(_))) {
             fs::remove_file(&marker).map_err(|e| Error::io(&marker, "cannot remove", e))?;
             report.repaired(&marker, "removed a leaf marker that had lost its record");
@@ -347,21 +357,15 @@ fn check_refs(base: &Base, leaves: &[Leaf], report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Records `leaf` in its base's list.
+/// Records `leaf` in its base's list (the caller holds the base's lock).
 pub fn link_to_base(base: &Base, leaf: &Leaf) -> Result<()> {
-    let dir = base.leaves_dir();
-    fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "cannot create the base's leaf list", e))?;
-    let marker = dir.join(&leaf.record.id);
-    if !marker.exists() {
-        fs::write(&marker, b"").map_err(|e| Error::io(&marker, "cannot record the leaf on its base", e))?;
-    }
     let r = LeafRef {
         id: leaf.record.id.clone(),
         name: leaf.record.name.clone(),
         path: leaf.dir.to_string_lossy().into(),
         created: leaf.record.created.clone(),
     };
-    lineage::write(&marker, lineage::LEAF_REF, &r)
+    super::link_leaf(&base.dir, &r)
 }
 
 fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {

@@ -129,6 +129,22 @@ fn open_for_change(root: &Path, opts: &Options) -> Result<Library> {
     Ok(lib)
 }
 
+/// Runs an operation that changes the library: the log open, interrupted operations finished
+/// or undone first, and the outcome (a line, and warnings) logged and printed.
+fn change(
+    root: &Path,
+    opts: Options,
+    op: impl FnOnce(&Library, &Options) -> Result<(String, Vec<String>)>,
+) -> Result<()> {
+    let _log = start_log(false);
+    let lib = open_for_change(root, &opts)?;
+    let (line, warnings) = op(&lib, &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
+    tracing::info!("{line}");
+    println!("{line}");
+    warn_all(&warnings);
+    Ok(())
+}
+
 /// Asks on the terminal; false when there is none to ask on.
 fn confirm(question: &str) -> bool {
     use std::io::{IsTerminal, Write};
@@ -187,14 +203,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             fingerprinting.finish(&lib, &opts)?;
         }
         Command::NewLeaf { base, name, snapshot } => {
-            let _log = start_log(false);
-            let opts = options(&config, snapshot);
-            let lib = open_for_change(&root, &opts)?;
-            let made = new_leaf::new_leaf(&lib, &base, &name, None, &opts)
-                .inspect_err(|e| tracing::warn!("{}", e.summary()))?;
-            tracing::info!("{made}");
-            println!("{made}");
-            warn_all(&made.warnings);
+            change(&root, options(&config, snapshot), |lib, opts| {
+                new_leaf::new_leaf(lib, &base, &name, None, opts).map(|m| (m.to_string(), m.warnings))
+            })?;
         }
         Command::Status { json } => {
             let s = Library::open_existing(&root).and_then(|lib| status::status(&lib));
@@ -243,30 +254,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Relink { leaf } => {
-            let _log = start_log(false);
-            let opts = options(&config, None);
-            let lib = open_for_change(&root, &opts)?;
-            let done = relink::relink(&lib, &leaf, &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
-            tracing::info!("{done}");
-            println!("{done}");
+            change(&root, options(&config, None), |lib, opts| {
+                relink::relink(lib, &leaf, opts).map(|d| (d.to_string(), Vec::new()))
+            })?;
         }
         Command::Promote { leaf } => {
-            let _log = start_log(false);
-            let opts = options(&config, None);
-            let lib = open_for_change(&root, &opts)?;
-            let done = promote::promote(&lib, &leaf, &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
-            tracing::info!("{done}");
-            println!("{done}");
+            change(&root, options(&config, None), |lib, opts| {
+                promote::promote(lib, &leaf, opts).map(|d| (d.to_string(), Vec::new()))
+            })?;
         }
         Command::RemoveBase { name, yes } => {
-            let _log = start_log(false);
-            let opts = options(&config, None);
-            let lib = open_for_change(&root, &opts)?;
             let confirmed = yes || (!platform::HAS_TRASH && confirm(&format!("Delete base {name:?} for good? [y/N] ")));
-            let done = remove_base::remove_base(&lib, &name, confirmed, &opts)
-                .inspect_err(|e| tracing::warn!("{}", e.summary()))?;
-            tracing::info!("{done}");
-            println!("{done}");
+            change(&root, options(&config, None), |lib, opts| {
+                remove_base::remove_base(lib, &name, confirmed, opts).map(|d| (d.to_string(), Vec::new()))
+            })?;
         }
         Command::Demo { dir } => demo::run(dir.as_deref())?,
         Command::Recover => {

@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::platform;
@@ -18,7 +19,8 @@ const CHUNK: u64 = 64 << 10;
 /// Set when the agent is asked to stop; long loops check it between chunks.
 pub type Cancel = AtomicBool;
 
-fn check(cancel: &Cancel, path: &Path) -> Result<()> {
+/// `Cancelled` once the agent was asked to stop.
+pub fn check(cancel: &Cancel, path: &Path) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
         Err(Error::new(Kind::Cancelled, path.to_path_buf(), "stopped before finishing (leafd is shutting down)"))
     } else {
@@ -46,6 +48,21 @@ pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Every entry under a folder, with each file's size and modification time.
+pub type TreeState = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// What `dir` holds now. Two equal states mean nothing was added, removed or written in between:
+/// a VM that was started meanwhile shows as a new lock folder or a changed disk.
+pub fn tree_state(dir: &Path) -> Result<TreeState> {
+    walk(dir)?
+        .into_iter()
+        .map(|p| {
+            let m = fs::symlink_metadata(&p).at(&p, "cannot stat")?;
+            Ok(if m.is_file() { (p, m.len(), m.modified().ok()) } else { (p, 0, None) })
+        })
+        .collect()
 }
 
 /// Ranges `[start, end)` of `file` that hold data; holes read as zeros and are left out. Where

@@ -150,6 +150,34 @@ fn make_base_survives_a_kill_at_every_step() {
     }
 }
 
+/// Across volumes the source goes only when every file still equals its copy. A VM changed after
+/// it was copied (here: between the publish and the removal, by a kill there) is kept whole.
+#[test]
+fn a_source_changed_after_its_copy_is_kept_whole() {
+    let vm = vm();
+    let lib = Lib::new();
+    let other = OtherVolume::new();
+    let bundle = vm.build(other.path()).unwrap();
+    let before = checksums(&bundle);
+    let o = lib
+        .command(&["make-base", bundle.to_str().unwrap()])
+        .env("LEAFD_FAULT", "make-base:published")
+        .output()
+        .unwrap();
+    assert!(killed(&o), "{}", text(&o));
+    std::fs::write(bundle.join("vmware.log"), b"booted again\n").unwrap();
+    let mut expected = checksums(&bundle);
+    let o = lib.run(&["recover"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("kept the original") && out.contains("vmware.log"), "{out}");
+    assert_eq!(checksums(&bundle), expected, "the changed VM lost files");
+    expected.insert("vmware.log".into(), before[Path::new("vmware.log")].clone());
+    assert_eq!(expected, before);
+    base_is_complete(&lib, &vm, &before);
+    no_leftovers(&lib);
+}
+
 #[test]
 fn new_leaf_survives_a_kill_at_every_step() {
     let vm = vm();

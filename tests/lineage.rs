@@ -414,6 +414,43 @@ fn promote_survives_a_kill_at_every_step() {
     }
 }
 
+/// A kill between the two renames, then something new at the leaf's place (an agent's leaf of
+/// the same name, a restore from backup): recovery must not delete the old leaf nor hide the
+/// promoted one; it waits until the place is free.
+#[test]
+fn promote_recovery_never_deletes_the_leaf_when_its_place_was_taken() {
+    let (lib, vm) = setup(&["Web"]);
+    scribble(&lib, "Web", &vm, 0x74);
+    let refs = snapshot(&lib, "Web", &vm, lib.tmp.path());
+    let o = lib.command(&["promote", "Web"]).env("LEAFD_FAULT", "promote:set-aside").output().unwrap();
+    assert!(killed(&o), "{}", text(&o));
+    let dir = lib.leaf_dir("Web");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("restored.txt"), b"someone else's").unwrap();
+    let o = lib.run(&["recover"]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("move what is at") && text(&o).contains("leafd recover"), "{}", text(&o));
+    assert_eq!(fs::read(dir.join("restored.txt")).unwrap(), b"someone else's");
+    let hidden: Vec<_> = fs::read_dir(&lib.root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".leafd-"))
+        .collect();
+    assert_eq!(hidden.len(), 2, "both the old leaf and the promoted VM are kept: {hidden:?}");
+    let aside = hidden.iter().find(|p| p.to_string_lossy().contains("promoted")).unwrap();
+    for (d, reference) in vm.disks.iter().zip(&refs) {
+        same_as(reference, &aside.join(d.file.replace(".vmdk", "-000001.vmdk")));
+    }
+    // Once the place is free, recovery finishes.
+    fs::rename(&dir, lib.tmp.path().join("restored")).unwrap();
+    lib.ok(&["recover"]);
+    assert!(xattr::get(&dir, "user.org.leafd.leaf").unwrap().is_none());
+    for (d, reference) in vm.disks.iter().zip(&refs) {
+        same_as(reference, &dir.join(&d.file));
+    }
+    assert!(fs::read_dir(&lib.root).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".leafd-")));
+}
+
 #[test]
 fn a_leaf_dropped_into_make_base_becomes_a_base_of_its_state() {
     let (lib, vm) = setup(&["Web"]);

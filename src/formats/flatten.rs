@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::disk::{self, Disk, DiskType, NewDisk};
 use super::sparse::{GRAIN_SECTORS, GTES_PER_GT, Layout, SECTOR};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::Cancel;
+use crate::fsutil::{self, Cancel};
 use crate::sample::{long_content_id, random_cid};
 
 const GRAIN: u64 = GRAIN_SECTORS * SECTOR;
@@ -49,7 +49,36 @@ pub fn flatten(src: &Disk, dst: &Path, split: Option<Vec<u64>>, cancel: &Cancel)
         fill_extent(src, start, sectors, path, disk_type == DiskType::MonolithicSparse, cancel)?;
         start += sectors;
     }
+    check_same(src, &files[0], cancel)?;
     Ok(files)
+}
+
+/// Reads the new disk back and compares it with the chain wherever either holds data: a
+/// flattened disk replaces a leaf's delta, so it is never trusted on the writer's word alone.
+fn check_same(src: &Disk, dst: &Path, cancel: &Cancel) -> Result<()> {
+    let new = Disk::open_alone(dst)?;
+    let size = src.capacity() * SECTOR;
+    let (mut a, mut b) = (vec![0u8; GRAIN as usize], vec![0u8; GRAIN as usize]);
+    let mut offset = 0;
+    while offset < size {
+        let len = (size - offset).min(GRAIN);
+        if src.has_data(offset, len)? || new.has_data(offset, len)? {
+            fsutil::check(cancel, dst)?;
+            let (a, b) = (&mut a[..len as usize], &mut b[..len as usize]);
+            src.read_at(offset, a)?;
+            new.read_at(offset, b)?;
+            if a != b {
+                return Err(Error::new(
+                    crate::error::Kind::Io,
+                    dst.to_path_buf(),
+                    format!("the flattened disk differs from its source at byte {offset}"),
+                )
+                .fix("nothing was replaced; check the volume for errors, and report this to leafd's authors"));
+            }
+        }
+        offset += len;
+    }
+    Ok(())
 }
 
 /// Copies the chain's grains for sectors `[start, start + sectors)` into the empty extent `path`.
@@ -85,9 +114,7 @@ fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool
         if !src.has_data(offset, len)? {
             continue;
         }
-        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::new(crate::error::Kind::Cancelled, path.to_path_buf(), "stopped before finishing"));
-        }
+        fsutil::check(cancel, path)?;
         grain.fill(0);
         src.read_at(offset, &mut grain[..len as usize])?;
         if grain.iter().all(|&b| b == 0) {
@@ -109,4 +136,29 @@ fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool
         write_table(table_index, &table)?;
     }
     crate::platform::full_sync(&file).at(path, "cannot flush new extent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{Pattern, SampleDisk};
+
+    #[test]
+    fn the_read_back_catches_a_flattened_disk_that_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = SampleDisk::new("scsi0:0", "src.vmdk", DiskType::MonolithicSparse, 4 << 20);
+        d.patterns = vec![Pattern { offset: 3 * GRAIN + 100, len: 5000, byte: 0x5a }];
+        let src_path = dir.path().join(&d.file);
+        crate::sample::write_disk(&src_path, &d).unwrap();
+        let src = Disk::open(&src_path).unwrap();
+        let dst = dir.path().join("flat.vmdk");
+        let no = Cancel::new(false);
+        flatten(&src, &dst, None, &no).unwrap();
+        check_same(&src, &dst, &no).unwrap();
+        // One byte of the data grain changed behind the writer's back.
+        let flat = Disk::open_writable(&dst).unwrap();
+        flat.write_at(3 * GRAIN + 200, &[0x00]).unwrap();
+        let e = check_same(&src, &dst, &no).unwrap_err();
+        assert!(e.to_string().contains(&format!("differs from its source at byte {}", 3 * GRAIN)), "{e}");
+    }
 }

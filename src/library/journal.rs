@@ -42,10 +42,14 @@ impl Journal {
         let tmp = dir.join(format!("{id}.json.tmp"));
         // Held while the plan is unlocked on disk (between create and lock), so recovery never
         // claims a plan that is being written.
+        // Paths go in as JSON strings, which must be UTF-8.
+        let json = serde_json::to_vec_pretty(plan).map_err(|e| {
+            Error::format(&path, format!("cannot record the operation: {e}"))
+                .fix("give the VM and its files names that are valid UTF-8")
+        })?;
         let _scan = lib.lock("journal")?;
         let f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp, "cannot create journal")?;
         f.lock().at(&tmp, "cannot lock journal")?;
-        let json = serde_json::to_vec_pretty(plan).expect("plans serialize");
         f.write_all_at(&json, 0).at(&tmp, "cannot write journal")?;
         platform::full_sync(&f).at(&tmp, "cannot flush journal")?;
         fs::rename(&tmp, &path).at(&path, "cannot publish journal")?;

@@ -164,6 +164,22 @@ struct Inspected {
     from_leaf: Option<(PathBuf, String)>,
     disks: Vec<(DiskRecord, Vec<ExtentRecord>)>,
     capacity_bytes: u64,
+    /// The bundle as inspected: a copy or a flatten takes time, and the VM must not have been
+    /// started meanwhile.
+    state: fsutil::TreeState,
+}
+
+impl Inspected {
+    fn refuse_if_changed(&self) -> Result<()> {
+        if fsutil::tree_state(&self.bundle)? != self.state {
+            return Err(Error::refused(
+                &self.bundle,
+                "the VM changed while it was being made a base (was it started?)",
+            )
+            .fix("shut the VM down in VMware, then drop it again"));
+        }
+        Ok(())
+    }
 }
 
 /// `p` with `.` and `..` resolved lexically (no symlinks followed).
@@ -355,6 +371,7 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
         from_leaf,
         disks,
         capacity_bytes,
+        state: fsutil::tree_state(bundle)?,
     })
 }
 
@@ -520,9 +537,14 @@ pub fn make_base(
     let journal = Journal::begin(lib, &id, &JournalPlan::MakeBase(plan.clone()))?;
     step("journaled");
     if let Err(e) = build(lib, &plan, &found, opts) {
-        roll_back(&plan)
-            .map_err(|re| Error::new(re.kind, re.path.clone(), format!("{} (while undoing after: {e})", re.message)))?;
-        journal.finish()?;
+        // Published but not flushed (the folder's flush failed after the rename): the journal
+        // stays, and recovery finishes the base.
+        if !published(&plan) {
+            roll_back(&plan).map_err(|re| {
+                Error::new(re.kind, re.path.clone(), format!("{} (while undoing after: {e})", re.message))
+            })?;
+            journal.finish()?;
+        }
         return Err(e);
     }
     let warnings = finish(lib, &plan, opts);
@@ -597,8 +619,10 @@ fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Resul
             platform::sync_dir(&dir).at(&dir, "cannot flush folder")?;
         }
         platform::sync_dir(&lib.bases_dir()).at(&lib.bases_dir(), "cannot flush folder")?;
+        found.refuse_if_changed()?;
         step("copied");
     } else {
+        found.refuse_if_changed()?;
         fsutil::rename_new(&found.bundle, staging)?;
         step("moved");
     }
@@ -659,11 +683,14 @@ fn finish(lib: &Library, plan: &Plan, opts: &Options) -> Vec<String> {
     }
     if plan.copy {
         match remove_copied_source(plan, opts) {
-            Ok(kept) if kept.is_empty() => {}
-            Ok(kept) => warnings.push(format!(
-                "{}: kept {} file(s) that changed since they were copied",
+            Ok(changed) if changed.is_empty() => {}
+            Ok(changed) => warnings.push(format!(
+                "{}: kept the original, because {} file(s) in it changed since they were copied \
+                 (first {}); the base holds the VM as it was copied; remove the original once you \
+                 no longer need it",
                 plan.source.display(),
-                kept.len()
+                changed.len(),
+                changed[0].display()
             )),
             Err(e) => warnings.push(format!("the original could not be removed: {e}")),
         }
@@ -672,39 +699,49 @@ fn finish(lib: &Library, plan: &Plan, opts: &Options) -> Vec<String> {
     warnings
 }
 
-/// Removes the source bundle of a cross-volume Make Base, file by file, each only if it is
-/// byte-identical to its copy in the base. Returns the files kept because they differ.
+/// Removes the source bundle of a cross-volume Make Base, but only when every file in it is still
+/// byte-identical to its copy in the base: a VM that changed since it was copied (booted, say) is
+/// kept whole, never left half removed. Returns the files that changed; nothing is removed then.
 fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
     if plan.source.symlink_metadata().is_err() {
         return Ok(Vec::new());
     }
-    let mut kept = Vec::new();
-    let mut removed_one = false;
-    for src in fsutil::walk(&plan.source)?.into_iter().rev() {
-        let rel = src.strip_prefix(&plan.source).expect("inside").to_path_buf();
-        let copy = if rel == plan.vmx { plan.target.join(&plan.record.vmx) } else { plan.target.join(&rel) };
-        let m = fs::symlink_metadata(&src).at(&src, "cannot stat")?;
-        if m.is_dir() {
-            let _ = fs::remove_dir(&src); // not empty when a changed file was kept
-            continue;
+    let entries = fsutil::walk(&plan.source)?;
+    let mut changed = Vec::new();
+    for src in &entries {
+        let rel = src.strip_prefix(&plan.source).expect("inside");
+        let copy = if rel == plan.vmx { plan.target.join(&plan.record.vmx) } else { plan.target.join(rel) };
+        let m = fs::symlink_metadata(src).at(src, "cannot stat")?;
+        let same = if m.is_dir() {
+            copy.is_dir()
+        } else if m.is_file() {
+            copy.is_file() && fsutil::same_content(src, &copy, &opts.cancel)?
+        } else {
+            copy.symlink_metadata().is_ok()
+        };
+        if !same {
+            changed.push(src.clone());
         }
-        if m.is_file() && !(copy.is_file() && fsutil::same_content(&src, &copy, &opts.cancel)?) {
-            kept.push(src);
-            continue;
+    }
+    if !changed.is_empty() {
+        return Ok(changed);
+    }
+    // Children before their folders.
+    for (i, src) in entries.iter().rev().enumerate() {
+        if fs::symlink_metadata(src).at(src, "cannot stat")?.is_dir() {
+            fs::remove_dir(src).at(src, "cannot remove the original folder")?;
+        } else {
+            fs::remove_file(src).at(src, "cannot remove the original")?;
         }
-        fs::remove_file(&src).at(&src, "cannot remove the original")?;
-        if !removed_one {
-            removed_one = true;
+        if i == 0 {
             step("source-removing");
         }
     }
-    if kept.is_empty() {
-        fs::remove_dir(&plan.source).at(&plan.source, "cannot remove the original folder")?;
-    }
+    fs::remove_dir(&plan.source).at(&plan.source, "cannot remove the original folder")?;
     if let Some(parent) = plan.source.parent() {
         platform::sync_dir(parent).at(parent, "cannot flush folder")?;
     }
-    Ok(kept)
+    Ok(changed)
 }
 
 /// Undoes an unpublished Make Base. Idempotent: works from whatever state a crash left.
@@ -758,10 +795,14 @@ fn roll_back(plan: &Plan) -> Result<()> {
     fsutil::rename_new(staging, &plan.source)
 }
 
+/// Whether the base is in place (the publish rename happened).
+fn published(plan: &Plan) -> bool {
+    matches!(lineage::read::<BaseRecord>(&plan.target, lineage::BASE), Ok(Some(r)) if r.id == plan.id)
+}
+
 /// Finishes or undoes a Make Base that was interrupted.
 pub fn recover(lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
-    let published = matches!(lineage::read::<BaseRecord>(&plan.target, lineage::BASE), Ok(Some(r)) if r.id == plan.id);
-    if !published {
+    if !published(plan) {
         roll_back(plan)?;
         return Ok(format!("undid the interrupted Make Base of {}; the VM is back as it was", plan.source.display()));
     }
@@ -794,4 +835,32 @@ pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Resu
     }
     step("fingerprinted");
     lineage::write(&base.dir, lineage::BASE, &record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::disk::DiskType;
+    use crate::sample::{SampleDisk, SampleVm};
+    use std::io::Write;
+
+    #[test]
+    fn a_vm_started_after_inspection_is_refused_before_it_is_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::open(&dir.path().join("lib")).unwrap();
+        let vm = SampleVm {
+            name: "Started".into(),
+            disks: vec![SampleDisk::new("scsi0:0", "Disk.vmdk", DiskType::MonolithicSparse, 1 << 20)],
+        };
+        let bundle = vm.build(dir.path()).unwrap();
+        let found = inspect(&lib, &bundle).unwrap();
+        found.refuse_if_changed().unwrap();
+        fs::create_dir(bundle.join("Disk.vmdk.lck")).unwrap();
+        let e = found.refuse_if_changed().unwrap_err();
+        assert!(e.to_string().contains("changed while it was being made a base"), "{e}");
+        fs::remove_dir(bundle.join("Disk.vmdk.lck")).unwrap();
+        found.refuse_if_changed().unwrap();
+        fs::OpenOptions::new().append(true).open(bundle.join("Disk.vmdk")).unwrap().write_all(&[0; 512]).unwrap();
+        assert!(found.refuse_if_changed().is_err(), "a disk that grew is a change");
+    }
 }

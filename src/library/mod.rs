@@ -280,6 +280,16 @@ impl Library {
 }
 
 impl Base {
+    /// Takes this base's lock, then checks that its folder still holds this base: while waiting,
+    /// it may have been removed, and another base may have taken its name.
+    pub fn lock(&self, lib: &Library) -> Result<File> {
+        let lock = lib.lock_base(&self.record.id)?;
+        if lineage::read::<BaseRecord>(&self.dir, lineage::BASE)?.is_none_or(|r| r.id != self.record.id) {
+            return Err(Error::new(Kind::Busy, self.dir.clone(), "the base changed while waiting for it (removed?)"));
+        }
+        Ok(lock)
+    }
+
     pub fn descriptor_path(&self, disk: &DiskRecord) -> PathBuf {
         self.dir.join(&disk.descriptor)
     }

@@ -104,10 +104,7 @@ pub fn new_leaf(
     validate_name(name, "leaf", request.unwrap_or(&asked_in))?;
     let base = lib.base(base_name)?;
     // Held until the leaf is on the base's list: a base being removed cannot gain a leaf.
-    let _lock = lib.lock_base(&base.record.id)?;
-    if lineage::read::<lineage::BaseRecord>(&base.dir, lineage::BASE)?.is_none_or(|r| r.id != base.record.id) {
-        return Err(Error::new(Kind::Busy, base.dir.clone(), "the base changed while waiting for it (removed?)"));
-    }
+    let _lock = base.lock(lib)?;
     if target.symlink_metadata().is_ok() {
         return Err(
             Error::refused(&target, "a VM with this name already exists").fix("choose another name for the new leaf")
@@ -150,8 +147,11 @@ pub fn new_leaf(
     let (record, mut warnings) = match built {
         Ok(r) => r,
         Err(e) => {
-            fsutil::remove_tree(&plan.staging)?;
-            journal.finish()?;
+            // Published but not flushed: the journal stays, and recovery finishes the leaf.
+            if !published(&plan) {
+                fsutil::remove_tree(&plan.staging)?;
+                journal.finish()?;
+            }
             return Err(e);
         }
     };
@@ -398,11 +398,15 @@ fn finish(lib: &Library, plan: &Plan) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
+/// Whether the leaf is in place (the publish rename happened).
+fn published(plan: &Plan) -> bool {
+    matches!(lineage::read::<LeafRecord>(&plan.target, lineage::LEAF), Ok(Some(r)) if r.id == plan.id)
+}
+
 /// Finishes or undoes a New Leaf that was interrupted.
 pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
-    let published = matches!(lineage::read::<LeafRecord>(&plan.target, lineage::LEAF), Ok(Some(r)) if r.id == plan.id);
     let _lock = lib.lock_base(&plan.base_id)?;
-    if published {
+    if published(plan) {
         let warnings = finish(lib, plan)?;
         let mut msg = format!("finished the interrupted New Leaf: leaf {:?} is ready", plan.name);
         for w in warnings {

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ use super::journal::{Journal, Plan as JournalPlan};
 use super::make_base::{human_bytes, human_duration, read_small};
 use super::relink::find_leaf;
 use super::{Library, Options, STAGING_PREFIX};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Kind, Result};
 use crate::fault;
 use crate::formats::dict::Dict;
 use crate::formats::disk::Disk;
@@ -178,7 +178,7 @@ pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
 fn stage(plan: &Plan, record: &LeafRecord, chains: &[Disk], opts: &Options) -> Result<u64> {
     let leaf = &plan.leaf;
     fs::create_dir(&plan.staging).at(&plan.staging, "cannot create staging folder")?;
-    let before = chain_state(leaf, record)?;
+    let before = fsutil::tree_state(leaf)?;
     let mut bytes = 0;
     let mut renamed = Vec::new();
     for (d, chain) in record.disks.iter().zip(chains) {
@@ -221,27 +221,12 @@ fn stage(plan: &Plan, record: &LeafRecord, chains: &[Disk], opts: &Options) -> R
         platform::sync_dir(dir).at(dir, "cannot flush folder")?;
     }
     // Nothing may have written into the leaf meanwhile (VMware started it?).
-    if chain_state(leaf, record)? != before {
+    if fsutil::tree_state(leaf)? != before {
         return Err(Error::refused(leaf, "the leaf changed while it was being promoted")
             .fix("shut the VM down and promote it again"));
     }
     step("staged");
     Ok(bytes)
-}
-
-/// Sizes and times of the leaf's own disk files, and whether a lock appeared.
-fn chain_state(leaf: &Path, record: &LeafRecord) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>> {
-    let mut v = Vec::new();
-    for f in chain_files(leaf, record)? {
-        let m = fs::metadata(leaf.join(&f)).at(&leaf.join(&f), "cannot stat")?;
-        v.push((f, m.len(), m.modified().ok()));
-    }
-    for p in fsutil::walk(leaf)? {
-        if p.to_string_lossy().to_ascii_lowercase().ends_with(".lck") {
-            v.push((p, 0, None));
-        }
-    }
-    Ok(v)
 }
 
 /// The two renames: leaf aside, promoted bundle in its place. Idempotent.
@@ -250,8 +235,17 @@ fn swap(plan: &Plan) -> Result<()> {
         fsutil::rename_new(&plan.leaf, &plan.aside)?;
     }
     step("set-aside");
-    if plan.staging.exists() && !plan.leaf.exists() {
-        fsutil::rename_new(&plan.staging, &plan.leaf)?;
+    if plan.staging.exists() {
+        // Never over something that took the leaf's place meanwhile: the journal stays, and
+        // both bundles wait where the message says.
+        fsutil::rename_new(&plan.staging, &plan.leaf).map_err(|e| {
+            e.fix(format!(
+                "the promoted VM waits in {} and the old leaf in {}; move what is at {} away, then run `leafd recover`",
+                plan.staging.display(),
+                plan.aside.display(),
+                plan.leaf.display()
+            ))
+        })?;
     }
     step("swapped");
     Ok(())
@@ -267,6 +261,11 @@ fn finish(lib: &Library, plan: &Plan) -> Result<()> {
     lineage::remove(&plan.leaf, lineage::LEAF)?;
     let _ = platform::set_tag(&plan.leaf, Tag::LinkedClone, false);
     step("unlinked");
+    // The old leaf goes only once the promoted one is in its place.
+    if plan.staging.exists() || !plan.leaf.exists() {
+        return Err(Error::new(Kind::Io, plan.aside.clone(), "kept: the promoted VM is not in the leaf's place")
+            .fix(format!("check {} and {}, then run `leafd recover`", plan.leaf.display(), plan.staging.display())));
+    }
     fsutil::remove_tree(&plan.aside)?;
     step("cleaned");
     Ok(())

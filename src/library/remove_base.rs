@@ -80,7 +80,7 @@ pub fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
 pub fn remove_base(lib: &Library, name: &str, confirmed: bool, opts: &Options) -> Result<Removed> {
     let base = lib.base(name)?;
     // Held from the check to the hide: no New Leaf can start on the base in between.
-    let _lock = lib.lock_base(&base.record.id)?;
+    let _lock = base.lock(lib)?;
     let deps = dependents(lib, name)?;
     if !deps.is_empty() {
         return Err(Error::refused(

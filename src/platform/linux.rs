@@ -31,13 +31,23 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EINVAL) {
-        // File systems without RENAME_NOREPLACE: check, then rename (a race only with ourselves).
+        return rename_noreplace_without_flag(from, to);
+    }
+    Err(err)
+}
+
+/// For file systems without RENAME_NOREPLACE. A file is hard-linked to its new name (which fails
+/// if the name is taken, atomically) and then unlinked. A folder is checked, then renamed: rename
+/// can replace only an empty folder, so a race loses nothing.
+fn rename_noreplace_without_flag(from: &Path, to: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(from)?.is_dir() {
         if to.symlink_metadata().is_ok() {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
         return std::fs::rename(from, to);
     }
-    Err(err)
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }
 
 /// Linux has no user-settable immutable flag (chattr +i needs root), so permissions alone protect.
@@ -127,3 +137,30 @@ pub fn trash(_path: &Path, _name: &str) -> io::Result<PathBuf> {
 
 /// The login service on Linux: a systemd user unit.
 pub const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Systemd;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_rename_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, d) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("d"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let e = rename_noreplace_without_flag(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!((std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()), (b"a".to_vec(), b"b".to_vec()));
+        std::fs::remove_file(&b).unwrap();
+        rename_noreplace_without_flag(&a, &b).unwrap();
+        assert!(!a.exists() && std::fs::read(&b).unwrap() == b"a");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::create_dir(&a).unwrap();
+        let e = rename_noreplace_without_flag(&a, &d).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        let e = rename_noreplace_without_flag(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        rename_noreplace_without_flag(&a, &dir.path().join("e")).unwrap();
+        assert!(!a.exists() && dir.path().join("e").is_dir());
+    }
+}

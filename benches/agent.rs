@@ -3,13 +3,14 @@
 //!   beyond the settle period the agent deliberately waits;
 //! - memory: resident size once started and idle, on an empty library and on one of 100 bases
 //!   and 1,000 leaves;
-//! - idle CPU: what the agent costs while nothing happens, on that big library.
+//! - idle CPU: what the agent costs while nothing happens, on that big library;
+//! - the demo: `leafd demo` from start to "All checks passed", which must take under a minute.
 
 mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -136,10 +137,27 @@ fn main() {
     }
     println!();
 
+    println!("the newcomer's demo (`leafd demo`: sample VM, agent, base, leaf, every check), once:");
+    let home = tmp.path().join("demo-home");
+    let t = Instant::now();
+    run(Command::new(env!("CARGO_BIN_EXE_leafd"))
+        .arg("demo")
+        .arg(tmp.path().join("demo"))
+        .env("HOME", &home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env_remove("LEAFD_ROOT"));
+    let took = t.elapsed();
+    claim(
+        "the demo finishes in under a minute",
+        took < Duration::from_secs(60),
+        &format!("{:.1} s", took.as_secs_f64()),
+    );
+
     #[cfg(target_os = "linux")]
     footprint::run(tmp.path());
     #[cfg(not(target_os = "linux"))]
     println!("agent memory and idle CPU: not measured, they read /proc and need Linux");
+    finish();
 }
 
 /// Memory and idle CPU, read from /proc.

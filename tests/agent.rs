@@ -129,7 +129,7 @@ fn cli_base(lib: &Lib, name: &str) -> SampleVm {
 #[test]
 fn a_moved_bundle_becomes_a_base_and_a_named_folder_a_leaf() {
     let lib = Lib::new();
-    let agent = Agent::start(&lib);
+    let agent = Agent::start_with(&lib, &[("RUST_LOG", "leafd=debug")]);
     let vm = small("Ubuntu");
     let built = vm.build(lib.tmp.path()).unwrap();
     let before = checksums(&built);
@@ -145,6 +145,13 @@ fn a_moved_bundle_becomes_a_base_and_a_named_folder_a_leaf() {
     let drop = lib.root.join("New Leaf/Ubuntu");
     assert!(wait_until(Duration::from_secs(5), || drop.is_dir()));
     fs::create_dir(drop.join("untitled folder")).unwrap();
+    // Seen as a placeholder, and still no leaf well past the settle period.
+    assert!(
+        wait_until(Duration::from_secs(10), || log_of(&lib)
+            .contains("New Leaf/Ubuntu/untitled folder has Finder's placeholder name")),
+        "{}",
+        log_of(&lib)
+    );
     std::thread::sleep(Duration::from_millis(3500));
     assert!(leaves(&lib).is_empty(), "a leaf was made from a placeholder name: {:?}", leaves(&lib));
     fs::rename(drop.join("untitled folder"), drop.join("Web Server")).unwrap();

@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use leafd::formats::disk::DiskType;
@@ -15,11 +15,10 @@ use leafd::sample::SampleVm;
 fn the_demo_runs_the_whole_flow_and_checks_it() {
     let lib = Lib::new();
     let dir = lib.tmp.path().join("demo");
-    let start = Instant::now();
+    // How long it takes (under a minute) is measured by the `agent` bench, not here.
     let o = lib.command(&["demo", dir.to_str().unwrap()]).output().unwrap();
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(start.elapsed() < Duration::from_secs(60), "the demo took {:?}", start.elapsed());
     for says in [
         "[3/6] dropping the VM into \"Make Base\"",
         "nothing happens while the folder is still \"untitled folder\"",
@@ -57,17 +56,22 @@ fn log_shows_recent_outcomes_and_follows_new_ones() {
         "{all}"
     );
 
-    let mut follow = lib.command(&["log", "-f", "-n", "0"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut follow = lib.command(&["log", "-f", "-n", "1"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut reader = BufReader::new(follow.stdout.take().unwrap());
-    std::thread::sleep(Duration::from_millis(500));
-    lib.ok(&["new-leaf", "Base", "Three"]);
-    let mut line = String::new();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        reader.read_line(&mut line).unwrap();
-        tx.send(line).unwrap();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || tx.send(line).is_err() {
+                break;
+            }
+        }
     });
+    // The last line first: then it is following.
     let got = rx.recv_timeout(Duration::from_secs(10)).expect("log -f printed nothing");
+    assert!(got.contains("leaf \"Two\" made from base \"Base\""), "{got}");
+    lib.ok(&["new-leaf", "Base", "Three"]);
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("log -f did not follow");
     assert!(got.contains("leaf \"Three\" made from base \"Base\""), "{got}");
     follow.kill().unwrap();
     follow.wait().unwrap();

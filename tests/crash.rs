@@ -28,10 +28,13 @@ enum Expect {
 }
 
 /// Each Make Base step, the volumes where it happens, and what recovery must do after a kill there.
+/// Covered by `make_base_of_a_leaf_survives_a_kill_while_flattening`.
+const FLATTENED: &str = "flattened";
+
 const MAKE_BASE: &[(&str, &[Volume], Expect)] = &[
     ("journaled", &[Volume::Same, Volume::Other], Expect::Undone),
     // Only a VM whose disks are chains is flattened: covered by the test for leaves below.
-    ("flattened", &[], Expect::Undone),
+    (FLATTENED, &[], Expect::Undone),
     ("moved", &[Volume::Same], Expect::Undone),
     ("copying", &[Volume::Other], Expect::Undone),
     ("copied", &[Volume::Other], Expect::Undone),
@@ -61,6 +64,9 @@ const NEW_LEAF: &[(&str, Expect)] = &[
 fn every_declared_step_is_covered() {
     let covered: Vec<&str> = MAKE_BASE.iter().map(|s| s.0).collect();
     assert_eq!(covered, make_base::STEPS, "a Make Base step was added or removed: cover it here");
+    // A step run on no volume here must be the one a test of its own covers.
+    let elsewhere: Vec<&str> = MAKE_BASE.iter().filter(|s| s.1.is_empty()).map(|s| s.0).collect();
+    assert_eq!(elsewhere, [FLATTENED], "only {FLATTENED} is covered by a separate test");
     let covered: Vec<&str> = NEW_LEAF.iter().map(|s| s.0).collect();
     assert_eq!(covered, new_leaf::STEPS, "a New Leaf step was added or removed: cover it here");
 }
@@ -180,16 +186,28 @@ fn a_source_changed_after_its_copy_is_kept_whole() {
 
 #[test]
 fn new_leaf_survives_a_kill_at_every_step() {
+    new_leaf_killed_at_every_step(false);
+}
+
+/// The vmrun backend reaches the same steps in another order, with VMware's files on disk.
+#[test]
+fn new_leaf_with_vmrun_survives_a_kill_at_every_step() {
+    new_leaf_killed_at_every_step(true);
+}
+
+fn new_leaf_killed_at_every_step(vmrun: bool) {
     let vm = vm();
     for &(step, expect) in NEW_LEAF {
         let lib = Lib::new();
         let base = lib.base_from(&vm);
         let base_before = fingerprint_tree(&base);
-        let o = lib
-            .command(&["new-leaf", "Crashy", "Leaf"])
-            .env("LEAFD_FAULT", format!("new-leaf:{step}"))
-            .output()
-            .unwrap();
+        let mut command = lib.command(&["new-leaf", "Crashy", "Leaf"]);
+        command.env("LEAFD_FAULT", format!("new-leaf:{step}"));
+        if vmrun {
+            let stand_in = vmrun_stand_in(lib.tmp.path(), "works", VMRUN_WORKS);
+            command.args(["--snapshot", "vmrun"]).env("LEAFD_VMRUN", stand_in);
+        }
+        let o = command.output().unwrap();
         assert!(killed(&o), "{step}: the process was not killed there: {}", text(&o));
         lib.ok(&["recover"]);
         no_leftovers(&lib);
@@ -202,7 +220,10 @@ fn new_leaf_survives_a_kill_at_every_step() {
                 assert_eq!(fingerprint_tree(&base), base_before, "{step}: the base changed");
                 lib.ok(&["new-leaf", "Crashy", "Leaf"]);
             }
-            Expect::Finished => {}
+            Expect::Finished => {
+                let made_with = record(&lib.leaf_dir("Leaf"), "leaf")["snapshot"].as_str().unwrap().to_string();
+                assert_eq!(made_with, if vmrun { "vmrun" } else { "native" }, "{step}");
+            }
         }
         assert_eq!(refs(), 1, "{step}");
         for d in &vm.disks {
@@ -229,8 +250,11 @@ fn make_base_of_a_leaf_survives_a_kill_while_flattening() {
     lib.ok(&["new-leaf", "Crashy", "Leaf"]);
     let leaf = lib.leaf_dir("Leaf");
     let before = fingerprint_tree(&leaf);
-    let o =
-        lib.command(&["make-base", leaf.to_str().unwrap()]).env("LEAFD_FAULT", "make-base:flattened").output().unwrap();
+    let o = lib
+        .command(&["make-base", leaf.to_str().unwrap()])
+        .env("LEAFD_FAULT", format!("make-base:{FLATTENED}"))
+        .output()
+        .unwrap();
     assert!(killed(&o), "not killed while flattening: {}", text(&o));
     lib.ok(&["recover"]);
     no_leftovers(&lib);

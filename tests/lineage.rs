@@ -205,7 +205,7 @@ fn verify_names_every_break() {
             .lines()
             .find(|l| l.starts_with("PROBLEM:") && l.contains(says))
             .unwrap_or_else(|| panic!("{name}: no problem saying {says:?}: {out}"));
-        assert!(line.contains(&path) || out.contains(&path), "{name}: {path} not named: {out}");
+        assert!(line.contains(&path), "{name}: {path} not named in the problem line: {out}");
         assert!(out.contains("  fix: "), "{name}: no fix: {out}");
     }
 }
@@ -217,7 +217,8 @@ fn a_base_that_lost_its_lineage_gets_it_back_with_the_id_its_leaves_know() {
     strip_leafd_xattrs(&lib.base_dir("Ubuntu"));
     let (code, out) = verify(&lib, &[]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("base lineage was missing"), "{out}");
+    let named = format!("repaired: {}: base lineage was missing", lib.base_dir("Ubuntu").display());
+    assert!(out.contains(&named), "{out}");
     assert_eq!(record(&lib.base_dir("Ubuntu"), "base")["id"], base_id);
     assert_eq!(record(&lib.base_dir("Ubuntu").join("Virtual Disk-s002.vmdk"), "extent")["index"], 1);
     let (code, out) = verify(&lib, &["--deep"]);
@@ -232,7 +233,12 @@ fn a_library_copied_without_extended_attributes_is_rebuilt_from_the_chain() {
     strip_leafd_xattrs(&lib.root);
     let (code, out) = verify(&lib, &[]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("base lineage was missing") && out.contains("leaf lineage was missing"), "{out}");
+    let named = format!("repaired: {}: base lineage was missing", lib.base_dir("Ubuntu").display());
+    assert!(out.contains(&named), "{out}");
+    for leaf in ["Web", "DB"] {
+        let named = format!("repaired: {}: leaf lineage was missing", lib.leaf_dir(leaf).display());
+        assert!(out.contains(&named), "{out}");
+    }
     assert!(out.contains("1 base, 2 leaves checked: all good"), "{out}");
     let base_id = record(&lib.base_dir("Ubuntu"), "base")["id"].clone();
     for leaf in ["Web", "DB"] {
@@ -533,6 +539,10 @@ fn remove_base_survives_a_kill_at_every_step() {
             lib.ok(&["remove-base", "Ubuntu", "--yes"]);
         }
         assert!(fs::read_dir(lib.root.join("Bases")).unwrap().next().is_none(), "{step}: removal not finished");
+        assert!(!lib.root.join("New Leaf/Ubuntu").exists(), "{step}: drop folder left");
+        assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0, "{step}: journal left");
+        let (code, out) = verify(&lib, &[]);
+        assert_eq!(code, 0, "{step}: {out}");
     }
 }
 

@@ -183,11 +183,20 @@ fn status_counts_leaves_and_space() {
     assert_eq!(b["name"], "Ubuntu");
     assert_eq!(b["leaves"].as_array().unwrap().len(), 3);
     let shared = b["shared_bytes"].as_u64().unwrap();
-    let own: u64 = b["leaves"].as_array().unwrap().iter().map(|l| l["own_bytes"].as_u64().unwrap()).sum();
+    let allocated = |files: &[std::path::PathBuf]| -> u64 {
+        files.iter().map(|f| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(f).unwrap()) * 512).sum()
+    };
+    // Each leaf's own use is what its deltas hold, counted here from the file system.
+    let mut own = 0;
+    for l in b["leaves"].as_array().unwrap() {
+        let name = l["name"].as_str().unwrap();
+        let delta = Disk::open_alone(&lib.leaf_dir(name).join("Virtual Disk-000001.vmdk")).unwrap();
+        let bytes = allocated(&delta.files());
+        assert_eq!(l["own_bytes"].as_u64().unwrap(), bytes, "leaf {name}");
+        own += bytes;
+    }
     let base_files = Disk::open(&lib.base_dir("Ubuntu").join("Virtual Disk.vmdk")).unwrap().files();
-    let allocated: u64 =
-        base_files.iter().map(|f| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(f).unwrap()) * 512).sum();
-    assert_eq!(shared, allocated, "the base's disk files are what the leaves share");
+    assert_eq!(shared, allocated(&base_files), "the base's disk files are what the leaves share");
     assert_eq!(b["used_bytes"].as_u64().unwrap(), shared + own);
     assert_eq!(b["full_copies_bytes"].as_u64().unwrap(), shared * 4 + own);
     assert_eq!(b["saved_bytes"].as_u64().unwrap(), shared * 3);
@@ -205,14 +214,21 @@ fn many_processes_make_leaves_of_one_base_at_once() {
         .iter()
         .map(|n| lib.command(&["new-leaf", "Shared", n]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
         .collect();
-    // And two processes racing for the same name: exactly one wins.
-    let racers: Vec<_> = (0..2).map(|_| lib.command(&["new-leaf", "Shared", "same"]).output()).collect();
+    // And two processes racing for the same name: exactly one wins, the other is refused.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            lib.command(&["new-leaf", "Shared", "same"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
     for c in children {
         let o = c.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", text(&o));
     }
-    let wins = racers.iter().filter(|o| o.as_ref().unwrap().status.success()).count();
-    assert_eq!(wins, 1);
+    let racers: Vec<_> = racers.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let wins = racers.iter().filter(|o| o.status.success()).count();
+    assert_eq!(wins, 1, "{:?}", racers.iter().map(text).collect::<Vec<_>>());
+    let loser = racers.iter().find(|o| !o.status.success()).unwrap();
+    assert!(text(loser).contains("already exists"), "{}", text(loser));
     let refs = std::fs::read_dir(lib.base_dir("Shared").join(".leaves")).unwrap().count();
     assert_eq!(refs, 11);
     for n in names.iter().chain(std::iter::once(&"same".to_string())) {

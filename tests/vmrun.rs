@@ -4,37 +4,10 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
 use common::*;
 use leafd::formats::dict::Dict;
 use leafd::formats::disk::DiskType;
 use leafd::sample::SampleVm;
-
-/// Writes an executable stand-in named `vmrun-stand-in-<kind>` that logs its arguments to `args.log`.
-fn stand_in(dir: &Path, kind: &str, body: &str) -> PathBuf {
-    let p = dir.join(format!("vmrun-stand-in-{kind}"));
-    let log = dir.join("args.log");
-    std::fs::write(&p, format!("#!/bin/bash\n# Stand-in for VMware's vmrun: records its arguments.\nprintf '%s\\n' \"$@\" >> '{}'\nexec 2>>'{}'.err\n{body}\n", log.display(), log.display())).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
-const FAILS: &str = "echo 'Error: The virtual machine cannot be found'; exit 255";
-const DOES_NOTHING: &str = "exit 0";
-/// Like VMware: a delta over each disk the .vmx names, the .vmx pointed at it, a .vmsd.
-const WORKS: &str = r#"
-vmx="$4"; dir=$(dirname "$vmx")
-grep -E '^(scsi|sata|nvme|ide)[0-9]+:[0-9]+\.fileName = ".*\.vmdk"' "$vmx" | while IFS= read -r line; do
-  file=$(printf '%s' "$line" | sed -E 's/.* = "(.*)"/\1/')
-  delta="${file%.vmdk}-000001.vmdk"
-  (cd "$dir" && qemu-img create -q -f vmdk -b "$file" -F vmdk "$delta") || exit 1
-  sed -i "s|= \"$file\"|= \"$delta\"|" "$vmx"
-done
-base=$(basename "$vmx" .vmx)
-printf '.encoding = "UTF-8"\nsnapshot.lastUID = "1"\nsnapshot.current = "1"\nsnapshot0.uid = "1"\nsnapshot0.filename = "%s-Snapshot1.vmsn"\nsnapshot0.displayName = "%s"\nsnapshot.numSnapshots = "1"\n' "$base" "$5" > "$dir/$base.vmsd"
-"#;
 
 fn setup() -> (Lib, SampleVm) {
     let lib = Lib::new();
@@ -43,7 +16,7 @@ fn setup() -> (Lib, SampleVm) {
     (lib, vm)
 }
 
-fn new_leaf(lib: &Lib, vmrun: &Path, backend: &str) -> std::process::Output {
+fn new_leaf(lib: &Lib, vmrun: &std::path::Path, backend: &str) -> std::process::Output {
     lib.command(&["new-leaf", "Ubuntu", "Web", "--snapshot", backend]).env("LEAFD_VMRUN", vmrun).output().unwrap()
 }
 
@@ -67,7 +40,7 @@ fn chain_reads(lib: &Lib, vm: &SampleVm) {
 #[test]
 fn auto_falls_back_to_native_when_vmrun_fails() {
     let (lib, vm) = setup();
-    let vmrun = stand_in(lib.tmp.path(), "fails", FAILS);
+    let vmrun = vmrun_stand_in(lib.tmp.path(), "fails", VMRUN_FAILS);
     let o = new_leaf(&lib, &vmrun, "auto");
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("vmrun could not take the snapshot"), "{}", text(&o));
@@ -84,7 +57,7 @@ fn auto_falls_back_to_native_when_vmrun_fails() {
 #[test]
 fn auto_falls_back_when_vmrun_claims_success_without_a_snapshot() {
     let (lib, vm) = setup();
-    let vmrun = stand_in(lib.tmp.path(), "does-nothing", DOES_NOTHING);
+    let vmrun = vmrun_stand_in(lib.tmp.path(), "does-nothing", VMRUN_DOES_NOTHING);
     let o = new_leaf(&lib, &vmrun, "auto");
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("no snapshot"), "{}", text(&o));
@@ -95,7 +68,7 @@ fn auto_falls_back_when_vmrun_claims_success_without_a_snapshot() {
 #[test]
 fn explicit_vmrun_failure_refuses_and_leaves_nothing() {
     let (lib, _) = setup();
-    let vmrun = stand_in(lib.tmp.path(), "fails", FAILS);
+    let vmrun = vmrun_stand_in(lib.tmp.path(), "fails", VMRUN_FAILS);
     let before = fingerprint_tree(&lib.base_dir("Ubuntu"));
     let o = new_leaf(&lib, &vmrun, "vmrun");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -120,7 +93,7 @@ fn explicit_vmrun_failure_refuses_and_leaves_nothing() {
 #[test]
 fn a_working_vmrun_takes_the_snapshot_and_leafd_marks_it() {
     let (lib, vm) = setup();
-    let vmrun = stand_in(lib.tmp.path(), "works", WORKS);
+    let vmrun = vmrun_stand_in(lib.tmp.path(), "works", VMRUN_WORKS);
     let o = new_leaf(&lib, &vmrun, "vmrun");
     assert!(
         o.status.success(),
@@ -141,7 +114,7 @@ fn a_working_vmrun_takes_the_snapshot_and_leafd_marks_it() {
 #[test]
 fn native_never_calls_vmrun() {
     let (lib, vm) = setup();
-    let vmrun = stand_in(lib.tmp.path(), "works", WORKS);
+    let vmrun = vmrun_stand_in(lib.tmp.path(), "works", VMRUN_WORKS);
     let o = new_leaf(&lib, &vmrun, "native");
     assert!(o.status.success(), "{}", text(&o));
     assert!(args(&lib).is_empty());

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Runs `f` `n` times (after `setup` each time, untimed) and returns the sorted durations.
@@ -44,11 +45,28 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
-/// Prints the verdict of a "not slower than" claim; returns whether it held.
-pub fn verdict(claim: &str, ours: Duration, theirs: Duration) -> bool {
-    let ok = ours <= theirs;
-    println!("  => {claim}: {} ({} vs {})\n", if ok { "holds" } else { "DOES NOT HOLD" }, ms(ours), ms(theirs));
-    ok
+/// Set when a claim did not hold; `finish` then fails the bench.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Prints whether `claim` holds (with what was measured) and remembers it if not.
+pub fn claim(claim: &str, ok: bool, measured: &str) {
+    println!("  => {claim}: {} ({measured})\n", if ok { "holds" } else { "DOES NOT HOLD" });
+    if !ok {
+        FAILED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A "not slower than" claim.
+pub fn verdict(what: &str, ours: Duration, theirs: Duration) {
+    claim(what, ours <= theirs, &format!("{} vs {}", ms(ours), ms(theirs)));
+}
+
+/// Ends a bench: exit status 1 if any claim did not hold, so a script running it notices.
+pub fn finish() {
+    if FAILED.load(Ordering::Relaxed) {
+        eprintln!("some claims did not hold (see DOES NOT HOLD above)");
+        std::process::exit(1);
+    }
 }
 
 /// The real `leafd` binary on library `root`, with `home` as its HOME and log folder.

@@ -2,12 +2,16 @@
 //! `cargo run --example make_seeds`. Every seed is small (the whole set is well under 1 MiB per
 //! target). The `disk_open` seeds use the target's file separator.
 
+#[allow(dead_code)] // only the separator is needed here
+#[path = "../checks.rs"]
+mod checks;
+
 use std::path::Path;
+
+use checks::SEPARATOR;
 
 use leafd::formats::disk::{self, Disk, DiskType, NewDisk};
 use leafd::formats::sparse::Header;
-
-const SEPARATOR: &[u8] = b"\n--leafd-fuzz-next-file--\n";
 
 const SPLIT_DESCRIPTOR: &str = "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=242293ca\nparentCID=ffffffff\n\
 createType=\"twoGbMaxExtentSparse\"\n\n# Extent description\nRW 4192256 SPARSE \"8.10 Core-s001.vmdk\"\n\

@@ -222,7 +222,12 @@ impl Agent {
         for path in due {
             let look = Look::take(&path);
             let Some(item) = self.items.get_mut(&path) else { continue };
-            match item.decide(look, now, &self.timing) {
+            let was_unnamed = item.phase == Phase::Unnamed;
+            let verdict = item.decide(look, now, &self.timing);
+            if item.phase == Phase::Unnamed && !was_unnamed {
+                tracing::debug!("{} has Finder's placeholder name: waiting for its real name", self.lib.display(&path));
+            }
+            match verdict {
                 Verdict::Gone => {
                     self.items.remove(&path);
                     report::clear(&path);

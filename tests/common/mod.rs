@@ -306,3 +306,27 @@ pub fn killed(o: &Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
     o.status.signal() == Some(9)
 }
+
+/// Writes an executable stand-in named `vmrun-stand-in-<kind>` that logs its arguments to `args.log`.
+pub fn vmrun_stand_in(dir: &Path, kind: &str, body: &str) -> PathBuf {
+    let p = dir.join(format!("vmrun-stand-in-{kind}"));
+    let log = dir.join("args.log");
+    std::fs::write(&p, format!("#!/bin/bash\n# Stand-in for VMware's vmrun: records its arguments.\nprintf '%s\\n' \"$@\" >> '{}'\nexec 2>>'{}'.err\n{body}\n", log.display(), log.display())).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p
+}
+
+pub const VMRUN_FAILS: &str = "echo 'Error: The virtual machine cannot be found'; exit 255";
+pub const VMRUN_DOES_NOTHING: &str = "exit 0";
+/// Like VMware: a delta over each disk the .vmx names, the .vmx pointed at it, a .vmsd.
+pub const VMRUN_WORKS: &str = r#"
+vmx="$4"; dir=$(dirname "$vmx")
+grep -E '^(scsi|sata|nvme|ide)[0-9]+:[0-9]+\.fileName = ".*\.vmdk"' "$vmx" | while IFS= read -r line; do
+  file=$(printf '%s' "$line" | sed -E 's/.* = "(.*)"/\1/')
+  delta="${file%.vmdk}-000001.vmdk"
+  (cd "$dir" && qemu-img create -q -f vmdk -b "$file" -F vmdk "$delta") || exit 1
+  sed -i "s|= \"$file\"|= \"$delta\"|" "$vmx"
+done
+base=$(basename "$vmx" .vmx)
+printf '.encoding = "UTF-8"\nsnapshot.lastUID = "1"\nsnapshot.current = "1"\nsnapshot0.uid = "1"\nsnapshot0.filename = "%s-Snapshot1.vmsn"\nsnapshot0.displayName = "%s"\nsnapshot.numSnapshots = "1"\n' "$base" "$5" > "$dir/$base.vmsd"
+"#;

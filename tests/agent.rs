@@ -449,3 +449,75 @@ fn the_default_settle_period_works_too() {
     fs::rename(drop.join("untitled folder"), drop.join("Leaf")).unwrap();
     assert!(wait_until(Duration::from_secs(30), || is_leaf(&lib, "Leaf")), "no leaf: {}", log_of(&lib));
 }
+
+/// A bug (a panic, injected) in an operation: the item gets its note, what was begun is undone at
+/// once, and the base is not left busy: the item is tried again when it changes.
+#[test]
+fn an_operation_that_panics_fails_its_item_and_frees_its_base() {
+    let lib = Lib::new();
+    cli_base(&lib, "Base");
+    let base_before = fingerprint_tree(&lib.base_dir("Base"));
+    let _agent = Agent::start_with(&lib, &[("LEAFD_FAULT", "new-leaf:deltas-written:panic")]);
+    let drop = lib.root.join("New Leaf/Base");
+    fs::create_dir(drop.join("Web")).unwrap();
+    let note = drop.join("Web - leafd error.txt");
+    assert!(wait_until(Duration::from_secs(20), || note.exists()), "{}", log_of(&lib));
+    let text = fs::read_to_string(&note).unwrap();
+    assert!(text.contains("failed unexpectedly") && text.contains("new-leaf:deltas-written"), "{text}");
+    assert!(leaves(&lib).is_empty(), "{:?}", leaves(&lib));
+    assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0, "not undone at once");
+    let stray: Vec<_> = fs::read_dir(&lib.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".leafd-"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    // Renamed: tried again (its base is free), and fails the same way.
+    fs::rename(drop.join("Web"), drop.join("Web 2")).unwrap();
+    let note = drop.join("Web 2 - leafd error.txt");
+    assert!(wait_until(Duration::from_secs(20), || note.exists()), "not tried again: {}", log_of(&lib));
+    let mut after = fingerprint_tree(&lib.base_dir("Base"));
+    after.retain(|l| !l.contains("/.leaves"));
+    let mut before = base_before;
+    before.retain(|l| !l.contains("/.leaves"));
+    assert_eq!(after, before, "the base changed");
+}
+
+/// The request folder renamed while its leaf is being made (here by a `vmrun` stand-in that
+/// renames it, then takes the snapshot): one leaf, under the final name, never the old one.
+#[test]
+fn a_folder_renamed_while_its_leaf_is_made_gives_one_leaf_with_the_new_name() {
+    let lib = Lib::new();
+    let vm = cli_base(&lib, "Base");
+    let drop = lib.root.join("New Leaf/Base");
+    let rename = format!(
+        "mv '{}' '{}' 2>/dev/null || true\n{VMRUN_WORKS}",
+        drop.join("Web").display(),
+        drop.join("Web Server").display()
+    );
+    let vmrun = vmrun_stand_in(lib.tmp.path(), "renames", &rename);
+    let _agent = Agent::start_with(&lib, &[("LEAFD_VMRUN", vmrun.to_str().unwrap())]);
+    fs::create_dir(drop.join("Web")).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || is_leaf(&lib, "Web Server")), "{}", log_of(&lib));
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(leaves(&lib), ["Web Server"]);
+    assert_eq!(fs::read_dir(lib.base_dir("Base").join(".leaves")).unwrap().count(), 1);
+    assert_eq!(fs::read_dir(&drop).unwrap().count(), 0, "{:?}", fs::read_dir(&drop).unwrap().collect::<Vec<_>>());
+    leaf_reads_base(&lib, "Web Server", &vm);
+}
+
+/// A note whose item went while the agent was not running goes at the next start; a note
+/// whose item is still there stays until the item is dealt with.
+#[test]
+fn notes_of_items_that_are_gone_are_removed_at_start() {
+    let lib = Lib::new();
+    cli_base(&lib, "Base");
+    let orphan = lib.make_base_dir().join("Old VM.vmwarevm - leafd error.txt");
+    fs::write(&orphan, b"leafd could not make a base from \"Old VM.vmwarevm\".\n").unwrap();
+    let kept = lib.root.join("New Leaf/Base/untitled folder - leafd error.txt");
+    fs::create_dir(lib.root.join("New Leaf/Base/untitled folder")).unwrap();
+    fs::write(&kept, b"a note for an item that is still there\n").unwrap();
+    let _agent = Agent::start(&lib);
+    assert!(wait_until(Duration::from_secs(10), || !orphan.exists()), "{}", log_of(&lib));
+    assert!(kept.exists(), "the note of an item still there was removed");
+}

@@ -6,6 +6,7 @@
 //! size, with no copy in progress. This module holds that logic without any I/O timing of its
 //! own, so it is tested with explicit instants.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -111,36 +112,58 @@ pub fn leaf_name(folder: &str) -> &str {
     }
 }
 
-/// What an item looked like: every entry with its size and time, and whether a copy is marked
-/// in progress. Two equal looks a moment apart mean nothing is arriving.
+/// What an item looked like: every entry with its size, time and permissions, and whether a copy
+/// is marked in progress. Two equal looks a moment apart mean nothing is arriving; a failed item
+/// whose look changes is tried again (permissions count: `chmod` or unlocking may be the fix).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Look {
-    entries: Vec<(PathBuf, bool, u64, Option<SystemTime>)>,
+    entries: Vec<Entry>,
     pub copying: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    path: PathBuf,
+    dir: bool,
+    len: u64,
+    time: Option<SystemTime>,
+    /// Mode bits, and whether the Finder's Locked flag is set.
+    access: (u32, bool),
 }
 
 impl Look {
     /// Looks at `item`; `None` when it is gone.
     pub fn take(item: &Path) -> Option<Look> {
         let meta = std::fs::symlink_metadata(item).ok()?;
-        let mut entries = vec![(PathBuf::new(), meta.is_dir(), meta.len(), meta.modified().ok())];
+        // The item's own size, time and access change with its entries and with our tag.
+        let mut entries =
+            vec![Entry { path: PathBuf::new(), dir: meta.is_dir(), len: 0, time: None, access: (0, false) }];
         let mut copying = platform::copy_in_progress(item);
         if meta.is_dir() {
-            for p in crate::fsutil::walk(item).unwrap_or_default() {
+            let Ok(inside) = crate::fsutil::walk(item) else {
+                // Unlistable now (an entry went away mid-listing during a copy?): treated as a
+                // copy in progress, so the item waits, and is reported if it stays so for long.
+                return Some(Look { entries, copying: true });
+            };
+            for p in inside {
                 let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
                 copying |= m.is_file() && platform::copy_in_progress(&p);
                 // Folder sizes and times change with their entries, which are listed anyway.
                 let (len, time) = if m.is_dir() { (0, None) } else { (m.len(), m.modified().ok()) };
-                entries.push((p.strip_prefix(item).unwrap_or(&p).to_path_buf(), m.is_dir(), len, time));
+                entries.push(Entry {
+                    path: p.strip_prefix(item).unwrap_or(&p).to_path_buf(),
+                    dir: m.is_dir(),
+                    len,
+                    time,
+                    access: (m.mode(), platform::is_locked(&p).unwrap_or(false)),
+                });
             }
         }
-        entries[0].2 = 0;
-        entries[0].3 = None;
         Some(Look { entries, copying })
     }
 
     pub fn is_dir(&self) -> bool {
-        self.entries[0].1
+        self.entries[0].dir
     }
 }
 
@@ -302,6 +325,21 @@ impl Item {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_look_sees_permissions_but_not_reads_or_the_items_own_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let item = dir.path().join("VM.vmwarevm");
+        std::fs::create_dir(&item).unwrap();
+        let disk = item.join("VM.vmdk");
+        std::fs::write(&disk, b"disk").unwrap();
+        let first = Look::take(&item).unwrap();
+        std::fs::read(&disk).unwrap();
+        platform::set_tag(&item, platform::Tag::Failed, true).unwrap();
+        assert_eq!(Look::take(&item).unwrap(), first, "reading or tagging is no change");
+        std::fs::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+        assert_ne!(Look::take(&item).unwrap(), first, "a chmod is a change (it may be the fix)");
+    }
+
     fn folders() -> DropFolders {
         DropFolders { make_base: "/l/Make Base".into(), new_leaf: "/l/New Leaf".into() }
     }
@@ -352,7 +390,17 @@ mod tests {
 
     fn look(sizes: &[u64], copying: bool) -> Look {
         Look {
-            entries: sizes.iter().enumerate().map(|(i, s)| (PathBuf::from(i.to_string()), false, *s, None)).collect(),
+            entries: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Entry {
+                    path: i.to_string().into(),
+                    dir: false,
+                    len: *s,
+                    time: None,
+                    access: (0o644, false),
+                })
+                .collect(),
             copying,
         }
     }

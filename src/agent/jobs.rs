@@ -1,16 +1,18 @@
 //! Running operations off the watcher's thread: one thread per operation, several at once, but
 //! never two on the same base, so a slow cross-volume copy does not hold up other bases.
 
+use std::any::Any;
 use std::collections::{HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
 use super::Msg;
 use super::items::{Request, leaf_name};
-use crate::error::Error;
-use crate::library::make_base::{self, default_name};
-use crate::library::{Library, Options, new_leaf};
+use crate::error::{Error, Kind};
+use crate::library::make_base::{self, Fingerprinting, default_name};
+use crate::library::{Library, Options, journal, new_leaf};
 
 /// Operations running at once, at most.
 const PARALLEL: usize = 4;
@@ -90,10 +92,15 @@ impl Runner {
             }
             self.busy.insert(job.key());
             let (lib, opts, tx) = (self.lib.clone(), self.opts.clone(), self.tx.clone());
+            let (item, request) = (job.item.clone(), job.request.clone());
             let spawned = std::thread::Builder::new().name("leafd-op".into()).spawn(move || run(&lib, &opts, job, &tx));
             match spawned {
                 Ok(t) => self.threads.push(t),
-                Err(e) => tracing::error!("cannot start an operation thread: {e}"),
+                Err(e) => {
+                    // Reported as the item's failure, which frees its base; tried again on change.
+                    let error = Error::io(&item, "cannot start an operation thread", e);
+                    let _ = self.tx.send(Msg::Done(Finished { job: Job { item, request }, result: Err(error) }));
+                }
             }
         }
         self.queue = waiting;
@@ -107,23 +114,33 @@ impl Runner {
 }
 
 fn run(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) {
+    // A bug must not leave the item and its base busy for good: a panic becomes the item's
+    // failure, and what the operation had begun is undone at once by recovery.
+    let (result, fingerprinting) = match catch_unwind(AssertUnwindSafe(|| operate(lib, opts, &job))) {
+        Ok(outcome) => outcome,
+        Err(panic) => (Err(panicked(lib, opts, &job, panic)), None),
+    };
+    // A new base is usable now: free it for leaves, then fingerprint it in this thread.
+    let _ = tx.send(Msg::Done(Finished { job, result }));
+    if let Some((name, fingerprinting)) = fingerprinting {
+        match catch_unwind(AssertUnwindSafe(|| fingerprinting.finish(lib, opts))) {
+            Ok(Ok(())) => tracing::debug!("fingerprinted base {name:?}"),
+            Ok(Err(e)) => tracing::warn!("fingerprint of base {name:?} not recorded yet (done at next start): {e}"),
+            Err(_) => tracing::error!("fingerprinting base {name:?} failed unexpectedly; recovery will redo it"),
+        }
+    }
+}
+
+/// Runs the job's operation; a new base comes with its fingerprinting still to do.
+fn operate(lib: &Library, opts: &Options, job: &Job) -> (Result<Done, Error>, Option<(String, Fingerprinting)>) {
     match &job.request {
         Request::MakeBase => match make_base::make_base(lib, &job.item, None, opts) {
             Ok((made, fingerprinting)) => {
                 let done =
                     Done { line: made.to_string(), warnings: made.warnings.clone(), base: Some(made.name.clone()) };
-                // The base is usable now: free it for leaves, then fingerprint in this thread.
-                let _ = tx.send(Msg::Done(Finished { job, result: Ok(done) }));
-                match fingerprinting.finish(lib, opts) {
-                    Ok(()) => tracing::debug!("fingerprinted base {:?}", made.name),
-                    Err(e) => {
-                        tracing::warn!("fingerprint of base {:?} not recorded yet (done at next start): {e}", made.name)
-                    }
-                }
+                (Ok(done), Some((made.name, fingerprinting)))
             }
-            Err(e) => {
-                let _ = tx.send(Msg::Done(Finished { job, result: Err(e) }));
-            }
+            Err(e) => (Err(e), None),
         },
         Request::NewLeaf { base } => {
             let folder = job.item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -132,7 +149,27 @@ fn run(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) {
                 warnings: made.warnings.clone(),
                 base: None,
             });
-            let _ = tx.send(Msg::Done(Finished { job, result }));
+            (result, None)
         }
     }
+}
+
+/// The error for an operation that panicked, after recovery has undone (or finished) it.
+fn panicked(lib: &Library, opts: &Options, job: &Job, panic: Box<dyn Any + Send>) -> Error {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!("the operation on {} failed unexpectedly: {what}", lib.display(&job.item));
+    match journal::recover(lib, opts) {
+        Ok(done) => {
+            for r in &done {
+                r.report(false);
+            }
+        }
+        Err(e) => tracing::warn!("{}", e.summary()),
+    }
+    Error::new(Kind::Io, job.item.clone(), format!("leafd failed unexpectedly ({what}); what it had begun was undone"))
+        .fix("try again by renaming or re-dropping the item; if it happens again, report it with the log (`leafd log`)")
 }

@@ -22,7 +22,7 @@ use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use self::items::{DropFolders, Item, Look, Phase, Request, Timing, Verdict};
 use self::jobs::{Finished, Job, Runner};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::library::{Library, Options, journal};
+use crate::library::{Library, NOTE_SUFFIX, Options, journal};
 
 /// A full rescan of the drop folders this often, in case the watcher missed something.
 const RESCAN: Duration = Duration::from_secs(300);
@@ -192,6 +192,23 @@ impl Agent {
         for base in children(&self.folders.new_leaf) {
             found.extend(children(&base));
         }
+        // Items that went while events were lost (or the agent was not running) take their
+        // notes with them.
+        let gone: Vec<PathBuf> = self.items.keys().filter(|p| p.symlink_metadata().is_err()).cloned().collect();
+        for p in gone {
+            if self.items.get(&p).is_some_and(|i| i.phase != Phase::Running) {
+                self.items.remove(&p);
+                report::clear(&p);
+            }
+        }
+        for note in &found {
+            let name = note.file_name().unwrap_or_default().to_string_lossy();
+            if let Some(item) = name.strip_suffix(NOTE_SUFFIX).map(|n| note.with_file_name(n))
+                && item.symlink_metadata().is_err()
+            {
+                report::clear(&item);
+            }
+        }
         for p in found {
             self.touch(&p, now);
         }
@@ -274,12 +291,13 @@ impl Agent {
                 } else {
                     self.items.remove(&path);
                 }
-                // Leaves that waited for this base can go now.
+                // Leaves that failed for want of this base can go now (not those under way).
                 if let Some(base) = done.base {
                     let waiting: Vec<PathBuf> = self
                         .items
                         .values()
                         .filter(|i| i.request == Request::NewLeaf { base: base.clone() })
+                        .filter(|i| matches!(i.phase, Phase::Failed(_)))
                         .map(|i| i.path.clone())
                         .collect();
                     for p in waiting {

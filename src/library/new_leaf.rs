@@ -211,6 +211,13 @@ fn build(
             return Err(Error::format(&staging.join(&d.delta), "the new delta does not lead to the base"));
         }
     }
+    // A request folder renamed meanwhile asks for a leaf of another name: this one is dropped,
+    // and the folder under its new name is a request of its own.
+    if let Some(request) = &plan.request
+        && request.symlink_metadata().is_err()
+    {
+        return Err(Error::new(Kind::Busy, request.clone(), "was renamed or removed while its leaf was being made"));
+    }
     fsutil::rename_new(staging, &plan.target)?;
     step("published");
     Ok((record, warnings))

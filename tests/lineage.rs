@@ -195,6 +195,25 @@ fn verify_names_every_break() {
             },
             "no longer points at its delta",
         ),
+        (
+            "base's .vmx renamed so VMware would boot it",
+            |lib| {
+                let (from, to) =
+                    (lib.base_dir("Ubuntu").join("Ubuntu.vmx.base"), lib.base_dir("Ubuntu").join("Ubuntu.vmx"));
+                fs::rename(from, &to).unwrap();
+                to.display().to_string()
+            },
+            "the base can be booted",
+        ),
+        (
+            "extent lineage record damaged",
+            |lib| {
+                let p = lib.base_dir("Ubuntu").join("Virtual Disk-s001.vmdk");
+                xattr::set(&p, "user.org.leafd.extent", b"{not json").unwrap();
+                p.display().to_string()
+            },
+            "lineage record is damaged",
+        ),
     ];
     for (name, break_it, says) in breaks {
         let (lib, _) = setup(&["Web"]);
@@ -208,6 +227,49 @@ fn verify_names_every_break() {
         assert!(line.contains(&path), "{name}: {path} not named in the problem line: {out}");
         assert!(out.contains("  fix: "), "{name}: no fix: {out}");
     }
+}
+
+/// A damaged extent record is rebuilt only once `--deep` shows the content intact.
+#[test]
+fn a_damaged_extent_record_is_rebuilt_by_a_deep_verify() {
+    let (lib, _) = setup(&["Web"]);
+    let p = lib.base_dir("Ubuntu").join("Virtual Disk-s001.vmdk");
+    let good = record(&p, "extent");
+    xattr::set(&p, "user.org.leafd.extent", b"{not json").unwrap();
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = verify(&lib, &["--deep"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("repaired: {}: extent lineage was damaged", p.display())), "{out}");
+    assert_eq!(record(&p, "extent"), good);
+}
+
+/// Snapshots the user takes in VMware put a leaf's disk on a newer delta over the leaf's own:
+/// still a healthy leaf.
+#[test]
+fn a_leaf_with_snapshots_of_its_own_verifies() {
+    let (lib, _) = setup(&["Web"]);
+    let dir = lib.leaf_dir("Web");
+    run_tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            "Virtual Disk-000001.vmdk",
+            "-F",
+            "vmdk",
+            dir.join("Virtual Disk-000002.vmdk").to_str().unwrap(),
+        ],
+    );
+    let vmx = dir.join("Web.vmx");
+    let edited =
+        fs::read_to_string(&vmx).unwrap().replace("\"Virtual Disk-000001.vmdk\"", "\"Virtual Disk-000002.vmdk\"");
+    fs::write(&vmx, edited).unwrap();
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
@@ -356,6 +418,36 @@ fn relink_refuses_a_different_base_with_the_same_name() {
         text(&o)
     );
     assert_eq!(fingerprint_tree(&lib.leaf_dir("Web")), before);
+}
+
+/// The leaf's base id is found nowhere, and two bases (a VM and its duplicate) have the disk
+/// identity of its parent copies: relink must not guess.
+#[test]
+fn relink_refuses_to_choose_between_two_bases_of_the_same_disk() {
+    let (lib, _) = setup(&["Web"]);
+    let original = lib.base_dir("Ubuntu");
+    let twin = lib.base_dir("Ubuntu Twin");
+    run_tool("cp", &["-a", original.to_str().unwrap(), twin.to_str().unwrap()]);
+    for (dir, id) in [(&original, "another-id-1"), (&twin, "another-id-2")] {
+        let mut rec = record(dir, "base");
+        rec["id"] = id.into();
+        xattr::set(dir, "user.org.leafd.base", &serde_json::to_vec(&rec).unwrap()).unwrap();
+    }
+    fs::rename(lib.leaf_dir("Web"), lib.tmp.path().join("Web.vmwarevm")).unwrap();
+    fs::rename(lib.tmp.path().join("Web.vmwarevm"), lib.root.join("Moved Web.vmwarevm")).unwrap();
+    let before = fingerprint_tree(&lib.root.join("Moved Web.vmwarevm"));
+    let o = lib.run(&["relink", "Moved Web"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("2 bases could be the one leaf \"Web\" was made from")
+            && text(&o).contains(twin.to_str().unwrap()),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fingerprint_tree(&lib.root.join("Moved Web.vmwarevm")), before);
+    // With the duplicate out of the way, the original is found by its disks.
+    fs::rename(&twin, lib.tmp.path().join("twin")).unwrap();
+    lib.ok(&["relink", "Moved Web"]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `leafd relink LEAF`: after a leaf, its base, or both moved, point the leaf's parent copies at
-//! the base again. The base is found by its identity (recorded id, then CID and capacity), never
-//! by its name, and refused if its CID or content does not match what the leaf was made from.
+//! the base again. The base is found by its identity (recorded id, else CID, capacity and long
+//! content id, which must point at one base only), never by its name; it is refused if its CID
+//! does not match the leaf's parent copy or its content no longer matches its own fingerprint.
 
 use std::path::{Path, PathBuf};
 
@@ -54,23 +55,45 @@ pub fn find_leaf(lib: &Library, arg: &Path) -> Result<Leaf> {
     Ok(Leaf { dir, record })
 }
 
-/// The base `leaf` was made from: by id, else by every disk's CID and capacity. A base with the
-/// leaf's base name but another identity is refused, naming it.
+/// The base `leaf` was made from: by id, else the one base whose every disk has the parent copy's
+/// CID, capacity and long content id. Two such bases (a duplicated VM) are refused as ambiguous;
+/// a base with the leaf's base name but another identity is refused, naming it.
 fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> {
     let bases = lib.bases()?;
     if let Some(b) = bases.iter().find(|b| b.record.id == leaf.record.base_id) {
         return Ok(b.clone());
     }
+    const LONG_ID: &str = "ddb.longContentID";
     let matches = |b: &Base| {
         leaf.record.disks.iter().zip(copies).all(|(d, c)| {
-            b.record
-                .disks
-                .iter()
-                .any(|bd| bd.node == d.node && Some(bd.cid.as_str()) == c.header("CID") && bd.capacity == c.capacity())
+            b.record.disks.iter().any(|bd| {
+                let long_id = read_descriptor(&b.descriptor_path(bd))
+                    .ok()
+                    .and_then(|(bdesc, _)| bdesc.ddb(LONG_ID).zip(c.ddb(LONG_ID)).map(|(ours, theirs)| ours == theirs));
+                bd.node == d.node
+                    && Some(bd.cid.as_str()) == c.header("CID")
+                    && bd.capacity == c.capacity()
+                    && long_id != Some(false)
+            })
         })
     };
-    if let Some(b) = bases.iter().find(|b| matches(b)) {
-        return Ok(b.clone());
+    let candidates: Vec<&Base> = bases.iter().filter(|b| matches(b)).collect();
+    match candidates[..] {
+        [b] => return Ok(b.clone()),
+        [] => {}
+        _ => {
+            let names: Vec<String> = candidates.iter().map(|b| b.dir.display().to_string()).collect();
+            return Err(Error::refused(
+                &lib.bases_dir(),
+                format!(
+                    "{} bases could be the one leaf {:?} was made from (same disk identity): {}",
+                    candidates.len(),
+                    leaf.record.name,
+                    names.join(", ")
+                ),
+            )
+            .fix("move every base but the original out of Bases, relink, then put them back"));
+        }
     }
     let named = bases.iter().find(|b| super::same_name(&b.record.name, &leaf.record.base_name));
     Err(match named {

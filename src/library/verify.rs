@@ -266,9 +266,21 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
                 );
             }
         }
+        // Damaged extent records: their recorded size is lost, so they are rebuilt only once the
+        // content is shown intact (`--deep`, fingerprint matching).
+        let mut damaged = Vec::new();
         for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
             let Some(file) = file else { continue };
             let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let file_rel = file.strip_prefix(&base.dir).unwrap_or(&file).to_string_lossy().into_owned();
+            let rebuilt = ExtentRecord {
+                base: record.id.clone(),
+                disk: d.descriptor.clone(),
+                index,
+                file: file_rel,
+                sectors,
+                size,
+            };
             match lineage::read::<ExtentRecord>(&file, lineage::EXTENT) {
                 Ok(Some(r)) if r.size != size => report.problem(
                     &file,
@@ -276,21 +288,14 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
                     "restore the base's disk files from a backup",
                 ),
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    let file_rel = file.strip_prefix(&base.dir).unwrap_or(&file).to_string_lossy().into_owned();
-                    let rec = ExtentRecord {
-                        base: record.id.clone(),
-                        disk: d.descriptor.clone(),
-                        index,
-                        file: file_rel,
-                        sectors,
-                        size,
-                    };
-                    with_write_access(&file, || lineage::write(&file, lineage::EXTENT, &rec))?;
+                Ok(None) => {
+                    with_write_access(&file, || lineage::write(&file, lineage::EXTENT, &rebuilt))?;
                     report.repaired(&file, "extent lineage was missing; rebuilt (its size is taken as it is now)");
                 }
+                Err(_) => damaged.push((file, rebuilt)),
             }
         }
+        let mut intact = false;
         if deep {
             if let Err(e) = disk.check_extents() {
                 report.error(&e);
@@ -302,7 +307,7 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
                     "the base's content changed since it was made (fingerprint differs)",
                     "restore the base's disk files from a backup",
                 ),
-                Some(_) => {}
+                Some(_) => intact = true,
                 None => {
                     d.fingerprint = Some(now);
                     changed = true;
@@ -310,12 +315,47 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
                 }
             }
         }
+        for (file, rebuilt) in damaged {
+            if intact {
+                with_write_access(&file, || lineage::write(&file, lineage::EXTENT, &rebuilt))?;
+                report.repaired(&file, "extent lineage was damaged; rebuilt (the content matches its fingerprint)");
+            } else {
+                report.problem(
+                    &file,
+                    "the extent's lineage record is damaged, so its size cannot be checked",
+                    "run `leafd verify --deep`: if the content matches its fingerprint, the record is rebuilt",
+                );
+            }
+        }
     }
+    check_base_vmx(base, report);
     if changed {
         let _lock = lib.lock_base(&base.record.id)?;
         lineage::write(&base.dir, lineage::BASE, &record)?;
     }
     Ok(())
+}
+
+/// The base keeps its `.vmx` under a name VMware does not open by double-click: a plain `.vmx`
+/// beside it could be booted, which changes the base's CID and breaks every leaf.
+fn check_base_vmx(base: &Base, report: &mut Report) {
+    let vmx = base.vmx_path();
+    if let Some(bootable) = base.record.vmx.strip_suffix(BASE_VMX_SUFFIX).map(|v| base.dir.join(v))
+        && bootable.symlink_metadata().is_ok()
+    {
+        report.problem(
+            &bootable,
+            "the base can be booted: its configuration is here under a name VMware opens",
+            format!(
+                "never boot a base; move it back: mv '{}' '{}' (if that name is free)",
+                bootable.display(),
+                vmx.display()
+            ),
+        );
+    }
+    if vmx.symlink_metadata().is_err() {
+        report.problem(&vmx, "the base's configuration is missing", "restore it from a backup: new leaves need it");
+    }
 }
 
 /// Every leaf the base lists must exist; leaves of the base it does not list are added.
@@ -368,6 +408,23 @@ pub fn link_to_base(base: &Base, leaf: &Leaf) -> Result<()> {
     super::link_leaf(&base.dir, &r)
 }
 
+/// Whether the chain of disk `top` goes through the file `delta`: a snapshot the user took in
+/// VMware since the leaf was made puts the disk on a newer delta over the leaf's.
+fn leads_to(top: &Path, delta: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(target) = id(delta) else { return false };
+    let Ok(chain) = Disk::open(top) else { return false };
+    let mut disk = Some(&chain);
+    while let Some(d) = disk {
+        if id(d.path()) == Some(target) {
+            return true;
+        }
+        disk = d.parent();
+    }
+    false
+}
+
 fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
     let Some(base) = bases.iter().find(|b| b.record.id == leaf.record.base_id) else {
         report.problem(
@@ -382,12 +439,16 @@ fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
     for d in &leaf.record.disks {
         let delta = leaf.dir.join(&d.delta);
         match &vmx {
-            Ok(v) if v.get(&format!("{}.fileName", d.node)) != Some(d.delta.as_str()) => report.problem(
-                &vmx_path,
-                format!("disk {} no longer points at its delta {}", d.node, d.delta),
-                "if the snapshot \"Base\" was deleted in VMware, the leaf may have been merged; restore it from a backup",
-            ),
-            Ok(_) => {}
+            Ok(v) => {
+                let now = v.get(&format!("{}.fileName", d.node)).unwrap_or_default();
+                if now != d.delta && !leads_to(&resolve(&leaf.dir, now), &delta) {
+                    report.problem(
+                        &vmx_path,
+                        format!("disk {} no longer points at its delta {}", d.node, d.delta),
+                        "if the snapshot \"Base\" was deleted in VMware, the leaf may have been merged; restore it from a backup",
+                    );
+                }
+            }
             Err(e) => report.error(e),
         }
         let chain = match Disk::open(&delta) {

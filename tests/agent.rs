@@ -433,6 +433,46 @@ fn sigterm_during_a_long_copy_rolls_it_back_and_exits_in_time() {
     assert!(log_of(&lib).trim_end().ends_with("agent stopped"));
 }
 
+/// A `vmrun` that hangs (stand-in: sleeps) when the agent is asked to stop: it is killed, the
+/// unpublished leaf undone, and the agent exits in time.
+#[test]
+fn sigterm_while_vmrun_hangs_undoes_the_leaf_and_exits_in_time() {
+    let lib = Lib::new();
+    cli_base(&lib, "Base");
+    let vmrun = vmrun_stand_in(lib.tmp.path(), "hangs", "sleep 60");
+    let agent = Agent::start_with(&lib, &[("LEAFD_VMRUN", vmrun.to_str().unwrap())]);
+    fs::create_dir(lib.root.join("New Leaf/Base/Web")).unwrap();
+    let args = lib.tmp.path().join("args.log");
+    assert!(wait_until(Duration::from_secs(20), || args.exists()), "vmrun never ran: {}", log_of(&lib));
+    let asked = Instant::now();
+    assert_eq!(agent.stop().code(), Some(0));
+    assert!(asked.elapsed() < Duration::from_secs(20));
+    assert!(leaves(&lib).is_empty(), "{:?}", leaves(&lib));
+    let stray: Vec<_> = fs::read_dir(&lib.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".leafd-"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0);
+    assert!(lib.root.join("New Leaf/Base/Web").is_dir(), "the request stays for next time");
+    assert!(log_of(&lib).trim_end().ends_with("agent stopped"));
+}
+
+/// Make Base deleted while the agent runs: it is made again and watched again, so a VM dropped
+/// into the new folder converts without waiting for the slow rescan.
+#[test]
+fn a_deleted_drop_folder_is_made_and_watched_again() {
+    let lib = Lib::new();
+    let _agent = Agent::start(&lib);
+    fs::remove_dir(lib.make_base_dir()).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || log_of(&lib).contains("again (it was deleted")), "{}", log_of(&lib));
+    assert!(lib.make_base_dir().is_dir());
+    let built = small("Again").build(lib.tmp.path()).unwrap();
+    fs::rename(&built, lib.make_base_dir().join("Again.vmwarevm")).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || is_base(&lib, "Again")), "{}", log_of(&lib));
+}
+
 #[test]
 fn the_default_settle_period_works_too() {
     // The agent's own looks open files; those events must not keep restarting the wait.

@@ -66,10 +66,14 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .at(lib.root(), "cannot install signal handlers")?;
     let stop_tx = tx.clone();
+    // Cancelled from here, not from the main loop: a recovery running on the main thread (a big
+    // base's fingerprint) stops at once too.
+    let stop_cancel = settings.opts.cancel.clone();
     std::thread::Builder::new()
         .name("leafd-signals".into())
         .spawn(move || {
             if signals.forever().next().is_some() {
+                stop_cancel.store(true, Ordering::Relaxed);
                 let _ = stop_tx.send(Msg::Stop);
             }
         })
@@ -82,10 +86,13 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         let _ = event_tx.send(Msg::Events(r));
     })
     .map_err(|e| Error::new(Kind::Io, lib.root().to_path_buf(), format!("cannot watch the library: {e}")))?;
+    // Each drop folder with the identity of the folder its watch is on.
+    let mut watched = Vec::new();
     for dir in [&folders.make_base, &folders.new_leaf] {
         watcher
             .watch(dir, RecursiveMode::Recursive)
             .map_err(|e| Error::new(Kind::Io, dir.clone(), format!("cannot watch: {e}")))?;
+        watched.push((dir.clone(), folder_id(dir)));
     }
     tracing::info!("agent watching {} (settle {:.1} s)", lib.root().display(), settings.settle.as_secs_f64());
     for r in journal::recover(&lib, &settings.opts)? {
@@ -136,6 +143,25 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
             Err(RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
+        // A drop folder deleted (and made again by the scan) needs a new watch: the old one
+        // went with the folder.
+        for (dir, id) in &mut watched {
+            if folder_id(dir).is_none() {
+                agent.scan(now);
+            }
+            let current = folder_id(dir);
+            if current.is_some() && current != *id {
+                let _ = watcher.unwatch(dir.as_path());
+                match watcher.watch(dir.as_path(), RecursiveMode::Recursive) {
+                    Ok(()) => {
+                        tracing::info!("watching {} again (it was deleted and made anew)", dir.display());
+                        *id = current;
+                        agent.scan(now);
+                    }
+                    Err(e) => tracing::warn!("cannot watch {} again: {e}", dir.display()),
+                }
+            }
+        }
         if now >= next_rescan {
             // A CLI command killed meanwhile left its journal: finish or undo it now, not at the
             // next start.
@@ -166,10 +192,19 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
             Err(_) => break,
         }
     }
-    for t in threads {
-        if t.is_finished() || Instant::now() < deadline {
-            let _ = t.join();
-        }
+    // Threads still at work at the deadline are left to the exit: their journals are recovered
+    // at the next start. Never waited for past it (launchd kills at 20 s).
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let unfinished = threads.iter().filter(|t| !t.is_finished()).count();
+    for t in threads.into_iter().filter(|t| t.is_finished()) {
+        let _ = t.join();
+    }
+    if unfinished > 0 {
+        tracing::warn!(
+            "{unfinished} operation(s) still running at exit; they are finished or undone at the next start"
+        );
     }
     tracing::info!("agent stopped");
     Ok(())
@@ -347,6 +382,12 @@ impl Agent {
 }
 
 /// Entries of a folder (empty when it cannot be read).
+/// Which folder is at `dir` now (device and inode), if any.
+fn folder_id(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+}
+
 fn children(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
 }

@@ -259,7 +259,7 @@ fn build_files(
             disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
         fsutil::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes())?;
         step("vmx-written");
-        run_vmrun(vmrun, &vmx_path)?;
+        run_vmrun(vmrun, &vmx_path, &opts.cancel)?;
         // vmrun must have pointed every disk at a new delta over our parent copy.
         let after = Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
         for (node, rel, delta_rel, ..) in &mut disks {
@@ -359,7 +359,7 @@ fn find_vmrun(opts: &Options) -> Option<PathBuf> {
 }
 
 /// `vmrun -T fusion|ws snapshot <vmx> Base`, with a time limit.
-fn run_vmrun(vmrun: &Path, vmx: &Path) -> Result<()> {
+fn run_vmrun(vmrun: &Path, vmx: &Path, cancel: &fsutil::Cancel) -> Result<()> {
     let mut child = Command::new(vmrun)
         .args(["-T", platform::VMRUN_HOST_TYPE, "snapshot"])
         .arg(vmx)
@@ -382,7 +382,14 @@ fn run_vmrun(vmrun: &Path, vmx: &Path) -> Result<()> {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             return Err(Error::new(Kind::Io, vmrun.to_path_buf(), "vmrun snapshot did not finish within 2 minutes"));
+        }
+        if let Err(e) = fsutil::check(cancel, vmrun) {
+            // Shutting down: the leaf is not published, so it is undone like any failure.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -283,6 +283,9 @@ fn a_running_vm_is_refused_with_tag_and_note_then_converted_when_shut_down() {
     let text = fs::read_to_string(&note).unwrap();
     assert!(text.contains("is running") && text.contains("shut the VM down"), "{text}");
     assert_eq!(xattr::get(&bundle, "user.xdg.tags").unwrap().unwrap(), b"Red");
+    let status = lib.ok(&["status"]);
+    let line = status.lines().find(|l| l.starts_with("FAILED Make Base/Busy.vmwarevm: ")).unwrap_or_default();
+    assert!(line.contains("Busy.vmx.lck") && line.contains("is running"), "{status}");
     assert_eq!(checksums(&bundle), before, "a refused VM was changed");
     assert!(log_of(&lib).contains("could not make a base from Make Base/Busy.vmwarevm"), "{}", log_of(&lib));
     // Shut down: the lock goes away, and the agent tries again by itself.

@@ -17,7 +17,7 @@ pub struct Status {
     pub bases: Vec<BaseStatus>,
     /// Drops not acted on yet (waiting to settle, or not yet seen by the agent).
     pub pending: Vec<String>,
-    /// Drops that failed, with the first line of their note.
+    /// Drops that failed, with what is wrong (from their note).
     pub failed: Vec<Failed>,
     /// Operations interrupted and not yet finished or undone.
     pub interrupted: usize,
@@ -136,8 +136,18 @@ fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
             continue;
         }
         match fs::read_to_string(note_path(&item)) {
-            Ok(note) => failed
-                .push(Failed { item: lib.display(&item), reason: note.lines().next().unwrap_or_default().to_string() }),
+            Ok(note) => {
+                // The agent's note says what is wrong on the line after "What is wrong:".
+                let mut lines = note.lines();
+                let first = lines.next().unwrap_or_default();
+                let reason = note
+                    .lines()
+                    .skip_while(|l| l.trim() != "What is wrong:")
+                    .nth(1)
+                    .map_or(first, str::trim)
+                    .to_string();
+                failed.push(Failed { item: lib.display(&item), reason })
+            }
             Err(_) => pending.push(lib.display(&item)),
         }
     }

@@ -184,8 +184,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .fix("give seconds between 0 and 3600"));
             }
+            let retry = config.retry_seconds.unwrap_or(300.0);
+            if !(retry.is_finite() && (1.0..=86400.0).contains(&retry)) {
+                return Err(crate::error::Error::new(
+                    crate::error::Kind::Refused,
+                    Some(crate::config::path()),
+                    format!("retry_seconds = {retry} makes no sense"),
+                )
+                .fix("give seconds between 1 and 86400"));
+            }
             let settings = agent::Settings {
                 settle: std::time::Duration::from_secs_f64(settle),
+                retry: std::time::Duration::from_secs_f64(retry),
                 notifications: config.notifications.unwrap_or(cfg!(target_os = "macos")),
                 opts: options(&config, None),
             };

@@ -3,6 +3,7 @@
 //! ```toml
 //! root = "~/Virtual Machines.localized"
 //! settle_seconds = 3
+//! retry_seconds = 300           # a failed drop is tried again after this, then 2×, 4×… up to 16×
 //! snapshot_backend = "auto"     # auto | native | vmrun
 //! path_style = "relative"       # relative | absolute
 //! notifications = true
@@ -23,6 +24,7 @@ use crate::platform;
 pub struct Config {
     pub root: Option<PathBuf>,
     pub settle_seconds: Option<f64>,
+    pub retry_seconds: Option<f64>,
     pub snapshot_backend: Option<SnapshotBackend>,
     pub path_style: Option<PathStyle>,
     pub notifications: Option<bool>,

@@ -291,7 +291,7 @@ fn a_running_vm_is_refused_with_tag_and_note_then_converted_when_shut_down() {
     // Shut down: the lock goes away, and the agent tries again by itself.
     fs::remove_dir_all(bundle.join("Busy.vmx.lck")).unwrap();
     assert!(wait_until(Duration::from_secs(20), || is_base(&lib, "Busy")), "{}", log_of(&lib));
-    assert!(!note.exists(), "the note stayed");
+    assert!(wait_until(Duration::from_secs(5), || !note.exists()), "the note stayed");
     let tags = xattr::get(lib.base_dir("Busy"), "user.xdg.tags").unwrap().unwrap();
     assert_eq!(tags, b"Base", "the red tag travelled into the base");
 }
@@ -563,4 +563,35 @@ fn notes_of_items_that_are_gone_are_removed_at_start() {
     let _agent = Agent::start(&lib);
     assert!(wait_until(Duration::from_secs(10), || !orphan.exists()), "{}", log_of(&lib));
     assert!(kept.exists(), "the note of an item still there was removed");
+}
+
+/// The cause of a failure may lie outside the item: here a leaf of the same name exists. Once it
+/// is deleted the agent tries again by itself (the retry timer), and says the failure once.
+#[test]
+fn a_failure_whose_cause_goes_away_elsewhere_is_retried_by_the_timer() {
+    let lib = Lib::new();
+    let vm = cli_base(&lib, "Base");
+    lib.ok(&["new-leaf", "Base", "Web"]);
+    let config = lib.tmp.path().join("config/leafd");
+    fs::create_dir_all(&config).unwrap();
+    fs::write(config.join("config.toml"), "retry_seconds = 1\n").unwrap();
+    let _agent = Agent::start_with(&lib, &[("RUST_LOG", "leafd=debug")]);
+    let drop = lib.root.join("New Leaf/Base");
+    fs::create_dir(drop.join("Web")).unwrap();
+    let note = drop.join("Web - leafd error.txt");
+    assert!(wait_until(Duration::from_secs(20), || note.exists()), "{}", log_of(&lib));
+    assert!(fs::read_to_string(&note).unwrap().contains("already exists"));
+    // Tried again at 1 s and 2 s later, failing the same way: one line in the log.
+    std::thread::sleep(Duration::from_millis(3500));
+    let said = log_of(&lib).lines().filter(|l| l.contains("could not make a leaf")).count();
+    assert_eq!(said, 1, "{}", log_of(&lib));
+    let retried = log_of(&lib).lines().filter(|l| l.contains("still cannot make a leaf")).count();
+    assert!(retried >= 1, "never tried again: {}", log_of(&lib));
+    assert!(note.exists(), "the note must stay while the cause does");
+    // The old leaf deleted by hand, as a person would (and its marker in the base).
+    fs::remove_dir_all(lib.leaf_dir("Web")).unwrap();
+    fs::remove_file(lib.base_dir("Base").join(".leaves").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || is_leaf(&lib, "Web")), "{}", log_of(&lib));
+    assert!(wait_until(Duration::from_secs(5), || !note.exists()), "the note stayed");
+    leaf_reads_base(&lib, "Web", &vm);
 }

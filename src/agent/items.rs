@@ -176,6 +176,9 @@ pub struct Timing {
     pub second_look: Duration,
     /// A marked copy that has not changed for this long is reported (and still waited for).
     pub stall: Duration,
+    /// A failed item unchanged for this long is tried again; the wait doubles after each
+    /// failure, up to 16 times.
+    pub retry: Duration,
 }
 
 impl Timing {
@@ -184,6 +187,7 @@ impl Timing {
             settle,
             second_look: (settle / 3).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             stall: Duration::from_secs(600),
+            retry: Duration::from_secs(300),
         }
     }
 }
@@ -195,7 +199,7 @@ pub enum Phase {
     Settling,
     /// Its operation is running.
     Running,
-    /// The operation failed; retried when the item changes from this look.
+    /// The operation failed; retried when the item changes from this look, or at `retry_at`.
     Failed(Look),
     /// A New Leaf folder still carrying Finder's placeholder name.
     Unnamed,
@@ -230,6 +234,12 @@ pub struct Item {
     pub dirty: bool,
     /// A stalled copy was reported (report once).
     pub stall_reported: bool,
+    /// Failures in a row, the last one's message, and when the timer tries it again.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    retry_at: Option<Instant>,
+    /// This attempt came from the timer, not from a change.
+    pub retrying: bool,
 }
 
 impl Item {
@@ -242,7 +252,21 @@ impl Item {
             last_look: None,
             dirty: false,
             stall_reported: false,
+            failures: 0,
+            last_error: None,
+            retry_at: None,
+            retrying: false,
         }
+    }
+
+    /// The operation failed on the item as it looks now: wait for a change, or for the timer.
+    pub fn failed(&mut self, look: Look, error: String, now: Instant, t: &Timing) {
+        self.failures += 1;
+        self.retry_at = Some(now + t.retry * (1 << (self.failures - 1).min(4)));
+        self.last_error = Some(error);
+        self.phase = Phase::Failed(look.clone());
+        self.last_look = Some((look, now));
+        self.dirty = false;
     }
 
     /// Something happened under the item (seen at `when`).
@@ -260,9 +284,8 @@ impl Item {
         let end = self.changed + t.settle;
         match &self.phase {
             Phase::Running => None,
-            Phase::Unnamed | Phase::Failed(_) if self.last_look.as_ref().is_some_and(|(_, at)| *at >= self.changed) => {
-                None
-            }
+            Phase::Unnamed if self.last_look.as_ref().is_some_and(|(_, at)| *at >= self.changed) => None,
+            Phase::Failed(_) if self.last_look.as_ref().is_some_and(|(_, at)| *at >= self.changed) => self.retry_at,
             _ => Some(match &self.last_look {
                 Some((_, at)) if *at >= self.changed => (*at + t.second_look).max(end),
                 _ => end.checked_sub(t.second_look).unwrap_or(self.changed).max(self.changed),
@@ -282,11 +305,13 @@ impl Item {
             }
         }
         if let Phase::Failed(failed) = &self.phase {
-            if *failed == look {
+            let unchanged = *failed == look;
+            self.retrying = unchanged;
+            if unchanged && self.retry_at.is_none_or(|at| now < at) {
                 self.last_look = Some((look, now));
                 return Verdict::Idle;
             }
-            // It changed since it failed: try again once it is quiet.
+            // It changed since it failed, or its time to try again came: go once it is quiet.
             self.phase = Phase::Settling;
         }
         let previous = self.last_look.take();
@@ -451,11 +476,7 @@ mod tests {
 
     #[test]
     fn a_marked_copy_is_never_given_up_and_a_stall_is_reported_once() {
-        let t = Timing {
-            settle: Duration::from_secs(1),
-            second_look: Duration::from_millis(300),
-            stall: Duration::from_secs(60),
-        };
+        let t = Timing { stall: Duration::from_secs(60), ..Timing::new(Duration::from_secs(1)) };
         let t0 = Instant::now();
         let mut item = Item::new("/x".into(), Request::MakeBase, t0);
         let mut now = t0 + t.settle;
@@ -484,14 +505,32 @@ mod tests {
         assert_eq!(item.due(&t), None);
 
         let mut item = Item::new("/l/Make Base/U".into(), Request::MakeBase, t0);
-        item.phase = Phase::Failed(look(&[1], false));
         let t1 = t0 + t.settle;
+        item.failed(look(&[1], false), "it is running".into(), t1, &t);
         assert_eq!(item.decide(Some(look(&[1], false)), t1, &t), Verdict::Idle);
-        assert_eq!(item.due(&t), None);
+        assert_eq!(item.due(&t), Some(t1 + t.retry), "unchanged, it waits for the retry timer");
         item.touch(t1 + Duration::from_secs(1));
         let t2 = t1 + Duration::from_secs(1) + t.settle;
         assert!(matches!(item.decide(Some(look(&[2], false)), t2, &t), Verdict::Wait(_)));
         assert_eq!(item.decide(Some(look(&[2], false)), t2 + t.second_look, &t), Verdict::Ready);
         assert_eq!(item.decide(None, t2, &t), Verdict::Gone);
+    }
+
+    #[test]
+    fn a_failed_item_is_tried_again_by_the_timer_less_and_less_often() {
+        let t = Timing::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let mut item = Item::new("/l/New Leaf/U/Web".into(), Request::NewLeaf { base: "U".into() }, t0);
+        let mut at = t0 + t.settle;
+        for (n, wait) in [1u32, 2, 4, 8, 16, 16].into_iter().enumerate() {
+            item.failed(look(&[1], false), "Web.vmwarevm: already exists".into(), at, &t);
+            assert_eq!(item.failures, n as u32 + 1);
+            assert_eq!(item.due(&t), Some(at + t.retry * wait), "after failure {}", n + 1);
+            let before = at + t.retry * wait - Duration::from_millis(1);
+            assert_eq!(item.decide(Some(look(&[1], false)), before, &t), Verdict::Idle);
+            at += t.retry * wait;
+            assert_eq!(item.decide(Some(look(&[1], false)), at, &t), Verdict::Ready, "retry {}", n + 1);
+            assert!(item.retrying, "a retry by the timer is marked as such");
+        }
     }
 }

@@ -40,6 +40,9 @@ pub enum Msg {
 
 pub struct Settings {
     pub settle: Duration,
+    /// How long a failed item waits before it is tried again although nothing about it changed
+    /// (its cause may lie elsewhere: a leaf of the same name deleted, space freed).
+    pub retry: Duration,
     pub notifications: bool,
     pub opts: Options,
 }
@@ -103,7 +106,7 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         runner: Runner::new(lib.clone(), settings.opts, tx.clone()),
         lib,
         folders,
-        timing: Timing::new(settings.settle),
+        timing: Timing { retry: settings.retry, ..Timing::new(settings.settle) },
         notifications: settings.notifications,
         items: HashMap::new(),
     };
@@ -292,8 +295,7 @@ impl Agent {
                         item.phase = Phase::Failed(look.clone());
                         continue;
                     }
-                    // Our own tag must not travel with a bundle into Bases.
-                    report::clear(&path);
+                    report::untag(&path);
                     tracing::debug!("{} is ready", self.lib.display(&path));
                     self.runner.submit(Job { item: path, request: item.request.clone() });
                 }
@@ -352,16 +354,21 @@ impl Agent {
                     Request::MakeBase => "make a base from".to_string(),
                     Request::NewLeaf { base } => format!("make a leaf of base {base:?} from"),
                 };
-                tracing::warn!("could not {what} {}: {}", self.lib.display(&path), e.summary());
-                if path.exists() {
-                    report::failed(&path, &what, &e, self.notifications);
+                let summary = e.summary();
+                let item = self.items.get_mut(&path);
+                // A retry by the timer that fails as before is said once, not every time.
+                let again = item.as_ref().is_some_and(|i| i.retrying && i.last_error.as_deref() == Some(&summary));
+                if again {
+                    tracing::debug!("still cannot {what} {}: {summary}", self.lib.display(&path));
+                } else {
+                    tracing::warn!("could not {what} {}: {summary}", self.lib.display(&path));
                 }
-                match (Look::take(&path), self.items.get_mut(&path)) {
-                    (Some(look), Some(item)) => {
-                        item.phase = Phase::Failed(look.clone());
-                        item.last_look = Some((look, now));
-                        item.dirty = false;
-                    }
+                // The tag went when it was tried; it comes back (the notification not).
+                if path.exists() {
+                    report::failed(&path, &what, &e, self.notifications && !again);
+                }
+                match (Look::take(&path), item) {
+                    (Some(look), Some(item)) => item.failed(look, summary, now, &self.timing),
                     _ => {
                         self.items.remove(&path);
                     }
@@ -381,13 +388,13 @@ impl Agent {
     }
 }
 
-/// Entries of a folder (empty when it cannot be read).
 /// Which folder is at `dir` now (device and inode), if any.
 fn folder_id(dir: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
 }
 
+/// Entries of a folder (empty when it cannot be read).
 fn children(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
 }

@@ -53,6 +53,12 @@ pub fn clear(item: &Path) {
     {
         tracing::warn!("cannot remove the note {}: {e}", note.display());
     }
+    untag(item);
+}
+
+/// Removes the red tag alone, before an item is tried again: a tag would travel with a bundle
+/// into Bases, while the note beside it stays until the outcome is known.
+pub fn untag(item: &Path) {
     if item.exists() {
         let _ = platform::set_tag(item, Tag::Failed, false);
     }

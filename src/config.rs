@@ -3,7 +3,7 @@
 //! ```toml
 //! root = "~/Virtual Machines.localized"
 //! settle_seconds = 3
-//! retry_seconds = 300           # a failed drop is tried again after this, then 2×, 4×… up to 16×
+//! retry_seconds = 300           # a refused drop is tried again after this, then 2×, 4×… up to 16×
 //! snapshot_backend = "auto"     # auto | native | vmrun
 //! path_style = "relative"       # relative | absolute
 //! notifications = true

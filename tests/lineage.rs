@@ -244,6 +244,26 @@ fn a_damaged_extent_record_is_rebuilt_by_a_deep_verify() {
     assert_eq!(record(&p, "extent"), good);
 }
 
+/// Without a recorded fingerprint, a damaged extent record cannot be rebuilt: a fingerprint
+/// taken now could be of a truncated disk, so none is recorded either.
+#[test]
+fn a_damaged_extent_record_without_a_fingerprint_stays_a_problem() {
+    let (lib, _) = setup(&["Web"]);
+    let base = lib.base_dir("Ubuntu");
+    let mut rec = record(&base, "base");
+    for d in rec["disks"].as_array_mut().unwrap() {
+        d["fingerprint"] = serde_json::Value::Null;
+    }
+    xattr::set(&base, "user.org.leafd.base", &serde_json::to_vec(&rec).unwrap()).unwrap();
+    let p = base.join("Virtual Disk-s001.vmdk");
+    xattr::set(&p, "user.org.leafd.extent", b"{not json").unwrap();
+    for _ in 0..2 {
+        let (code, out) = verify(&lib, &["--deep"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("has no content fingerprint"), "{out}");
+    }
+}
+
 /// Snapshots the user takes in VMware put a leaf's disk on a newer delta over the leaf's own:
 /// still a healthy leaf.
 #[test]

@@ -140,11 +140,9 @@ impl Look {
             vec![Entry { path: PathBuf::new(), dir: meta.is_dir(), len: 0, time: None, access: (0, false) }];
         let mut copying = platform::copy_in_progress(item);
         if meta.is_dir() {
-            let Ok(inside) = crate::fsutil::walk(item) else {
-                // Unlistable now (an entry went away mid-listing during a copy?): treated as a
-                // copy in progress, so the item waits, and is reported if it stays so for long.
-                return Some(Look { entries, copying: true });
-            };
+            // An entry that went away mid-listing (a copy) makes one listing fail: list again. A
+            // folder that cannot be listed at all looks settled, so its operation reports why.
+            let inside = crate::fsutil::walk(item).or_else(|_| crate::fsutil::walk(item)).unwrap_or_default();
             for p in inside {
                 let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
                 copying |= m.is_file() && platform::copy_in_progress(&p);
@@ -259,10 +257,11 @@ impl Item {
         }
     }
 
-    /// The operation failed on the item as it looks now: wait for a change, or for the timer.
-    pub fn failed(&mut self, look: Look, error: String, now: Instant, t: &Timing) {
+    /// The operation failed on the item as it looks now: wait for a change, or (`timer`) for the
+    /// retry timer too.
+    pub fn failed(&mut self, look: Look, error: String, timer: bool, now: Instant, t: &Timing) {
         self.failures += 1;
-        self.retry_at = Some(now + t.retry * (1 << (self.failures - 1).min(4)));
+        self.retry_at = timer.then(|| now + t.retry * (1 << (self.failures - 1).min(4)));
         self.last_error = Some(error);
         self.phase = Phase::Failed(look.clone());
         self.last_look = Some((look, now));
@@ -312,6 +311,9 @@ impl Item {
                 return Verdict::Idle;
             }
             // It changed since it failed, or its time to try again came: go once it is quiet.
+            if !unchanged {
+                self.failures = 0;
+            }
             self.phase = Phase::Settling;
         }
         let previous = self.last_look.take();
@@ -506,9 +508,12 @@ mod tests {
 
         let mut item = Item::new("/l/Make Base/U".into(), Request::MakeBase, t0);
         let t1 = t0 + t.settle;
-        item.failed(look(&[1], false), "it is running".into(), t1, &t);
+        item.failed(look(&[1], false), "it is running".into(), true, t1, &t);
         assert_eq!(item.decide(Some(look(&[1], false)), t1, &t), Verdict::Idle);
         assert_eq!(item.due(&t), Some(t1 + t.retry), "unchanged, it waits for the retry timer");
+        let mut no_timer = Item::new("/l/Make Base/V".into(), Request::MakeBase, t0);
+        no_timer.failed(look(&[1], false), "disk full".into(), false, t1, &t);
+        assert_eq!(no_timer.due(&t), None, "a failure that is not a refusal waits for a change");
         item.touch(t1 + Duration::from_secs(1));
         let t2 = t1 + Duration::from_secs(1) + t.settle;
         assert!(matches!(item.decide(Some(look(&[2], false)), t2, &t), Verdict::Wait(_)));
@@ -523,7 +528,7 @@ mod tests {
         let mut item = Item::new("/l/New Leaf/U/Web".into(), Request::NewLeaf { base: "U".into() }, t0);
         let mut at = t0 + t.settle;
         for (n, wait) in [1u32, 2, 4, 8, 16, 16].into_iter().enumerate() {
-            item.failed(look(&[1], false), "Web.vmwarevm: already exists".into(), at, &t);
+            item.failed(look(&[1], false), "Web.vmwarevm: already exists".into(), true, at, &t);
             assert_eq!(item.failures, n as u32 + 1);
             assert_eq!(item.due(&t), Some(at + t.retry * wait), "after failure {}", n + 1);
             let before = at + t.retry * wait - Duration::from_millis(1);

@@ -291,8 +291,9 @@ impl Agent {
                     if let (Request::NewLeaf { .. }, Some((look, _))) = (&item.request, &item.last_look)
                         && !look.is_dir()
                     {
-                        // A file dropped in New Leaf is not a request.
-                        item.phase = Phase::Failed(look.clone());
+                        // A file dropped in New Leaf is not a request, and never becomes one.
+                        let look = look.clone();
+                        item.failed(look, "not a folder".into(), false, now, &self.timing);
                         continue;
                     }
                     report::untag(&path);
@@ -368,7 +369,9 @@ impl Agent {
                     report::failed(&path, &what, &e, self.notifications && !again);
                 }
                 match (Look::take(&path), item) {
-                    (Some(look), Some(item)) => item.failed(look, summary, now, &self.timing),
+                    // The timer retries refusals, whose cause may go away elsewhere; not failures
+                    // such as a full disk, which would copy or flatten again and again.
+                    (Some(look), Some(item)) => item.failed(look, summary, e.kind == Kind::Refused, now, &self.timing),
                     _ => {
                         self.items.remove(&path);
                     }

@@ -137,8 +137,14 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
         else {
             continue;
         };
-        // One operation that cannot be finished must not stop the others, nor leafd.
-        let result = finish_or_undo(lib, &path, opts).and_then(|message| remove(&path).map(|()| message));
+        // One operation that cannot be finished must not stop the others, nor leafd: not even
+        // when its recovery meets a bug (a panic), which keeps the journal for next time.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish_or_undo(lib, &path, opts)))
+            .unwrap_or_else(|_| {
+                Err(Error::new(crate::error::Kind::Io, path.clone(), "recovering this operation failed unexpectedly")
+                    .fix("report it with the log (`leafd log`); the journal is kept"))
+            })
+            .and_then(|message| remove(&path).map(|()| message));
         drop(file);
         out.push(Recovered { id, result });
     }

@@ -706,6 +706,7 @@ fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
     if plan.source.symlink_metadata().is_err() {
         return Ok(Vec::new());
     }
+    let state = fsutil::tree_state(&plan.source)?;
     let entries = fsutil::walk(&plan.source)?;
     let mut changed = Vec::new();
     for src in &entries {
@@ -722,6 +723,11 @@ fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
         if !same {
             changed.push(src.clone());
         }
+    }
+    // Comparing big disks takes time: a VM started meanwhile (a new lock folder, a write) keeps
+    // the original whole.
+    if changed.is_empty() && fsutil::tree_state(&plan.source)? != state {
+        changed.push(plan.source.clone());
     }
     if !changed.is_empty() {
         return Ok(changed);

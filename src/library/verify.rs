@@ -269,6 +269,8 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
         // Damaged extent records: their recorded size is lost, so they are rebuilt only once the
         // content is shown intact (`--deep`, fingerprint matching).
         let mut damaged = Vec::new();
+        // A fingerprint is recorded only from content whose sizes check out.
+        let mut suspect = false;
         for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
             let Some(file) = file else { continue };
             let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
@@ -282,11 +284,14 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
                 size,
             };
             match lineage::read::<ExtentRecord>(&file, lineage::EXTENT) {
-                Ok(Some(r)) if r.size != size => report.problem(
-                    &file,
-                    format!("extent is {size} bytes, {} when the base was made: truncated or changed", r.size),
-                    "restore the base's disk files from a backup",
-                ),
+                Ok(Some(r)) if r.size != size => {
+                    suspect = true;
+                    report.problem(
+                        &file,
+                        format!("extent is {size} bytes, {} when the base was made: truncated or changed", r.size),
+                        "restore the base's disk files from a backup",
+                    )
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     with_write_access(&file, || lineage::write(&file, lineage::EXTENT, &rebuilt))?;
@@ -308,6 +313,11 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
                     "restore the base's disk files from a backup",
                 ),
                 Some(_) => intact = true,
+                None if suspect || !damaged.is_empty() => report.problem(
+                    &path,
+                    "the base has no content fingerprint, and its extents cannot be checked against their records",
+                    "restore the base's disk files from a backup, or make the base again from the original VM",
+                ),
                 None => {
                     d.fingerprint = Some(now);
                     changed = true;

@@ -37,8 +37,8 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// For file systems without RENAME_NOREPLACE. A file is hard-linked to its new name (which fails
-/// if the name is taken, atomically) and then unlinked. A folder is checked, then renamed: rename
-/// can replace only an empty folder, so a race loses nothing.
+/// if the name is taken, atomically) and then unlinked; without hard links it is checked, then
+/// renamed. A folder is checked, then renamed: rename can replace only an empty folder.
 fn rename_noreplace_without_flag(from: &Path, to: &Path) -> io::Result<()> {
     if std::fs::symlink_metadata(from)?.is_dir() {
         if to.symlink_metadata().is_ok() {
@@ -46,8 +46,17 @@ fn rename_noreplace_without_flag(from: &Path, to: &Path) -> io::Result<()> {
         }
         return std::fs::rename(from, to);
     }
-    std::fs::hard_link(from, to)?;
-    std::fs::remove_file(from)
+    match std::fs::hard_link(from, to) {
+        Ok(()) => std::fs::remove_file(from),
+        // No hard links either (some FUSE file systems): check, then rename.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+            if to.symlink_metadata().is_ok() {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Linux has no user-settable immutable flag (chattr +i needs root), so permissions alone protect.

@@ -125,6 +125,7 @@ fn exercise_extent(path: &Path) {
 }
 
 fn exercise_disk(disk: &Disk) {
+    let _ = disk.check_extents();
     let _ = disk.files();
     let _ = disk.extent_sectors();
     let mut depth = 0;

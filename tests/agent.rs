@@ -451,11 +451,7 @@ fn sigterm_while_vmrun_hangs_undoes_the_leaf_and_exits_in_time() {
     assert_eq!(agent.stop().code(), Some(0));
     assert!(asked.elapsed() < Duration::from_secs(20));
     assert!(leaves(&lib).is_empty(), "{:?}", leaves(&lib));
-    let stray: Vec<_> = fs::read_dir(&lib.root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".leafd-"))
-        .collect();
+    let stray = leftovers(&lib.root);
     assert!(stray.is_empty(), "{stray:?}");
     assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0);
     assert!(lib.root.join("New Leaf/Base/Web").is_dir(), "the request stays for next time");
@@ -509,11 +505,7 @@ fn an_operation_that_panics_fails_its_item_and_frees_its_base() {
     assert!(text.contains("failed unexpectedly") && text.contains("new-leaf:deltas-written"), "{text}");
     assert!(leaves(&lib).is_empty(), "{:?}", leaves(&lib));
     assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0, "not undone at once");
-    let stray: Vec<_> = fs::read_dir(&lib.root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".leafd-"))
-        .collect();
+    let stray = leftovers(&lib.root);
     assert!(stray.is_empty(), "{stray:?}");
     // Renamed: tried again (its base is free), and fails the same way.
     fs::rename(drop.join("Web"), drop.join("Web 2")).unwrap();

@@ -254,7 +254,7 @@ fn a_damaged_extent_record_without_a_fingerprint_stays_a_problem() {
     for d in rec["disks"].as_array_mut().unwrap() {
         d["fingerprint"] = serde_json::Value::Null;
     }
-    xattr::set(&base, "user.org.leafd.base", &serde_json::to_vec(&rec).unwrap()).unwrap();
+    set_record(&base, "base", &rec);
     let p = base.join("Virtual Disk-s001.vmdk");
     xattr::set(&p, "user.org.leafd.extent", b"{not json").unwrap();
     for _ in 0..2 {
@@ -451,7 +451,7 @@ fn relink_refuses_to_choose_between_two_bases_of_the_same_disk() {
     for (dir, id) in [(&original, "another-id-1"), (&twin, "another-id-2")] {
         let mut rec = record(dir, "base");
         rec["id"] = id.into();
-        xattr::set(dir, "user.org.leafd.base", &serde_json::to_vec(&rec).unwrap()).unwrap();
+        set_record(dir, "base", &rec);
     }
     fs::rename(lib.leaf_dir("Web"), lib.tmp.path().join("Web.vmwarevm")).unwrap();
     fs::rename(lib.tmp.path().join("Web.vmwarevm"), lib.root.join("Moved Web.vmwarevm")).unwrap();
@@ -518,11 +518,7 @@ fn promote_survives_a_kill_at_every_step() {
             let disk = if promoted { dir.join(&d.file) } else { delta(&lib, "Web", &d.file) };
             same_as(reference, &disk);
         }
-        let stray: Vec<_> = fs::read_dir(&lib.root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".leafd-"))
-            .collect();
+        let stray = leftovers(&lib.root);
         assert!(stray.is_empty(), "{step}: {stray:?}");
         if !promoted {
             lib.ok(&["promote", "Web"]);
@@ -549,11 +545,7 @@ fn promote_recovery_never_deletes_the_leaf_when_its_place_was_taken() {
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("move what is at") && text(&o).contains("leafd recover"), "{}", text(&o));
     assert_eq!(fs::read(dir.join("restored.txt")).unwrap(), b"someone else's");
-    let hidden: Vec<_> = fs::read_dir(&lib.root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".leafd-"))
-        .collect();
+    let hidden = leftovers(&lib.root);
     assert_eq!(hidden.len(), 2, "both the old leaf and the promoted VM are kept: {hidden:?}");
     let aside = hidden.iter().find(|p| p.to_string_lossy().contains("promoted")).unwrap();
     for (d, reference) in vm.disks.iter().zip(&refs) {
@@ -566,7 +558,7 @@ fn promote_recovery_never_deletes_the_leaf_when_its_place_was_taken() {
     for (d, reference) in vm.disks.iter().zip(&refs) {
         same_as(reference, &dir.join(&d.file));
     }
-    assert!(fs::read_dir(&lib.root).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".leafd-")));
+    assert!(leftovers(&lib.root).is_empty(), "{:?}", leftovers(&lib.root));
 }
 
 #[test]

@@ -162,14 +162,7 @@ fn panicked(lib: &Library, opts: &Options, job: &Job, panic: Box<dyn Any + Send>
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     tracing::error!("the operation on {} failed unexpectedly: {what}", lib.display(&job.item));
-    match journal::recover(lib, opts) {
-        Ok(done) => {
-            for r in &done {
-                r.report(false);
-            }
-        }
-        Err(e) => tracing::warn!("{}", e.summary()),
-    }
+    journal::recover_and_log(lib, opts);
     Error::new(Kind::Io, job.item.clone(), format!("leafd failed unexpectedly ({what}); what it had begun was undone"))
         .fix("try again by renaming or re-dropping the item; if it happens again, report it with the log (`leafd log`)")
 }

@@ -149,10 +149,11 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         // A drop folder deleted (and made again by the scan) needs a new watch: the old one
         // went with the folder.
         for (dir, id) in &mut watched {
-            if folder_id(dir).is_none() {
+            let mut current = folder_id(dir);
+            if current.is_none() {
                 agent.scan(now);
+                current = folder_id(dir);
             }
-            let current = folder_id(dir);
             if current.is_some() && current != *id {
                 let _ = watcher.unwatch(dir.as_path());
                 match watcher.watch(dir.as_path(), RecursiveMode::Recursive) {
@@ -168,14 +169,7 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         if now >= next_rescan {
             // A CLI command killed meanwhile left its journal: finish or undo it now, not at the
             // next start.
-            match journal::recover(&agent.lib, agent.runner.options()) {
-                Ok(done) => {
-                    for r in &done {
-                        r.report(false);
-                    }
-                }
-                Err(e) => tracing::warn!("{}", e.summary()),
-            }
+            journal::recover_and_log(&agent.lib, agent.runner.options());
             agent.scan(now);
             next_rescan = now + RESCAN;
         }
@@ -232,12 +226,15 @@ impl Agent {
         }
         // Items that went while events were lost (or the agent was not running) take their
         // notes with them.
-        let gone: Vec<PathBuf> = self.items.keys().filter(|p| p.symlink_metadata().is_err()).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .items
+            .values()
+            .filter(|i| i.phase != Phase::Running && i.path.symlink_metadata().is_err())
+            .map(|i| i.path.clone())
+            .collect();
         for p in gone {
-            if self.items.get(&p).is_some_and(|i| i.phase != Phase::Running) {
-                self.items.remove(&p);
-                report::clear(&p);
-            }
+            self.items.remove(&p);
+            report::clear(&p);
         }
         for note in &found {
             let name = note.file_name().unwrap_or_default().to_string_lossy();

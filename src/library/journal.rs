@@ -151,6 +151,19 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
     Ok(out)
 }
 
+/// Recovers and logs each outcome, or why it could not look: for callers that go on either way
+/// (the agent's timer, and after an operation that panicked).
+pub fn recover_and_log(lib: &Library, opts: &Options) {
+    match recover(lib, opts) {
+        Ok(done) => {
+            for r in &done {
+                r.report(false);
+            }
+        }
+        Err(e) => tracing::warn!("{}", e.summary()),
+    }
+}
+
 fn finish_or_undo(lib: &Library, path: &Path, opts: &Options) -> Result<String> {
     let bytes = fs::read(path).at(path, "cannot read journal")?;
     let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| {

@@ -707,7 +707,7 @@ fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
         return Ok(Vec::new());
     }
     let state = fsutil::tree_state(&plan.source)?;
-    let entries = fsutil::walk(&plan.source)?;
+    let entries: Vec<PathBuf> = state.iter().map(|(p, ..)| p.clone()).collect();
     let mut changed = Vec::new();
     for src in &entries {
         let rel = src.strip_prefix(&plan.source).expect("inside");
@@ -803,7 +803,7 @@ fn roll_back(plan: &Plan) -> Result<()> {
 
 /// Whether the base is in place (the publish rename happened).
 fn published(plan: &Plan) -> bool {
-    matches!(lineage::read::<BaseRecord>(&plan.target, lineage::BASE), Ok(Some(r)) if r.id == plan.id)
+    super::base_at(&plan.target, &plan.id).unwrap_or(false)
 }
 
 /// Finishes or undoes a Make Base that was interrupted.

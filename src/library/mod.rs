@@ -279,12 +279,17 @@ impl Library {
     }
 }
 
+/// Whether the folder `dir` holds the base with id `id` (its record says so).
+pub(crate) fn base_at(dir: &Path, id: &str) -> Result<bool> {
+    Ok(lineage::read::<BaseRecord>(dir, lineage::BASE)?.is_some_and(|r| r.id == id))
+}
+
 impl Base {
     /// Takes this base's lock, then checks that its folder still holds this base: while waiting,
     /// it may have been removed, and another base may have taken its name.
     pub fn lock(&self, lib: &Library) -> Result<File> {
         let lock = lib.lock_base(&self.record.id)?;
-        if lineage::read::<BaseRecord>(&self.dir, lineage::BASE)?.is_none_or(|r| r.id != self.record.id) {
+        if !base_at(&self.dir, &self.record.id)? {
             return Err(Error::new(Kind::Busy, self.dir.clone(), "the base changed while waiting for it (removed?)"));
         }
         Ok(lock)

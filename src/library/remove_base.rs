@@ -13,7 +13,6 @@ use super::{Library, Options};
 use crate::error::{Error, IoContext, Result};
 use crate::fault;
 use crate::fsutil;
-use crate::lineage::{self, BaseRecord};
 use crate::platform;
 
 pub const OP: &str = "remove-base";
@@ -146,8 +145,7 @@ fn finish(plan: &Plan, _opts: &Options) -> Result<Option<PathBuf>> {
 /// asked for); before that nothing had changed, and the base stays.
 pub fn recover(_lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
     if !plan.hidden.exists() {
-        let still_there =
-            lineage::read::<BaseRecord>(&plan.dir, lineage::BASE).ok().flatten().is_some_and(|r| r.id == plan.id);
+        let still_there = super::base_at(&plan.dir, &plan.id).unwrap_or(false);
         return Ok(if still_there {
             format!("the interrupted removal of base {:?} had not started; the base is untouched", plan.name)
         } else {

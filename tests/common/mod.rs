@@ -239,6 +239,20 @@ pub fn record(path: &Path, name: &str) -> serde_json::Value {
     serde_json::from_slice(&raw).unwrap()
 }
 
+/// Replaces the lineage record `name` on `path` (to break it on purpose).
+pub fn set_record(path: &Path, name: &str, value: &serde_json::Value) {
+    xattr::set(path, format!("user.org.leafd.{name}"), &serde_json::to_vec(value).unwrap()).unwrap();
+}
+
+/// leafd's hidden working folders (staging, set-aside, removing) left in `dir`.
+pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".leafd-"))
+        .collect()
+}
+
 /// Everything about a tree that must not change when leafd refuses to touch it: every path,
 /// its type, mode and size, each file's checksum, and every extended attribute.
 pub fn fingerprint_tree(dir: &Path) -> Vec<String> {

@@ -89,7 +89,7 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         let _ = event_tx.send(Msg::Events(r));
     })
     .map_err(|e| Error::new(Kind::Io, lib.root().to_path_buf(), format!("cannot watch the library: {e}")))?;
-    // Each drop folder with the identity of the folder its watch is on.
+    // Each drop folder with the identity of the folder its watch is on (None: the watch is lost).
     let mut watched = Vec::new();
     for dir in [&folders.make_base, &folders.new_leaf] {
         watcher
@@ -122,6 +122,13 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
                     if e.need_rescan() {
                         agent.scan(now);
                     }
+                    // A drop folder removed loses its watch, even if a new folder gets its inode.
+                    if e.kind.is_remove() {
+                        for (dir, id) in watched.iter_mut().filter(|(dir, _)| e.paths.contains(dir)) {
+                            tracing::debug!("{} was removed", dir.display());
+                            *id = None;
+                        }
+                    }
                     // Opening or reading changes nothing, and the agent's own looks cause them
                     // (inotify reports opens): they must not restart the settle period.
                     if e.kind.is_access() {
@@ -147,10 +154,11 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         }
         let now = Instant::now();
         // A drop folder deleted (and made again by the scan) needs a new watch: the old one
-        // went with the folder.
+        // went with the folder. `id` is None once it is known gone.
         for (dir, id) in &mut watched {
             let mut current = folder_id(dir);
             if current.is_none() {
+                *id = None;
                 agent.scan(now);
                 current = folder_id(dir);
             }

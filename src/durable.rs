@@ -1,0 +1,470 @@
+//! Every change leafd makes to the file system, flushed by one rule (docs/durability.md):
+//!
+//! 1. every change to a file (data, length, extended attribute, mode, flags) is flushed before a
+//!    rename publishes it (the rename of the file itself or of a folder above it);
+//! 2. a folder whose entries changed is flushed before a rename publishes it, and after every
+//!    rename both folders are flushed;
+//! 3. nothing leafd published is left unflushed when the operation ends;
+//! 4. a base file, once published, is never opened for writing.
+//!
+//! The functions here keep 2 themselves (a rename flushes both folders); callers keep 1 and 3
+//! by flushing what they changed before they publish it, which the trace checks.
+//!
+//! With `LEAFD_IO_TRACE=FILE` each call appends one JSON line (its number, the operation, the
+//! path, device and inode) for the ordering tests; with `LEAFD_FAULT=io:N` the Nth call after
+//! [`arm`] fails with `EIO` (see [`crate::fault`]).
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::{Value, json};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fault;
+use crate::platform;
+
+pub use crate::platform::Flush;
+
+const TRACE_ENV: &str = "LEAFD_IO_TRACE";
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+static ARMED: AtomicBool = AtomicBool::new(false);
+static ARMED_CALLS: AtomicU64 = AtomicU64::new(0);
+
+fn trace_file() -> Option<&'static Mutex<File>> {
+    static TRACE: OnceLock<Option<Mutex<File>>> = OnceLock::new();
+    TRACE
+        .get_or_init(|| {
+            let path = std::env::var_os(TRACE_ENV)?;
+            OpenOptions::new().create(true).append(true).open(path).ok().map(Mutex::new)
+        })
+        .as_ref()
+}
+
+/// Starts counting calls for `LEAFD_FAULT=io:N`: an operation's journal is written, so from here
+/// on every failure must leave the untouched source or the finished result.
+pub fn arm() {
+    ARMED.store(true, Ordering::SeqCst);
+}
+
+/// One call through this module: numbered, and failed on purpose when it is the one
+/// `LEAFD_FAULT=io:N` names. Returns the numbers to trace it by.
+fn call() -> io::Result<(u64, u64)> {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst) + 1;
+    let armed = if ARMED.load(Ordering::SeqCst) { ARMED_CALLS.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
+    if armed > 0 && fault::io_call() == Some(armed) {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok((n, armed))
+}
+
+/// Device and inode, for the trace.
+fn id_of(meta: &fs::Metadata) -> [u64; 2] {
+    [meta.dev(), meta.ino()]
+}
+
+fn path_id(p: &Path) -> Option<[u64; 2]> {
+    fs::symlink_metadata(p).ok().map(|m| id_of(&m))
+}
+
+fn parent_id(p: &Path) -> Option<[u64; 2]> {
+    p.parent().and_then(path_id)
+}
+
+/// Appends the trace line of a call that succeeded; `fields` is built only when tracing.
+fn record((n, armed): (u64, u64), op: &str, path: &Path, fields: impl FnOnce() -> Value) {
+    let Some(file) = trace_file() else { return };
+    let mut line = json!({"n": n, "armed": armed, "pid": std::process::id(), "op": op, "path": path});
+    if let (Value::Object(line), Value::Object(extra)) = (&mut line, fields()) {
+        line.extend(extra);
+    }
+    let mut text = line.to_string();
+    text.push('\n');
+    if let Ok(mut f) = file.lock() {
+        // One write per line: lines of processes sharing the file never interleave.
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+/// A file leafd writes: every change to it goes through here.
+#[derive(Debug)]
+pub struct Written {
+    file: File,
+    path: PathBuf,
+}
+
+impl Written {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn id(&self) -> Option<[u64; 2]> {
+        self.file.metadata().ok().map(|m| id_of(&m))
+    }
+
+    pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
+        let c = call().at(&self.path, "cannot write")?;
+        self.file.write_all_at(bytes, offset).at(&self.path, "cannot write")?;
+        record(c, "write", &self.path, || json!({"id": self.id(), "offset": offset, "len": bytes.len()}));
+        Ok(())
+    }
+
+    pub fn set_len(&self, len: u64) -> Result<()> {
+        let c = call().at(&self.path, "cannot set the length of")?;
+        self.file.set_len(len).at(&self.path, "cannot set the length of")?;
+        record(c, "truncate", &self.path, || json!({"id": self.id(), "len": len}));
+        Ok(())
+    }
+
+    pub fn set_mode(&self, mode: u32) -> Result<()> {
+        let c = call().at(&self.path, "cannot set permissions")?;
+        platform::set_mode_fd(&self.file, mode).at(&self.path, "cannot set permissions")?;
+        record(c, "chmod", &self.path, || json!({"id": self.id(), "mode": mode}));
+        Ok(())
+    }
+
+    pub fn set_modified(&self, time: std::time::SystemTime) -> Result<()> {
+        let c = call().at(&self.path, "cannot set the time of")?;
+        self.file.set_modified(time).at(&self.path, "cannot set the time of")?;
+        record(c, "times", &self.path, || json!({"id": self.id()}));
+        Ok(())
+    }
+
+    pub fn flush(&self, kind: Flush) -> Result<()> {
+        flush_open(&self.file, &self.path, kind)
+    }
+}
+
+fn flush_open(file: &File, path: &Path, kind: Flush) -> Result<()> {
+    let c = call().at(path, "cannot flush")?;
+    platform::flush(file, kind).at(path, "cannot flush")?;
+    record(c, "flush", path, || {
+        json!({"id": file.metadata().ok().map(|m| id_of(&m)), "kind": format!("{kind:?}").to_lowercase()})
+    });
+    Ok(())
+}
+
+fn created(c: (u64, u64), op: &str, path: &Path) {
+    record(c, op, path, || json!({"id": path_id(path), "dir": parent_id(path)}));
+}
+
+/// Creates `path`, which must not exist, for writing (the user's umask applies).
+pub fn create_new(path: &Path) -> Result<Written> {
+    create_with_mode(path, 0o666)
+}
+
+/// Creates `path`, which must not exist, readable and writable by its owner only (`.leafd/`).
+pub fn create_private(path: &Path) -> Result<Written> {
+    let w = create_with_mode(path, 0o600)?;
+    // The umask can only take bits away: 0600 exactly, whatever it is.
+    w.set_mode(0o600)?;
+    Ok(w)
+}
+
+fn create_with_mode(path: &Path, mode: u32) -> Result<Written> {
+    let c = call().at(path, "cannot create")?;
+    let file =
+        OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(path).at(path, "cannot create")?;
+    created(c, "create", path);
+    Ok(Written { file, path: path.to_path_buf() })
+}
+
+/// Opens an existing regular file of leafd's own for writing (never a base's).
+pub fn open_write(path: &Path) -> Result<Written> {
+    let c = call().at(path, "cannot open for writing")?;
+    let file = platform::open_regular(path, true).at(path, "cannot open for writing")?;
+    record(c, "open-write", path, || json!({"id": path_id(path)}));
+    Ok(Written { file, path: path.to_path_buf() })
+}
+
+/// Creates `path`, which must not exist, holding `bytes`, flushed.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let w = create_new(path)?;
+    w.write_at(bytes, 0)?;
+    w.flush(Flush::Order)
+}
+
+/// A name for a temporary file beside `path`, unique to this call.
+fn temporary(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(OsStr::to_string_lossy).unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Replaces `path` with `bytes` atomically: a crash leaves the old file or the new one, never a
+/// torn one. The temporary file goes when anything fails.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, bytes, false)
+}
+
+/// [`write_atomic`] for leafd's private state (`.leafd/`): owner-only.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, bytes, true)
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
+    let tmp = temporary(path);
+    let written = (|| {
+        let w = if private { create_private(&tmp)? } else { create_new(&tmp)? };
+        w.write_at(bytes, 0)?;
+        w.flush(Flush::Order)
+    })();
+    let result = written.and_then(|()| {
+        let c = call().at(path, "cannot replace")?;
+        fs::rename(&tmp, path).at(path, "cannot replace")?;
+        record(c, "rename", &tmp, || json!({"to": path, "id": path_id(path), "dir": parent_id(path)}));
+        flush_parent(path, Flush::Order)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes the folder `path` (its parent must exist).
+pub fn create_dir(path: &Path) -> Result<()> {
+    create_dir_with(path, None)
+}
+
+/// Makes the folder `path` for leafd's private state: owner-only (0700) whatever the umask.
+pub fn create_dir_private(path: &Path) -> Result<()> {
+    create_dir_with(path, Some(0o700))
+}
+
+fn create_dir_with(path: &Path, mode: Option<u32>) -> Result<()> {
+    let c = call().at(path, "cannot create folder")?;
+    fs::create_dir(path).at(path, "cannot create folder")?;
+    created(c, "mkdir", path);
+    if let Some(mode) = mode {
+        set_mode(path, mode)?;
+    }
+    Ok(())
+}
+
+/// Makes `path` and any missing folders above it.
+pub fn create_dir_all(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent)?;
+    }
+    match create_dir(path) {
+        Err(e) if path.is_dir() => {
+            let _ = e; // made meanwhile by another process: fine
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Renames `from` to `to` without ever replacing an existing `to`, and flushes both folders.
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    let c = call().at(from, &format!("cannot move to {}", to.display()))?;
+    platform::rename_noreplace(from, to).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            Error::refused(to, "already exists").fix("choose another name, or move the existing item away")
+        } else {
+            Error::io(from, &format!("cannot move to {}", to.display()), e)
+        }
+    })?;
+    record(c, "rename", from, || json!({"to": to, "id": path_id(to), "dir": parent_id(from), "to_dir": parent_id(to)}));
+    flush_parent(from, Flush::Commit)?;
+    if from.parent() != to.parent() {
+        flush_parent(to, Flush::Commit)?;
+    }
+    Ok(())
+}
+
+/// Makes `to` a second name of the file `from` (which must be a file).
+pub fn hard_link(from: &Path, to: &Path) -> Result<()> {
+    let c = call().at(to, "cannot link")?;
+    fs::hard_link(from, to).at(to, "cannot link")?;
+    created(c, "link", to);
+    Ok(())
+}
+
+/// Makes the symbolic link `at` pointing to `target`.
+pub fn symlink(target: &Path, at: &Path) -> Result<()> {
+    let c = call().at(at, "cannot make link")?;
+    std::os::unix::fs::symlink(target, at).at(at, "cannot make link")?;
+    created(c, "symlink", at);
+    Ok(())
+}
+
+/// Removes the file (or link) `path`; one already gone is fine.
+pub fn remove_file(path: &Path) -> Result<()> {
+    remove_entry(path, false)
+}
+
+/// Removes the empty folder `path`; one already gone is fine.
+pub fn remove_dir(path: &Path) -> Result<()> {
+    remove_entry(path, true)
+}
+
+fn remove_entry(path: &Path, dir: bool) -> Result<()> {
+    let what = if dir { "cannot remove folder" } else { "cannot remove" };
+    let c = call().at(path, what)?;
+    let id = path_id(path);
+    let removed = if dir { fs::remove_dir(path) } else { fs::remove_file(path) };
+    match removed {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r.at(path, what)?,
+    }
+    record(c, if dir { "rmdir" } else { "unlink" }, path, || json!({"id": id, "dir": parent_id(path)}));
+    Ok(())
+}
+
+/// Removes the folder tree `dir` (first lifting any protection leafd set in it), then flushes
+/// the folder it was in. Callers decide whether the tree is theirs to remove.
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    if dir.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let entries = crate::fsutil::walk(dir)?;
+    for p in entries.iter().rev() {
+        let m = fs::symlink_metadata(p).at(p, "cannot stat")?;
+        if m.is_dir() {
+            remove_dir(p)?;
+        } else {
+            if m.is_file() && platform::is_locked(p).unwrap_or(false) {
+                set_locked(p, false)?;
+            }
+            remove_file(p)?;
+        }
+    }
+    remove_dir(dir)?;
+    flush_parent(dir, Flush::Order)
+}
+
+/// Sets the permission bits of `path` (a file or folder; never follows a link).
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    let c = call().at(path, "cannot set permissions")?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path, "cannot set permissions")?;
+    record(c, "chmod", path, || json!({"id": path_id(path), "mode": mode}));
+    Ok(())
+}
+
+/// Sets or clears the Finder's Locked flag (macOS; nothing on Linux).
+pub fn set_locked(path: &Path, locked: bool) -> Result<()> {
+    let c = call().at(path, "cannot change the Locked flag of")?;
+    platform::set_locked(path, locked).at(path, "cannot change the Locked flag of")?;
+    record(c, "lock", path, || json!({"id": path_id(path), "on": locked}));
+    Ok(())
+}
+
+/// Write-protects a base file: no write permission for anyone, then the Locked flag (macOS),
+/// which unlike permissions also stops deletion and renaming. Not flushed: the caller flushes
+/// before it publishes.
+pub fn protect(path: &Path) -> Result<()> {
+    let mode = fs::symlink_metadata(path).at(path, "cannot stat")?.permissions().mode();
+    set_mode(path, mode & 0o7777 & !0o222)?;
+    set_locked(path, true)
+}
+
+/// Lifts the protection and sets the permission bits to `mode`.
+pub fn unprotect(path: &Path, mode: u32) -> Result<()> {
+    if platform::is_locked(path).at(path, "cannot stat")? {
+        set_locked(path, false)?;
+    }
+    set_mode(path, mode)
+}
+
+/// Sets extended attribute `name` of `path`. Fails with `ENOTSUP` on a volume without them.
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let c = call()?;
+    if fault::xattrs_unsupported() {
+        return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+    }
+    xattr::set(path, name, value)?;
+    record(c, "xattr", path, || json!({"id": path_id(path), "name": name}));
+    Ok(())
+}
+
+/// Removes extended attribute `name` of `path`; an absent one is fine.
+pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
+    let c = call()?;
+    if fault::xattrs_unsupported() {
+        return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+    }
+    platform::remove_xattr(path, name)?;
+    record(c, "rmxattr", path, || json!({"id": path_id(path), "name": name}));
+    Ok(())
+}
+
+/// Flushes the file or folder at `path`.
+pub fn flush_path(path: &Path, kind: Flush) -> Result<()> {
+    let file = File::open(path).at(path, "cannot open to flush")?;
+    flush_open(&file, path, kind)
+}
+
+/// Flushes the folder holding `path`.
+pub fn flush_parent(path: &Path, kind: Flush) -> Result<()> {
+    flush_path(path.parent().unwrap_or(Path::new(".")), kind)
+}
+
+/// Flushes every file and folder under `dir`, and `dir` itself: everything leafd made in a
+/// staging folder, before it publishes it.
+pub fn flush_tree(dir: &Path, kind: Flush) -> Result<()> {
+    for p in crate::fsutil::walk(dir)? {
+        let m = fs::symlink_metadata(&p).at(&p, "cannot stat")?;
+        if m.is_file() || m.is_dir() {
+            flush_path(&p, kind)?;
+        }
+    }
+    flush_path(dir, kind)
+}
+
+/// Copies one regular file, keeping holes, permissions, times and extended attributes, and
+/// flushes it. `dst` must not exist.
+pub fn copy_file(src: &Path, dst: &Path, cancel: &crate::fsutil::Cancel) -> Result<()> {
+    let from = platform::open_regular(src, false).at(src, "cannot open for copying")?;
+    let meta = from.metadata().at(src, "cannot stat")?;
+    let to = create_private(dst)?;
+    let mut buf = vec![0u8; crate::fsutil::CHUNK as usize];
+    for c in crate::fsutil::data_chunks(&from, meta.len()) {
+        crate::fsutil::check(cancel, src)?;
+        let at = c * crate::fsutil::CHUNK;
+        let n = (meta.len() - at).min(crate::fsutil::CHUNK) as usize;
+        from.read_exact_at(&mut buf[..n], at).at(src, "cannot read")?;
+        if !buf[..n].iter().all(|&b| b == 0) {
+            to.write_at(&buf[..n], at)?;
+        }
+    }
+    to.set_len(meta.len())?;
+    if let Ok(names) = xattr::list(src) {
+        for name in names {
+            if let (Some(name), Ok(Some(v))) = (name.to_str(), xattr::get(src, &name)) {
+                // Best effort: a destination without extended attributes still gets the bytes.
+                let _ = set_xattr(dst, name, &v);
+            }
+        }
+    }
+    to.set_mode(meta.mode() & 0o7777)?;
+    if let Ok(mtime) = meta.modified() {
+        to.set_modified(mtime)?;
+    }
+    to.flush(Flush::Order)
+}
+
+/// Takes an advisory lock file of leafd's (`.leafd/locks/<name>.lock`), made owner-only.
+pub fn lock_file(path: &Path) -> Result<File> {
+    match create_private(path) {
+        Ok(w) => Ok(w.file),
+        Err(e) if path.is_file() => {
+            let _ = e; // made already, by us or another leafd
+            File::options().read(true).write(true).open(path).at(path, "cannot open lock")
+        }
+        Err(e) => Err(e),
+    }
+}

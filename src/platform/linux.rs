@@ -373,8 +373,12 @@ mod tests {
         // The lease is given back: a writer's open does not wait for it to be broken.
         assert!(time_a_writers_open(&p) < Duration::from_secs(2));
         // A probe through a descriptor open for writing could only see itself.
-        let e = open_for_writing(&std::fs::OpenOptions::new().append(true).open(&p).unwrap()).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        for f in [
+            std::fs::OpenOptions::new().append(true).open(&p).unwrap(),
+            crate::platform::open_regular(&p, true).unwrap(),
+        ] {
+            assert_eq!(open_for_writing(&f).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
     }
 
     #[test]
@@ -383,8 +387,13 @@ mod tests {
         let p = t.path().join("disk.vmdk");
         std::fs::write(&p, b"disk").unwrap();
         let file = File::open(&p).unwrap();
-        // SAFETY: fcntl with an integer argument on a descriptor `file` keeps open.
-        let signal = unsafe { libc::fcntl(file.as_raw_fd(), F_GETSIG) };
+        // The descriptor's own signal, put back after the probe (the kernel clears it with the lease).
+        let sig = || {
+            // SAFETY: fcntl with an integer argument on a descriptor `file` keeps open.
+            unsafe { libc::fcntl(file.as_raw_fd(), F_GETSIG) }
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), F_SETSIG, libc::SIGWINCH) }, 0);
         let mut waited = None;
         // The break signals this process (with SIGIO, it would end it); the writer waits only
         // until the lease is given back.
@@ -395,9 +404,13 @@ mod tests {
         });
         assert_eq!(answer.unwrap(), Some(false));
         assert!(waited.unwrap().join().unwrap() < Duration::from_secs(2));
-        // SAFETY: as above.
-        let now = unsafe { libc::fcntl(file.as_raw_fd(), F_GETSIG) };
-        assert_eq!(now, signal, "the descriptor's signal is put back");
+        assert_eq!(sig(), libc::SIGWINCH, "the descriptor's signal is put back");
+        // And when the lease is refused.
+        let mut child = writer(&p);
+        assert_eq!(read_lease(&file, || {}).unwrap(), Some(true));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(sig(), libc::SIGWINCH, "the descriptor's signal is put back");
     }
 
     #[test]

@@ -66,19 +66,22 @@ pub fn open_dir(path: &Path) -> io::Result<File> {
     finish(fd, Want::Dir)
 }
 
-/// Opens the regular file `rel` beneath the open folder `dir` (see [`open_dir`]), never reaching
-/// outside it, with [`open_regular`]'s rule for what is not a regular file (a final symbolic link
-/// excepted, on Linux, below).
+/// Opens the regular file `rel` beneath the open folder `dir` (see [`open_dir`]), read-only or
+/// (`write`) read-write, never reaching outside it: for paths read from a VM's own files. What
+/// is not a regular file is refused as by [`open_regular`], without blocking.
 ///
 /// An absolute `rel`, a `..` above `dir`, and any symbolic link leading outside are refused
-/// ("leads outside its folder", `InvalidInput`), whatever renames happen meanwhile.
+/// ("leads outside its folder", `InvalidInput`), whatever renames happen meanwhile. Links
+/// inside differ by platform:
 /// - Linux: `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: links that stay beneath
-///   `dir` are followed, as VMware would. Where the kernel has no `openat2` (before 5.6, or a
-///   seccomp filter answering `ENOSYS`): as macOS.
+///   `dir` are followed (the last component's too), as VMware would. Where the kernel has no
+///   `openat2` (before 5.6, or a seccomp filter answering `ENOSYS`): as macOS.
 /// - macOS (and that Linux fallback): one component at a time, each opened with `O_NOFOLLOW`, so
-///   every symbolic link is refused ("leads through the symbolic link ..."), each `..` going
-///   back to the folder it came from and refused above `dir`. With no link followed this is the
-///   kernel's own resolution: leafd opens the very file VMware would, or none.
+///   every symbolic link is refused ("leads through the symbolic link ...", or "is a symbolic
+///   link" for the last), each `..` going back to the folder it came from and refused above
+///   `dir`. With no link followed this is the kernel's own resolution: leafd opens the very file
+///   VMware would, or none. (One walk rather than a lexical check and `O_NOFOLLOW_ANY`: a
+///   lexical `a/..` would skip `a`, which VMware resolves, and the walk is tested on Linux.)
 pub fn open_beneath(dir: impl AsFd, rel: &Path, write: bool) -> io::Result<File> {
     let want = Want::File { write };
     finish(resolve_beneath(dir.as_fd(), rel, want)?, want)
@@ -360,6 +363,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(t.path().join("a/b")).unwrap();
         std::fs::write(t.path().join("a/b/f"), b"f").unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(t.path().join("a/sock")).unwrap();
         let dir = open_dir(t.path()).unwrap();
         for r in both(&dir, "a/./b//f", Want::File { write: true }) {
             let f = r.unwrap();
@@ -374,6 +378,8 @@ mod tests {
             ("a/b", Want::File { write: false }, "is a folder, not a regular file"),
             ("a/b/..", Want::File { write: true }, "is a folder, not a regular file"),
             ("a/b/f", Want::Dir, "is a regular file, not a folder"),
+            // A socket cannot be opened at all: what it is comes from a stat.
+            ("a/sock", Want::File { write: false }, "is a socket, not a regular file"),
         ] {
             for r in both(&dir, rel, want) {
                 let (_, msg) = message(r);

@@ -1,13 +1,18 @@
 //! Linux (VMware Workstation): `user.` xattrs, freedesktop tags, no Locked flag.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags, ResolveFlags, StatxFlags};
+use rustix::io::Errno;
+
+use super::Flush;
+use super::open::{Want, escapes, explain, kind};
+
 /// errno for "no such attribute".
-pub const NO_ATTR: i32 = libc::ENODATA;
+pub const NO_ATTR: i32 = Errno::NODATA.raw_os_error();
 
 /// Whether files have a user-settable Locked (immutable) flag.
 pub const HAS_LOCKED_FLAG: bool = false;
@@ -17,23 +22,12 @@ pub const XATTR_PREFIX: &str = "user.";
 /// The freedesktop.org tag attribute (comma-separated), which file managers such as Dolphin show.
 const TAGS_XATTR: &str = "user.xdg.tags";
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
-}
-
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let (f, t) = (cstr(from)?, cstr(to)?);
-    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD makes them relative to the cwd.
-    let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
-    if r == 0 {
-        return Ok(());
+    match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL) => rename_noreplace_without_flag(from, to),
+        r => Ok(r?),
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EINVAL) {
-        return rename_noreplace_without_flag(from, to);
-    }
-    Err(err)
 }
 
 /// For file systems without RENAME_NOREPLACE. A file is hard-linked to its new name (which fails
@@ -49,7 +43,7 @@ fn rename_noreplace_without_flag(from: &Path, to: &Path) -> io::Result<()> {
     match std::fs::hard_link(from, to) {
         Ok(()) => std::fs::remove_file(from),
         // No hard links either (some FUSE file systems): check, then rename.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+        Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::PERM | Errno::OPNOTSUPP)) => {
             if to.symlink_metadata().is_ok() {
                 return Err(io::Error::from(io::ErrorKind::AlreadyExists));
             }
@@ -64,7 +58,15 @@ pub fn set_locked(_path: &Path, _locked: bool) -> io::Result<()> {
     Ok(())
 }
 
+pub fn set_locked_fd(_file: &File, _locked: bool) -> io::Result<()> {
+    Ok(())
+}
+
 pub fn is_locked(_path: &Path) -> io::Result<bool> {
+    Ok(false)
+}
+
+pub fn is_locked_fd(_file: &File) -> io::Result<bool> {
     Ok(false)
 }
 
@@ -90,8 +92,9 @@ pub fn copy_in_progress(_path: &Path) -> bool {
 /// Desktop notifications are macOS-only; on Linux the log and the note file tell the user.
 pub fn notify_user(_title: &str, _message: &str) {}
 
-pub fn full_sync(file: &File) -> io::Result<()> {
-    file.sync_all()
+/// `fsync` for both kinds: on Linux it reaches stable storage (the drive's cache included).
+pub fn flush(file: &File, _kind: Flush) -> io::Result<Option<i32>> {
+    file.sync_all().map(|()| None)
 }
 
 pub fn default_root(home: &Path) -> PathBuf {
@@ -124,9 +127,8 @@ pub fn service_dir(home: &Path) -> PathBuf {
 
 /// Asks the kernel to forget cached pages of `file`, so a comparison reads what reached the disk.
 pub fn drop_cache(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: advisory call on a valid descriptor.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // Advice only: a kernel that ignores it costs a slower comparison, nothing more.
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// `vmrun -T` host type for VMware Workstation.
@@ -147,9 +149,281 @@ pub fn trash(_path: &Path, _name: &str) -> io::Result<PathBuf> {
 /// The login service on Linux: a systemd user unit.
 pub const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Systemd;
 
+/// How the walk beneath a folder opens the folders on its way: `O_PATH` needs only search
+/// permission, as the kernel's own resolution does.
+pub(super) const SEARCH_FLAGS: OFlags = OFlags::PATH;
+
+/// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (see `open_beneath`); `None` where
+/// the kernel has none (before 5.6, or a seccomp filter), so the caller walks instead.
+pub(super) fn openat2_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> Option<io::Result<OwnedFd>> {
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    // EAGAIN: a rename or mount raced with the resolution, and the kernel asks to be retried.
+    for _ in 0..8 {
+        match rustix::fs::openat2(dir, rel, want.flags(), Mode::empty(), how) {
+            Ok(fd) => return Some(Ok(fd)),
+            Err(Errno::NOSYS) => return None,
+            Err(Errno::XDEV) => return Some(Err(escapes())),
+            Err(Errno::AGAIN) => continue,
+            Err(e) => {
+                // What the path is, without opening it (`O_PATH`), resolved the same way.
+                let found = rustix::fs::openat2(dir, rel, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), how)
+                    .and_then(rustix::fs::fstat)
+                    .map(|s| kind(&s));
+                return Some(Err(explain(e, found, want)));
+            }
+        }
+    }
+    Some(Err(Errno::AGAIN.into()))
+}
+
+/// Whether a rename between `a` and `b` can work: the same mount, not merely the same file
+/// system (a bind mount shares its `st_dev` with its source, yet `rename` across it fails with
+/// `EXDEV`). `a` and `b` themselves, a link not followed: a rename moves the link. Compares the
+/// `statx` mount ids; where the kernel has none (before 5.8), the devices.
+pub fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
+    let mount = |p: &Path| rustix::fs::statx(CWD, p, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID);
+    let (x, y) = match (mount(a), mount(b)) {
+        (Ok(x), Ok(y)) => (x, y),
+        (Err(Errno::NOSYS), _) | (_, Err(Errno::NOSYS)) => return super::same_device(a, b),
+        (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+    };
+    let has_id = |s: &rustix::fs::Statx| StatxFlags::from_bits_retain(s.stx_mask).contains(StatxFlags::MNT_ID);
+    if has_id(&x) && has_id(&y) {
+        Ok(x.stx_mnt_id == y.stx_mnt_id)
+    } else {
+        Ok((x.stx_dev_major, x.stx_dev_minor) == (y.stx_dev_major, y.stx_dev_minor))
+    }
+}
+
+/// `statfs` magic numbers of volumes another machine (or a FUSE server) can change unseen: a
+/// lease there says nothing about other writers.
+const REMOTE_FILE_SYSTEMS: [u32; 13] = [
+    0x6969,      // NFS
+    0x517b,      // SMB
+    0xff53_4d42, // CIFS
+    0xfe53_4d42, // SMB2
+    0x6573_5546, // FUSE (sshfs, s3fs... and local ones too: it cannot tell)
+    0x0102_1997, // 9P
+    0x00c3_6400, // Ceph
+    0x5346_414f, // AFS
+    0x6b41_4653, // kAFS
+    0x7375_7245, // Coda
+    0x564c,      // NCP
+    0x7461_636f, // OCFS2
+    0x0116_1970, // GFS2
+];
+
+/// See `platform::open_for_writing`.
+pub fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
+    // The magic is a `long` holding a 32-bit value.
+    if REMOTE_FILE_SYSTEMS.contains(&(rustix::fs::fstatfs(file)?.f_type as u32)) {
+        return Ok(None);
+    }
+    read_lease(file, || {})
+}
+
+/// `F_GETSIG` / `F_SETSIG` (the asm-generic values; the libc crate has them only for musl).
+const F_GETSIG: libc::c_int = 11;
+const F_SETSIG: libc::c_int = 10;
+
+/// Takes a read lease on `file` and gives it back at once, running `while_held` in between (for
+/// tests). The kernel grants a read lease only while no descriptor anywhere has the file open
+/// for writing: `EAGAIN` says someone has. Leases are not available (`None`) on file systems
+/// without them (`EINVAL`), when disabled (`EINVAL`), short of locks (`ENOLCK`), or on a file of
+/// another user without `CAP_LEASE` (`EACCES`).
+fn read_lease(file: &File, while_held: impl FnOnce()) -> io::Result<Option<bool>> {
+    let fd = file.as_raw_fd();
+    let check = |r: libc::c_int| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) };
+    // A writer's open breaks the lease by signalling its holder: SIGIO unless told otherwise,
+    // whose default action ends the process. SIGURG's default is to ignore it, and leafd has no
+    // handler for it. The descriptor's signal is put back afterwards.
+    // SAFETY: fcntl with integer arguments on a descriptor `file` keeps open.
+    let signal = check(unsafe { libc::fcntl(fd, F_GETSIG) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) })?;
+    // SAFETY: as above.
+    let answer = match check(unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) }) {
+        Ok(_) => {
+            while_held();
+            // At once: while the lease is held a writer's open waits for it (up to
+            // /proc/sys/fs/lease-break-time, 45 s by default).
+            // SAFETY: as above.
+            check(unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) }).map(|_| Some(false))
+        }
+        Err(e) => match Errno::from_io_error(&e) {
+            Some(Errno::AGAIN) => Ok(Some(true)),
+            Some(Errno::INVAL | Errno::NOLCK | Errno::OPNOTSUPP | Errno::ACCESS) => Ok(None),
+            _ => Err(e),
+        },
+    };
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, F_SETSIG, signal) })?;
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::platform::{open_beneath, open_dir, open_for_writing};
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::symlink;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn open_beneath_follows_links_that_stay_beneath() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("in");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/f"), b"f").unwrap();
+        std::fs::write(t.path().join("x"), b"outside").unwrap();
+        symlink("a", root.join("to-a")).unwrap();
+        symlink("f", root.join("a/to-f")).unwrap();
+        symlink("..", root.join("a/up")).unwrap();
+        symlink("../x", root.join("out")).unwrap();
+        symlink(t.path().join("x"), root.join("abs")).unwrap();
+        let dir = open_dir(&root).unwrap();
+        for rel in ["to-a/f", "a/to-f", "a/up/to-a/to-f"] {
+            let f = open_beneath(&dir, Path::new(rel), false).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            assert_eq!(std::io::read_to_string(f).unwrap(), "f");
+        }
+        for rel in ["out", "abs", "a/up/out", "a/up/a/up/../x"] {
+            let e = open_beneath(&dir, Path::new(rel), false).unwrap_err();
+            assert!(e.to_string().contains("outside its folder"), "{rel}: {e}");
+        }
+    }
+
+    /// `from` bind-mounted on `on`, unmounted when dropped (a failed test included).
+    struct BindMount(PathBuf);
+
+    impl BindMount {
+        fn new(from: &Path, on: &Path) -> BindMount {
+            let ok = Command::new("mount").arg("--bind").arg(from).arg(on).status().unwrap().success();
+            assert!(ok, "cannot bind-mount {from:?} on {on:?} (run the tests as root)");
+            BindMount(on.to_path_buf())
+        }
+    }
+
+    impl Drop for BindMount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn same_mount_tells_a_bind_mount_apart() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, on) = (t.path().join("src"), t.path().join("on"));
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::create_dir(&on).unwrap();
+        std::fs::write(src.join("f"), b"f").unwrap();
+        let _mount = BindMount::new(&src, &on);
+        // The case it exists for: the same device, yet rename fails across the mount.
+        assert!(super::super::same_device(&src.join("f"), &on).unwrap());
+        let e = std::fs::rename(src.join("f"), on.join("g")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+        assert!(!same_mount(&src.join("f"), &on).unwrap());
+        assert!(!same_mount(&on.join("f"), &t.path().join("src/sub")).unwrap());
+        assert!(same_mount(&src.join("f"), &src.join("sub")).unwrap());
+        assert!(same_mount(&on.join("f"), &on.join("sub")).unwrap());
+        assert!(same_mount(&src, t.path()).unwrap());
+        assert_eq!(same_mount(&t.path().join("missing"), &src).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A process holding `path` open for writing until killed; returns once it has opened it.
+    fn writer(path: &Path) -> Child {
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg("exec 3>>\"$1\"; echo open; exec sleep 30")
+            .arg("writer")
+            .arg(path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "open\n");
+        child
+    }
+
+    /// Opens `path` for writing on a thread; how long that took (failing after 10 s).
+    fn time_a_writers_open(path: &Path) -> Duration {
+        let path = path.to_path_buf();
+        let start = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(std::fs::OpenOptions::new().append(true).open(path).map(drop)));
+        rx.recv_timeout(Duration::from_secs(10)).expect("a writer's open waited (a lease left held?)").unwrap();
+        start.elapsed()
+    }
+
+    #[test]
+    fn open_for_writing_sees_other_processes_writing() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("disk.vmdk");
+        std::fs::write(&p, b"disk").unwrap();
+        let file = File::open(&p).unwrap();
+        // leafd's own read-only descriptors do not count.
+        let _others = (File::open(&p).unwrap(), File::open(&p).unwrap());
+        assert_eq!(open_for_writing(&file).unwrap(), Some(false));
+        let mut child = writer(&p);
+        assert_eq!(open_for_writing(&file).unwrap(), Some(true));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(open_for_writing(&file).unwrap(), Some(false));
+        // The lease is given back: a writer's open does not wait for it to be broken.
+        assert!(time_a_writers_open(&p) < Duration::from_secs(2));
+        // A probe through a descriptor open for writing could only see itself.
+        for f in [
+            std::fs::OpenOptions::new().append(true).open(&p).unwrap(),
+            crate::platform::open_regular(&p, true).unwrap(),
+        ] {
+            assert_eq!(open_for_writing(&f).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn a_writer_breaking_the_lease_neither_kills_leafd_nor_waits_long() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("disk.vmdk");
+        std::fs::write(&p, b"disk").unwrap();
+        let file = File::open(&p).unwrap();
+        // The descriptor's own signal, put back after the probe (the kernel clears it with the lease).
+        let sig = || {
+            // SAFETY: fcntl with an integer argument on a descriptor `file` keeps open.
+            unsafe { libc::fcntl(file.as_raw_fd(), F_GETSIG) }
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), F_SETSIG, libc::SIGWINCH) }, 0);
+        let mut waited = None;
+        // The break signals this process (with SIGIO, it would end it); the writer waits only
+        // until the lease is given back.
+        let answer = read_lease(&file, || {
+            let q = p.clone();
+            waited = Some(std::thread::spawn(move || time_a_writers_open(&q)));
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        assert_eq!(answer.unwrap(), Some(false));
+        assert!(waited.unwrap().join().unwrap() < Duration::from_secs(2));
+        assert_eq!(sig(), libc::SIGWINCH, "the descriptor's signal is put back");
+        // And when the lease is refused.
+        let mut child = writer(&p);
+        assert_eq!(read_lease(&file, || {}).unwrap(), Some(true));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(sig(), libc::SIGWINCH, "the descriptor's signal is put back");
+    }
+
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        assert_eq!(rename_noreplace(&a, &b).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+        rename_noreplace(&a, &dir.path().join("c")).unwrap();
+        assert!(!a.exists() && std::fs::read(dir.path().join("c")).unwrap() == b"a");
+    }
 
     #[test]
     fn the_fallback_rename_never_replaces() {

@@ -4,12 +4,16 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::macos::fs::MetadataExt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{CWD, OFlags, RenameFlags, Stat};
+use rustix::io::Errno;
+
+use super::Flush;
+
 /// errno for "no such attribute".
-pub const NO_ATTR: i32 = libc::ENOATTR;
+pub const NO_ATTR: i32 = Errno::NOATTR.raw_os_error();
 
 /// Whether files have a user-settable Locked (immutable) flag.
 pub const HAS_LOCKED_FLAG: bool = true;
@@ -23,31 +27,45 @@ fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
-/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything.
+/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything
+/// (`renameatx_np` with `RENAME_EXCL`).
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let (f, t) = (cstr(from)?, cstr(to)?);
-    // SAFETY: both are valid NUL-terminated paths.
-    if unsafe { libc::renamex_np(f.as_ptr(), t.as_ptr(), libc::RENAME_EXCL) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE)?)
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `stat`'s flags with the Locked flag set or cleared; `None` when they already are so.
+fn with_locked(stat: &Stat, locked: bool) -> Option<u32> {
+    let flags = stat.st_flags;
+    let new = if locked { flags | libc::UF_IMMUTABLE } else { flags & !libc::UF_IMMUTABLE };
+    (new != flags).then_some(new)
 }
 
 /// Sets or clears the Finder's Locked flag (`uchg`), which also stops deletion and renaming.
+/// (rustix has no `chflags`.)
 pub fn set_locked(path: &Path, locked: bool) -> io::Result<()> {
-    let flags = std::fs::symlink_metadata(path)?.st_flags();
-    let new = if locked { flags | libc::UF_IMMUTABLE } else { flags & !libc::UF_IMMUTABLE };
-    if new == flags {
-        return Ok(());
-    }
+    let Some(flags) = with_locked(&rustix::fs::lstat(path)?, locked) else { return Ok(()) };
     let p = cstr(path)?;
-    // SAFETY: valid NUL-terminated path.
-    if unsafe { libc::chflags(p.as_ptr(), new) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::chflags(p.as_ptr(), flags) })
+}
+
+/// [`set_locked`] through an open descriptor (`fchflags`).
+pub fn set_locked_fd(file: &File, locked: bool) -> io::Result<()> {
+    let Some(flags) = with_locked(&rustix::fs::fstat(file)?, locked) else { return Ok(()) };
+    // SAFETY: a descriptor `file` keeps open.
+    check(unsafe { libc::fchflags(file.as_raw_fd(), flags) })
 }
 
 pub fn is_locked(path: &Path) -> io::Result<bool> {
-    Ok(std::fs::symlink_metadata(path)?.st_flags() & libc::UF_IMMUTABLE != 0)
+    Ok(rustix::fs::lstat(path)?.st_flags & libc::UF_IMMUTABLE != 0)
+}
+
+pub fn is_locked_fd(file: &File) -> io::Result<bool> {
+    Ok(rustix::fs::fstat(file)?.st_flags & libc::UF_IMMUTABLE != 0)
 }
 
 /// Finder stores tags as a binary plist array of "Name\n<colour>" strings.
@@ -102,10 +120,27 @@ pub fn notify_user(title: &str, message: &str) {
         .spawn();
 }
 
-/// `fsync` on macOS does not reach the platters; `F_FULLFSYNC` does.
-pub fn full_sync(file: &File) -> io::Result<()> {
-    // SAFETY: a valid open descriptor.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_FULLFSYNC) } == 0 { Ok(()) } else { file.sync_all() }
+/// `fsync` on macOS leaves the data in the drive's cache, in any order: `F_FULLFSYNC` empties
+/// the cache, `F_BARRIERFSYNC` only keeps the order. A volume that refuses them (exFAT, SMB)
+/// gets `fsync`, and the answer it gave is returned; any other failure is an error.
+pub fn flush(file: &File, kind: Flush) -> io::Result<Option<i32>> {
+    let asked = match kind {
+        Flush::Commit => rustix::fs::fcntl_fullfsync(file),
+        Flush::Order => {
+            // SAFETY: fcntl without argument on a descriptor `file` keeps open (rustix has no
+            // F_BARRIERFSYNC).
+            let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_BARRIERFSYNC) };
+            if r == -1 { Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO)) } else { Ok(()) }
+        }
+    };
+    match asked {
+        Ok(()) => Ok(None),
+        Err(e @ (Errno::NOTSUP | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOTTY)) => {
+            file.sync_all()?;
+            Ok(Some(e.raw_os_error()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn default_root(home: &Path) -> PathBuf {
@@ -128,8 +163,8 @@ pub fn service_dir(home: &Path) -> PathBuf {
 
 /// Reads of `file` bypass the cache from now on, so a comparison reads what reached the disk.
 pub fn drop_cache(file: &File) {
-    // SAFETY: advisory fcntl on a valid descriptor.
-    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_NOCACHE, 1) };
+    // Advice only: a volume that ignores it costs a slower comparison, nothing more.
+    let _ = rustix::fs::fcntl_nocache(file, true);
 }
 
 /// `vmrun -T` host type for VMware Fusion.
@@ -159,8 +194,7 @@ pub fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
             }
             root = parent.to_path_buf();
         }
-        // SAFETY: getuid never fails.
-        let dir = root.join(".Trashes").join(unsafe { libc::getuid() }.to_string());
+        let dir = root.join(".Trashes").join(rustix::process::getuid().as_raw().to_string());
         std::fs::create_dir_all(&dir)?;
         dir
     };
@@ -177,3 +211,105 @@ pub fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
 
 /// The login service on macOS: a LaunchAgent.
 pub const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Launchd;
+
+/// How the walk beneath a folder opens the folders on its way (macOS has no `O_PATH`).
+pub(super) const SEARCH_FLAGS: OFlags = OFlags::RDONLY;
+
+/// A rename works within one volume; macOS has no bind mounts.
+pub fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
+    super::same_device(a, b)
+}
+
+// <sys/proc_info.h> and <sys/fcntl.h> items the libc crate lacks.
+const PROC_ALL_PIDS: u32 = 1;
+const PROC_PIDFDVNODEINFO: libc::c_int = 1;
+/// The kernel's open-for-writing bit in `fi_openflags`.
+const FWRITE: u32 = 0x0002;
+
+/// `struct proc_fileinfo`.
+#[repr(C)]
+struct ProcFileInfo {
+    fi_openflags: u32,
+    _fi_status: u32,
+    _fi_offset: libc::off_t,
+    _fi_type: i32,
+    _fi_guardflags: u32,
+}
+
+/// `struct vnode_fdinfo`: what `PROC_PIDFDVNODEINFO` fills in.
+#[repr(C)]
+struct VnodeFdInfo {
+    pfi: ProcFileInfo,
+    pvi: libc::vnode_info,
+}
+
+/// See `platform::open_for_writing`. Untested: compiled on Linux, never run.
+pub fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
+    // Another machine writing to a network volume is not among our processes.
+    if rustix::fs::fstatfs(file)?.f_flags & libc::MNT_LOCAL as u32 == 0 {
+        return Ok(None);
+    }
+    let st = rustix::fs::fstat(file)?;
+    let (dev, ino) = (st.st_dev as u32, st.st_ino);
+    let me = std::process::id() as libc::pid_t;
+    let mut inspected = false;
+    for pid in all_pids()? {
+        if pid == me || pid == 0 {
+            continue;
+        }
+        // Gone since, another user's, or set-user-ID: not ours to see.
+        let Some(fds) = vnode_fds(pid) else { continue };
+        inspected = true;
+        if fds.into_iter().any(|fd| writes_to(pid, fd, dev, ino)) {
+            return Ok(Some(true));
+        }
+    }
+    Ok(inspected.then_some(false))
+}
+
+/// Asks for a list twice: its size (a null buffer), then the list, with room for growth.
+/// `call(buffer, bytes)` returns the bytes filled in, or -1.
+fn list<T: Clone>(
+    zero: T,
+    room: usize,
+    call: impl Fn(*mut libc::c_void, libc::c_int) -> libc::c_int,
+) -> Option<Vec<T>> {
+    let size = std::mem::size_of::<T>();
+    let needed = call(std::ptr::null_mut(), 0);
+    if needed <= 0 {
+        return None;
+    }
+    let mut items = vec![zero; needed as usize / size + room];
+    let filled = call(items.as_mut_ptr().cast(), libc::c_int::try_from(items.len() * size).ok()?);
+    if filled <= 0 {
+        return None;
+    }
+    items.truncate(filled as usize / size);
+    Some(items)
+}
+
+fn all_pids() -> io::Result<Vec<libc::pid_t>> {
+    // SAFETY: `buffer` is null (asking for the size) or holds `bytes` bytes.
+    list(0, 64, |buffer, bytes| unsafe { libc::proc_listpids(PROC_ALL_PIDS, 0, buffer, bytes) })
+        .ok_or_else(io::Error::last_os_error)
+}
+
+/// The descriptors of `pid` that are files (vnodes); `None` when it cannot be inspected.
+fn vnode_fds(pid: libc::pid_t) -> Option<Vec<i32>> {
+    let zero = libc::proc_fdinfo { proc_fd: 0, proc_fdtype: 0 };
+    // SAFETY: `buffer` is null (asking for the size) or holds `bytes` bytes.
+    let fds =
+        list(zero, 16, |buffer, bytes| unsafe { libc::proc_pidinfo(pid, libc::PROC_PIDLISTFDS, 0, buffer, bytes) })?;
+    Some(fds.into_iter().filter(|f| f.proc_fdtype == libc::PROX_FDTYPE_VNODE as u32).map(|f| f.proc_fd).collect())
+}
+
+/// Whether descriptor `fd` of `pid` is open for writing on the file `dev`/`ino`.
+fn writes_to(pid: libc::pid_t, fd: i32, dev: u32, ino: u64) -> bool {
+    // SAFETY: integers and arrays of integers only: all zeroes is a valid value.
+    let mut info: VnodeFdInfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<VnodeFdInfo>() as libc::c_int;
+    // SAFETY: `info` is `size` bytes the kernel fills in.
+    let got = unsafe { libc::proc_pidfdinfo(pid, fd, PROC_PIDFDVNODEINFO, (&raw mut info).cast(), size) };
+    let stat = &info.pvi.vi_stat;
+    got == size && stat.vst_dev == dev && stat.vst_ino == ino && info.pfi.fi_openflags & FWRITE != 0
+}

@@ -1,11 +1,19 @@
 //! Everything that differs between macOS and Linux, behind one interface: extended-attribute
-//! names, the Finder's Locked flag and tags, atomic no-replace renames, durable flushes, the
-//! copy-in-progress marker, notifications and the standard folders. The rest of leafd is shared.
+//! names, the Finder's Locked flag and tags, atomic no-replace renames, durable flushes, safe
+//! opens, the copy-in-progress marker, notifications and the standard folders. The rest of leafd
+//! is shared.
+//!
+//! The system calls go through `rustix`; the few it lacks (`chflags`, file leases,
+//! `F_BARRIERFSYNC`, `proc_pidinfo`) are raw `libc` calls in `linux.rs` and `macos.rs`.
 
+use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rustix::fs::{Mode, OFlags};
 
 #[cfg(target_os = "macos")]
 mod macos;
@@ -17,9 +25,12 @@ mod linux;
 #[cfg(not(target_os = "macos"))]
 use linux as os;
 
+mod open;
+
+pub use open::{open_beneath, open_dir, open_dir_beneath, open_regular};
 pub use os::{
-    HAS_TRASH, SERVICE_KIND, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, notify_user, rename_noreplace,
-    set_locked, trash, vmrun_candidates,
+    HAS_TRASH, SERVICE_KIND, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, is_locked_fd, notify_user,
+    rename_noreplace, same_mount, set_locked, set_locked_fd, trash, vmrun_candidates,
 };
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
@@ -66,14 +77,108 @@ pub fn tags(path: &Path) -> io::Result<Vec<String>> {
     os::read_tags(path)
 }
 
-/// Flushes a file (or folder) to stable storage, as far as the platform allows.
-pub fn full_sync(file: &File) -> io::Result<()> {
-    os::full_sync(file)
+/// How far a flush must go (docs/durability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flush {
+    /// Only the order of writes matters: what is flushed reaches the disk before anything
+    /// written after it. macOS: `F_BARRIERFSYNC`. Linux: `fsync`.
+    Order,
+    /// On stable storage when this returns, through the drive's own cache: the journal and each
+    /// publishing rename's folders. macOS: `F_FULLFSYNC`, milliseconds each. Linux: `fsync`.
+    Commit,
 }
 
-/// Flushes a folder's entries (after creating, renaming or removing in it).
+/// A volume that refused the flush asked for (exFAT and SMB refuse `F_FULLFSYNC` and
+/// `F_BARRIERFSYNC` on macOS): [`flush`] used plain `fsync` instead. Returned the first time
+/// per volume and kind only, so the caller can log it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushFallback {
+    pub kind: Flush,
+    /// The volume's answer to the flush asked for (`ENOTSUP`, `EINVAL`...).
+    pub errno: i32,
+}
+
+impl fmt::Display for FlushFallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let call = match self.kind {
+            Flush::Order => "F_BARRIERFSYNC",
+            Flush::Commit => "F_FULLFSYNC",
+        };
+        write!(f, "the volume refuses {call} ({}): fsync is used instead", io::Error::from_raw_os_error(self.errno))
+    }
+}
+
+/// Flushes a file or folder as far as `kind` asks. Where the volume refuses that kind (macOS
+/// only; Linux always `fsync`s and returns `None`), falls back to `fsync` and returns what
+/// happened the first time per volume and kind; any other failure is an error.
+pub fn flush(file: &File, kind: Flush) -> io::Result<Option<FlushFallback>> {
+    match os::flush(file, kind)? {
+        None => Ok(None),
+        Some(errno) => Ok(first_fallback(file.metadata()?.dev(), FlushFallback { kind, errno })),
+    }
+}
+
+/// `fallback`, unless one of its kind was already reported for device `dev`.
+fn first_fallback(dev: u64, fallback: FlushFallback) -> Option<FlushFallback> {
+    // A few entries at most (one per volume and kind), so a list.
+    static SEEN: Mutex<Vec<(u64, Flush)>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(&(dev, fallback.kind)) {
+        return None;
+    }
+    seen.push((dev, fallback.kind));
+    Some(fallback)
+}
+
+/// Flushes a file (or folder) to stable storage: [`flush`] with [`Flush::Commit`], the
+/// fallback unreported. For the callers from before [`flush`]; to be replaced by it.
+pub fn full_sync(file: &File) -> io::Result<()> {
+    flush(file, Flush::Commit).map(drop)
+}
+
+/// Flushes a folder's entries (after creating, renaming or removing in it), as [`full_sync`].
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     full_sync(&File::open(dir)?)
+}
+
+/// Sets the permission bits of the open file (`fchmod`): the file checked is the file changed.
+pub fn set_mode_fd(file: &File, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::fchmod(file, Mode::from_bits_truncate((mode & 0o7777) as _))?)
+}
+
+/// The number of names the open file has (`st_nlink`): more than one means it is hard-linked,
+/// and a change to it would show under another name too, perhaps outside the bundle.
+pub fn link_count(file: &File) -> io::Result<u64> {
+    Ok(file.metadata()?.nlink())
+}
+
+/// Whether `a` and `b` (links not followed) are on the same device: the same file system, though
+/// perhaps not the same mount (see [`same_mount`]).
+fn same_device(a: &Path, b: &Path) -> io::Result<bool> {
+    Ok(std::fs::symlink_metadata(a)?.dev() == std::fs::symlink_metadata(b)?.dev())
+}
+
+/// Whether another process has `file` open for writing, where the system can tell; `file` must be
+/// open read-only (else `InvalidInput`).
+///
+/// - Linux: a read lease, which the kernel grants only while no descriptor anywhere has the file
+///   open for writing, is taken and given back at once. A descriptor of leafd's own open for
+///   writing counts too: the kernel cannot say whose it is. `None` where leases are not
+///   supported or not allowed (NFS, a file owned by another user, leases disabled), and on
+///   network and FUSE volumes, where another machine can write unseen.
+/// - macOS: the vnode descriptors of every process leafd may inspect, compared by device and
+///   inode, with `FWRITE` in their open flags; leafd's own are skipped. `None` on volumes that are
+///   not local, or when no other process could be inspected (a sandbox). Processes of other
+///   users and set-user-ID ones cannot be inspected and are not seen. Compiled, never run: this
+///   project's tests run on Linux.
+pub fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
+    if rustix::fs::fcntl_getfl(file)?.intersects(OFlags::WRONLY | OFlags::RDWR) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "asking whether a file is open for writing needs a read-only descriptor",
+        ));
+    }
+    os::open_for_writing(file)
 }
 
 /// Removes an extended attribute; one that is absent (or a file that is gone) is not an error.
@@ -85,10 +190,11 @@ pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
 }
 
 /// Write-protects a base file: no write permission for anyone, then (macOS) the Locked flag,
-/// which unlike permissions also stops deletion and renaming.
+/// which unlike permissions also stops deletion and renaming. By path; [`protect_fd`] changes
+/// the very file the caller checked.
 pub fn protect(path: &Path) -> io::Result<()> {
     let mode = std::fs::symlink_metadata(path)?.permissions().mode();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o222))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(unwritable(mode)))?;
     os::set_locked(path, true)
 }
 
@@ -100,8 +206,34 @@ pub fn unprotect(path: &Path, mode: u32) -> io::Result<()> {
 
 /// True when `path` is write-protected as [`protect`] leaves it.
 pub fn is_protected(path: &Path) -> io::Result<bool> {
-    let mode = std::fs::symlink_metadata(path)?.permissions().mode();
-    Ok(mode & 0o222 == 0 && (!os::HAS_LOCKED_FLAG || os::is_locked(path)?))
+    protected(std::fs::symlink_metadata(path)?.mode(), || os::is_locked(path))
+}
+
+/// [`protect`] through an open descriptor (any access mode: `fchmod` and `fchflags` need only
+/// ownership).
+pub fn protect_fd(file: &File) -> io::Result<()> {
+    set_mode_fd(file, unwritable(file.metadata()?.mode()))?;
+    os::set_locked_fd(file, true)
+}
+
+/// [`unprotect`] through an open descriptor.
+pub fn unprotect_fd(file: &File, mode: u32) -> io::Result<()> {
+    os::set_locked_fd(file, false)?;
+    set_mode_fd(file, mode)
+}
+
+/// [`is_protected`] through an open descriptor.
+pub fn is_protected_fd(file: &File) -> io::Result<bool> {
+    protected(file.metadata()?.mode(), || os::is_locked_fd(file))
+}
+
+fn unwritable(mode: u32) -> u32 {
+    mode & !0o222
+}
+
+/// No write permission for anyone, and (where there is one) the Locked flag.
+fn protected(mode: u32, locked: impl FnOnce() -> io::Result<bool>) -> io::Result<bool> {
+    Ok(mode & 0o222 == 0 && (!os::HAS_LOCKED_FLAG || locked()?))
 }
 
 /// How to put the protection back by hand, for messages.
@@ -143,4 +275,78 @@ pub fn home() -> PathBuf {
         .filter(|p| p.is_absolute())
         .or_else(dirs::home_dir)
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::io::Errno;
+
+    #[test]
+    fn the_fd_changes_reach_the_file_opened_not_the_one_now_at_its_path() {
+        let t = tempfile::tempdir().unwrap();
+        let (p, aside) = (t.path().join("disk.vmdk"), t.path().join("aside"));
+        std::fs::write(&p, b"disk").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let file = open_regular(&p, false).unwrap();
+        // Swapped after the check: the descriptor still names the file checked.
+        std::fs::rename(&p, &aside).unwrap();
+        std::fs::write(&p, b"swapped in").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+
+        assert!(!is_protected_fd(&file).unwrap());
+        protect_fd(&file).unwrap();
+        assert_eq!((mode(&aside), mode(&p)), (0o440, 0o644));
+        assert!(is_protected_fd(&file).unwrap() && is_protected(&aside).unwrap() && !is_protected(&p).unwrap());
+        unprotect_fd(&file, 0o600).unwrap();
+        assert_eq!((mode(&aside), mode(&p)), (0o600, 0o644));
+        assert!(!is_protected_fd(&file).unwrap());
+        set_mode_fd(&file, 0o4751).unwrap();
+        assert_eq!(mode(&aside), 0o4751);
+        set_locked_fd(&file, false).unwrap();
+        assert!(!is_locked_fd(&file).unwrap());
+    }
+
+    #[test]
+    fn link_count_counts_hard_links() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("disk.vmdk");
+        std::fs::write(&p, b"disk").unwrap();
+        let file = open_regular(&p, false).unwrap();
+        assert_eq!(link_count(&file).unwrap(), 1);
+        std::fs::hard_link(&p, t.path().join("elsewhere.vmdk")).unwrap();
+        assert_eq!(link_count(&file).unwrap(), 2);
+    }
+
+    #[test]
+    fn flush_flushes_files_and_folders_and_reports_failures() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, b"f").unwrap();
+        for kind in [Flush::Order, Flush::Commit] {
+            assert_eq!(flush(&open_regular(&p, true).unwrap(), kind).unwrap(), None);
+            assert_eq!(flush(&open_dir(t.path()).unwrap(), kind).unwrap(), None);
+            // A pipe cannot be flushed: the failure is the caller's to see.
+            let (reader, _writer) = io::pipe().unwrap();
+            assert!(flush(&File::from(std::os::fd::OwnedFd::from(reader)), kind).is_err());
+        }
+        full_sync(&open_regular(&p, false).unwrap()).unwrap();
+        sync_dir(t.path()).unwrap();
+    }
+
+    #[test]
+    fn a_flush_fallback_is_reported_once_per_volume_and_kind() {
+        // Devices no real volume has, so other tests' flushes cannot have reported them.
+        let (a, b) = (u64::MAX - 1, u64::MAX - 2);
+        let commit = FlushFallback { kind: Flush::Commit, errno: Errno::NOTSUP.raw_os_error() };
+        let order = FlushFallback { kind: Flush::Order, ..commit };
+        assert_eq!(first_fallback(a, commit), Some(commit));
+        assert_eq!(first_fallback(a, commit), None);
+        assert_eq!(first_fallback(a, order), Some(order));
+        assert_eq!(first_fallback(b, commit), Some(commit));
+        assert_eq!(first_fallback(b, order), Some(order));
+        assert_eq!(first_fallback(b, order), None);
+        assert!(commit.to_string().starts_with("the volume refuses F_FULLFSYNC ("), "{commit}");
+    }
 }

@@ -142,11 +142,17 @@ impl Written {
     pub fn flush(&self, kind: Flush) -> Result<()> {
         flush_open(&self.file, &self.path, kind)
     }
+
+    pub fn into_file(self) -> File {
+        self.file
+    }
 }
 
 fn flush_open(file: &File, path: &Path, kind: Flush) -> Result<()> {
     let c = call().at(path, "cannot flush")?;
-    platform::flush(file, kind).at(path, "cannot flush")?;
+    if let Some(fallback) = platform::flush(file, kind).at(path, "cannot flush")? {
+        tracing::warn!("{}: {fallback}", path.display());
+    }
     record(c, "flush", path, || {
         json!({"id": file.metadata().ok().map(|m| id_of(&m)), "kind": format!("{kind:?}").to_lowercase()})
     });

@@ -20,6 +20,8 @@ pub enum Kind {
     Busy,
     /// The operation was cancelled (shutdown) and rolled back.
     Cancelled,
+    /// A bug in leafd (a panic, a broken invariant), not the user's files.
+    Internal,
 }
 
 /// A failure with the file it concerns and a hint for the person reading it.

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::platform;
 
-const CHUNK: u64 = 64 << 10;
+pub const CHUNK: u64 = 64 << 10;
 
 /// Set when the agent is asked to stop; long loops check it between chunks.
 pub type Cancel = AtomicBool;
@@ -93,7 +93,7 @@ fn data_ranges(file: &File, len: u64) -> Vec<(u64, u64)> {
 }
 
 /// The chunks of a file that overlap its data, in order.
-fn data_chunks(file: &File, len: u64) -> Vec<u64> {
+pub fn data_chunks(file: &File, len: u64) -> Vec<u64> {
     let mut chunks = Vec::new();
     for (start, end) in data_ranges(file, len) {
         let mut c = start / CHUNK;

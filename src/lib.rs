@@ -8,6 +8,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod durable;
 pub mod error;
 pub mod fault;
 pub mod formats;

@@ -201,9 +201,8 @@ impl Journal {
         w.file().lock().at(&tmp, "cannot lock journal")?;
         w.write_at(&json, 0)?;
         w.flush(Flush::Commit)?;
-        let c = durable::rename_noreplace(&tmp, &path);
-        c?;
-        let lock = w.file().try_clone().at(&path, "cannot keep the journal locked")?;
+        durable::rename_noreplace(&tmp, &path)?;
+        let lock = w.into_file();
         // From here on, any failure must leave the untouched source or the finished result.
         durable::arm();
         Ok(Journal { path, _lock: lock })

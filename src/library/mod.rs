@@ -16,6 +16,9 @@ pub mod journal;
 pub mod make_base;
 pub mod new_leaf;
 pub mod promote;
+pub mod records;
+#[allow(dead_code)]
+mod journal_next;
 pub mod relink;
 pub mod remove_base;
 pub mod status;

@@ -194,7 +194,7 @@ fn write_mirror(path: &Path, name: &str, json: &[u8]) {
         }
         Ok(()) => {}
         Err(e) => {
-            if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EOPNOTSUPP)) {
+            if unsupported(&e) {
                 forget_device(dev);
             }
             // Too large, or refused: no mirror is better than a stale one.
@@ -279,8 +279,13 @@ pub fn remove_leaf(bundle: &Path) -> Result<()> {
     durable::flush_path(bundle, durable::Flush::Order)
 }
 
+/// The volume keeps no extended attributes (`ENOTSUP`; macOS also says `EOPNOTSUPP`).
+fn unsupported(e: &std::io::Error) -> bool {
+    e.raw_os_error().is_some_and(|c| c == libc::ENOTSUP || c == libc::EOPNOTSUPP)
+}
+
 fn ignore_unsupported(e: std::io::Error) -> std::io::Result<()> {
-    if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EOPNOTSUPP)) { Ok(()) } else { Err(e) }
+    if unsupported(&e) { Ok(()) } else { Err(e) }
 }
 
 /// A leaf's entry in the list of its base: readable, or damaged (kept, never deleted for it).

@@ -114,7 +114,7 @@ enum Command {
 fn options(config: &Config, snapshot: Option<SnapshotBackend>) -> Options {
     Options {
         path_style: config.path_style.unwrap_or(PathStyle::Relative),
-        snapshot: snapshot.or(config.snapshot_backend).unwrap_or(SnapshotBackend::Auto),
+        snapshot: snapshot.or(config.snapshot_backend).unwrap_or_default(),
         vmrun: std::env::var_os("LEAFD_VMRUN").map(PathBuf::from).or_else(|| config.vmrun.clone()),
         ..Options::default()
     }

@@ -4,9 +4,10 @@
 //! Exit 0 only if everything checked out.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::child;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::formats::disk::{Disk, DiskType};
 use crate::library::{Library, Options, status, verify};
@@ -15,6 +16,8 @@ use crate::sample::SampleVm;
 
 const SETTLE_SECS: &str = "1";
 const WAIT: Duration = Duration::from_secs(30);
+/// Each QEMU check of the small sample disk takes well under a second.
+const QEMU_TIMEOUT: Duration = Duration::from_secs(60);
 const VM: &str = "Ubuntu Demo";
 const LEAF: &str = "Web Server";
 
@@ -32,17 +35,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> Result<Duration> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(failed(format!("timed out after {} s waiting for {what}", WAIT.as_secs())))
-}
-
-/// The agent as a child process, stopped with SIGTERM when dropped.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
 }
 
 fn step(n: usize, what: &str) {
@@ -77,16 +69,11 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
 
     step(2, "starting the agent on a fresh library");
     let exe = std::env::current_exe().at(Path::new("leafd"), "cannot find the leafd program")?;
-    let child = Command::new(exe)
-        .arg("--root")
-        .arg(&root)
-        .args(["agent", "--settle", SETTLE_SECS])
-        .env("LEAFD_LOG_DIR", &logs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .at(&root, "cannot start the agent")?;
-    let agent = Agent(child);
+    // Stopped (SIGTERM, then SIGKILL if it hangs) when dropped, on every way out of here.
+    let agent = child::start(
+        Command::new(exe).arg("--root").arg(&root).args(["agent", "--settle", SETTLE_SECS]).env("LEAFD_LOG_DIR", &logs),
+    )
+    .at(&root, "cannot start the agent")?;
     let log = logs.join(crate::logging::CURRENT);
     wait_for("the agent to start", || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("agent watching")))?;
     println!("      watching {}/Make Base and {}/New Leaf", root.display(), root.display());
@@ -161,26 +148,24 @@ fn check_leaf(leaf_dir: &Path, vm: &SampleVm) -> Result<()> {
         }
     }
     println!("      leafd's reader: all {} patterns read back through the chain", d.patterns.len());
-    let qemu = |args: &[&str]| Command::new(args[0]).args(&args[1..]).output();
+    let qemu = |args: &[&str]| child::run(Command::new(args[0]).args(&args[1..]), QEMU_TIMEOUT, None);
     let path = delta.to_string_lossy().into_owned();
     match qemu(&["qemu-img", "check", "-U", "-f", "vmdk", &path]) {
-        Ok(o) if o.status.success() => {
+        Ok(_) => {
             for p in &d.patterns {
                 let read = format!("read -P 0x{:02x} {} {}", p.byte, p.offset, p.len);
-                let o = qemu(&["qemu-io", "-r", "-f", "vmdk", "-c", &read, &path]).at(&delta, "cannot run qemu-io")?;
-                if !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("failed") {
+                let o = qemu(&["qemu-io", "-r", "-f", "vmdk", "-c", &read, &path])
+                    .map_err(|e| Error::format(&delta, format!("qemu-io cannot read the chain: {e}")))?;
+                if o.stdout.text().contains("failed") {
                     return Err(Error::format(&delta, "qemu-io reads wrong bytes through the chain"));
                 }
             }
             println!("      qemu-img check: no errors; qemu-io -r: every pattern matches");
         }
-        Ok(o) => {
-            return Err(Error::format(
-                &delta,
-                format!("qemu-img check failed: {}", String::from_utf8_lossy(&o.stdout)),
-            ));
+        Err(e) if e.is_not_found() => {
+            println!("      (qemu-img is not installed: the independent check was skipped)")
         }
-        Err(_) => println!("      (qemu-img is not installed: the independent check was skipped)"),
+        Err(e) => return Err(Error::format(&delta, format!("qemu-img check failed: {e}"))),
     }
     Ok(())
 }

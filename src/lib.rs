@@ -5,6 +5,7 @@
 //! [`lineage`]. [`platform`] holds everything that differs between macOS and Linux.
 
 pub mod agent;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -6,21 +6,21 @@
 //! it alive until the process exits.
 
 use std::fmt;
-use std::fs;
-use std::io::{self, BufRead, Read, Seek, SeekFrom};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 
 /// The stable name to open: a link to today's file.
 pub const CURRENT: &str = "leafd.log";
@@ -46,35 +46,55 @@ where
     }
 }
 
-/// The daily appender, keeping `leafd.log` pointing at the file it writes today. Several leafd
-/// processes may share the folder, so the link is replaced atomically (a new link renamed over
-/// the old) rather than removed and recreated.
-struct Linked {
-    inner: RollingFileAppender,
+/// The day's file, named by the local date as the lines are stamped with local time
+/// (tracing-appender's roller names and rolls files by the UTC date). Opened for appending, so
+/// several leafd processes (the agent, a command) add their lines to the same file safely.
+struct DailyFile {
     dir: PathBuf,
-    day: String,
+    day: NaiveDate,
+    file: File,
 }
 
-impl io::Write for Linked {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        // The appender names files by the UTC date: leafd.YYYY-MM-DD.log.
-        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
-        if day != self.day {
-            let tmp = self.dir.join(format!(".{CURRENT}.{}", std::process::id()));
-            let _ = fs::remove_file(&tmp);
-            if std::os::unix::fs::symlink(format!("leafd.{day}.log"), &tmp)
-                .and_then(|()| fs::rename(&tmp, self.dir.join(CURRENT)))
-                .is_ok()
-            {
-                self.day = day;
-            }
+impl DailyFile {
+    /// Opens the file of `day`, points `leafd.log` at it and removes files beyond [`KEEP_DAYS`].
+    fn open(dir: &Path, day: NaiveDate) -> io::Result<DailyFile> {
+        let name = format!("leafd.{}.log", day.format("%Y-%m-%d"));
+        let file = OpenOptions::new().create(true).append(true).open(dir.join(&name))?;
+        link_current(dir, &name);
+        let files = log_files(dir);
+        for old in &files[..files.len().saturating_sub(KEEP_DAYS)] {
+            let _ = fs::remove_file(old);
         }
-        Ok(n)
+        Ok(DailyFile { dir: dir.to_path_buf(), day, file })
+    }
+
+    /// Writes `buf` into the file of `today`, moving to a new file when the date has changed.
+    fn write_on(&mut self, today: NaiveDate, buf: &[u8]) -> io::Result<usize> {
+        if today != self.day {
+            *self = DailyFile::open(&self.dir, today)?;
+        }
+        self.file.write(buf)
+    }
+}
+
+impl io::Write for DailyFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_on(chrono::Local::now().date_naive(), buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.file.flush()
+    }
+}
+
+/// Points `leafd.log` at the file `name`, best effort. Several leafd processes may share the
+/// folder, so the link is replaced atomically (a new link renamed over the old) rather than
+/// removed and recreated.
+fn link_current(dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{CURRENT}.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    if std::os::unix::fs::symlink(name, &tmp).and_then(|()| fs::rename(&tmp, dir.join(CURRENT))).is_err() {
+        let _ = fs::remove_file(&tmp);
     }
 }
 
@@ -82,15 +102,8 @@ impl io::Write for Linked {
 /// launchd and systemd keep).
 pub fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
     fs::create_dir_all(dir).at(dir, "cannot create the log folder")?;
-    let appender = RollingFileAppender::builder()
-        .rotation(Rotation::DAILY)
-        .filename_prefix("leafd")
-        .filename_suffix("log")
-        .max_log_files(KEEP_DAYS)
-        .build(dir)
-        .map_err(|e| Error::new(crate::error::Kind::Io, dir.to_path_buf(), format!("cannot open the log: {e}")))?;
-    let linked = Linked { inner: appender, dir: dir.to_path_buf(), day: String::new() };
-    let (writer, guard) = NonBlockingBuilder::default().lossy(false).thread_name("leafd-log").finish(linked);
+    let file = DailyFile::open(dir, chrono::Local::now().date_naive()).at(dir, "cannot open the log")?;
+    let (writer, guard) = NonBlockingBuilder::default().lossy(false).thread_name("leafd-log").finish(file);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let file_layer = tracing_subscriber::fmt::layer().event_format(LineFormat).with_writer(writer).with_ansi(false);
     let echo_layer = echo
@@ -101,19 +114,17 @@ pub fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
     Ok(guard)
 }
 
-/// The log files in `dir`, oldest first.
+/// The daily files in `dir` (`leafd.YYYY-MM-DD.log`), oldest first.
 fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let dated = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str()?.strip_prefix("leafd.")?.strip_suffix(".log"))
+            .is_some_and(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok())
+    };
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    n.starts_with("leafd.") && n.ends_with(".log") && n != CURRENT && !p.is_symlink()
-                })
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| dated(p) && !p.is_symlink()).collect())
         .unwrap_or_default();
-    // Names carry the date (leafd.YYYY-MM-DD.log), so name order is time order.
+    // The name carries the date, so name order is time order.
     files.sort();
     files
 }
@@ -168,5 +179,48 @@ pub fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Resu
             out.flush().at(dir, "cannot print")?;
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(n: u64) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 12, 20).unwrap() + chrono::Days::new(n)
+    }
+
+    fn current(dir: &Path) -> String {
+        fs::read_link(dir.join(CURRENT)).unwrap().to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn files_follow_the_given_date_and_old_ones_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut agent = DailyFile::open(dir, day(0)).unwrap();
+        agent.write_on(day(0), b"one\n").unwrap();
+        // Another leafd process on the same day appends to the same file.
+        let mut command = DailyFile::open(dir, day(0)).unwrap();
+        command.write_on(day(0), b"two\n").unwrap();
+        agent.write_on(day(0), b"three\n").unwrap();
+        assert_eq!(fs::read_to_string(dir.join("leafd.2026-12-20.log")).unwrap(), "one\ntwo\nthree\n");
+        assert_eq!(current(dir), "leafd.2026-12-20.log");
+        // Past midnight (local): a new file, and leafd.log follows it.
+        agent.write_on(day(1), b"four\n").unwrap();
+        assert_eq!(fs::read_to_string(dir.join("leafd.2026-12-21.log")).unwrap(), "four\n");
+        assert_eq!(current(dir), "leafd.2026-12-21.log");
+        assert_eq!(fs::read_to_string(dir.join(CURRENT)).unwrap(), "four\n");
+        // Not a daily file: never removed.
+        fs::write(dir.join("leafd.notes.log"), b"mine").unwrap();
+        for n in 2..KEEP_DAYS as u64 + 5 {
+            agent.write_on(day(n), format!("day {n}\n").as_bytes()).unwrap();
+        }
+        let files = log_files(dir);
+        assert_eq!(files.len(), KEEP_DAYS);
+        assert_eq!(files[0], dir.join(format!("leafd.{}.log", day(5).format("%Y-%m-%d"))));
+        assert_eq!(current(dir), format!("leafd.{}.log", day(KEEP_DAYS as u64 + 4).format("%Y-%m-%d")));
+        assert!(dir.join("leafd.notes.log").exists());
+        assert_eq!(tail(dir, 2).unwrap(), [format!("day {}", KEEP_DAYS + 3), format!("day {}", KEEP_DAYS + 4)]);
     }
 }

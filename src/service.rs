@@ -8,13 +8,13 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::platform;
+use crate::{child, platform};
 
 /// The LaunchAgent's label (and plist name).
 pub const LABEL: &str = "org.leafd.agent";
@@ -366,29 +366,33 @@ fn write_definition(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).at(path, "cannot set permissions")
 }
 
+/// How long one `launchctl` or `systemctl` command may take: `systemctl restart` and `launchctl
+/// bootout` wait for the old agent to stop (20 s), so this is ample; a hung service manager must
+/// not hang `leafd install`.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `leafd status` waits to learn whether the service runs.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs one step; returns a note for a tolerated failure.
 fn run(s: &Step, plan: &Plan) -> Result<String> {
     let line = shown(&s.args);
     let fail = |what: String| Error::new(Kind::Io, plan.definition.clone(), what).fix(plan.fix.clone());
     let mut attempt = 1;
     loop {
-        let o = match Command::new(&s.args[0]).args(&s.args[1..]).stdin(Stdio::null()).output() {
-            Ok(o) => o,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(fail(format!("`{}` is not on the PATH, so `{line}` cannot run", s.args[0])));
-            }
-            Err(e) => return Err(fail(format!("cannot run `{line}`: {e}"))),
+        let e = match child::run(Command::new(&s.args[0]).args(&s.args[1..]), COMMAND_TIMEOUT, None) {
+            Ok(_) => return Ok(String::new()),
+            Err(e) => e,
         };
-        if o.status.success() {
-            return Ok(String::new());
+        if e.is_not_found() {
+            return Err(fail(format!("`{}` is not on the PATH, so `{line}` cannot run", s.args[0])));
         }
-        let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        let said = said.trim();
-        if let Some(why) = s.fine_if_fails {
-            return Ok(format!(" (failed, which is fine: {why}: {said})"));
+        // Only a command that ended with a status failed the way a step tolerates or retries.
+        let exited = e.exit_code().is_some();
+        if let Some(why) = s.fine_if_fails.filter(|_| exited) {
+            return Ok(format!(" (failed, which is fine: {why}: {e})"));
         }
-        if attempt >= s.attempts {
-            return Err(fail(format!("`{line}` failed ({}): {said}", o.status)));
+        if !exited || attempt >= s.attempts {
+            return Err(fail(format!("`{line}` failed: {e}")));
         }
         attempt += 1;
         std::thread::sleep(Duration::from_secs(1));
@@ -429,21 +433,19 @@ pub struct State {
 pub fn state(ctx: &Context) -> State {
     let definition = ctx.definition();
     let probe = match ctx.kind {
-        ServiceKind::Launchd => {
-            Command::new("launchctl").args(["print", &ctx.launchd_job()]).stdin(Stdio::null()).output()
-        }
-        ServiceKind::Systemd => {
-            Command::new("systemctl").args(["--user", "is-active", UNIT]).stdin(Stdio::null()).output()
-        }
+        ServiceKind::Launchd => vec!["launchctl".to_string(), "print".into(), ctx.launchd_job()],
+        ServiceKind::Systemd => ["systemctl", "--user", "is-active", UNIT].map(String::from).to_vec(),
     };
-    let running = probe.ok().map(|o| {
-        let said = String::from_utf8_lossy(&o.stdout);
-        match ctx.kind {
+    let running = match child::run(Command::new(&probe[0]).args(&probe[1..]), PROBE_TIMEOUT, None) {
+        Ok(out) => Some(match ctx.kind {
             // `print` also succeeds for a loaded job waiting to be restarted: only its state says.
-            ServiceKind::Launchd => o.status.success() && said.contains("state = running"),
-            ServiceKind::Systemd => said.trim() == "active",
-        }
-    });
+            ServiceKind::Launchd => out.stdout.text().contains("state = running"),
+            ServiceKind::Systemd => out.stdout.text() == "active",
+        }),
+        // Not loaded (launchctl), not active (systemctl).
+        Err(e) if e.exit_code().is_some() => Some(false),
+        Err(_) => None,
+    };
     State { kind: ctx.kind, installed: definition.is_file(), definition: definition.to_string_lossy().into(), running }
 }
 

@@ -587,3 +587,44 @@ fn a_failure_whose_cause_goes_away_elsewhere_is_retried_by_the_timer() {
     assert!(wait_until(Duration::from_secs(5), || !note.exists()), "the note stayed");
     leaf_reads_base(&lib, "Web", &vm);
 }
+
+/// Every notification's process is reaped: an agent that has posted 100 (through a stand-in for
+/// `notify-send`, first on the PATH, that records its arguments) has no zombie children.
+#[test]
+fn an_agent_that_posted_a_hundred_notifications_has_no_zombies() {
+    use std::os::unix::fs::PermissionsExt;
+    let lib = Lib::new();
+    let config = lib.tmp.path().join("config/leafd");
+    fs::create_dir_all(&config).unwrap();
+    fs::write(config.join("config.toml"), "notifications = true\n").unwrap();
+    let bin = lib.tmp.path().join("notify-send-stand-in");
+    fs::create_dir(&bin).unwrap();
+    let calls = lib.tmp.path().join("notify-send.log");
+    fs::write(
+        bin.join("notify-send"),
+        format!(
+            "#!/bin/bash\n# Stand-in for libnotify's notify-send (no desktop here): records its arguments.\n\
+             echo \"$*\" >> '{}'\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(bin.join("notify-send"), fs::Permissions::from_mode(0o755)).unwrap();
+    // 100 drops refused: folders without a .vmx.
+    for i in 0..100 {
+        let dir = lib.make_base_dir().join(format!("Not a VM {i:03}"));
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("notes.txt"), b"no VM here").unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let agent = Agent::start_args(&lib, &["agent", "--settle", "0.2"], &[("PATH", &path)]);
+    let posted = || fs::read_to_string(&calls).map(|s| s.lines().count()).unwrap_or(0);
+    assert!(wait_until(Duration::from_secs(60), || posted() >= 100), "{} notifications: {}", posted(), log_of(&lib));
+    let said = fs::read_to_string(&calls).unwrap();
+    let first = said.lines().next().unwrap();
+    assert!(first.starts_with("--app-name=leafd -- leafd Could not make a base from \"Not a VM "), "{first}");
+    // The last ones may still be ending: give them a moment, not more.
+    let zombies = || children_of(agent.child.id()).into_iter().filter(|&(_, s)| s == 'Z').count();
+    assert!(wait_until(Duration::from_secs(2), || zombies() == 0), "{} zombie children of the agent", zombies());
+    assert_eq!(agent.stop().code(), Some(0));
+}

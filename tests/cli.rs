@@ -124,3 +124,24 @@ fn the_configuration_file_and_overrides() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("config.toml") && text(&o).contains("configuration is not valid"), "{}", text(&o));
 }
+
+/// Lines carry local time, so files are named by the local date: in a zone whose date differs
+/// from UTC's now (UTC+14 or UTC-12, whichever does at this hour), that date names the file.
+#[test]
+fn log_files_are_named_by_the_local_date() {
+    use chrono::Timelike;
+    let lib = Lib::new();
+    let (tz, hours) = if chrono::Utc::now().hour() >= 11 { ("LFD-14", 14) } else { ("LFD+12", -12) };
+    let local = || (chrono::Utc::now() + chrono::Duration::hours(hours)).date_naive();
+    let before = local();
+    assert_ne!(before, chrono::Utc::now().date_naive());
+    // A refused command logs its reason.
+    let o = lib.command(&["new-leaf", "Nope", "Web"]).env("TZ", tz).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // Either date, should the run cross midnight.
+    let names: Vec<String> = [before, local()].iter().map(|d| format!("leafd.{}.log", d.format("%Y-%m-%d"))).collect();
+    let linked = fs::read_link(lib.log_dir().join("leafd.log")).unwrap().to_string_lossy().into_owned();
+    assert!(names.contains(&linked), "leafd.log -> {linked}, expected one of {names:?}");
+    let log = fs::read_to_string(lib.log_dir().join(&linked)).unwrap();
+    assert!(log.starts_with(&linked[6..16]) && log.contains("no base named \"Nope\""), "{log}");
+}

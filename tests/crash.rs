@@ -206,6 +206,9 @@ fn new_leaf_killed_at_every_step(vmrun: bool) {
         if vmrun {
             let stand_in = vmrun_stand_in(lib.tmp.path(), "works", VMRUN_WORKS);
             command.args(["--snapshot", "vmrun"]).env("LEAFD_VMRUN", stand_in);
+        } else {
+            // The native writer's steps, even where a vmrun is installed.
+            command.args(["--snapshot", "native"]);
         }
         let o = command.output().unwrap();
         assert!(killed(&o), "{step}: the process was not killed there: {}", text(&o));

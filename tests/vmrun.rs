@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 use leafd::formats::dict::Dict;
 use leafd::formats::disk::DiskType;
@@ -95,12 +97,8 @@ fn a_working_vmrun_takes_the_snapshot_and_leafd_marks_it() {
     let (lib, vm) = setup();
     let vmrun = vmrun_stand_in(lib.tmp.path(), "works", VMRUN_WORKS);
     let o = new_leaf(&lib, &vmrun, "vmrun");
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        text(&o),
-        std::fs::read_to_string(lib.tmp.path().join("args.log.err")).unwrap_or_default()
-    );
+    // A failing stand-in's stderr (qemu-img's complaint) is in leafd's message.
+    assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("(snapshot by vmrun)"), "{}", text(&o));
     assert_eq!(snapshot_of(&lib), "vmrun");
     let vmsd = Dict::parse(&std::fs::read(lib.leaf_dir("Web").join("Web.vmsd")).unwrap()).unwrap();
@@ -120,4 +118,64 @@ fn native_never_calls_vmrun() {
     assert!(args(&lib).is_empty());
     assert_eq!(snapshot_of(&lib), "native");
     chain_reads(&lib, &vm);
+}
+
+/// A vmrun that prints far more than a pipe holds on both streams, then fails: its output is
+/// read while it runs, so `auto` falls back to the native writer at once, and the warning quotes
+/// the start of each stream, apart.
+#[test]
+fn a_vmrun_that_floods_both_streams_and_fails_falls_back_at_once() {
+    let (lib, vm) = setup();
+    let vmrun =
+        vmrun_stand_in(lib.tmp.path(), "floods", "yes out | head -c 1000000; yes err | head -c 1000000 >&2; exit 3");
+    let start = Instant::now();
+    let o = new_leaf(&lib, &vmrun, "auto");
+    let took = start.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    // A bound for a hang (a full pipe until the time limit), not a benchmark.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(snapshot_of(&lib), "native");
+    chain_reads(&lib, &vm);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let warning = stderr.lines().find(|l| l.contains("vmrun could not take the snapshot")).unwrap_or_default();
+    assert!(warning.contains("vmrun-stand-in-floods exited with status 3"), "{stderr}");
+    assert!(warning.contains(r#"; stderr: "err\nerr\n"#) && warning.contains(r#"; stdout: "out\nout\n"#), "{warning}");
+    assert!(warning.contains("(1000000 bytes in all)") && warning.len() < 3000, "{} bytes: {warning}", warning.len());
+}
+
+/// A vmrun that runs past its time limit (`LEAFD_VMRUN_TIMEOUT`, here 1 s) is killed together
+/// with what it started (a `sleep` it waits for), and `auto` makes the leaf itself.
+#[test]
+fn a_vmrun_past_its_time_limit_is_killed_with_its_children() {
+    let (lib, vm) = setup();
+    let pid_file = lib.tmp.path().join("sleep.pid");
+    let body = format!("sleep 300 & echo $! > '{}'; wait", pid_file.display());
+    let vmrun = vmrun_stand_in(lib.tmp.path(), "hangs", &body);
+    let start = Instant::now();
+    let o = lib
+        .command(&["new-leaf", "Ubuntu", "Web", "--snapshot", "auto"])
+        .env("LEAFD_VMRUN", &vmrun)
+        .env("LEAFD_VMRUN_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(text(&o).contains("vmrun-stand-in-hangs did not finish within 1 s and was killed"), "{}", text(&o));
+    assert_eq!(snapshot_of(&lib), "native");
+    chain_reads(&lib, &vm);
+    let sleep: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while running(sleep) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(sleep), "the sleep vmrun started outlived it");
+    // A time limit that is not one is refused, not ignored.
+    let o = lib
+        .command(&["new-leaf", "Ubuntu", "Web 2", "--snapshot", "vmrun"])
+        .env("LEAFD_VMRUN", &vmrun)
+        .env("LEAFD_VMRUN_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("LEAFD_VMRUN_TIMEOUT=\"soon\" is not a number of seconds"), "{}", text(&o));
 }

@@ -1,5 +1,5 @@
 //! Telling the user where they are looking: a red tag on the item, a note beside it, a
-//! notification on macOS; and taking them away once the item goes through.
+//! desktop notification; and taking them away once the item goes through.
 
 use std::path::Path;
 

@@ -53,11 +53,13 @@ pub fn note_path(item: &Path) -> PathBuf {
     item.with_file_name(format!("{name}{NOTE_SUFFIX}"))
 }
 
-/// Who takes a leaf's snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+/// Who takes a leaf's snapshot. The default, for the command line, the agent and the library
+/// alike, is `Auto`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotBackend {
     /// VMware's `vmrun` when it is installed, else (or when it fails) leafd's own writer.
+    #[default]
     Auto,
     /// leafd's own writer (always available; the tested path).
     Native,
@@ -80,7 +82,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             path_style: PathStyle::Relative,
-            snapshot: SnapshotBackend::Native,
+            snapshot: SnapshotBackend::default(),
             vmrun: None,
             cancel: Arc::new(Cancel::new(false)),
         }

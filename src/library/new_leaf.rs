@@ -15,7 +15,6 @@ use super::journal::{Journal, Plan as JournalPlan};
 use super::make_base::{human_bytes, human_duration, read_small};
 use super::{Base, Library, Options, STAGING_PREFIX, SnapshotBackend, validate_name};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::fault;
 use crate::formats::clone::{create_delta, delta_name, parent_copy};
 use crate::formats::dict::Dict;
 use crate::formats::disk::{Disk, resolve};
@@ -23,6 +22,7 @@ use crate::formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use crate::fsutil;
 use crate::lineage::{self, LeafDisk, LeafRecord, LeafRef};
 use crate::platform::{self, Tag};
+use crate::{child, fault};
 
 pub const OP: &str = "new-leaf";
 
@@ -358,41 +358,23 @@ fn find_vmrun(opts: &Options) -> Option<PathBuf> {
     platform::vmrun_candidates().into_iter().find(|p| p.is_file())
 }
 
-/// `vmrun -T fusion|ws snapshot <vmx> Base`, with a time limit.
+/// `vmrun -T fusion|ws snapshot <vmx> Base`, within 2 minutes (`LEAFD_VMRUN_TIMEOUT` seconds, for
+/// a slow host or a test), killed with whatever it started when leafd stops.
 fn run_vmrun(vmrun: &Path, vmx: &Path, cancel: &fsutil::Cancel) -> Result<()> {
-    let mut child = Command::new(vmrun)
-        .args(["-T", platform::VMRUN_HOST_TYPE, "snapshot"])
-        .arg(vmx)
-        .arg("Base")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .at(vmrun, "cannot run vmrun")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = child.try_wait().at(vmrun, "cannot wait for vmrun")? {
-            let out = child.wait_with_output().at(vmrun, "cannot read vmrun's output")?;
-            if status.success() {
-                return Ok(());
-            }
-            let said =
-                String::from_utf8_lossy(&out.stdout).trim().to_string() + String::from_utf8_lossy(&out.stderr).trim();
-            return Err(Error::new(Kind::Io, vmrun.to_path_buf(), format!("vmrun snapshot failed ({status}): {said}")));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::new(Kind::Io, vmrun.to_path_buf(), "vmrun snapshot did not finish within 2 minutes"));
-        }
-        if let Err(e) = fsutil::check(cancel, vmrun) {
-            // Shutting down: the leaf is not published, so it is undone like any failure.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let timeout = match std::env::var("LEAFD_VMRUN_TIMEOUT") {
+        Err(_) => Duration::from_secs(120),
+        Ok(v) => v
+            .parse()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| Error::refused(vmrun, format!("LEAFD_VMRUN_TIMEOUT={v:?} is not a number of seconds")))?,
+    };
+    let mut command = Command::new(vmrun);
+    command.args(["-T", platform::VMRUN_HOST_TYPE, "snapshot"]).arg(vmx).arg("Base");
+    child::run(&mut command, timeout, Some(cancel))
+        .map(drop)
+        .map_err(|e| Error::new(e.kind(), vmrun.to_path_buf(), format!("vmrun snapshot failed: {e}")))
 }
 
 /// After the publish: link the leaf from its base and remove the request folder. Idempotent.

@@ -89,8 +89,13 @@ pub fn copy_in_progress(_path: &Path) -> bool {
     false
 }
 
-/// Desktop notifications are macOS-only; on Linux the log and the note file tell the user.
-pub fn notify_user(_title: &str, _message: &str) {}
+/// Posts a desktop notification through `notify-send` (libnotify) when it is on the PATH, best
+/// effort: never blocks, never fails the caller. Without it, the log and the note tell the user.
+pub fn notify_user(title: &str, message: &str) {
+    let mut notify_send = std::process::Command::new("notify-send");
+    notify_send.args(["--app-name=leafd", "--", title, message]);
+    crate::child::run_detached(notify_send);
+}
 
 /// `fsync` for both kinds: on Linux it reaches stable storage (the drive's cache included).
 pub fn flush(file: &File, _kind: Flush) -> io::Result<Option<i32>> {

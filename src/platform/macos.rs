@@ -112,12 +112,9 @@ pub fn copy_in_progress(path: &Path) -> bool {
 pub fn notify_user(title: &str, message: &str) {
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let script = format!("display notification \"{}\" with title \"{}\"", quote(message), quote(title));
-    let _ = std::process::Command::new("/usr/bin/osascript")
-        .args(["-e", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
+    let mut osascript = std::process::Command::new("/usr/bin/osascript");
+    osascript.args(["-e", &script]);
+    crate::child::run_detached(osascript);
 }
 
 /// `fsync` on macOS leaves the data in the drive's cache, in any order: `F_FULLFSYNC` empties

@@ -325,7 +325,7 @@ pub fn killed(o: &Output) -> bool {
 pub fn vmrun_stand_in(dir: &Path, kind: &str, body: &str) -> PathBuf {
     let p = dir.join(format!("vmrun-stand-in-{kind}"));
     let log = dir.join("args.log");
-    std::fs::write(&p, format!("#!/bin/bash\n# Stand-in for VMware's vmrun: records its arguments.\nprintf '%s\\n' \"$@\" >> '{}'\nexec 2>>'{}'.err\n{body}\n", log.display(), log.display())).unwrap();
+    std::fs::write(&p, format!("#!/bin/bash\n# Stand-in for VMware's vmrun: records its arguments.\nprintf '%s\\n' \"$@\" >> '{}'\n{body}\n", log.display())).unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     p
 }
@@ -344,3 +344,30 @@ done
 base=$(basename "$vmx" .vmx)
 printf '.encoding = "UTF-8"\nsnapshot.lastUID = "1"\nsnapshot.current = "1"\nsnapshot0.uid = "1"\nsnapshot0.filename = "%s-Snapshot1.vmsn"\nsnapshot0.displayName = "%s"\nsnapshot.numSnapshots = "1"\n' "$base" "$5" > "$dir/$base.vmsd"
 "#;
+
+/// The state letter (`R`, `S`, `Z` for a zombie...) and the parent of process `pid`, from
+/// /proc; `None` once it is gone.
+pub fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (name) S ppid ...`: the name may hold spaces and parentheses.
+    let mut rest = stat.rsplit_once(") ")?.1.split(' ');
+    Some((rest.next()?.chars().next()?, rest.next()?.parse().ok()?))
+}
+
+/// True while `pid` runs (a zombie has ended: it only waits to be reaped).
+pub fn running(pid: u32) -> bool {
+    process_state(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// The children of process `parent`, each with its state letter.
+pub fn children_of(parent: u32) -> Vec<(u32, char)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let (state, ppid) = process_state(pid)?;
+            (ppid == parent).then_some((pid, state))
+        })
+        .collect()
+}

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use leafd::formats::dict::Dict;
-use leafd::formats::disk::DiskType;
 use leafd::sample::SampleVm;
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::DiskType;
 
 fn setup() -> (Lib, SampleVm) {
     let lib = Lib::new();

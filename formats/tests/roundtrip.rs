@@ -1,8 +1,10 @@
 //! Property tests: descriptors and dictionary files written back unchanged are byte-identical,
 //! and edits survive a round trip.
 
-use leafd::formats::descriptor::Descriptor;
-use leafd::formats::dict::{Dict, escape, unescape};
+#![allow(unused_crate_dependencies)] // every dependency reaches every test binary
+
+use leafd_formats::descriptor::Descriptor;
+use leafd_formats::dict::{Dict, escape, unescape};
 use proptest::prelude::*;
 
 fn eol() -> impl Strategy<Value = &'static str> {

@@ -5,16 +5,18 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use leafd::formats::clone::{PathStyle, create_delta, parent_copy};
-use leafd::formats::disk::{Disk, DiskType};
+use leafd::library::Options;
 use leafd::sample::{Pattern, SampleVm};
+use leafd_formats::clone::{PathStyle, create_delta, parent_copy};
+use leafd_formats::disk::{Disk, DiskType};
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let mut vm = SampleVm::single("Big", DiskType::MonolithicSparse, 64 << 30);
     vm.disks[0].patterns = vec![Pattern { offset: 0, len: 65536, byte: 1 }];
     let bundle = vm.build(tmp.path()).unwrap();
-    let base = Disk::open(&bundle.join("Virtual Disk.vmdk")).unwrap();
+    let env = Options::default().env();
+    let base = Disk::open(&env, &bundle.join("Virtual Disk.vmdk")).unwrap();
     // Both writers build on the same parent copy, in the same folder.
     let leaf = tmp.path().join("leaf");
     std::fs::create_dir(&leaf).unwrap();
@@ -27,7 +29,7 @@ fn main() {
         30,
         |_| {},
         |i| {
-            create_delta(&delta("leafd", i), "Virtual Disk.vmdk", &copy, DiskType::MonolithicSparse).unwrap();
+            create_delta(&env, &delta("leafd", i), "Virtual Disk.vmdk", &copy, DiskType::MonolithicSparse).unwrap();
         },
     );
     report("leafd create_delta (flushed)", &ours);

@@ -10,9 +10,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use leafd::formats::disk::{Disk, DiskType};
-use leafd::formats::flatten::flatten;
+use leafd::library::Options;
 use leafd::sample::{Pattern, SampleVm};
+use leafd_formats::disk::{Disk, DiskType};
+use leafd_formats::flatten::flatten;
 
 const MIB: u64 = 1 << 20;
 
@@ -51,12 +52,13 @@ fn main() {
     println!("flattening a leaf of a 2 GiB base (256 MiB of base data, 64 MiB written in the leaf), 5 runs each:");
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let chain = Disk::open(&delta).unwrap();
+    let env = Options::default().env();
+    let chain = Disk::open(&env, &delta).unwrap();
     let ours = measure(
         5,
         |_| {},
         |i| {
-            flatten(&chain, &out.join(format!("leafd-{i}.vmdk")), None, &Default::default()).unwrap();
+            flatten(&env, &chain, &out.join(format!("leafd-{i}.vmdk")), None).unwrap();
         },
     );
     report("leafd flatten (monolithicSparse, flushed)", &ours);

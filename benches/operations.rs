@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::*;
-use leafd::formats::disk::DiskType;
 use leafd::sample::SampleVm;
+use leafd_formats::disk::DiskType;
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();

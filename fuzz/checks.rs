@@ -1,14 +1,17 @@
-//! What each fuzz target checks for one input. Shared with `cargo test` (tests/formats.rs), which
-//! replays the inputs that once failed (fuzz/regressions) through these very checks. Errors are
-//! fine; a panic or a failed assertion is a bug.
+//! What each fuzz target checks for one input. Shared with `cargo test -p leafd-formats`
+//! (formats/tests/fuzz_regressions.rs), which replays the inputs that once failed
+//! (fuzz/regressions) through these very checks. Errors are fine; a panic or a failed assertion
+//! is a bug.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use leafd::formats::descriptor::Descriptor;
-use leafd::formats::dict::Dict;
-use leafd::formats::disk::{self, Disk};
-use leafd::formats::sparse::{Grain, Header, SECTOR, SparseExtent};
-use leafd::formats::vmx;
+use leafd_formats::descriptor::Descriptor;
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::{self, Disk};
+use leafd_formats::sparse::{Grain, Header, SECTOR, SparseExtent};
+use leafd_formats::vmx;
+use leafd_formats::{Env, StdEnv};
 
 /// VMDK text descriptors: what parses writes back to an equal descriptor.
 pub fn descriptor(data: &[u8]) {
@@ -101,14 +104,14 @@ fn split(data: &[u8]) -> Vec<&[u8]> {
 }
 
 /// Only plain names in our folder: a descriptor naming `/dev/stdin` or `../x` would read
-/// outside the sandbox (and could block), which says nothing about leafd.
+/// outside the sandbox, which says nothing about leafd.
 fn confined(d: &Descriptor) -> bool {
     let ok = |n: &str| !n.contains('/') && n != "..";
     d.extents().all(|e| e.file.as_deref().is_none_or(ok)) && d.parent_file_name_hint().is_none_or(ok)
 }
 
-fn exercise_extent(path: &Path) {
-    let Ok(s) = SparseExtent::open(path) else {
+fn exercise_extent(env: &Arc<dyn Env>, path: &Path) {
+    let Ok(s) = SparseExtent::open(env, path) else {
         return;
     };
     let _ = s.embedded_descriptor();
@@ -157,6 +160,7 @@ fn exercise_disk(disk: &Disk) {
 /// delta with its parent), then opened with `read_descriptor`, `SparseExtent::open` and
 /// `Disk::open`, and read at a few places.
 pub fn disk_open(data: &[u8], dir: &Path) {
+    let env = StdEnv::shared();
     let parts = split(data);
     for (i, name) in NAMES.iter().enumerate() {
         let path = dir.join(name);
@@ -170,15 +174,15 @@ pub fn disk_open(data: &[u8], dir: &Path) {
     let mut safe = true;
     for name in &NAMES[..parts.len()] {
         let path = dir.join(name);
-        if let Ok((d, _embedded)) = disk::read_descriptor(&path) {
+        if let Ok((d, _embedded)) = disk::read_descriptor(&env, &path) {
             safe &= confined(&d);
         }
-        exercise_extent(&path);
+        exercise_extent(&env, &path);
     }
     if !safe {
         return;
     }
-    let opened = Disk::open(&dir.join(NAMES[0]));
+    let opened = Disk::open(&env, &dir.join(NAMES[0]));
     if std::env::var_os("LEAFD_FUZZ_DEBUG").is_some() {
         // Shows whether an input gets past `Disk::open`, e.g. when writing seeds.
         eprintln!("Disk::open: {:?}", opened.as_ref().map(|d| d.capacity()));
@@ -186,7 +190,7 @@ pub fn disk_open(data: &[u8], dir: &Path) {
     if let Ok(disk) = opened {
         exercise_disk(&disk);
     }
-    if let Ok(disk) = Disk::open_alone(&dir.join(NAMES[0])) {
+    if let Ok(disk) = Disk::open_alone(&env, &dir.join(NAMES[0])) {
         exercise_disk(&disk);
     }
 }

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use leafd_formats::clone::PathStyle;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::formats::clone::PathStyle;
 use crate::library::{
     Library, Options, SnapshotBackend, journal, make_base, new_leaf, promote, relink, remove_base, status, verify,
 };

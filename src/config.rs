@@ -12,10 +12,10 @@
 
 use std::path::{Path, PathBuf};
 
+use leafd_formats::clone::PathStyle;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::formats::clone::PathStyle;
 use crate::library::SnapshotBackend;
 use crate::platform;
 

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use leafd_formats::disk::{Disk, DiskType};
+
 use crate::child;
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::formats::disk::{Disk, DiskType};
 use crate::library::{Library, Options, status, verify};
 use crate::lineage;
 use crate::sample::SampleVm;
@@ -139,7 +140,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
 fn check_leaf(leaf_dir: &Path, vm: &SampleVm) -> Result<()> {
     let d = &vm.disks[0];
     let delta: PathBuf = leaf_dir.join(format!("{}-000001.vmdk", d.file.trim_end_matches(".vmdk")));
-    let chain = Disk::open(&delta)?;
+    let chain = Disk::open(&Options::default().env(), &delta)?;
     for p in &d.patterns {
         let mut buf = vec![0u8; p.len as usize];
         chain.read_at(p.offset, &mut buf)?;

@@ -52,8 +52,9 @@ impl Error {
         }
     }
 
-    pub fn format(path: &Path, message: impl Into<String>) -> Error {
-        Error::new(Kind::Format, path.to_path_buf(), message)
+    /// A file that does not read as its format says; `message` may be a parse error of its text.
+    pub fn format(path: &Path, message: impl fmt::Display) -> Error {
+        Error::new(Kind::Format, path.to_path_buf(), message.to_string())
     }
 
     pub fn unsupported(path: &Path, message: impl Into<String>) -> Error {
@@ -77,10 +78,23 @@ impl Error {
             None => self.message.clone(),
         }
     }
+}
 
-    /// True when the underlying OS error says the file is missing.
-    pub fn is_not_found(&self) -> bool {
-        self.source.as_ref().is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+/// The formats crate's errors keep their path, message, fix and OS error.
+impl From<leafd_formats::Error> for Error {
+    fn from(e: leafd_formats::Error) -> Error {
+        use leafd_formats::ErrorKind as F;
+        let (kind, message) = match e.kind {
+            F::Io => (Kind::Io, e.message),
+            F::Format => (Kind::Format, e.message),
+            F::Unsupported => (Kind::Unsupported, e.message),
+            // A file that failed to open is an I/O failure; a file the disk names but that is not
+            // there makes the disk damaged.
+            F::Missing if e.source.is_some() => (Kind::Io, e.message),
+            F::Missing => (Kind::Format, e.message),
+            F::Cancelled => (Kind::Cancelled, format!("{} (leafd is shutting down)", e.message)),
+        };
+        Error { kind, path: Some(e.path), message, fix: e.fix, source: e.source }
     }
 }
 

@@ -1,8 +1,9 @@
 //! leafd: VMware linked clones as easy as making a folder.
 //!
 //! Data flows one way: the [`agent`] turns file-system events into drop items, the [`library`]
-//! operations turn items into bases and leaves, using the [`formats`] core and recording
-//! [`lineage`]. [`platform`] holds everything that differs between macOS and Linux.
+//! operations turn items into bases and leaves, using the VMware formats crate
+//! ([`leafd_formats`], which reaches files through [`formats_env`]) and recording [`lineage`].
+//! [`platform`] holds everything that differs between macOS and Linux.
 
 pub mod agent;
 pub mod child;
@@ -12,7 +13,7 @@ pub mod demo;
 pub mod durable;
 pub mod error;
 pub mod fault;
-pub mod formats;
+pub mod formats_env;
 pub mod fsutil;
 pub mod library;
 pub mod lineage;

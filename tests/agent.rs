@@ -9,8 +9,8 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd::formats::disk::DiskType;
 use leafd::sample::SampleVm;
+use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
 const SETTLE: &str = "1";

@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use leafd::formats::disk::DiskType;
 use leafd::sample::SampleVm;
+use leafd_formats::disk::DiskType;
 
 #[test]
 fn the_demo_runs_the_whole_flow_and_checks_it() {

@@ -7,9 +7,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use leafd::formats::disk::DiskType;
 use leafd::library::{make_base, new_leaf};
 use leafd::sample::{SampleDisk, SampleVm};
+use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
 

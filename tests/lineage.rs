@@ -7,9 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use leafd::formats::disk::DiskType;
 use leafd::library::promote;
 use leafd::sample::{SampleDisk, SampleVm};
+use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
 
@@ -226,6 +226,24 @@ fn verify_names_every_break() {
             .unwrap_or_else(|| panic!("{name}: no problem saying {says:?}: {out}"));
         assert!(line.contains(&path), "{name}: {path} not named in the problem line: {out}");
         assert!(out.contains("  fix: "), "{name}: no fix: {out}");
+    }
+}
+
+/// A file the leaf's chain leads to that is missing (its parent copy) may mean the leaf or its
+/// base moved; its own delta missing cannot be fixed by relinking.
+#[test]
+fn verify_advises_relink_only_for_a_missing_file_the_delta_leads_to() {
+    for (gone, says, fix) in [
+        ("Virtual Disk.vmdk", "is missing", "run `leafd relink` on the leaf"),
+        ("Virtual Disk-000001.vmdk", "No such file", "restore the leaf from a backup"),
+    ] {
+        let (lib, _) = setup(&["Web"]);
+        fs::remove_file(lib.leaf_dir("Web").join(gone)).unwrap();
+        let (code, out) = verify(&lib, &[]);
+        assert_eq!(code, 1, "{gone}: {out}");
+        let mut lines = out.lines().skip_while(|l| !(l.starts_with("PROBLEM:") && l.contains(says)));
+        assert!(lines.next().is_some(), "{gone}: no problem saying {says:?}: {out}");
+        assert!(lines.next().is_some_and(|l| l.contains(fix)), "{gone}: fix is not {fix:?}: {out}");
     }
 }
 
@@ -485,7 +503,7 @@ fn promote_makes_a_standalone_vm_with_exactly_the_leafs_bytes() {
     // The base out of reach: the promoted VM must not need it.
     fs::rename(lib.base_dir("Ubuntu"), lib.tmp.path().join("away")).unwrap();
     let dir = lib.leaf_dir("Web");
-    let vmx = leafd::formats::dict::Dict::parse(&fs::read(dir.join("Web.vmx")).unwrap()).unwrap();
+    let vmx = leafd_formats::dict::Dict::parse(&fs::read(dir.join("Web.vmx")).unwrap()).unwrap();
     for (d, reference) in vm.disks.iter().zip(&refs) {
         let disk = dir.join(&d.file);
         assert_eq!(vmx.get(&format!("{}.fileName", d.node)), Some(d.file.as_str()));

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::*;
-use leafd::formats::dict::Dict;
-use leafd::formats::disk::{Disk, DiskType};
-use leafd::formats::vmx;
 use leafd::sample::{SampleDisk, SampleVm};
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::{Disk, DiskType};
+use leafd_formats::vmx;
 
 const MIB: u64 = 1 << 20;
 
@@ -48,7 +48,7 @@ fn check_base(lib: &Lib, vm: &SampleVm, before: &std::collections::BTreeMap<Path
     for (d, r) in vm.disks.iter().zip(rec["disks"].as_array().unwrap()) {
         assert_eq!(r["node"], d.node.as_str());
         assert!(r["fingerprint"].as_str().unwrap().starts_with("blake3z:"));
-        let disk = Disk::open(&base.join(&d.file)).unwrap();
+        let disk = Disk::open(&env(), &base.join(&d.file)).unwrap();
         assert_eq!(r["cid"], format!("{:08x}", disk.descriptor.cid().unwrap()));
         for f in disk.files() {
             let mode = std::fs::metadata(&f).unwrap().permissions().mode();
@@ -93,7 +93,7 @@ fn check_leaf(lib: &Lib, vm: &SampleVm, leaf: &str) {
         let copy_text = std::fs::read_to_string(&copy).unwrap();
         assert!(copy_text.contains(&format!("\"../Bases/{}/", vm.name)), "relative extent paths: {copy_text}");
         assert!(copy_text.contains("ddb.deletable = \"false\"") && !copy_text.contains("ddb.uuid"));
-        let base_disk = Disk::open(&base.join(&d.file)).unwrap();
+        let base_disk = Disk::open(&env(), &base.join(&d.file)).unwrap();
         assert!(copy_text.contains(&format!("CID={:08x}\n", base_disk.descriptor.cid().unwrap())));
         qemu_check(&delta);
         let chain = qemu_chain(&delta);
@@ -106,8 +106,8 @@ fn check_leaf(lib: &Lib, vm: &SampleVm, leaf: &str) {
             qemu_read_pattern(&delta, p.offset, p.len, p.byte).unwrap_or_else(|e| panic!("{leaf} {}: {e}", d.file));
         }
         let p = d.patterns[0];
-        let delta_extents = Disk::open_alone(&delta).unwrap().extent_files();
-        let copy_extents = Disk::open_alone(&copy).unwrap().extent_files();
+        let delta_extents = Disk::open_alone(&env(), &delta).unwrap().extent_files();
+        let copy_extents = Disk::open_alone(&env(), &copy).unwrap().extent_files();
         let (size, data) = libvmdk_chain(&delta, &delta_extents, &copy, &copy_extents, p.offset, p.len).unwrap();
         assert_eq!(size, d.capacity * 512);
         assert!(data.iter().all(|&b| b == p.byte));
@@ -190,12 +190,12 @@ fn status_counts_leaves_and_space() {
     let mut own = 0;
     for l in b["leaves"].as_array().unwrap() {
         let name = l["name"].as_str().unwrap();
-        let delta = Disk::open_alone(&lib.leaf_dir(name).join("Virtual Disk-000001.vmdk")).unwrap();
+        let delta = Disk::open_alone(&env(), &lib.leaf_dir(name).join("Virtual Disk-000001.vmdk")).unwrap();
         let bytes = allocated(&delta.files());
         assert_eq!(l["own_bytes"].as_u64().unwrap(), bytes, "leaf {name}");
         own += bytes;
     }
-    let base_files = Disk::open(&lib.base_dir("Ubuntu").join("Virtual Disk.vmdk")).unwrap().files();
+    let base_files = Disk::open(&env(), &lib.base_dir("Ubuntu").join("Virtual Disk.vmdk")).unwrap().files();
     assert_eq!(shared, allocated(&base_files), "the base's disk files are what the leaves share");
     assert_eq!(b["used_bytes"].as_u64().unwrap(), shared + own);
     assert_eq!(b["full_copies_bytes"].as_u64().unwrap(), shared * 4 + own);

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use leafd::formats::disk::DiskType;
 use leafd::sample::SampleVm;
+use leafd_formats::disk::DiskType;
 
 const NOBODY: u32 = 65534;
 

@@ -7,8 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use leafd::formats::disk::DiskType;
 use leafd::sample::{SampleDisk, SampleVm};
+use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
 

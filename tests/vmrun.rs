@@ -7,9 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd::formats::dict::Dict;
-use leafd::formats::disk::DiskType;
 use leafd::sample::SampleVm;
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::DiskType;
 
 fn setup() -> (Lib, SampleVm) {
     let lib = Lib::new();

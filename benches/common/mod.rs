@@ -90,7 +90,7 @@ pub fn build_library(root: &Path, bases: usize, leaves_per_base: usize) {
     for b in 0..bases {
         let vm = leafd::sample::SampleVm::single(
             &format!("Base {b:03}"),
-            leafd::formats::disk::DiskType::MonolithicSparse,
+            leafd_formats::disk::DiskType::MonolithicSparse,
             1 << 20,
         );
         let (made, fp) = make_base::make_base(&lib, &vm.build(&lib.make_base_dir()).unwrap(), None, &opts).unwrap();

@@ -10,8 +10,9 @@ use std::path::Path;
 
 use checks::SEPARATOR;
 
-use leafd::formats::disk::{self, Disk, DiskType, NewDisk};
-use leafd::formats::sparse::Header;
+use leafd_formats::StdEnv;
+use leafd_formats::disk::{self, Disk, DiskType, NewDisk};
+use leafd_formats::sparse::Header;
 
 const SPLIT_DESCRIPTOR: &str = "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=242293ca\nparentCID=ffffffff\n\
 createType=\"twoGbMaxExtentSparse\"\n\n# Extent description\nRW 4192256 SPARSE \"8.10 Core-s001.vmdk\"\n\
@@ -58,7 +59,8 @@ fn sparse_disk(
     let path = tmp.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&path);
-    disk::create(&NewDisk {
+    let env = StdEnv::shared();
+    disk::create(&env, &NewDisk {
         path: &path,
         disk_type: DiskType::MonolithicSparse,
         extents: vec![sectors],
@@ -68,7 +70,7 @@ fn sparse_disk(
     })
     .unwrap();
     if !patterns.is_empty() {
-        let d = Disk::open_writable(&path).unwrap();
+        let d = Disk::open_writable(&env, &path).unwrap();
         for &(offset, len, byte) in patterns {
             d.write_at(offset, &vec![byte; len]).unwrap();
         }
@@ -123,7 +125,7 @@ fn main() {
         ("new-odd", 1000, true),
     ] {
         let h = Header::new(capacity, embedded);
-        let layout = leafd::formats::sparse::Layout::new(capacity, embedded);
+        let layout = leafd_formats::sparse::Layout::new(capacity, embedded);
         let mut b = h.to_bytes().to_vec();
         b.extend_from_slice(&layout.file_len().to_le_bytes());
         write("sparse_header", name, &b);
@@ -154,7 +156,7 @@ fn main() {
     let ext = {
         let p = tmp.join("ext.vmdk");
         let _ = std::fs::remove_file(&p);
-        leafd::formats::sparse::create_empty(&p, 256, None).unwrap();
+        leafd_formats::sparse::create_empty(&StdEnv::shared(), &p, 256, None).unwrap();
         std::fs::read(&p).unwrap()
     };
     let text = "# Disk DescriptorFile\nversion=1\nCID=0000abcd\nparentCID=ffffffff\ncreateType=\"twoGbMaxExtentSparse\"\n\

@@ -13,19 +13,20 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use leafd_formats::ErrorKind;
+use leafd_formats::clone::{PathStyle, repoint};
+use leafd_formats::descriptor::NO_PARENT;
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::{Disk, DiskType, extent_names, read_descriptor, resolve};
+use leafd_formats::flatten::flatten;
+use leafd_formats::sparse::SECTOR;
+use leafd_formats::vmx;
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, Plan as JournalPlan};
 use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Library, Options, STAGING_PREFIX, validate_name};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fault;
-use crate::formats::clone::{PathStyle, repoint};
-use crate::formats::descriptor::NO_PARENT;
-use crate::formats::dict::Dict;
-use crate::formats::disk::{Disk, DiskType, extent_names, read_descriptor, resolve};
-use crate::formats::flatten::flatten;
-use crate::formats::sparse::SECTOR;
-use crate::formats::vmx;
 use crate::fsutil;
 use crate::lineage::{self, BaseRecord, DiskRecord, ExtentRecord};
 use crate::platform::{self, Tag};
@@ -207,6 +208,7 @@ fn damaged(e: Error) -> Error {
 
 /// Checks everything that must hold before a bundle may become a base. Reads only.
 fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
+    let env = Options::default().env();
     let meta = fs::symlink_metadata(bundle)
         .at(bundle, "cannot find the VM")
         .map_err(|e| e.fix("check the path of the VM bundle"))?;
@@ -287,17 +289,17 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
             )
             .fix("move the disk into the VM bundle (VMware can do it), then drop the VM again"));
         }
-        let (descriptor, _) = read_descriptor(&path).map_err(|e| {
-            if e.is_not_found() {
+        let (descriptor, _) = read_descriptor(&env, &path).map_err(|e| {
+            if e.kind == ErrorKind::Missing {
                 Error::refused(&path, format!("disk {} is missing", entry.node))
                     .fix("restore the disk file or remove the disk from the VM")
             } else {
-                damaged(e)
+                damaged(e.into())
             }
         })?;
         let disk = open_chain(bundle, &path, leaf_base.as_ref()).map_err(damaged)?;
         // Every extent whole: a bundle cut short must never become a base.
-        disk.check_extents().map_err(damaged)?;
+        disk.check_extents().map_err(|e| damaged(e.into()))?;
         let rel = |p: &Path| p.strip_prefix(bundle).map(Path::to_path_buf);
         let descriptor_rel = rel(&path).expect("checked inside");
         if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
@@ -413,17 +415,18 @@ fn plan_flatten(bundle: &Path, top: &Path, node: &str, chain: &Disk, index: usiz
 /// longer reaches its base by its relative paths, so its parent copy is read against the base
 /// its record names (in memory: the leaf's files are not changed).
 fn open_chain(bundle: &Path, path: &Path, leaf_base: Option<&Base>) -> Result<Disk> {
-    let direct = Disk::open(path);
+    let env = Options::default().env();
+    let direct = Disk::open(&env, path).map_err(Error::from);
     let (Err(_), Some(base)) = (&direct, leaf_base) else { return direct };
     let Ok(Some(leaf)) = lineage::read::<lineage::LeafRecord>(bundle, lineage::LEAF) else { return direct };
     let Some(d) = leaf.disks.iter().find(|d| bundle.join(&d.delta) == path) else { return direct };
     let Some(bd) = base.record.disks.iter().find(|b| b.node == d.node) else { return direct };
-    let base_disk = Disk::open(&base.descriptor_path(bd))?;
+    let base_disk = Disk::open(&env, &base.descriptor_path(bd))?;
     let copy_path = bundle.join(&d.parent_copy);
-    let (copy, _) = read_descriptor(&copy_path)?;
+    let (copy, _) = read_descriptor(&env, &copy_path)?;
     let from = copy_path.parent().unwrap_or(bundle);
     let Ok(copy) = repoint(&copy, &base_disk.extent_files(), from, PathStyle::Absolute) else { return direct };
-    Disk::open_alone(path)?.with_parent(Disk::from_descriptor(&copy_path, copy)?)
+    Ok(Disk::open_alone(&env, path)?.with_parent(Disk::from_descriptor(&env, &copy_path, copy)?)?)
 }
 
 /// Writes every flattened disk into the plan's flatten folder, reading the chains where they
@@ -440,7 +443,7 @@ fn write_flattened(plan: &Plan, opts: &Options) -> Result<()> {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).at(parent, "cannot create folder")?;
         }
-        flatten(&chain, &target, f.split.clone(), &opts.cancel)?;
+        flatten(&opts.env(), &chain, &target, f.split.clone())?;
     }
     platform::sync_dir(&dir).at(&dir, "cannot flush folder")
 }
@@ -450,7 +453,7 @@ fn complete_record(plan: &Plan, staging: &Path) -> Result<(BaseRecord, Vec<Exten
     let mut record = plan.record.clone();
     let mut extents = Vec::new();
     for f in &plan.flatten {
-        let disk = Disk::open_alone(&staging.join(&f.target))?;
+        let disk = Disk::open_alone(&Options::default().env(), &staging.join(&f.target))?;
         record.disks[f.disk].cid = format!("{:08x}", disk.descriptor.cid().map_err(|m| Error::format(disk.path(), m))?);
         for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
             let Some(file) = file else { continue };
@@ -472,7 +475,7 @@ fn complete_record(plan: &Plan, staging: &Path) -> Result<(BaseRecord, Vec<Exten
 /// Reads a configuration file, refusing absurd sizes before reading.
 pub fn read_small(path: &Path) -> Result<Vec<u8>> {
     let len = fs::metadata(path).at(path, "cannot stat")?.len();
-    if len > crate::formats::dict::MAX_DICT_BYTES {
+    if len > leafd_formats::dict::MAX_DICT_BYTES {
         return Err(Error::format(path, format!("{len} bytes is too large for a VMware configuration file")));
     }
     fs::read(path).at(path, "cannot read")
@@ -831,7 +834,7 @@ pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Resu
     }
     let mut prints = Vec::new();
     for d in &current.disks {
-        let disk = Disk::open_alone(&base.dir.join(&d.descriptor))?;
+        let disk = Disk::open_alone(&opts.env(), &base.dir.join(&d.descriptor))?;
         prints.push(fsutil::fingerprint(&disk.extent_files(), &opts.cancel)?);
     }
     let _lock = lib.lock_base(&current.id)?;
@@ -846,8 +849,8 @@ pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::disk::DiskType;
     use crate::sample::{SampleDisk, SampleVm};
+    use leafd_formats::disk::DiskType;
     use std::io::Write;
 
     #[test]

@@ -28,10 +28,10 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use leafd_formats::clone::PathStyle;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::formats::clone::PathStyle;
 use crate::fsutil::Cancel;
 use crate::lineage::{self, BaseRecord, DiskRecord, LeafRecord, LeafRef};
 
@@ -76,6 +76,13 @@ pub struct Options {
     pub vmrun: Option<PathBuf>,
     /// Set when leafd is stopping: long copies stop and roll back.
     pub cancel: Arc<Cancel>,
+}
+
+impl Options {
+    /// The file system the formats crate works through for these operations.
+    pub fn env(&self) -> Arc<dyn leafd_formats::Env> {
+        crate::formats_env::LeafdEnv::shared(self.cancel.clone())
+    }
 }
 
 impl Default for Options {
@@ -354,7 +361,7 @@ pub fn refuse_if_in_use(path: &Path) -> Result<()> {
 }
 
 /// Refuses a VM whose `.vmx` says it is suspended.
-pub fn refuse_if_suspended(vmx_path: &Path, vmx: &crate::formats::dict::Dict) -> Result<()> {
+pub fn refuse_if_suspended(vmx_path: &Path, vmx: &leafd_formats::dict::Dict) -> Result<()> {
     if vmx.get("checkpoint.vmState").is_some_and(|v| !v.is_empty()) {
         return Err(
             Error::refused(vmx_path, "the VM is suspended").fix("resume it in VMware, shut it down, and try again")

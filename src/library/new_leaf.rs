@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
+use leafd_formats::clone::{create_delta, delta_name, parent_copy};
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::{Disk, resolve};
+use leafd_formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, Plan as JournalPlan};
 use super::make_base::{human_bytes, human_duration, read_small};
 use super::{Base, Library, Options, STAGING_PREFIX, SnapshotBackend, validate_name};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::formats::clone::{create_delta, delta_name, parent_copy};
-use crate::formats::dict::Dict;
-use crate::formats::disk::{Disk, resolve};
-use crate::formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use crate::fsutil;
 use crate::lineage::{self, LeafDisk, LeafRecord, LeafRef};
 use crate::platform::{self, Tag};
@@ -114,7 +114,7 @@ pub fn new_leaf(
     let mut base_disks = Vec::new();
     for d in &base.record.disks {
         let path = base.descriptor_path(d);
-        let disk = Disk::open(&path)?;
+        let disk = Disk::open(&opts.env(), &path)?;
         let cid = format!("{:08x}", disk.descriptor.cid().unwrap_or(0));
         if cid != d.cid {
             return Err(Error::refused(
@@ -205,7 +205,7 @@ fn build(
     };
     // Open every chain from where it is staged (same depth as its final place) before publishing.
     for d in &record.disks {
-        let delta = Disk::open(&staging.join(&d.delta))?;
+        let delta = Disk::open(&opts.env(), &staging.join(&d.delta))?;
         let parent_cid = delta.parent().map(|p| format!("{:08x}", p.descriptor.cid().unwrap_or(0)));
         if parent_cid.as_deref() != Some(d.parent_cid.as_str()) {
             return Err(Error::format(&staging.join(&d.delta), "the new delta does not lead to the base"));
@@ -264,7 +264,7 @@ fn build_files(
         let after = Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
         for (node, rel, delta_rel, ..) in &mut disks {
             let now = after.get(&format!("{node}.fileName")).unwrap_or_default().to_string();
-            let delta = Disk::open(&resolve(staging, &now))?;
+            let delta = Disk::open(&opts.env(), &resolve(staging, &now))?;
             if now == str_of(rel) || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel)) {
                 return Err(Error::format(
                     &vmx_path,
@@ -280,7 +280,7 @@ fn build_files(
         step("vmsd-written");
     } else {
         for (_, _, delta_rel, copy, file_name, base_type) in &disks {
-            create_delta(&staging.join(delta_rel), file_name, copy, *base_type)?;
+            create_delta(&opts.env(), &staging.join(delta_rel), file_name, copy, *base_type)?;
         }
         step("deltas-written");
         let deltas: Vec<(String, String)> =

@@ -9,6 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::Disk;
+use leafd_formats::flatten::flatten;
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, Plan as JournalPlan};
@@ -17,9 +20,6 @@ use super::relink::find_leaf;
 use super::{Library, Options, STAGING_PREFIX};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fault;
-use crate::formats::dict::Dict;
-use crate::formats::disk::Disk;
-use crate::formats::flatten::flatten;
 use crate::fsutil;
 use crate::lineage::{self, LeafRecord};
 use crate::platform::{self, Tag};
@@ -84,7 +84,7 @@ fn chain_files(leaf: &Path, record: &LeafRecord) -> Result<Vec<PathBuf>> {
     for d in &record.disks {
         for disk in [&d.parent_copy, &d.delta] {
             let p = leaf.join(disk);
-            let opened = Disk::open_alone(&p)?;
+            let opened = Disk::open_alone(&Options::default().env(), &p)?;
             out.extend(opened.files().into_iter().map(|f| f.strip_prefix(leaf).map(Path::to_path_buf).unwrap_or(f)));
         }
     }
@@ -129,7 +129,7 @@ pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
     let mut chains = Vec::new();
     let mut needed = 0u64;
     for d in &record.disks {
-        let chain = Disk::open(&leaf.dir.join(&d.delta))?;
+        let chain = Disk::open(&opts.env(), &leaf.dir.join(&d.delta))?;
         let mut disk = Some(&chain);
         while let Some(x) = disk {
             needed += x.extent_files().iter().map(|f| fsutil::allocated(f)).sum::<u64>();
@@ -188,7 +188,7 @@ fn stage(plan: &Plan, record: &LeafRecord, chains: &[Disk], opts: &Options) -> R
             fs::create_dir_all(dir).at(dir, "cannot create folder")?;
         }
         let split = chain.disk_type.is_split().then(|| chain.extent_sectors());
-        for f in flatten(chain, &target, split, &opts.cancel)? {
+        for f in flatten(&opts.env(), chain, &target, split)? {
             bytes += fsutil::allocated(&f);
         }
         renamed.push((d.node.clone(), d.parent_copy.clone()));

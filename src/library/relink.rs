@@ -5,14 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
+use leafd_formats::clone::{PathStyle, repoint};
+use leafd_formats::descriptor::Descriptor;
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::{Disk, read_descriptor};
+
 use super::make_base::read_small;
 use super::verify::{extent_keys, link_to_base};
 use super::{Base, Leaf, Library, Options};
 use crate::error::{Error, Result};
-use crate::formats::clone::{PathStyle, repoint};
-use crate::formats::descriptor::Descriptor;
-use crate::formats::dict::Dict;
-use crate::formats::disk::{Disk, read_descriptor};
 use crate::fsutil;
 use crate::lineage::{self, LeafRecord};
 
@@ -59,6 +60,7 @@ pub fn find_leaf(lib: &Library, arg: &Path) -> Result<Leaf> {
 /// CID, capacity and long content id. Two such bases (a duplicated VM) are refused as ambiguous;
 /// a base with the leaf's base name but another identity is refused, naming it.
 fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> {
+    let env = Options::default().env();
     let bases = lib.bases()?;
     if let Some(b) = bases.iter().find(|b| b.record.id == leaf.record.base_id) {
         return Ok(b.clone());
@@ -67,7 +69,7 @@ fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> 
     let matches = |b: &Base| {
         leaf.record.disks.iter().zip(copies).all(|(d, c)| {
             b.record.disks.iter().any(|bd| {
-                let long_id = read_descriptor(&b.descriptor_path(bd))
+                let long_id = read_descriptor(&env, &b.descriptor_path(bd))
                     .ok()
                     .and_then(|(bdesc, _)| bdesc.ddb(LONG_ID).zip(c.ddb(LONG_ID)).map(|(ours, theirs)| ours == theirs));
                 bd.node == d.node
@@ -112,6 +114,7 @@ fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> 
 
 /// Points `leaf`'s parent copies at its base in `lib`.
 pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
+    let env = opts.env();
     let leaf = find_leaf(lib, arg)?;
     let copies: Vec<(PathBuf, Descriptor)> = leaf
         .record
@@ -119,7 +122,7 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
         .iter()
         .map(|d| {
             let p = leaf.dir.join(&d.parent_copy);
-            read_descriptor(&p).map(|(desc, _)| (p, desc))
+            read_descriptor(&env, &p).map(|(desc, _)| (p, desc)).map_err(Error::from)
         })
         .collect::<Result<_>>()?;
     let descriptors: Vec<Descriptor> = copies.iter().map(|(_, d)| d.clone()).collect();
@@ -142,7 +145,7 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
             )
             .fix("this is not the base the leaf was made from; put the original back"));
         }
-        let base_disk = Disk::open(&base.descriptor_path(bd))?;
+        let base_disk = Disk::open(&env, &base.descriptor_path(bd))?;
         if let Some(recorded) = &bd.fingerprint
             && *recorded != fsutil::fingerprint(&base_disk.extent_files(), &opts.cancel)?
         {
@@ -152,7 +155,7 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
             )
             .fix("restore the base from a backup; run `leafd verify --deep`"));
         }
-        if Disk::open(&leaf.dir.join(&d.delta))
+        if Disk::open(&env, &leaf.dir.join(&d.delta))
             .is_ok_and(|c| c.parent().is_some_and(|p| extent_keys(p) == extent_keys(&base_disk)))
         {
             continue; // already reaches this base
@@ -166,11 +169,11 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
     }
     // Every chain must open now, or the old parent copies go back.
     for d in &leaf.record.disks {
-        if let Err(e) = Disk::open(&leaf.dir.join(&d.delta)) {
+        if let Err(e) = Disk::open(&env, &leaf.dir.join(&d.delta)) {
             for (path, old, _) in &plans {
                 fsutil::write_atomic(path, old.as_bytes())?;
             }
-            return Err(e);
+            return Err(e.into());
         }
     }
     update_records(&leaf, &base)?;

@@ -3,12 +3,12 @@
 use std::fs;
 use std::path::Path;
 
+use leafd_formats::disk::Disk;
 use serde::Serialize;
 
 use super::make_base::human_bytes;
-use super::{Library, NOTE_SUFFIX, journal, note_path};
+use super::{Library, NOTE_SUFFIX, Options, journal, note_path};
 use crate::error::Result;
-use crate::formats::disk::Disk;
 use crate::fsutil;
 
 #[derive(Debug, Serialize)]
@@ -60,7 +60,9 @@ pub struct Failed {
 }
 
 fn allocated_of_disk(path: &Path) -> u64 {
-    Disk::open_alone(path).map(|d| d.files().iter().map(|f| fsutil::allocated(f)).sum()).unwrap_or(0)
+    Disk::open_alone(&Options::default().env(), path)
+        .map(|d| d.files().iter().map(|f| fsutil::allocated(f)).sum())
+        .unwrap_or(0)
 }
 
 /// Gathers the status of `lib`; reads only.

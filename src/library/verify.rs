@@ -8,15 +8,16 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use leafd_formats::ErrorKind;
+use leafd_formats::descriptor::NO_PARENT;
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::{Disk, read_descriptor, resolve};
+use leafd_formats::vmx;
 use serde::Serialize;
 
 use super::make_base::{flattened_name, read_small};
 use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, journal};
 use crate::error::{Error, Result};
-use crate::formats::descriptor::NO_PARENT;
-use crate::formats::dict::Dict;
-use crate::formats::disk::{Disk, read_descriptor, resolve};
-use crate::formats::vmx;
 use crate::fsutil;
 use crate::lineage::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, LeafRef};
 use crate::platform;
@@ -154,6 +155,7 @@ fn bases_with_records(lib: &Library, leaves: &[Leaf], report: &mut Report) -> Re
 /// Rebuilds a base's records from its `.vmx.base` and disks. Its id is the one its leaves
 /// remember, so they stay linked.
 fn rebuild_base(dir: &Path, leaves: &[Leaf]) -> Result<Base> {
+    let env = Options::default().env();
     let vmx_name = fs::read_dir(dir)
         .map_err(|e| Error::io(dir, "cannot list", e))?
         .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
@@ -167,15 +169,15 @@ fn rebuild_base(dir: &Path, leaves: &[Leaf]) -> Result<Base> {
         let mut path = resolve(dir, &entry.file_name);
         // The .vmx of a base made from a snapshot chain still names the chain (it is kept as it
         // was); the base's disk is the flattened one beside it.
-        if read_descriptor(&path).is_ok_and(|(d, _)| d.parent_cid().is_ok_and(|p| p != NO_PARENT)) {
+        if read_descriptor(&env, &path).is_ok_and(|(d, _)| d.parent_cid().is_ok_and(|p| p != NO_PARENT)) {
             path = flattened_name(&path);
         }
-        let disk = Disk::open(&path)?;
+        let disk = Disk::open(&env, &path)?;
         let keys = extent_keys(&disk);
         // A leaf whose parent copy reaches these very extents names the base's id.
         for l in leaves {
             for d in &l.record.disks {
-                if Disk::open_alone(&l.dir.join(&d.parent_copy)).is_ok_and(|c| extent_keys(&c) == keys) {
+                if Disk::open_alone(&env, &l.dir.join(&d.parent_copy)).is_ok_and(|c| extent_keys(&c) == keys) {
                     id.get_or_insert_with(|| l.record.base_id.clone());
                 }
             }
@@ -234,10 +236,10 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
     let mut changed = false;
     for d in &mut record.disks {
         let path = base.descriptor_path(d);
-        let disk = match Disk::open(&path) {
+        let disk = match Disk::open(&opts.env(), &path) {
             Ok(disk) => disk,
             Err(e) => {
-                report.error(&e);
+                report.error(&e.into());
                 continue;
             }
         };
@@ -303,7 +305,7 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
         let mut intact = false;
         if deep {
             if let Err(e) = disk.check_extents() {
-                report.error(&e);
+                report.error(&e.into());
             }
             let now = fsutil::fingerprint(&disk.extent_files(), &opts.cancel)?;
             match &d.fingerprint {
@@ -424,7 +426,7 @@ fn leads_to(top: &Path, delta: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let Some(target) = id(delta) else { return false };
-    let Ok(chain) = Disk::open(top) else { return false };
+    let Ok(chain) = Disk::open(&Options::default().env(), top) else { return false };
     let mut disk = Some(&chain);
     while let Some(d) = disk {
         if id(d.path()) == Some(target) {
@@ -436,6 +438,7 @@ fn leads_to(top: &Path, delta: &Path) -> bool {
 }
 
 fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
+    let env = Options::default().env();
     let Some(base) = bases.iter().find(|b| b.record.id == leaf.record.base_id) else {
         report.problem(
             &leaf.dir,
@@ -461,15 +464,16 @@ fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
             }
             Err(e) => report.error(e),
         }
-        let chain = match Disk::open(&delta) {
+        let chain = match Disk::open(&env, &delta) {
             Ok(c) => c,
             Err(e) => {
-                let fix = if e.message.contains("missing") {
+                // A file the delta leads to is missing (without an OS error: not the delta itself).
+                let fix = if e.kind == ErrorKind::Missing && e.source.is_none() {
                     "if the leaf or its base moved, run `leafd relink` on the leaf".to_string()
                 } else {
                     e.fix.clone().unwrap_or_else(|| "restore the leaf from a backup".into())
                 };
-                report.problem(e.path.as_deref().unwrap_or(&delta), e.message.clone(), fix);
+                report.problem(&e.path, e.message.clone(), fix);
                 continue;
             }
         };
@@ -497,7 +501,7 @@ fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
                 "the leaf fails with VMware error 18; restore the leaf's parent copy from a backup or run `leafd relink`",
             );
         }
-        match Disk::open(&base.descriptor_path(base_disk)) {
+        match Disk::open(&env, &base.descriptor_path(base_disk)) {
             Ok(b) if extent_keys(&b) != extent_keys(copy) => report.problem(
                 copy.path(),
                 format!("the parent copy does not reach base {:?}'s extents", base.record.name),
@@ -528,12 +532,13 @@ fn adopt_unrecorded_leaves(lib: &Library, bases: &[Base], leaves: &mut Vec<Leaf>
 
 /// A leaf record from the chain: the VM's disks must be deltas over copies of a base's disks.
 fn rebuild_leaf(dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
+    let env = Options::default().env();
     let name = dir.file_stem()?.to_string_lossy().into_owned();
     let vmx = Dict::parse(&read_small(&dir.join(format!("{name}.vmx"))).ok()?).ok()?;
     let mut by_extents: HashMap<Vec<PathBuf>, (&Base, &DiskRecord)> = HashMap::new();
     for b in bases {
         for d in &b.record.disks {
-            if let Ok(disk) = Disk::open_alone(&b.descriptor_path(d)) {
+            if let Ok(disk) = Disk::open_alone(&env, &b.descriptor_path(d)) {
                 by_extents.insert(extent_keys(&disk), (b, d));
             }
         }
@@ -541,7 +546,7 @@ fn rebuild_leaf(dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
     let mut base = None;
     let mut disks = Vec::new();
     for entry in vmx::disks(&vmx) {
-        let chain = Disk::open(&resolve(dir, &entry.file_name)).ok()?;
+        let chain = Disk::open(&env, &resolve(dir, &entry.file_name)).ok()?;
         let copy = chain.parent()?;
         let (b, _) = by_extents.get(&extent_keys(copy))?;
         if base.is_some_and(|x: &Base| x.record.id != b.record.id) {

@@ -7,6 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The file access tests read and write disks with: the formats crate's plain one.
+pub fn env() -> std::sync::Arc<dyn leafd_formats::Env> {
+    leafd_formats::StdEnv::shared()
+}
+
 /// Runs a required external tool; panics with how to install it when it is missing.
 pub fn run_tool(program: &str, args: &[&str]) -> Output {
     match Command::new(program).args(args).output() {

@@ -2,15 +2,14 @@
 //! sparse disk. Only grains that hold data somewhere in the chain are read, and all-zero grains
 //! are left unallocated, so the result is as small as the data. The source is only read.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::disk::{self, Disk, DiskType, NewDisk};
-use super::sparse::{GRAIN_SECTORS, GTES_PER_GT, Layout, SECTOR};
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, Cancel};
-use crate::sample::{long_content_id, random_cid};
+use crate::disk::{self, Disk, DiskType, NewDisk};
+use crate::env::{self, Env, check_cancelled};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::ids::{long_content_id, random_cid};
+use crate::sparse::{GRAIN_SECTORS, GTES_PER_GT, Layout, SECTOR};
 
 const GRAIN: u64 = GRAIN_SECTORS * SECTOR;
 /// Grains gathered before one write.
@@ -27,7 +26,8 @@ fn root(d: &Disk) -> &Disk {
 
 /// Writes the content of `src` (through its chain) into a new disk at `dst`: monolithicSparse,
 /// or split sparse with `split` extent sizes (sectors). Returns the files written, flushed.
-pub fn flatten(src: &Disk, dst: &Path, split: Option<Vec<u64>>, cancel: &Cancel) -> Result<Vec<PathBuf>> {
+/// The new disk is written, and read back, through `env`; it stops when `env` is cancelled.
+pub fn flatten(env: &Arc<dyn Env>, src: &Disk, dst: &Path, split: Option<Vec<u64>>) -> Result<Vec<PathBuf>> {
     let capacity = src.capacity();
     let (disk_type, extents) = match split {
         Some(s) if s.iter().sum::<u64>() == capacity => (DiskType::SplitSparse, s),
@@ -42,35 +42,35 @@ pub fn flatten(src: &Disk, dst: &Path, split: Option<Vec<u64>>, cancel: &Cancel)
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     ddb.push(("ddb.longContentID".into(), long_content_id(cid)));
-    let files = disk::create(&NewDisk { path: dst, disk_type, extents: extents.clone(), cid, parent: None, ddb })?;
+    let files = disk::create(env, &NewDisk { path: dst, disk_type, extents: extents.clone(), cid, parent: None, ddb })?;
     let extent_files = if disk_type == DiskType::MonolithicSparse { &files[..] } else { &files[1..] };
     let mut start = 0u64;
     for (path, &sectors) in extent_files.iter().zip(&extents) {
-        fill_extent(src, start, sectors, path, disk_type == DiskType::MonolithicSparse, cancel)?;
+        fill_extent(env, src, start, sectors, path, disk_type == DiskType::MonolithicSparse)?;
         start += sectors;
     }
-    check_same(src, &files[0], cancel)?;
+    check_same(env, src, &files[0])?;
     Ok(files)
 }
 
 /// Reads the new disk back and compares it with the chain wherever either holds data: a
 /// flattened disk replaces a leaf's delta, so it is never trusted on the writer's word alone.
-fn check_same(src: &Disk, dst: &Path, cancel: &Cancel) -> Result<()> {
-    let new = Disk::open_alone(dst)?;
+fn check_same(env: &Arc<dyn Env>, src: &Disk, dst: &Path) -> Result<()> {
+    let new = Disk::open_alone(env, dst)?;
     let size = src.capacity() * SECTOR;
     let (mut a, mut b) = (vec![0u8; GRAIN as usize], vec![0u8; GRAIN as usize]);
     let mut offset = 0;
     while offset < size {
         let len = (size - offset).min(GRAIN);
         if src.has_data(offset, len)? || new.has_data(offset, len)? {
-            fsutil::check(cancel, dst)?;
+            check_cancelled(env, dst)?;
             let (a, b) = (&mut a[..len as usize], &mut b[..len as usize]);
             src.read_at(offset, a)?;
             new.read_at(offset, b)?;
             if a != b {
                 return Err(Error::new(
-                    crate::error::Kind::Io,
-                    dst.to_path_buf(),
+                    ErrorKind::Io,
+                    dst,
                     format!("the flattened disk differs from its source at byte {offset}"),
                 )
                 .fix("nothing was replaced; check the volume for errors, and report this to leafd's authors"));
@@ -82,8 +82,9 @@ fn check_same(src: &Disk, dst: &Path, cancel: &Cancel) -> Result<()> {
 }
 
 /// Copies the chain's grains for sectors `[start, start + sectors)` into the empty extent `path`.
-fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool, cancel: &Cancel) -> Result<()> {
-    let file = OpenOptions::new().read(true).write(true).open(path).at(path, "cannot open new extent")?;
+fn fill_extent(env: &Arc<dyn Env>, src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool) -> Result<()> {
+    let file = env.open(path, true).at(path, "cannot open new extent")?;
+    let write = |data: &[u8], offset: u64| env::write_at(env, &file, path, data, offset);
     let layout = Layout::new(sectors, embedded);
     // One grain table in memory at a time: each is written (both copies) once its grains are.
     let per_table = GTES_PER_GT as u64;
@@ -93,7 +94,7 @@ fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
         for dir in [layout.rgd_offset, layout.gd_offset] {
             let at = (dir + layout.gd_sectors + index * per_table * 4 / SECTOR) * SECTOR;
-            file.write_all_at(&bytes, at).at(path, "cannot write grain tables")?;
+            write(&bytes, at).at(path, "cannot write grain tables")?;
         }
         Ok(())
     };
@@ -114,7 +115,7 @@ fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool
         if !src.has_data(offset, len)? {
             continue;
         }
-        fsutil::check(cancel, path)?;
+        check_cancelled(env, path)?;
         grain.fill(0);
         src.read_at(offset, &mut grain[..len as usize])?;
         if grain.iter().all(|&b| b == 0) {
@@ -126,39 +127,46 @@ fn fill_extent(src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool
         batch.extend_from_slice(&grain);
         next += GRAIN_SECTORS;
         if batch.len() >= BATCH * GRAIN as usize {
-            file.write_all_at(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
+            write(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
             batch.clear();
             batch_at = next;
         }
     }
-    file.write_all_at(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
+    write(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
     if table.iter().any(|&e| e != 0) {
         write_table(table_index, &table)?;
     }
-    crate::platform::full_sync(&file).at(path, "cannot flush new extent")
+    env.flush(&file, path).at(path, "cannot flush new extent")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::{Pattern, SampleDisk};
+    use crate::StdEnv;
 
     #[test]
     fn the_read_back_catches_a_flattened_disk_that_differs() {
         let dir = tempfile::tempdir().unwrap();
-        let mut d = SampleDisk::new("scsi0:0", "src.vmdk", DiskType::MonolithicSparse, 4 << 20);
-        d.patterns = vec![Pattern { offset: 3 * GRAIN + 100, len: 5000, byte: 0x5a }];
-        let src_path = dir.path().join(&d.file);
-        crate::sample::write_disk(&src_path, &d).unwrap();
-        let src = Disk::open(&src_path).unwrap();
+        let env = StdEnv::shared();
+        let src_path = dir.path().join("src.vmdk");
+        let spec = NewDisk {
+            path: &src_path,
+            disk_type: DiskType::MonolithicSparse,
+            extents: vec![(4 << 20) / SECTOR],
+            cid: random_cid(),
+            parent: None,
+            ddb: Vec::new(),
+        };
+        disk::create(&env, &spec).unwrap();
+        Disk::open_writable(&env, &src_path).unwrap().write_at(3 * GRAIN + 100, &[0x5a; 5000]).unwrap();
+        let src = Disk::open(&env, &src_path).unwrap();
         let dst = dir.path().join("flat.vmdk");
-        let no = Cancel::new(false);
-        flatten(&src, &dst, None, &no).unwrap();
-        check_same(&src, &dst, &no).unwrap();
+        flatten(&env, &src, &dst, None).unwrap();
+        check_same(&env, &src, &dst).unwrap();
         // One byte of the data grain changed behind the writer's back.
-        let flat = Disk::open_writable(&dst).unwrap();
+        let flat = Disk::open_writable(&env, &dst).unwrap();
         flat.write_at(3 * GRAIN + 200, &[0x00]).unwrap();
-        let e = check_same(&src, &dst, &no).unwrap_err();
+        let e = check_same(&env, &src, &dst).unwrap_err();
         assert!(e.to_string().contains(&format!("differs from its source at byte {}", 3 * GRAIN)), "{e}");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::dict::Dict;
+use crate::dict::Dict;
 
 /// A virtual disk attached to the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +128,7 @@ Deleting it would merge this VM's changes into the base, which every other linke
 
 /// What the leaf's `.vmsd` describes.
 pub struct Snapshot<'a> {
+    /// The leaf's name, which its snapshot files take.
     pub leaf_name: &'a str,
     /// `(node, parent copy file)`: the disks as they were at the snapshot.
     pub disks: &'a [(String, String)],
@@ -135,6 +136,7 @@ pub struct Snapshot<'a> {
     pub own_disks: &'a [String],
     /// The `.vmx` the leaf was cloned from.
     pub clone_of: &'a str,
+    /// When the snapshot was taken.
     pub created: SystemTime,
 }
 

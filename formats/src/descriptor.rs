@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::error::ParseError;
+
 /// `parentCID` of a disk without a parent.
 pub const NO_PARENT: u32 = 0xffff_ffff;
 /// `CID` VMware gives a disk that has never been written.
@@ -17,30 +19,23 @@ pub const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
 
 /// A descriptor value is written between double quotes on one line: it cannot hold a quote or
 /// a line break (VMware has no escape for them).
-pub fn check_representable(value: &str) -> Result<(), String> {
+pub fn check_representable(value: &str) -> Result<(), ParseError> {
     if value.contains('"') || value.chars().any(char::is_control) {
-        return Err(format!("{value:?} contains a quote or control character, which a disk descriptor cannot hold"));
+        return Err(ParseError::whole(format!(
+            "{value:?} contains a quote or control character, which a disk descriptor cannot hold"
+        )));
     }
     Ok(())
 }
 
-/// Error from parsing: the line number (1-based, 0 for the whole text) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError {
-    pub line: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 { f.write_str(&self.message) } else { write!(f, "line {}: {}", self.line, self.message) }
-    }
-}
-
+/// An extent's access mode, the first word of its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// `RW`.
     ReadWrite,
+    /// `RDONLY`.
     ReadOnly,
+    /// `NOACCESS`: reading it is an error.
     NoAccess,
 }
 
@@ -66,9 +61,13 @@ impl Access {
 /// An extent's type; types leafd cannot serve are kept by name so the refusal can say which.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtentKind {
+    /// `SPARSE`: a hosted sparse extent file.
     Sparse,
+    /// `FLAT`: raw sectors in a file, from an offset.
     Flat,
+    /// `ZERO`: no file, reads as zeros.
     Zero,
+    /// Any other type, by name.
     Other(String),
 }
 
@@ -82,6 +81,7 @@ impl ExtentKind {
         }
     }
 
+    /// The type as written in an extent line.
     pub fn as_str(&self) -> &str {
         match self {
             ExtentKind::Sparse => "SPARSE",
@@ -95,8 +95,11 @@ impl ExtentKind {
 /// One extent line: `ACCESS SECTORS TYPE "FILE" [OFFSET]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extent {
+    /// The access mode.
     pub access: Access,
+    /// Its size in sectors.
     pub sectors: u64,
+    /// Its type.
     pub kind: ExtentKind,
     /// As written: relative to the descriptor's folder, or absolute. `None` for `ZERO`.
     pub file: Option<String>,
@@ -116,24 +119,25 @@ impl Extent {
         s
     }
 
-    fn parse(text: &str) -> Result<Option<Extent>, String> {
+    fn parse(text: &str) -> Result<Option<Extent>, ParseError> {
         let mut words = text.trim_start().splitn(2, char::is_whitespace);
         let Some(access) = words.next().and_then(Access::parse) else {
             return Ok(None);
         };
         let rest = words.next().unwrap_or("").trim_start();
         let (sectors, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-        let sectors: u64 =
-            sectors.parse().map_err(|_| format!("extent size {sectors:?} is not a number of sectors"))?;
+        let sectors: u64 = sectors
+            .parse()
+            .map_err(|_| ParseError::whole(format!("extent size {sectors:?} is not a number of sectors")))?;
         let rest = rest.trim_start();
         let (kind, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
         if kind.is_empty() {
-            return Err("extent line has no type".into());
+            return Err(ParseError::whole("extent line has no type"));
         }
         let kind = ExtentKind::parse(kind);
         let rest = rest.trim();
         let (file, rest) = if let Some(quoted) = rest.strip_prefix('"') {
-            let end = quoted.find('"').ok_or("extent file name has no closing quote")?;
+            let end = quoted.find('"').ok_or_else(|| ParseError::whole("extent file name has no closing quote"))?;
             (Some(quoted[..end].to_string()), quoted[end + 1..].trim())
         } else {
             (None, rest)
@@ -141,10 +145,13 @@ impl Extent {
         let offset = if rest.is_empty() {
             None
         } else {
-            Some(rest.parse::<u64>().map_err(|_| format!("extent offset {rest:?} is not a number"))?)
+            Some(
+                rest.parse::<u64>()
+                    .map_err(|_| ParseError::whole(format!("extent offset {rest:?} is not a number")))?,
+            )
         };
         if file.is_none() && kind != ExtentKind::Zero {
-            return Err(format!("{} extent has no file name", kind.as_str()));
+            return Err(ParseError::whole(format!("{} extent has no file name", kind.as_str())));
         }
         Ok(Some(Extent { access, sectors, kind, file, offset }))
     }
@@ -198,7 +205,7 @@ impl Descriptor {
     pub fn parse(text: &str) -> Result<Descriptor, ParseError> {
         let text = text.trim_end_matches('\0');
         if text.len() as u64 > MAX_DESCRIPTOR_BYTES {
-            return Err(ParseError { line: 0, message: "larger than any disk descriptor".into() });
+            return Err(ParseError::whole("larger than any disk descriptor"));
         }
         let mut lines = Vec::new();
         for (i, raw) in text.split_inclusive('\n').enumerate() {
@@ -212,12 +219,12 @@ impl Descriptor {
             if body.contains('\0') {
                 return Err(ParseError { line: i + 1, message: "contains a NUL byte".into() });
             }
-            let kind = Self::classify(body).map_err(|message| ParseError { line: i + 1, message })?;
+            let kind = Self::classify(body).map_err(|e| ParseError { line: i + 1, ..e })?;
             lines.push(Line { text: body.to_string(), eol: eol.to_string(), kind });
         }
         let d = Descriptor { lines };
         if !d.lines.iter().any(|l| matches!(&l.kind, Kind::Header { key } if key == "createType")) {
-            return Err(ParseError { line: 0, message: "no createType: not a disk descriptor".into() });
+            return Err(ParseError::whole("no createType: not a disk descriptor"));
         }
         Ok(d)
     }
@@ -227,14 +234,13 @@ impl Descriptor {
     /// new CID is shorter (it does not zero-pad CIDs) and leaves stale bytes after the NUL.
     pub fn parse_bytes(bytes: &[u8]) -> Result<Descriptor, ParseError> {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        let text = std::str::from_utf8(&bytes[..end]).map_err(|e| ParseError {
-            line: 0,
-            message: format!("is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
+        let text = std::str::from_utf8(&bytes[..end]).map_err(|e| {
+            ParseError::whole(format!("is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
         })?;
         Descriptor::parse(text)
     }
 
-    fn classify(body: &str) -> Result<Kind, String> {
+    fn classify(body: &str) -> Result<Kind, ParseError> {
         let t = body.trim();
         if t.is_empty() || t.starts_with('#') {
             return Ok(Kind::Other);
@@ -265,7 +271,7 @@ impl Descriptor {
     ) -> Result<Descriptor, ParseError> {
         let names = parent_hint.into_iter().chain(extents.iter().filter_map(|e| e.file.as_deref()));
         for name in names.chain(ddb.iter().map(|(_, v)| *v)) {
-            check_representable(name).map_err(|message| ParseError { line: 0, message })?;
+            check_representable(name)?;
         }
         let mut text = format!(
             "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID={cid:08x}\nparentCID={parent_cid:08x}\n\
@@ -317,35 +323,40 @@ impl Descriptor {
         self.lines.insert(at, line);
     }
 
-    fn cid_field(&self, key: &str) -> Result<u32, String> {
-        let v = self.header(key).ok_or_else(|| format!("has no {key}"))?;
-        parse_hex32(v).ok_or_else(|| format!("{key}={v} is not 8 hex digits"))
+    fn cid_field(&self, key: &str) -> Result<u32, ParseError> {
+        let v = self.header(key).ok_or_else(|| ParseError::whole(format!("has no {key}")))?;
+        parse_hex32(v).ok_or_else(|| ParseError::whole(format!("{key}={v} is not 8 hex digits")))
     }
 
-    pub fn cid(&self) -> Result<u32, String> {
+    /// The disk's content ID.
+    pub fn cid(&self) -> Result<u32, ParseError> {
         self.cid_field("CID")
     }
 
     /// `NO_PARENT` when the disk has no parent; a missing key also means no parent.
-    pub fn parent_cid(&self) -> Result<u32, String> {
+    pub fn parent_cid(&self) -> Result<u32, ParseError> {
         if self.header("parentCID").is_none() {
             return Ok(NO_PARENT);
         }
         self.cid_field("parentCID")
     }
 
+    /// Sets the content ID.
     pub fn set_cid(&mut self, cid: u32) {
         self.set_header("CID", &format!("{cid:08x}"), false);
     }
 
+    /// The `createType`, or `""`.
     pub fn create_type(&self) -> &str {
         self.header("createType").unwrap_or("")
     }
 
+    /// Where the parent is, relative to this descriptor's folder or absolute.
     pub fn parent_file_name_hint(&self) -> Option<&str> {
         self.header("parentFileNameHint")
     }
 
+    /// The extents in order.
     pub fn extents(&self) -> impl Iterator<Item = &Extent> {
         self.lines.iter().filter_map(|l| match &l.kind {
             Kind::Extent(e) => Some(e),
@@ -372,6 +383,7 @@ impl Descriptor {
         }
     }
 
+    /// The value of a DDB key (`ddb.uuid`...).
     pub fn ddb(&self, key: &str) -> Option<&str> {
         self.lines.iter().find_map(|l| match &l.kind {
             Kind::Ddb { key: k, value } if k == key => Some(value.as_str()),
@@ -399,6 +411,7 @@ impl Descriptor {
         self.insert(self.lines.len(), Line { text, eol: "\n".into(), kind });
     }
 
+    /// Removes a DDB key.
     pub fn remove_ddb(&mut self, key: &str) {
         self.lines.retain(|l| !matches!(&l.kind, Kind::Ddb { key: k, .. } if k == key));
     }

@@ -2,11 +2,13 @@
 //! (the *parent copy*) and the snapshot delta on top of it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::descriptor::{Access, Descriptor, Extent, ExtentKind, NEW_DISK_CID, NO_PARENT, check_representable};
-use super::disk::{self, Disk, DiskType, NewDisk, resolve};
+use crate::descriptor::{Access, Descriptor, Extent, ExtentKind, NEW_DISK_CID, NO_PARENT, check_representable};
+use crate::disk::{self, Disk, DiskType, NewDisk, resolve};
+use crate::env::Env;
 use crate::error::{Error, Result};
-use crate::sample::long_content_id;
+use crate::ids::long_content_id;
 
 /// How a parent copy's extent lines reach the base's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -14,6 +16,7 @@ use crate::sample::long_content_id;
 pub enum PathStyle {
     /// Relative to the parent copy's folder: the library can move as a whole.
     Relative,
+    /// Absolute paths: the leaf can move alone, the base cannot.
     Absolute,
 }
 
@@ -25,8 +28,9 @@ pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> Res
         PathStyle::Absolute => None,
     };
     let reference = relative.unwrap_or_else(|| target.to_path_buf()).to_string_lossy().into_owned();
-    check_representable(&reference)
-        .map_err(|m| Error::unsupported(target, m).fix("rename the folder so its name has no double quote"))?;
+    check_representable(&reference).map_err(|e| {
+        Error::unsupported(target, e.to_string()).fix("rename the folder so its name has no double quote")
+    })?;
     Ok(reference)
 }
 
@@ -38,7 +42,7 @@ pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> Res
 /// descriptor with one extent naming the base file, which VMware and QEMU both read.
 pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Descriptor> {
     let base_dir = base.path().parent().unwrap_or(Path::new("/"));
-    let cid = base.descriptor.cid().map_err(|m| Error::format(base.path(), m))?;
+    let cid = base.descriptor.cid().map_err(|e| Error::format(base.path(), e.to_string()))?;
     let mut copy = if base.embedded {
         let extent = Extent {
             access: Access::ReadWrite,
@@ -95,21 +99,30 @@ pub fn repoint(copy: &Descriptor, targets: &[PathBuf], from_dir: &Path, style: P
 /// Creates the snapshot delta `delta` over the parent copy named `parent_name` (in the same
 /// folder), split like the base: one sparse file for a monolithic base, else one sparse extent
 /// per extent of the parent. Returns the files written.
-pub fn create_delta(delta: &Path, parent_name: &str, parent: &Descriptor, base_type: DiskType) -> Result<Vec<PathBuf>> {
+pub fn create_delta(
+    env: &Arc<dyn Env>,
+    delta: &Path,
+    parent_name: &str,
+    parent: &Descriptor,
+    base_type: DiskType,
+) -> Result<Vec<PathBuf>> {
     let parent_cid = parent.cid().map_err(|m| Error::format(delta, format!("parent copy {m}")))?;
     let (disk_type, extents) = if base_type.is_split() {
         (DiskType::SplitSparse, parent.extents().map(|e| e.sectors).collect())
     } else {
         (DiskType::MonolithicSparse, vec![parent.capacity()])
     };
-    disk::create(&NewDisk {
-        path: delta,
-        disk_type,
-        extents,
-        cid: NEW_DISK_CID,
-        parent: Some((parent_name, parent_cid)),
-        ddb: vec![("ddb.longContentID".into(), long_content_id(NEW_DISK_CID))],
-    })
+    disk::create(
+        env,
+        &NewDisk {
+            path: delta,
+            disk_type,
+            extents,
+            cid: NEW_DISK_CID,
+            parent: Some((parent_name, parent_cid)),
+            ddb: vec![("ddb.longContentID".into(), long_content_id(NEW_DISK_CID))],
+        },
+    )
 }
 
 /// The delta file name VMware uses for the first snapshot of `<stem>.vmdk`.

@@ -4,14 +4,16 @@
 //! and capacity), so a chain that opens here is one VMware would accept. Reads go through the
 //! chain: sparse grains that are not allocated fall through to the parent.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::descriptor::{Access, Descriptor, Extent, ExtentKind, NO_PARENT};
-use super::sparse::{self, Grain, SECTOR, SparseExtent};
-use crate::error::{Error, IoContext, Kind, Result};
+use crate::descriptor::{Access, Descriptor, Extent, ExtentKind, NO_PARENT};
+use crate::env::{self, Env};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::sparse::{self, Grain, SECTOR, SparseExtent};
 
 /// Chains deeper than this are refused (also stops a loop of parent hints).
 const MAX_CHAIN_DEPTH: usize = 32;
@@ -19,13 +21,18 @@ const MAX_CHAIN_DEPTH: usize = 32;
 /// The disk types leafd serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskType {
+    /// `monolithicSparse`: one sparse file with its descriptor embedded.
     MonolithicSparse,
+    /// `twoGbMaxExtentSparse`: a text descriptor and sparse extents.
     SplitSparse,
+    /// `monolithicFlat`: a text descriptor and one flat extent.
     MonolithicFlat,
+    /// `twoGbMaxExtentFlat`: a text descriptor and flat extents.
     SplitFlat,
 }
 
 impl DiskType {
+    /// The type a `createType` names, if leafd serves it.
     pub fn from_create_type(create_type: &str) -> Option<DiskType> {
         match create_type {
             "monolithicSparse" => Some(DiskType::MonolithicSparse),
@@ -36,6 +43,7 @@ impl DiskType {
         }
     }
 
+    /// The `createType` of this type.
     pub fn create_type(self) -> &'static str {
         match self {
             DiskType::MonolithicSparse => "monolithicSparse",
@@ -45,10 +53,12 @@ impl DiskType {
         }
     }
 
+    /// True for the split types (several extents).
     pub fn is_split(self) -> bool {
         matches!(self, DiskType::SplitSparse | DiskType::SplitFlat)
     }
 
+    /// True for the sparse types.
     pub fn is_sparse(self) -> bool {
         matches!(self, DiskType::MonolithicSparse | DiskType::SplitSparse)
     }
@@ -56,13 +66,13 @@ impl DiskType {
 
 /// Reads the descriptor of a `.vmdk`: a text file, or the text embedded in a monolithicSparse file.
 /// Returns it with `true` when it was embedded. Refuses anything over a sane size without reading it.
-pub fn read_descriptor(path: &Path) -> Result<(Descriptor, bool)> {
-    let mut file = File::open(path).at(path, "cannot open disk")?;
+pub fn read_descriptor(env: &Arc<dyn Env>, path: &Path) -> Result<(Descriptor, bool)> {
+    let mut file = env.open(path, false).at(path, "cannot open disk")?;
     let len = file.metadata().at(path, "cannot stat disk")?.len();
     let mut head = [0u8; 4];
     let n = file.read_at(&mut head, 0).at(path, "cannot read disk")?;
     if n == 4 && &head == sparse::MAGIC {
-        let extent = SparseExtent::open(path)?;
+        let extent = SparseExtent::open(env, path)?;
         let bytes = extent.embedded_descriptor()?.ok_or_else(|| {
             Error::format(path, "sparse extent without an embedded descriptor: open the disk's text descriptor instead")
         })?;
@@ -72,7 +82,7 @@ pub fn read_descriptor(path: &Path) -> Result<(Descriptor, bool)> {
     if n == 4 && &head == b"COWD" {
         return Err(Error::unsupported(path, "ESX (COWD) sparse disk: leafd serves only hosted VMware disks"));
     }
-    if len > super::descriptor::MAX_DESCRIPTOR_BYTES {
+    if len > crate::descriptor::MAX_DESCRIPTOR_BYTES {
         return Err(Error::format(
             path,
             format!("{len} bytes is too large for a disk descriptor, and it is not a sparse extent"),
@@ -80,7 +90,7 @@ pub fn read_descriptor(path: &Path) -> Result<(Descriptor, bool)> {
     }
     let mut bytes = Vec::with_capacity(len as usize);
     file.by_ref()
-        .take(super::descriptor::MAX_DESCRIPTOR_BYTES + 1)
+        .take(crate::descriptor::MAX_DESCRIPTOR_BYTES + 1)
         .read_to_end(&mut bytes)
         .at(path, "cannot read descriptor")?;
     let d = Descriptor::parse_bytes(&bytes).map_err(|e| Error::format(path, format!("descriptor {e}")))?;
@@ -118,10 +128,14 @@ struct OpenExtent {
 
 /// One disk of a chain, opened with its parent.
 pub struct Disk {
+    /// What it was opened with; its writes and flushes go through it too.
+    env: Arc<dyn Env>,
     path: PathBuf,
+    /// The disk's descriptor, as read.
     pub descriptor: Descriptor,
     /// True when the descriptor is embedded in a monolithicSparse file.
     pub embedded: bool,
+    /// The disk's type, from `createType`.
     pub disk_type: DiskType,
     extents: Vec<OpenExtent>,
     parent: Option<Box<Disk>>,
@@ -129,29 +143,29 @@ pub struct Disk {
 
 impl Disk {
     /// Opens a disk and its whole chain, read-only.
-    pub fn open(path: &Path) -> Result<Disk> {
-        Self::open_at_depth(path, false, 0, true)
+    pub fn open(env: &Arc<dyn Env>, path: &Path) -> Result<Disk> {
+        Self::open_at_depth(env, path, false, 0, true)
     }
 
     /// Opens a disk read-only without following its parent (reads of unallocated grains give zeros).
-    pub fn open_alone(path: &Path) -> Result<Disk> {
-        Self::open_at_depth(path, false, 0, false)
+    pub fn open_alone(env: &Arc<dyn Env>, path: &Path) -> Result<Disk> {
+        Self::open_at_depth(env, path, false, 0, false)
     }
 
     /// Opens the chain with this disk's own extents writable and every parent read-only.
-    pub fn open_writable(path: &Path) -> Result<Disk> {
-        Self::open_at_depth(path, true, 0, true)
+    pub fn open_writable(env: &Arc<dyn Env>, path: &Path) -> Result<Disk> {
+        Self::open_at_depth(env, path, true, 0, true)
     }
 
-    fn open_at_depth(path: &Path, writable: bool, depth: usize, with_parent: bool) -> Result<Disk> {
+    fn open_at_depth(env: &Arc<dyn Env>, path: &Path, writable: bool, depth: usize, with_parent: bool) -> Result<Disk> {
         if depth > MAX_CHAIN_DEPTH {
             return Err(Error::format(
                 path,
                 format!("snapshot chain is deeper than {MAX_CHAIN_DEPTH} disks (a loop of parent hints?)"),
             ));
         }
-        let (descriptor, embedded) = read_descriptor(path)?;
-        let disk = Self::build(path, descriptor, embedded, writable)?;
+        let (descriptor, embedded) = read_descriptor(env, path)?;
+        let disk = Self::build(env, path, descriptor, embedded, writable)?;
         let parent_cid = disk.descriptor.parent_cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
         if parent_cid == NO_PARENT || !with_parent {
             return Ok(disk);
@@ -160,9 +174,9 @@ impl Disk {
             Error::format(path, "snapshot disk without parentFileNameHint: its parent cannot be found")
         })?;
         let parent_path = resolve(path.parent().unwrap_or(Path::new(".")), hint);
-        let parent = Self::open_at_depth(&parent_path, false, depth + 1, true).map_err(|e| {
-            if e.is_not_found() {
-                Error::format(path, format!("parent disk {} is missing", parent_path.display()))
+        let parent = Self::open_at_depth(env, &parent_path, false, depth + 1, true).map_err(|e| {
+            if e.not_found() {
+                Error::missing(path, format!("parent disk {} is missing", parent_path.display()))
                     .fix("put the parent back, or run `leafd relink` if the library moved")
             } else {
                 e
@@ -173,11 +187,11 @@ impl Disk {
 
     /// A disk from a descriptor held in memory, read-only, its extents resolved from the folder
     /// of `path` (which need not exist). Its parent is not opened.
-    pub fn from_descriptor(path: &Path, descriptor: Descriptor) -> Result<Disk> {
-        Self::build(path, descriptor, false, false)
+    pub fn from_descriptor(env: &Arc<dyn Env>, path: &Path, descriptor: Descriptor) -> Result<Disk> {
+        Self::build(env, path, descriptor, false, false)
     }
 
-    fn build(path: &Path, descriptor: Descriptor, embedded: bool, writable: bool) -> Result<Disk> {
+    fn build(env: &Arc<dyn Env>, path: &Path, descriptor: Descriptor, embedded: bool, writable: bool) -> Result<Disk> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let create_type = descriptor.create_type();
         let disk_type = DiskType::from_create_type(create_type).ok_or_else(|| {
@@ -189,7 +203,7 @@ impl Disk {
         let mut extents = Vec::new();
         let mut start = 0u64;
         for e in descriptor.extents() {
-            let data = open_extent(dir, e, writable, path)?;
+            let data = open_extent(env, dir, e, writable, path)?;
             extents.push(OpenExtent { start, sectors: e.sectors, access: e.access, data });
             start = start.checked_add(e.sectors).ok_or_else(|| Error::format(path, "extent sizes overflow"))?;
         }
@@ -200,7 +214,7 @@ impl Disk {
         if start > sparse::MAX_CAPACITY_SECTORS {
             return Err(Error::format(path, format!("capacity of {start} sectors is beyond any disk VMware makes")));
         }
-        Ok(Disk { path: path.to_path_buf(), descriptor, embedded, disk_type, extents, parent: None })
+        Ok(Disk { env: env.clone(), path: path.to_path_buf(), descriptor, embedded, disk_type, extents, parent: None })
     }
 
     /// Puts `parent` under this disk, after the two checks VMware makes: the parent's CID is
@@ -233,6 +247,7 @@ impl Disk {
         Ok(self)
     }
 
+    /// The disk's `.vmdk` (its descriptor, or its single file).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -242,6 +257,7 @@ impl Disk {
         self.extents.last().map_or(0, |e| e.start + e.sectors)
     }
 
+    /// The next disk down the chain, when it was opened.
     pub fn parent(&self) -> Option<&Disk> {
         self.parent.as_deref()
     }
@@ -283,8 +299,8 @@ impl Disk {
         let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.capacity() * SECTOR);
         if end.is_none() {
             return Err(Error::new(
-                Kind::Io,
-                self.path.clone(),
+                ErrorKind::Io,
+                &self.path,
                 format!("read of {} bytes at {offset} is past the end of the disk", buf.len()),
             ));
         }
@@ -366,7 +382,7 @@ impl Disk {
     /// Partial grains keep the bytes the disk showed before. Needs `open_writable`.
     pub fn write_at(&self, mut offset: u64, mut data: &[u8]) -> Result<()> {
         if offset.checked_add(data.len() as u64).is_none_or(|e| e > self.capacity() * SECTOR) {
-            return Err(Error::new(Kind::Io, self.path.clone(), "write past the end of the disk"));
+            return Err(Error::new(ErrorKind::Io, &self.path, "write past the end of the disk"));
         }
         while !data.is_empty() {
             let sector = offset / SECTOR;
@@ -375,11 +391,12 @@ impl Disk {
             let extent_left = e.sectors * SECTOR - local;
             let n = match &e.data {
                 Data::Zero => {
-                    return Err(Error::new(Kind::Io, self.path.clone(), "cannot write into a ZERO extent"));
+                    return Err(Error::new(ErrorKind::Io, &self.path, "cannot write into a ZERO extent"));
                 }
                 Data::Flat { file, path, offset: base } => {
                     let n = (data.len() as u64).min(extent_left) as usize;
-                    file.write_all_at(&data[..n], base * SECTOR + local).at(path, "cannot write flat extent")?;
+                    env::write_at(&self.env, file, path, &data[..n], base * SECTOR + local)
+                        .at(path, "cannot write flat extent")?;
                     n
                 }
                 Data::Sparse(s) => {
@@ -420,7 +437,7 @@ impl Disk {
         for e in &self.extents {
             match &e.data {
                 Data::Sparse(s) => s.sync()?,
-                Data::Flat { file, path, .. } => file.sync_all().at(path, "cannot flush extent")?,
+                Data::Flat { file, path, .. } => self.env.flush(file, path).at(path, "cannot flush extent")?,
                 Data::Zero => {}
             }
         }
@@ -428,11 +445,11 @@ impl Disk {
     }
 }
 
-fn open_extent(dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Result<Data> {
+fn open_extent(env: &Arc<dyn Env>, dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Result<Data> {
     let file_path = || resolve(dir, e.file.as_deref().unwrap_or(""));
     let missing = |err: Error, p: &Path| {
-        if err.is_not_found() {
-            Error::format(descriptor, format!("extent {} is missing", p.display()))
+        if err.not_found() {
+            Error::missing(descriptor, format!("extent {} is missing", p.display()))
                 .fix("restore the missing file; a disk cannot be used without all its extents")
         } else {
             err
@@ -442,7 +459,7 @@ fn open_extent(dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Res
         ExtentKind::Zero => Ok(Data::Zero),
         ExtentKind::Sparse => {
             let p = file_path();
-            let s = if writable { SparseExtent::open_writable(&p) } else { SparseExtent::open(&p) }
+            let s = if writable { SparseExtent::open_writable(env, &p) } else { SparseExtent::open(env, &p) }
                 .map_err(|err| missing(err, &p))?;
             if s.header.capacity != e.sectors {
                 return Err(Error::format(
@@ -454,11 +471,7 @@ fn open_extent(dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Res
         }
         ExtentKind::Flat => {
             let p = file_path();
-            let file = OpenOptions::new()
-                .read(true)
-                .write(writable)
-                .open(&p)
-                .map_err(|err| missing(Error::io(&p, "cannot open extent", err), &p))?;
+            let file = env.open(&p, writable).map_err(|err| missing(Error::io(&p, "cannot open extent", err), &p))?;
             let offset = e.offset.unwrap_or(0);
             let need = offset.saturating_add(e.sectors).saturating_mul(SECTOR);
             let len = file.metadata().at(&p, "cannot stat extent")?.len();
@@ -478,12 +491,15 @@ fn open_extent(dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Res
 pub struct NewDisk<'a> {
     /// The `.vmdk` to create (descriptor, or the single file of a monolithic sparse disk).
     pub path: &'a Path,
+    /// Its type.
     pub disk_type: DiskType,
     /// Sectors of each extent, in order (one entry for monolithic types).
     pub extents: Vec<u64>,
+    /// Its content ID.
     pub cid: u32,
     /// `(parentFileNameHint, parent CID)` for a snapshot delta.
     pub parent: Option<(&'a str, u32)>,
+    /// The DDB entries, in order.
     pub ddb: Vec<(String, String)>,
 }
 
@@ -508,7 +524,7 @@ pub fn split_capacity(capacity: u64, max: u64) -> Vec<u64> {
 
 /// Creates a new empty disk (all zeros, or all "read from parent" for a delta). Returns the files
 /// written, each flushed. Fails, creating nothing more, if any file already exists.
-pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
+pub fn create(env: &Arc<dyn Env>, spec: &NewDisk) -> Result<Vec<PathBuf>> {
     let dir = spec.path.parent().unwrap_or(Path::new("."));
     let file_name = spec
         .path
@@ -538,27 +554,34 @@ pub fn create(spec: &NewDisk) -> Result<Vec<PathBuf>> {
         .map_err(|e| {
             Error::unsupported(spec.path, e.to_string()).fix("rename the disk's files to names without quotes")
         })?;
-    let mut written = Vec::new();
+    // A file is listed once this call has made it; `files` holds the same files, open, in order.
+    let mut written: Vec<PathBuf> = Vec::new();
     let result = (|| {
+        let mut files: Vec<File> = Vec::new();
         if spec.disk_type == DiskType::MonolithicSparse {
-            sparse::create_empty(spec.path, spec.extents[0], Some(&descriptor.to_string()))?;
+            files.push(sparse::create_empty(env, spec.path, spec.extents[0], Some(&descriptor.to_string()))?);
             written.push(spec.path.to_path_buf());
         } else {
-            crate::fsutil::write_new(spec.path, descriptor.to_string().as_bytes())?;
-            written.push(spec.path.to_path_buf());
+            let p = spec.path;
+            let f = env.create(p).at(p, "cannot create file")?;
+            written.push(p.to_path_buf());
+            env::write_at(env, &f, p, descriptor.to_string().as_bytes(), 0).at(p, "cannot write file")?;
+            files.push(f);
             for (name, &sectors) in names.iter().zip(&spec.extents) {
                 let p = dir.join(name);
                 if spec.disk_type.is_sparse() {
-                    sparse::create_empty(&p, sectors, None)?;
+                    files.push(sparse::create_empty(env, &p, sectors, None)?);
+                    written.push(p);
                 } else {
-                    let f = OpenOptions::new().write(true).create_new(true).open(&p).at(&p, "cannot create extent")?;
-                    f.set_len(sectors * SECTOR).at(&p, "cannot size extent")?;
+                    let f = env.create(&p).at(&p, "cannot create extent")?;
+                    written.push(p.clone());
+                    env::set_len(env, &f, &p, sectors * SECTOR).at(&p, "cannot size extent")?;
+                    files.push(f);
                 }
-                written.push(p);
             }
         }
-        for p in &written {
-            File::open(p).and_then(|f| f.sync_all()).at(p, "cannot flush")?;
+        for (f, p) in files.iter().zip(&written) {
+            env.flush(f, p).at(p, "cannot flush")?;
         }
         Ok(())
     })();

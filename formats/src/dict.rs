@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 
 use encoding_rs::Encoding;
 
+use crate::error::ParseError;
+
 /// A `.vmx` over this size is not a `.vmx` (real ones are a few KiB).
 pub const MAX_DICT_BYTES: u64 = 4 << 20;
 
@@ -20,6 +22,7 @@ struct Line {
     entry: Option<(String, String)>,
 }
 
+/// A parsed dictionary file. [`Dict::to_bytes`] writes it back.
 #[derive(Debug, Clone)]
 pub struct Dict {
     lines: Vec<Line>,
@@ -108,6 +111,7 @@ fn declared_encoding(bytes: &[u8]) -> Option<&'static Encoding> {
 }
 
 impl Dict {
+    /// An empty UTF-8 dictionary (only `.encoding`).
     pub fn new() -> Dict {
         let mut d = Dict { lines: Vec::new(), encoding: encoding_rs::UTF_8, bom: false, original: None };
         d.set(".encoding", "UTF-8");
@@ -115,10 +119,13 @@ impl Dict {
     }
 
     /// Parses a dictionary file. Errors say what is wrong; nothing panics on any input.
-    pub fn parse(input: &[u8]) -> Result<Dict, String> {
+    pub fn parse(input: &[u8]) -> Result<Dict, ParseError> {
         let bytes = input;
         if bytes.len() as u64 > MAX_DICT_BYTES {
-            return Err(format!("{} bytes is too large for a VMware configuration file", bytes.len()));
+            return Err(ParseError::whole(format!(
+                "{} bytes is too large for a VMware configuration file",
+                bytes.len()
+            )));
         }
         let (bytes, bom) = match bytes.strip_prefix(b"\xef\xbb\xbf") {
             Some(rest) => (rest, true),
@@ -129,24 +136,29 @@ impl Dict {
             || encoding == encoding_rs::UTF_16BE
             || encoding == encoding_rs::REPLACEMENT
         {
-            return Err(format!(
+            return Err(ParseError::whole(format!(
                 ".encoding \"{}\" cannot be read: VMware files use UTF-8 or a byte-based encoding",
                 encoding.name()
-            ));
+            )));
         }
         let text = if encoding == encoding_rs::UTF_8 {
             std::str::from_utf8(bytes)
-                .map_err(|e| format!("is not valid UTF-8 (byte {}), yet declares no other .encoding", e.valid_up_to()))?
+                .map_err(|e| {
+                    ParseError::whole(format!(
+                        "is not valid UTF-8 (byte {}), yet declares no other .encoding",
+                        e.valid_up_to()
+                    ))
+                })?
                 .to_string()
         } else {
             let (text, had_errors) = encoding.decode_without_bom_handling(bytes);
             if had_errors {
-                return Err(format!("has bytes that are not valid {}", encoding.name()));
+                return Err(ParseError::whole(format!("has bytes that are not valid {}", encoding.name())));
             }
             text.into_owned()
         };
         if text.contains('\0') {
-            return Err("contains NUL bytes: not a text configuration file".into());
+            return Err(ParseError::whole("contains NUL bytes: not a text configuration file"));
         }
         let mut lines = Vec::new();
         for raw in text.split_inclusive('\n') {
@@ -315,7 +327,7 @@ mod tests {
         let bytes = b".encoding = \"ISO-2022-JP\"\n\x1b(Ba\n";
         let d = Dict::parse(bytes).unwrap();
         assert_eq!(d.to_bytes(), bytes);
-        assert!(Dict::parse(b".encoding = \"UTF-16\"\na = \"b\"\n").unwrap_err().contains("UTF-16"));
+        assert!(Dict::parse(b".encoding = \"UTF-16\"\na = \"b\"\n").unwrap_err().message.contains("UTF-16"));
     }
 
     #[test]

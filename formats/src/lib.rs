@@ -6,12 +6,26 @@
 //! - [`disk`]: whole disks and snapshot chains, read and written through;
 //! - [`flatten`]: a chain written out as one standalone disk;
 //! - [`dict`]: `key = "value"` files (`.vmx`, `.vmsd`);
-//! - [`vmx`]: the VM-level facts leafd needs from them.
+//! - [`vmx`]: the VM-level facts leafd needs from them;
+//! - [`ids`]: content IDs and the identity of new disks.
+//!
+//! Files are reached only through the [`Env`] a caller passes in; failures are [`Error`]s
+//! naming their file, or [`ParseError`]s for text parsed from memory.
 
 pub mod clone;
 pub mod descriptor;
 pub mod dict;
 pub mod disk;
+mod env;
+mod error;
 pub mod flatten;
+pub mod ids;
 pub mod sparse;
 pub mod vmx;
+
+pub use env::{Change, Env, StdEnv, create_new, open_regular};
+pub use error::{Error, ErrorKind, ParseError, Result};
+
+// A dev-dependency of the integration tests only; the unit tests build with it too.
+#[cfg(test)]
+use proptest as _;

@@ -4,15 +4,18 @@
 //! Memory use follows the grain tables actually touched (2 KiB each), never the capacity.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use crate::error::{Error, IoContext, Result};
+use crate::env::{self, Env};
+use crate::error::{Error, ErrorKind, IoContext, ParseError, Result};
 
+/// Bytes per sector, the unit of every offset and size in VMDK metadata.
 pub const SECTOR: u64 = 512;
+/// The first four bytes of a hosted sparse extent.
 pub const MAGIC: &[u8; 4] = b"KDMV";
 /// Sectors per grain VMware writes (64 KiB).
 pub const GRAIN_SECTORS: u64 = 128;
@@ -37,17 +40,29 @@ const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
 /// The 512-byte sparse extent header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// Format version (1 to 3).
     pub version: u32,
+    /// Flags: newline test, redundant grain tables, zeroed-grain entries, compression.
     pub flags: u32,
+    /// The extent's size in sectors.
     pub capacity: u64,
+    /// Sectors per grain.
     pub grain_size: u64,
+    /// Sector of the embedded descriptor (0 without one).
     pub descriptor_offset: u64,
+    /// Sectors reserved for the embedded descriptor.
     pub descriptor_size: u64,
+    /// Entries per grain table.
     pub num_gtes_per_gt: u32,
+    /// Sector of the redundant grain directory.
     pub rgd_offset: u64,
+    /// Sector of the grain directory.
     pub gd_offset: u64,
+    /// Sectors before the first grain.
     pub overhead: u64,
+    /// Set by VMware while the extent is open.
     pub unclean_shutdown: bool,
+    /// 0: not compressed.
     pub compress_algorithm: u16,
 }
 
@@ -58,12 +73,16 @@ pub struct Layout {
     pub ngt: u64,
     /// Sectors of one grain directory.
     pub gd_sectors: u64,
+    /// Sector of the redundant grain directory.
     pub rgd_offset: u64,
+    /// Sector of the grain directory.
     pub gd_offset: u64,
+    /// Sectors before the first grain.
     pub overhead: u64,
 }
 
 impl Layout {
+    /// The layout of an extent of `capacity` sectors, with room for a descriptor or not.
     pub fn new(capacity: u64, embedded_descriptor: bool) -> Layout {
         let ngt = capacity.div_ceil(GRAIN_SECTORS * GTES_PER_GT as u64);
         let gd_sectors = (ngt * 4).div_ceil(SECTOR);
@@ -109,6 +128,7 @@ impl Header {
         }
     }
 
+    /// The header as written at the start of the extent.
     pub fn to_bytes(&self) -> [u8; 512] {
         let mut b = [0u8; 512];
         b[0..4].copy_from_slice(MAGIC);
@@ -130,12 +150,12 @@ impl Header {
 
     /// Parses and checks a header. `file_len` bounds every offset so that nothing later reads or
     /// allocates past the file. Never panics, whatever the bytes.
-    pub fn parse(b: &[u8], file_len: u64) -> std::result::Result<Header, String> {
+    pub fn parse(b: &[u8], file_len: u64) -> Result<Header, ParseError> {
         if b.len() < 512 {
-            return Err("too short for a sparse extent header".into());
+            return Err(ParseError::whole("too short for a sparse extent header"));
         }
         if &b[0..4] != MAGIC {
-            return Err("no KDMV magic: not a hosted sparse extent".into());
+            return Err(ParseError::whole("no KDMV magic: not a hosted sparse extent"));
         }
         let h = Header {
             version: u32_at(b, 4),
@@ -152,32 +172,39 @@ impl Header {
             compress_algorithm: u16::from_le_bytes([b[77], b[78]]),
         };
         if !(1..=3).contains(&h.version) {
-            return Err(format!("sparse header version {} is unknown", h.version));
+            return Err(ParseError::whole(format!("sparse header version {} is unknown", h.version)));
         }
         if h.flags & (FLAG_COMPRESSED | FLAG_MARKERS) != 0 || h.compress_algorithm != 0 {
-            return Err("compressed (streamOptimized) extent: leafd serves only hosted sparse disks".into());
+            return Err(ParseError::whole(
+                "compressed (streamOptimized) extent: leafd serves only hosted sparse disks",
+            ));
         }
         if h.flags & FLAG_NEWLINE_TEST != 0 && &b[73..77] != b"\n \r\n" {
-            return Err("newline test bytes are damaged (was the file transferred in text mode?)".into());
+            return Err(ParseError::whole("newline test bytes are damaged (was the file transferred in text mode?)"));
         }
         if h.capacity == 0 || h.capacity > MAX_CAPACITY_SECTORS {
-            return Err(format!("capacity of {} sectors is out of range", h.capacity));
+            return Err(ParseError::whole(format!("capacity of {} sectors is out of range", h.capacity)));
         }
         if !h.grain_size.is_power_of_two() || h.grain_size < 8 || h.grain_size > MAX_GRAIN_SECTORS {
-            return Err(format!("grain size of {} sectors is invalid", h.grain_size));
+            return Err(ParseError::whole(format!("grain size of {} sectors is invalid", h.grain_size)));
         }
         if h.num_gtes_per_gt == 0 || h.num_gtes_per_gt > MAX_GTES_PER_GT {
-            return Err(format!("{} entries per grain table is invalid", h.num_gtes_per_gt));
+            return Err(ParseError::whole(format!("{} entries per grain table is invalid", h.num_gtes_per_gt)));
         }
         let file_sectors = file_len / SECTOR;
         let gd_bytes = h.num_gts() * 4;
         // Real directories are a few hundred KiB; a sparse file can claim any length, so the
         // size read into memory is bounded here rather than by the file.
         if gd_bytes > MAX_DIRECTORY_BYTES {
-            return Err(format!("grain directory of {gd_bytes} bytes is larger than any disk VMware makes"));
+            return Err(ParseError::whole(format!(
+                "grain directory of {gd_bytes} bytes is larger than any disk VMware makes"
+            )));
         }
-        if h.descriptor_size.saturating_mul(SECTOR) > crate::formats::descriptor::MAX_DESCRIPTOR_BYTES {
-            return Err(format!("embedded descriptor of {} sectors is larger than any descriptor", h.descriptor_size));
+        if h.descriptor_size.saturating_mul(SECTOR) > crate::descriptor::MAX_DESCRIPTOR_BYTES {
+            return Err(ParseError::whole(format!(
+                "embedded descriptor of {} sectors is larger than any descriptor",
+                h.descriptor_size
+            )));
         }
         for (name, off) in [("grain directory", h.gd_offset), ("redundant grain directory", h.rgd_offset)] {
             if name.starts_with("redundant") && h.flags & FLAG_REDUNDANT_GT == 0 {
@@ -186,9 +213,9 @@ impl Header {
             if off == 0
                 || off.checked_mul(SECTOR).and_then(|b| b.checked_add(gd_bytes)).is_none_or(|end| end > file_len)
             {
-                return Err(format!(
+                return Err(ParseError::whole(format!(
                     "{name} at sector {off} lies outside the file ({file_sectors} sectors): truncated?"
-                ));
+                )));
             }
         }
         if h.descriptor_size > 0
@@ -197,7 +224,7 @@ impl Header {
                 .and_then(|s| s.checked_mul(SECTOR))
                 .is_none_or(|end| end > file_len)
         {
-            return Err("embedded descriptor lies outside the file: truncated?".into());
+            return Err(ParseError::whole("embedded descriptor lies outside the file: truncated?"));
         }
         Ok(h)
     }
@@ -207,6 +234,7 @@ impl Header {
         self.grain_size * self.num_gtes_per_gt as u64
     }
 
+    /// Number of grain tables (entries in a grain directory).
     pub fn num_gts(&self) -> u64 {
         self.capacity.div_ceil(self.gt_coverage())
     }
@@ -224,8 +252,8 @@ impl Header {
 ///
 /// Only the header, descriptor and directories are written; the grain tables are left as holes
 /// (zeros), so the time is independent of the capacity's data and the file takes little space.
-/// The file must not exist yet.
-pub fn create_empty(path: &Path, capacity: u64, embedded_descriptor: Option<&str>) -> Result<()> {
+/// The file must not exist yet. Returns it open, not flushed.
+pub fn create_empty(env: &Arc<dyn Env>, path: &Path, capacity: u64, embedded_descriptor: Option<&str>) -> Result<File> {
     let header = Header::new(capacity, embedded_descriptor.is_some());
     let layout = Layout::new(capacity, embedded_descriptor.is_some());
     let mut head = header.to_bytes().to_vec();
@@ -244,13 +272,14 @@ pub fn create_empty(path: &Path, capacity: u64, embedded_descriptor: Option<&str
         let first_gt = dir_offset + layout.gd_sectors;
         (0..layout.ngt).flat_map(|i| ((first_gt + gt_sectors * i) as u32).to_le_bytes()).collect()
     };
-    let file = OpenOptions::new().write(true).create_new(true).open(path).at(path, "cannot create extent")?;
-    file.write_all_at(&head, 0).at(path, "cannot write extent header")?;
+    let file = env.create(path).at(path, "cannot create extent")?;
+    env::write_at(env, &file, path, &head, 0).at(path, "cannot write extent header")?;
     for dir_offset in [layout.rgd_offset, layout.gd_offset] {
-        file.write_all_at(&directory(dir_offset), dir_offset * SECTOR).at(path, "cannot write grain directory")?;
+        env::write_at(env, &file, path, &directory(dir_offset), dir_offset * SECTOR)
+            .at(path, "cannot write grain directory")?;
     }
-    file.set_len(layout.file_len()).at(path, "cannot size extent")?;
-    Ok(())
+    env::set_len(env, &file, path, layout.file_len()).at(path, "cannot size extent")?;
+    Ok(file)
 }
 
 /// Where a grain's data is.
@@ -266,8 +295,10 @@ pub enum Grain {
 
 /// An open sparse extent. Reads are `&self` (positional I/O); writes need a writable open.
 pub struct SparseExtent {
+    env: Arc<dyn Env>,
     path: PathBuf,
     file: File,
+    /// The extent's header, as read.
     pub header: Header,
     gd: Vec<u32>,
     rgd: Vec<u32>,
@@ -278,24 +309,25 @@ pub struct SparseExtent {
 }
 
 impl SparseExtent {
-    pub fn open(path: &Path) -> Result<SparseExtent> {
-        Self::open_with(path, false)
+    /// Opens an extent for reading.
+    pub fn open(env: &Arc<dyn Env>, path: &Path) -> Result<SparseExtent> {
+        Self::open_with(env, path, false)
     }
 
     /// Opens for writing grains. Never call this on a base's extent.
-    pub fn open_writable(path: &Path) -> Result<SparseExtent> {
-        Self::open_with(path, true)
+    pub fn open_writable(env: &Arc<dyn Env>, path: &Path) -> Result<SparseExtent> {
+        Self::open_with(env, path, true)
     }
 
-    fn open_with(path: &Path, writable: bool) -> Result<SparseExtent> {
-        let file = OpenOptions::new().read(true).write(writable).open(path).at(path, "cannot open extent")?;
+    fn open_with(env: &Arc<dyn Env>, path: &Path, writable: bool) -> Result<SparseExtent> {
+        let file = env.open(path, writable).at(path, "cannot open extent")?;
         let file_len = file.metadata().at(path, "cannot stat extent")?.len();
         let mut hb = [0u8; 512];
         if file_len < 512 {
             return Err(Error::format(path, "shorter than a sparse extent header: truncated?"));
         }
         file.read_exact_at(&mut hb, 0).at(path, "cannot read extent header")?;
-        let header = Header::parse(&hb, file_len).map_err(|m| Error::format(path, m))?;
+        let header = Header::parse(&hb, file_len).map_err(|e| Error::format(path, e.to_string()))?;
         let read_dir = |offset: u64| -> Result<Vec<u32>> {
             let mut raw = vec![0u8; (header.num_gts() * 4) as usize];
             file.read_exact_at(&mut raw, offset * SECTOR).at(path, "cannot read grain directory")?;
@@ -304,6 +336,7 @@ impl SparseExtent {
         let gd = read_dir(header.gd_offset)?;
         let rgd = if header.redundant() { read_dir(header.rgd_offset)? } else { Vec::new() };
         Ok(SparseExtent {
+            env: env.clone(),
             path: path.to_path_buf(),
             file,
             header,
@@ -315,6 +348,7 @@ impl SparseExtent {
         })
     }
 
+    /// The extent's file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -385,6 +419,7 @@ impl SparseExtent {
         self.file.read_exact_at(buf, pos).at(&self.path, "cannot read grain")
     }
 
+    /// Bytes in one grain.
     pub fn grain_bytes(&self) -> u64 {
         self.header.grain_size * SECTOR
     }
@@ -400,15 +435,15 @@ impl SparseExtent {
         fill: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<()> {
         if !self.writable {
-            return Err(Error::new(crate::error::Kind::Io, self.path.clone(), "extent was opened read-only"));
+            return Err(Error::new(ErrorKind::Io, &self.path, "extent was opened read-only"));
         }
         let gb = self.grain_bytes();
         if within + data.len() as u64 > gb {
-            return Err(Error::new(crate::error::Kind::Io, self.path.clone(), "write crosses a grain boundary"));
+            return Err(Error::new(ErrorKind::Io, &self.path, "write crosses a grain boundary"));
         }
         let current = self.grain(sector)?;
         if let Grain::At(at) = current {
-            return self.file.write_all_at(data, at * SECTOR + within).at(&self.path, "cannot write grain");
+            return self.write(data, at * SECTOR + within).at(&self.path, "cannot write grain");
         }
         let mut grain = vec![0u8; gb as usize];
         if current == Grain::Unallocated && data.len() as u64 != gb {
@@ -422,7 +457,7 @@ impl SparseExtent {
             *len = at + gb;
             at
         };
-        self.file.write_all_at(&grain, at).at(&self.path, "cannot write grain")?;
+        self.write(&grain, at).at(&self.path, "cannot write grain")?;
         self.set_entry(sector, (at / SECTOR) as u32)
     }
 
@@ -443,8 +478,7 @@ impl SparseExtent {
                     "grain directory entry is empty; leafd writes only to extents with preallocated grain tables",
                 ));
             }
-            self.file
-                .write_all_at(&value.to_le_bytes(), table_sector * SECTOR + idx as u64 * 4)
+            self.write(&value.to_le_bytes(), table_sector * SECTOR + idx as u64 * 4)
                 .at(&self.path, "cannot write grain table")?;
         }
         // Keep the cached table in step with the file.
@@ -516,9 +550,13 @@ impl SparseExtent {
         Ok(())
     }
 
+    fn write(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        env::write_at(&self.env, &self.file, &self.path, data, offset)
+    }
+
     /// Flushes data and metadata to stable storage.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_all().at(&self.path, "cannot flush extent")
+        self.env.flush(&self.file, &self.path).at(&self.path, "cannot flush extent")
     }
 }
 
@@ -550,7 +588,7 @@ mod tests {
         let b = h.to_bytes();
         assert_eq!(Header::parse(&b, h.overhead * SECTOR).unwrap(), h);
         // Truncated file: the directories no longer fit.
-        assert!(Header::parse(&b, 100 * SECTOR).unwrap_err().contains("truncated"));
+        assert!(Header::parse(&b, 100 * SECTOR).unwrap_err().message.contains("truncated"));
         let mut bad = b;
         bad[73] = b'\r';
         assert!(Header::parse(&bad, h.overhead * SECTOR).is_err());
@@ -559,6 +597,6 @@ mod tests {
         assert!(Header::parse(&bad, h.overhead * SECTOR).is_err());
         let mut bad = b;
         bad[10] = 1; // compressed flag (bit 16)
-        assert!(Header::parse(&bad, h.overhead * SECTOR).unwrap_err().contains("streamOptimized"));
+        assert!(Header::parse(&bad, h.overhead * SECTOR).unwrap_err().message.contains("streamOptimized"));
     }
 }

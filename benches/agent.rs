@@ -73,8 +73,7 @@ impl Drop for Agent {
 }
 
 fn is_leaf(bundle: &Path) -> bool {
-    let name = leafd::platform::xattr_name(leafd::lineage::LEAF);
-    xattr::get(bundle, name).ok().flatten().is_some()
+    leafd::library::records::leaf_file(bundle).exists()
 }
 
 /// The 90th percentile (nearest rank) of sorted durations.

@@ -10,7 +10,8 @@ use leafd_formats::clone::PathStyle;
 use crate::config::Config;
 use crate::error::Result;
 use crate::library::{
-    Library, Options, SnapshotBackend, journal, make_base, new_leaf, promote, relink, remove_base, status, verify,
+    Library, Options, SnapshotBackend, forget, journal, make_base, new_leaf, promote, recovery, relink, remove_base,
+    status, verify,
 };
 use crate::{agent, demo, logging, platform, service};
 
@@ -98,7 +99,23 @@ enum Command {
     },
     /// Finish or undo operations a crash interrupted (every command that changes the library,
     /// and the agent at start, does this first)
-    Recover,
+    Recover {
+        /// List the interrupted operations (and those running now) instead
+        #[arg(long, conflicts_with_all = ["show", "discard"])]
+        list: bool,
+        /// Show what an interrupted operation's journal says and what is at the places it names
+        #[arg(long, value_name = "ID", conflicts_with = "discard")]
+        show: Option<String>,
+        /// Forget an interrupted operation that recovery keeps, once you have put its files right
+        /// (nothing is moved or deleted; `--show` first)
+        #[arg(long, value_name = "ID")]
+        discard: Option<String>,
+    },
+    /// Take a leaf that was deleted off its base's list (refused while the leaf is still there)
+    Forget {
+        /// The leaf's name (or the id of an entry that cannot be read)
+        leaf: String,
+    },
     /// Recent results from the log
     Log {
         /// Keep printing new lines
@@ -123,9 +140,10 @@ fn options(config: &Config, snapshot: Option<SnapshotBackend>) -> Options {
 /// Opens the library for a command that changes it, first finishing whatever a crash left.
 fn open_for_change(root: &Path, opts: &Options) -> Result<Library> {
     let lib = Library::open(root)?;
-    for r in journal::recover(&lib, opts)? {
+    for r in recovery::recover(&lib, opts)? {
         r.report(true);
     }
+    lib.migrate()?;
     Ok(lib)
 }
 
@@ -275,12 +293,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::RemoveBase { name, yes } => {
             let confirmed = yes || (!platform::HAS_TRASH && confirm(&format!("Delete base {name:?} for good? [y/N] ")));
-            change(&root, options(&config, None), |lib, opts| {
-                remove_base::remove_base(lib, &name, confirmed, opts).map(|d| (d.to_string(), Vec::new()))
+            change(&root, options(&config, None), |lib, _| {
+                remove_base::remove_base(lib, &name, confirmed).map(|d| (d.to_string(), Vec::new()))
             })?;
         }
         Command::Demo { dir } => demo::run(dir.as_deref())?,
-        Command::Recover => {
+        Command::Recover { list: true, .. } => {
+            let lib = Library::open_existing(&root)?;
+            let lines = recovery::list(&lib)?;
+            if lines.is_empty() {
+                println!("no interrupted operations");
+            }
+            for l in lines {
+                println!("{l}");
+            }
+        }
+        Command::Recover { show: Some(id), .. } => {
+            print!("{}", recovery::show(&Library::open_existing(&root)?, &id)?);
+        }
+        Command::Recover { discard: Some(id), .. } => {
+            let _log = start_log(false);
+            let shown = recovery::discard(&Library::open_existing(&root)?, &id)?;
+            print!("{shown}");
+            println!("discarded {id}: nothing was moved or deleted; the places above are as they are");
+        }
+        Command::Recover { .. } => {
             let _log = start_log(false);
             let opts = options(&config, None);
             let lib = open_for_change(&root, &opts)?;
@@ -289,6 +326,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if left > 0 {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Command::Forget { leaf } => {
+            change(&root, options(&config, None), |lib, _| forget::forget(lib, &leaf).map(|m| (m, Vec::new())))?;
         }
         Command::Log { follow, lines } => {
             logging::show(&platform::log_dir(), lines, follow, &mut std::io::stdout())?;

@@ -11,8 +11,8 @@ use leafd_formats::disk::{Disk, DiskType};
 
 use crate::child;
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::library::records;
 use crate::library::{Library, Options, status, verify};
-use crate::lineage;
 use crate::sample::SampleVm;
 
 const SETTLE_SECS: &str = "1";
@@ -83,9 +83,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     let dropped = lib.make_base_dir().join(bundle.file_name().unwrap_or_default());
     std::fs::rename(&bundle, &dropped).at(&dropped, "cannot move the VM into Make Base")?;
     let base_dir = lib.bases_dir().join(VM);
-    let took = wait_for("the base", || {
-        lineage::read::<lineage::BaseRecord>(&base_dir, lineage::BASE).is_ok_and(|r| r.is_some())
-    })?;
+    let took = wait_for("the base", || records::read_base(&base_dir).is_ok_and(|r| r.is_some()))?;
     println!("      base ready after {:.1} s (settle {SETTLE_SECS} s): {}", took.as_secs_f64(), base_dir.display());
 
     step(4, &format!("creating \"New Leaf/{VM}/untitled folder\", then naming it \"{LEAF}\", as Finder does"));
@@ -100,9 +98,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     std::fs::rename(request_dir.join("untitled folder"), request_dir.join(LEAF))
         .at(&request_dir, "cannot rename the folder")?;
     let leaf_dir = lib.leaf_path(LEAF);
-    let took = wait_for("the leaf", || {
-        lineage::read::<lineage::LeafRecord>(&leaf_dir, lineage::LEAF).is_ok_and(|r| r.is_some())
-    })?;
+    let took = wait_for("the leaf", || records::read_leaf(&leaf_dir).is_ok_and(|r| r.is_some()))?;
     println!("      leaf ready {:.1} s after the rename: {}", took.as_secs_f64(), leaf_dir.display());
 
     step(5, "checking the leaf's disk chain");
@@ -115,16 +111,10 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     drop(agent);
 
     step(6, "what leafd recorded");
-    let xattr = |p: &Path, name: &str| -> String {
-        xattr::get(p, crate::platform::xattr_name(name))
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
-            .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
-            .unwrap_or_default()
-    };
-    println!("base lineage ({}):\n{}", crate::platform::xattr_name(lineage::BASE), xattr(&base_dir, lineage::BASE));
-    println!("leaf lineage ({}):\n{}", crate::platform::xattr_name(lineage::LEAF), xattr(&leaf_dir, lineage::LEAF));
+    for file in [records::base_file(&base_dir), records::leaf_file(&leaf_dir)] {
+        let text = std::fs::read_to_string(&file).at(&file, "cannot read the record")?;
+        println!("{}:\n{text}", lib.display(&file));
+    }
     print!("\n{}", status::render(&status::status(&lib)?));
     println!(
         "\nAll checks passed. Look around:\n  the library: {}\n  the log:     {}\n  try:         leafd --root '{}' status",

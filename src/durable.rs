@@ -153,9 +153,12 @@ fn flush_open(file: &File, path: &Path, kind: Flush) -> Result<()> {
     if let Some(fallback) = platform::flush(file, kind).at(path, "cannot flush")? {
         tracing::warn!("{}: {fallback}", path.display());
     }
-    record(c, "flush", path, || {
-        json!({"id": file.metadata().ok().map(|m| id_of(&m)), "kind": format!("{kind:?}").to_lowercase()})
-    });
+    record(
+        c,
+        "flush",
+        path,
+        || json!({"id": file.metadata().ok().map(|m| id_of(&m)), "kind": format!("{kind:?}").to_lowercase()}),
+    );
     Ok(())
 }
 
@@ -386,6 +389,37 @@ pub fn unprotect(path: &Path, mode: u32) -> Result<()> {
     set_mode(path, mode)
 }
 
+/// Write-protects the base file open as `file` (at `path`): mode and flags changed through the
+/// descriptor, then flushed, so the file checked is the file changed.
+pub fn protect_open(file: &File, path: &Path) -> Result<()> {
+    let mode = file.metadata().at(path, "cannot stat")?.permissions().mode() & 0o7777;
+    let id = || file.metadata().ok().map(|m| id_of(&m));
+    let c = call().at(path, "cannot write-protect")?;
+    platform::set_mode_fd(file, mode & !0o222).at(path, "cannot write-protect")?;
+    record(c, "chmod", path, || json!({"id": id(), "mode": mode & !0o222}));
+    let c = call().at(path, "cannot lock")?;
+    platform::set_locked_fd(file, true).at(path, "cannot lock")?;
+    record(c, "lock", path, || json!({"id": id(), "on": true}));
+    flush_open(file, path, Flush::Order)
+}
+
+/// Adds or removes one of leafd's Finder tags, keeping the user's others.
+pub fn set_tag(path: &Path, tag: platform::Tag, on: bool) -> io::Result<()> {
+    let mut tags = platform::tags(path)?;
+    if tags.iter().any(|t| t == tag.name()) == on {
+        return Ok(());
+    }
+    if on {
+        tags.push(tag.name().to_string());
+    } else {
+        tags.retain(|t| t != tag.name());
+    }
+    match platform::encode_tags(&tags)? {
+        Some(value) => set_xattr(path, platform::TAGS_XATTR, &value),
+        None => remove_xattr(path, platform::TAGS_XATTR),
+    }
+}
+
 /// Sets extended attribute `name` of `path`. Fails with `ENOTSUP` on a volume without them.
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let c = call()?;
@@ -472,5 +506,69 @@ pub fn lock_file(path: &Path) -> Result<File> {
             File::options().read(true).write(true).open(path).at(path, "cannot open lock")
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A change the formats crate is about to make to a file it writes (through leafd's `Env`):
+/// numbered, traced, and failed on purpose like every other call here.
+pub fn changing(file: &File, path: &Path, change: leafd_formats::Change) -> io::Result<()> {
+    let c = call()?;
+    let id = || file.metadata().ok().map(|m| id_of(&m));
+    match change {
+        leafd_formats::Change::Write { offset, len } => {
+            record(c, "write", path, || json!({"id": id(), "offset": offset, "len": len}))
+        }
+        leafd_formats::Change::SetLen(len) => record(c, "truncate", path, || json!({"id": id(), "len": len})),
+    }
+    Ok(())
+}
+
+/// Creates a new file for the formats crate (traced like [`create_new`]).
+pub fn create_for_formats(path: &Path) -> io::Result<File> {
+    create_new(path).map(Written::into_file).map_err(into_io)
+}
+
+/// Opens an existing file for the formats crate; one opened for writing is traced (rule 4).
+pub fn open_for_formats(path: &Path, write: bool, open: impl FnOnce() -> io::Result<File>) -> io::Result<File> {
+    if !write {
+        return open();
+    }
+    let c = call()?;
+    let file = open()?;
+    record(c, "open-write", path, || json!({"id": file.metadata().ok().map(|m| id_of(&m))}));
+    Ok(file)
+}
+
+/// Flushes a file the formats crate wrote.
+pub fn flush_for_formats(file: &File, path: &Path) -> io::Result<()> {
+    flush_open(file, path, Flush::Order).map_err(into_io)
+}
+
+fn into_io(e: Error) -> io::Error {
+    match e.source {
+        Some(source) => source,
+        None => io::Error::other(e.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_keeps_holes_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let f = File::create(&src).unwrap();
+        f.set_len(8 * crate::fsutil::CHUNK).unwrap();
+        f.write_all_at(&[7u8; 3000], 2 * crate::fsutil::CHUNK - 1000).unwrap();
+        let dst = dir.path().join("dst");
+        let no = crate::fsutil::Cancel::new(false);
+        copy_file(&src, &dst, &no).unwrap();
+        assert!(crate::fsutil::same_content(&src, &dst, &no).unwrap());
+        assert!(crate::fsutil::allocated(&dst) <= 2 * crate::fsutil::CHUNK + 8192);
+        assert!(matches!(copy_file(&src, &dst, &no), Err(e) if e.kind == crate::error::Kind::Io));
+        let stop = crate::fsutil::Cancel::new(true);
+        assert_eq!(copy_file(&src, &dir.path().join("x"), &stop).unwrap_err().kind, crate::error::Kind::Cancelled);
     }
 }

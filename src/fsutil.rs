@@ -1,12 +1,11 @@
-//! File work shared by the operations: walking a bundle, copying and comparing across volumes,
-//! content fingerprints, allocated sizes, and writing small files atomically.
+//! File reading shared by the operations: walking a bundle, comparing across volumes, content
+//! fingerprints, allocated sizes. Everything that changes files is in [`crate::durable`].
 //!
 //! Large files are handled in 64 KiB chunks (a grain) so that a shutdown can interrupt them, and
 //! holes and zero chunks are skipped so that sparse disks stay sparse and fast.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -68,25 +67,20 @@ pub fn tree_state(dir: &Path) -> Result<TreeState> {
 /// Ranges `[start, end)` of `file` that hold data; holes read as zeros and are left out. Where
 /// the file system cannot tell, the whole file is data.
 fn data_ranges(file: &File, len: u64) -> Vec<(u64, u64)> {
-    let fd = file.as_raw_fd();
+    use rustix::fs::{SeekFrom, seek};
     let mut out = Vec::new();
     let mut pos = 0u64;
     while pos < len {
-        // SAFETY: lseek on a valid descriptor has no memory effects.
-        let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if start < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return vec![(0, len)];
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        let end = if end < 0 { len } else { (end as u64).min(len) };
-        if end <= start as u64 {
+        let start = match seek(file, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole remains
+            Err(_) => return vec![(0, len)],
+        };
+        let end = seek(file, SeekFrom::Hole(start)).map_or(len, |e| e.min(len));
+        if end <= start {
             break;
         }
-        out.push((start as u64, end));
+        out.push((start, end));
         pos = end;
     }
     out
@@ -145,37 +139,6 @@ pub fn allocated(path: &Path) -> u64 {
     fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
-/// Copies one regular file, keeping holes, permissions, times and extended attributes, and
-/// flushes it. `dst` must not exist.
-pub fn copy_file(src: &Path, dst: &Path, cancel: &Cancel) -> Result<()> {
-    let from = File::open(src).at(src, "cannot open for copying")?;
-    let meta = from.metadata().at(src, "cannot stat")?;
-    let to = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).at(dst, "cannot create copy")?;
-    let mut buf = vec![0u8; CHUNK as usize];
-    for c in data_chunks(&from, meta.len()) {
-        check(cancel, src)?;
-        let n = (meta.len() - c * CHUNK).min(CHUNK) as usize;
-        from.read_exact_at(&mut buf[..n], c * CHUNK).at(src, "cannot read")?;
-        if !buf[..n].iter().all(|&b| b == 0) {
-            to.write_all_at(&buf[..n], c * CHUNK).at(dst, "cannot write copy")?;
-        }
-    }
-    to.set_len(meta.len()).at(dst, "cannot size copy")?;
-    if let Ok(names) = xattr::list(src) {
-        for name in names {
-            if let Ok(Some(v)) = xattr::get(src, &name) {
-                // Best effort: a destination without xattrs still gets the bytes.
-                let _ = xattr::set(dst, &name, &v);
-            }
-        }
-    }
-    to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777)).at(dst, "cannot set permissions")?;
-    if let Ok(mtime) = meta.modified() {
-        let _ = to.set_modified(mtime);
-    }
-    platform::full_sync(&to).at(dst, "cannot flush copy")
-}
-
 /// True when both files hold the same bytes, read back from the disk where the platform allows.
 pub fn same_content(a: &Path, b: &Path, cancel: &Cancel) -> Result<bool> {
     let fa = File::open(a).at(a, "cannot open for comparing")?;
@@ -200,55 +163,6 @@ pub fn same_content(a: &Path, b: &Path, cancel: &Cancel) -> Result<bool> {
     Ok(true)
 }
 
-/// Writes a small file atomically: a temporary beside it, flushed, renamed over `path`, and the
-/// folder flushed. A crash leaves the old file or the new one, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).at(&tmp, "cannot create")?;
-    f.write_all_at(bytes, 0).at(&tmp, "cannot write")?;
-    platform::full_sync(&f).at(&tmp, "cannot flush")?;
-    fs::rename(&tmp, path).at(path, "cannot replace")?;
-    platform::sync_dir(dir).at(dir, "cannot flush folder")
-}
-
-/// Creates `path`, which must not exist, with `bytes`, flushed.
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let f = OpenOptions::new().write(true).create_new(true).open(path).at(path, "cannot create file")?;
-    f.write_all_at(bytes, 0).at(path, "cannot write file")?;
-    platform::full_sync(&f).at(path, "cannot flush file")
-}
-
-/// Removes a folder tree we made (staging), first clearing any write protection we set on it.
-pub fn remove_tree(dir: &Path) -> Result<()> {
-    if dir.symlink_metadata().is_err() {
-        return Ok(());
-    }
-    for p in walk(dir)? {
-        let _ = platform::set_locked(&p, false);
-    }
-    fs::remove_dir_all(dir).at(dir, "cannot remove")
-}
-
-/// Renames `from` to `to` without ever replacing an existing `to`, and flushes both folders.
-pub fn rename_new(from: &Path, to: &Path) -> Result<()> {
-    platform::rename_noreplace(from, to).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::refused(to, "already exists").fix("choose another name, or move the existing item away")
-        } else {
-            Error::io(from, &format!("cannot move to {}", to.display()), e)
-        }
-    })?;
-    for dir in [from.parent(), to.parent()].into_iter().flatten() {
-        platform::sync_dir(dir).at(dir, "cannot flush folder")?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,22 +185,5 @@ mod tests {
         fs::write(&dense, &bytes).unwrap();
         assert_ne!(a, fingerprint(&[dense], &no).unwrap());
         assert!(allocated(&sparse) < CHUNK, "sparse file was written densely");
-    }
-
-    #[test]
-    fn copy_keeps_holes_and_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        let f = File::create(&src).unwrap();
-        f.set_len(8 * CHUNK).unwrap();
-        f.write_all_at(&[7u8; 3000], 2 * CHUNK - 1000).unwrap();
-        let dst = dir.path().join("dst");
-        let no = Cancel::new(false);
-        copy_file(&src, &dst, &no).unwrap();
-        assert!(same_content(&src, &dst, &no).unwrap());
-        assert!(allocated(&dst) <= 2 * CHUNK + 8192);
-        assert!(matches!(copy_file(&src, &dst, &no), Err(e) if e.kind == Kind::Io));
-        let stop = Cancel::new(true);
-        assert_eq!(copy_file(&src, &dir.path().join("x"), &stop).unwrap_err().kind, Kind::Cancelled);
     }
 }

@@ -16,7 +16,6 @@ pub mod fault;
 pub mod formats_env;
 pub mod fsutil;
 pub mod library;
-pub mod lineage;
 pub mod logging;
 pub mod platform;
 pub mod sample;

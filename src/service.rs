@@ -362,7 +362,7 @@ fn write_definition(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).at(dir, "cannot create folder")?;
     }
-    crate::fsutil::write_atomic(path, bytes)?;
+    crate::durable::write_atomic(path, bytes)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).at(path, "cannot set permissions")
 }
 

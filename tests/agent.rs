@@ -92,11 +92,11 @@ fn log_of(lib: &Lib) -> String {
 }
 
 fn is_base(lib: &Lib, name: &str) -> bool {
-    xattr::get(lib.base_dir(name), "user.org.leafd.base").ok().flatten().is_some()
+    lib.base_dir(name).join(".leafd/base.json").is_file()
 }
 
 fn is_leaf(lib: &Lib, name: &str) -> bool {
-    xattr::get(lib.leaf_dir(name), "user.org.leafd.leaf").ok().flatten().is_some()
+    lib.leaf_dir(name).join(".leafd/leaf.json").is_file()
 }
 
 fn leaves(lib: &Lib) -> Vec<String> {
@@ -136,7 +136,7 @@ fn a_moved_bundle_becomes_a_base_and_a_named_folder_a_leaf() {
     fs::rename(&built, lib.make_base_dir().join("Ubuntu.vmwarevm")).unwrap();
     assert!(wait_until(Duration::from_secs(20), || is_base(&lib, "Ubuntu")), "no base: {}", log_of(&lib));
     assert_eq!(fs::read_dir(lib.make_base_dir()).unwrap().count(), 0, "Make Base is empty again");
-    let mut now = checksums(&lib.base_dir("Ubuntu"));
+    let mut now = vm_files(&lib.base_dir("Ubuntu"));
     let vmx = now.remove(Path::new("Ubuntu.vmx.base")).unwrap();
     now.insert("Ubuntu.vmx".into(), vmx);
     assert_eq!(now, before);
@@ -238,7 +238,7 @@ fn a_slow_copy_becomes_a_base_only_once_it_has_ended() {
     copier.join().unwrap();
     assert!(start.elapsed() > Duration::from_secs(3), "the copy was too fast to test anything: {:?}", start.elapsed());
     assert!(wait_until(Duration::from_secs(20), || is_base(&lib, "Slow")), "{}", log_of(&lib));
-    let mut now = checksums(&lib.base_dir("Slow"));
+    let mut now = vm_files(&lib.base_dir("Slow"));
     let vmx = now.remove(Path::new("Slow.vmx.base")).unwrap();
     now.insert("Slow.vmx".into(), vmx);
     assert_eq!(now, before);
@@ -337,7 +337,7 @@ fn a_killed_agent_restarted_leaves_a_correct_library() {
         "{}",
         log_of(&lib)
     );
-    let mut now = checksums(&lib.base_dir("Second"));
+    let mut now = vm_files(&lib.base_dir("Second"));
     let vmx = now.remove(Path::new("Second.vmx.base")).unwrap();
     now.insert("Second.vmx".into(), vmx);
     assert_eq!(now, before);
@@ -376,8 +376,8 @@ fn a_burst_of_sixty_folders_gives_sixty_leaves() {
     );
     std::thread::sleep(Duration::from_millis(2000));
     assert_eq!(leaves(&lib), expected, "none missed, none twice");
-    assert_eq!(fs::read_dir(lib.base_dir("A").join(".leaves")).unwrap().count(), 50);
-    assert_eq!(fs::read_dir(lib.base_dir("B").join(".leaves")).unwrap().count(), 10);
+    assert_eq!(leaf_list(&lib.base_dir("A")).len(), 50);
+    assert_eq!(leaf_list(&lib.base_dir("B")).len(), 10);
     assert_eq!(fs::read_dir(lib.root.join("New Leaf/A")).unwrap().count(), 0);
     leaf_reads_base(&lib, "a49", &a);
     let made = log_of(&lib).lines().filter(|l| l.contains(" made from base ")).count();
@@ -512,9 +512,9 @@ fn an_operation_that_panics_fails_its_item_and_frees_its_base() {
     let note = drop.join("Web 2 - leafd error.txt");
     assert!(wait_until(Duration::from_secs(20), || note.exists()), "not tried again: {}", log_of(&lib));
     let mut after = fingerprint_tree(&lib.base_dir("Base"));
-    after.retain(|l| !l.contains("/.leaves"));
+    after.retain(|l| !is_records(l));
     let mut before = base_before;
-    before.retain(|l| !l.contains("/.leaves"));
+    before.retain(|l| !is_records(l));
     assert_eq!(after, before, "the base changed");
 }
 
@@ -536,7 +536,7 @@ fn a_folder_renamed_while_its_leaf_is_made_gives_one_leaf_with_the_new_name() {
     assert!(wait_until(Duration::from_secs(20), || is_leaf(&lib, "Web Server")), "{}", log_of(&lib));
     std::thread::sleep(Duration::from_millis(2000));
     assert_eq!(leaves(&lib), ["Web Server"]);
-    assert_eq!(fs::read_dir(lib.base_dir("Base").join(".leaves")).unwrap().count(), 1);
+    assert_eq!(leaf_list(&lib.base_dir("Base")).len(), 1);
     assert_eq!(fs::read_dir(&drop).unwrap().count(), 0, "{:?}", fs::read_dir(&drop).unwrap().collect::<Vec<_>>());
     leaf_reads_base(&lib, "Web Server", &vm);
 }
@@ -580,9 +580,9 @@ fn a_failure_whose_cause_goes_away_elsewhere_is_retried_by_the_timer() {
     let retried = log_of(&lib).lines().filter(|l| l.contains("still cannot make a leaf")).count();
     assert!(retried >= 1, "never tried again: {}", log_of(&lib));
     assert!(note.exists(), "the note must stay while the cause does");
-    // The old leaf deleted by hand, as a person would (and its marker in the base).
+    // The old leaf deleted by hand, as a person would, and forgotten.
     fs::remove_dir_all(lib.leaf_dir("Web")).unwrap();
-    fs::remove_file(lib.base_dir("Base").join(".leaves").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    lib.ok(&["forget", "Web"]);
     assert!(wait_until(Duration::from_secs(30), || is_leaf(&lib, "Web")), "{}", log_of(&lib));
     assert!(wait_until(Duration::from_secs(5), || !note.exists()), "the note stayed");
     leaf_reads_base(&lib, "Web", &vm);

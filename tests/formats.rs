@@ -144,7 +144,7 @@ fn make_chain(base: &Path, leaf: &Path) -> (PathBuf, PathBuf) {
     let name = base.file_name().unwrap().to_str().unwrap();
     let copy = parent_copy(&b, leaf, PathStyle::Relative).unwrap();
     let copy_path = leaf.join(name);
-    leafd::fsutil::write_new(&copy_path, copy.to_string().as_bytes()).unwrap();
+    leafd::durable::write_new(&copy_path, copy.to_string().as_bytes()).unwrap();
     let delta = leaf.join(delta_name(name));
     create_delta(&env(), &delta, name, &copy, b.disk_type).unwrap();
     (copy_path, delta)
@@ -353,6 +353,6 @@ fn a_one_gib_vmx_is_refused_without_being_read() {
     let f = std::fs::File::create(&v).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b".encoding = \"UTF-8\"\n", 0).unwrap();
     f.set_len(1 << 30).unwrap();
-    let err = leafd::library::make_base::read_small(&v).unwrap_err().to_string();
+    let err = leafd::library::common::read_small(&v).unwrap_err().to_string();
     assert!(err.contains("huge.vmx") && err.contains("too large"), "{err}");
 }

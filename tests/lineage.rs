@@ -98,7 +98,23 @@ fn verify(lib: &Lib, args: &[&str]) -> (i32, String) {
     (o.status.code().unwrap(), text(&o))
 }
 
-fn strip_leafd_xattrs(dir: &Path) {
+/// Every extended attribute gone, as a copy through a file system without them leaves a tree.
+fn strip_xattrs(dir: &Path) {
+    for p in std::iter::once(dir.to_path_buf()).chain(walk(dir)) {
+        for name in xattr::list(&p).unwrap() {
+            xattr::remove(&p, &name).unwrap();
+        }
+    }
+}
+
+/// leafd's records of the stores and leaves under `dir` gone, files and mirrors (not the
+/// library's own state in `<root>/.leafd`).
+fn strip_records(lib: &Lib, dir: &Path) {
+    for p in std::iter::once(dir.to_path_buf()).chain(walk(dir)) {
+        if p.file_name().is_some_and(|n| n == ".leafd") && p != lib.root.join(".leafd") && p.is_dir() {
+            fs::remove_dir_all(&p).unwrap();
+        }
+    }
     for p in std::iter::once(dir.to_path_buf()).chain(walk(dir)) {
         for name in xattr::list(&p).unwrap() {
             if name.to_string_lossy().starts_with("user.org.leafd.") {
@@ -182,7 +198,7 @@ fn verify_names_every_break() {
                 fs::rename(lib.leaf_dir("Web"), lib.tmp.path().join("Web.vmwarevm")).unwrap();
                 lib.leaf_dir("Web").display().to_string()
             },
-            "moved out of the library",
+            "is missing (moved, or deleted)",
         ),
         (
             "leaf's .vmx no longer on the delta",
@@ -206,13 +222,16 @@ fn verify_names_every_break() {
             "the base can be booted",
         ),
         (
-            "extent lineage record damaged",
+            "an extent's recorded size differs",
             |lib| {
-                let p = lib.base_dir("Ubuntu").join("Virtual Disk-s001.vmdk");
-                xattr::set(&p, "user.org.leafd.extent", b"{not json").unwrap();
-                p.display().to_string()
+                let base = lib.base_dir("Ubuntu");
+                let mut rec = record(&base, "base");
+                let e = &mut rec["disks"][0]["extents"][0];
+                e["size"] = (e["size"].as_u64().unwrap() + 512).into();
+                set_record(&base, "base", &rec);
+                base.join("Virtual Disk-s001.vmdk").display().to_string()
             },
-            "lineage record is damaged",
+            "when the base was made",
         ),
     ];
     for (name, break_it, says) in breaks {
@@ -247,39 +266,45 @@ fn verify_advises_relink_only_for_a_missing_file_the_delta_leads_to() {
     }
 }
 
-/// A damaged extent record is rebuilt only once `--deep` shows the content intact.
+/// A damaged base record comes back whole from its mirror (the same JSON in an extended
+/// attribute), fingerprints and recorded sizes included.
 #[test]
-fn a_damaged_extent_record_is_rebuilt_by_a_deep_verify() {
-    let (lib, _) = setup(&["Web"]);
-    let p = lib.base_dir("Ubuntu").join("Virtual Disk-s001.vmdk");
-    let good = record(&p, "extent");
-    xattr::set(&p, "user.org.leafd.extent", b"{not json").unwrap();
-    let (code, out) = verify(&lib, &[]);
-    assert_eq!(code, 1, "{out}");
-    let (code, out) = verify(&lib, &["--deep"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("repaired: {}: extent lineage was damaged", p.display())), "{out}");
-    assert_eq!(record(&p, "extent"), good);
-}
-
-/// Without a recorded fingerprint, a damaged extent record cannot be rebuilt: a fingerprint
-/// taken now could be of a truncated disk, so none is recorded either.
-#[test]
-fn a_damaged_extent_record_without_a_fingerprint_stays_a_problem() {
+fn a_damaged_base_record_is_restored_from_its_mirror() {
     let (lib, _) = setup(&["Web"]);
     let base = lib.base_dir("Ubuntu");
-    let mut rec = record(&base, "base");
-    for d in rec["disks"].as_array_mut().unwrap() {
-        d["fingerprint"] = serde_json::Value::Null;
-    }
-    set_record(&base, "base", &rec);
-    let p = base.join("Virtual Disk-s001.vmdk");
-    xattr::set(&p, "user.org.leafd.extent", b"{not json").unwrap();
-    for _ in 0..2 {
-        let (code, out) = verify(&lib, &["--deep"]);
-        assert_eq!(code, 1, "{out}");
-        assert!(out.contains("has no content fingerprint"), "{out}");
-    }
+    let good = record(&base, "base");
+    fs::write(base.join(".leafd/base.json"), b"{not json").unwrap();
+    let o = lib.run(&["new-leaf", "Ubuntu", "DB"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("record is damaged") && text(&o).contains("leafd verify"), "{}", text(&o));
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("repaired: {}: the base record was damaged; restored from its mirror", base.display())),
+        "{out}"
+    );
+    assert_eq!(record(&base, "base"), good);
+}
+
+/// Without a mirror either (a volume without extended attributes), a damaged base record is
+/// rebuilt from the disks under the id its leaves know; its fingerprint is lost, and a deep
+/// verify records one only from content whose extents check out.
+#[test]
+fn a_damaged_base_record_without_a_mirror_is_rebuilt_with_the_id_its_leaves_know() {
+    let (lib, _) = setup(&["Web"]);
+    let base = lib.base_dir("Ubuntu");
+    let id = record(&base, "base")["id"].clone();
+    strip_xattrs(&base);
+    fs::write(base.join(".leafd/base.json"), b"{not json").unwrap();
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("base lineage was damaged; rebuilt from its disks"), "{out}");
+    let rec = record(&base, "base");
+    assert_eq!(rec["id"], id);
+    assert!(rec["disks"][0]["fingerprint"].is_null());
+    let (code, out) = verify(&lib, &["--deep"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("fingerprint recorded"), "{out}");
 }
 
 /// Snapshots the user takes in VMware put a leaf's disk on a newer delta over the leaf's own:
@@ -314,23 +339,40 @@ fn a_leaf_with_snapshots_of_its_own_verifies() {
 fn a_base_that_lost_its_lineage_gets_it_back_with_the_id_its_leaves_know() {
     let (lib, _) = setup(&["Web"]);
     let base_id = record(&lib.base_dir("Ubuntu"), "base")["id"].clone();
-    strip_leafd_xattrs(&lib.base_dir("Ubuntu"));
+    let base = lib.base_dir("Ubuntu");
+    strip_records(&lib, &base);
     let (code, out) = verify(&lib, &[]);
     assert_eq!(code, 0, "{out}");
-    let named = format!("repaired: {}: base lineage was missing", lib.base_dir("Ubuntu").display());
+    let named = format!("repaired: {}: base lineage was missing", base.display());
     assert!(out.contains(&named), "{out}");
-    assert_eq!(record(&lib.base_dir("Ubuntu"), "base")["id"], base_id);
-    assert_eq!(record(&lib.base_dir("Ubuntu").join("Virtual Disk-s002.vmdk"), "extent")["index"], 1);
+    assert_eq!(record(&base, "base")["id"], base_id);
+    assert_eq!(record(&base, "base")["disks"][0]["extents"][1]["file"], "Virtual Disk-s002.vmdk");
+    assert_eq!(leaf_list(&base).len(), 1, "the base lists its leaf again");
     let (code, out) = verify(&lib, &["--deep"]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = verify(&lib, &[]);
     assert!(code == 0 && !out.contains("repaired"), "a second verify repairs nothing: {out}");
 }
 
+/// Records are files: a library copied through a file system without extended attributes (or
+/// by a tool that drops them) loses only the mirrors and tags, and needs nothing.
 #[test]
-fn a_library_copied_without_extended_attributes_is_rebuilt_from_the_chain() {
+fn a_library_copied_without_extended_attributes_needs_nothing() {
     let (lib, vm) = setup(&["Web", "DB"]);
-    strip_leafd_xattrs(&lib.root);
+    strip_xattrs(&lib.root);
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("repaired"), "{out}");
+    assert!(out.contains("1 base, 2 leaves checked: all good"), "{out}");
+    lib.ok(&["new-leaf", "Ubuntu", "After"]);
+    leaf_reads(&lib.leaf_dir("After"), &vm);
+}
+
+/// A library whose records were lost altogether (files and mirrors) is rebuilt from the chain.
+#[test]
+fn a_library_that_lost_its_records_is_rebuilt_from_the_chain() {
+    let (lib, vm) = setup(&["Web", "DB"]);
+    strip_records(&lib, &lib.root.clone());
     let (code, out) = verify(&lib, &[]);
     assert_eq!(code, 0, "{out}");
     let named = format!("repaired: {}: base lineage was missing", lib.base_dir("Ubuntu").display());
@@ -344,7 +386,7 @@ fn a_library_copied_without_extended_attributes_is_rebuilt_from_the_chain() {
     for leaf in ["Web", "DB"] {
         assert_eq!(record(&lib.leaf_dir(leaf), "leaf")["base_id"], base_id);
     }
-    assert_eq!(fs::read_dir(lib.base_dir("Ubuntu").join(".leaves")).unwrap().count(), 2);
+    assert_eq!(leaf_list(&lib.base_dir("Ubuntu")).len(), 2);
     let (code, out) = verify(&lib, &[]);
     assert!(code == 0 && !out.contains("repaired"), "a second verify repairs nothing: {out}");
     lib.ok(&["new-leaf", "Ubuntu", "After"]);
@@ -497,8 +539,8 @@ fn promote_makes_a_standalone_vm_with_exactly_the_leafs_bytes() {
     let out = lib.ok(&["promote", "Web"]);
     assert!(out.contains("promoted to a standalone VM"), "{out}");
     let base_after: Vec<String> =
-        fingerprint_tree(&lib.base_dir("Ubuntu")).into_iter().filter(|l| !l.contains("/.leaves")).collect();
-    let base_before: Vec<String> = base_before.into_iter().filter(|l| !l.contains("/.leaves")).collect();
+        fingerprint_tree(&lib.base_dir("Ubuntu")).into_iter().filter(|l| !l.contains("/.leafd/leaves")).collect();
+    let base_before: Vec<String> = base_before.into_iter().filter(|l| !l.contains("/.leafd/leaves")).collect();
     assert_eq!(base_after, base_before, "the base was written");
     // The base out of reach: the promoted VM must not need it.
     fs::rename(lib.base_dir("Ubuntu"), lib.tmp.path().join("away")).unwrap();
@@ -513,9 +555,9 @@ fn promote_makes_a_standalone_vm_with_exactly_the_leafs_bytes() {
     }
     assert!(!dir.join("Web.vmsd").exists() && !dir.join("Virtual Disk-000001.vmdk").exists());
     assert_eq!(fs::read(dir.join("Web.nvram")).unwrap().len(), 8192);
-    assert!(xattr::get(&dir, "user.org.leafd.leaf").unwrap().is_none());
+    assert!(!dir.join(".leafd").exists() && xattr::get(&dir, "user.org.leafd.leaf").unwrap().is_none());
     fs::rename(lib.tmp.path().join("away"), lib.base_dir("Ubuntu")).unwrap();
-    let refs_left = fs::read_dir(lib.base_dir("Ubuntu").join(".leaves")).unwrap().count();
+    let refs_left = leaf_list(&lib.base_dir("Ubuntu")).len();
     assert_eq!(refs_left, 1, "the base forgot the promoted leaf and kept the other");
     let (code, out) = verify(&lib, &[]);
     assert_eq!(code, 0, "{out}");
@@ -531,7 +573,7 @@ fn promote_survives_a_kill_at_every_step() {
         assert!(killed(&o), "{step}: not killed there: {}", text(&o));
         lib.ok(&["recover"]);
         let dir = lib.leaf_dir("Web");
-        let promoted = xattr::get(&dir, "user.org.leafd.leaf").unwrap().is_none();
+        let promoted = !dir.join(".leafd/leaf.json").exists();
         for (d, reference) in vm.disks.iter().zip(&refs) {
             let disk = if promoted { dir.join(&d.file) } else { delta(&lib, "Web", &d.file) };
             same_as(reference, &disk);
@@ -572,7 +614,7 @@ fn promote_recovery_never_deletes_the_leaf_when_its_place_was_taken() {
     // Once the place is free, recovery finishes.
     fs::rename(&dir, lib.tmp.path().join("restored")).unwrap();
     lib.ok(&["recover"]);
-    assert!(xattr::get(&dir, "user.org.leafd.leaf").unwrap().is_none());
+    assert!(!dir.join(".leafd/leaf.json").exists());
     for (d, reference) in vm.disks.iter().zip(&refs) {
         same_as(reference, &dir.join(&d.file));
     }
@@ -584,33 +626,41 @@ fn a_leaf_dropped_into_make_base_becomes_a_base_of_its_state() {
     let (lib, vm) = setup(&["Web"]);
     scribble(&lib, "Web", &vm, 0x80);
     let refs = snapshot(&lib, "Web", &vm, lib.tmp.path());
-    let leaf_files = checksums(&lib.leaf_dir("Web"));
+    let mut leaf_files = checksums(&lib.leaf_dir("Web"));
+    leaf_files.retain(|f, _| !is_records(&f.to_string_lossy()));
+    let copies: Vec<PathBuf> = vm.disks.iter().map(|d| PathBuf::from(&d.file)).collect();
     let dropped = lib.make_base_dir().join("Web Base.vmwarevm");
     fs::rename(lib.leaf_dir("Web"), &dropped).unwrap();
     lib.ok(&["make-base", dropped.to_str().unwrap()]);
     let base = lib.base_dir("Web Base");
-    // Nothing of the leaf is lost: all its files are in the base, unchanged.
+    // Nothing of the leaf is lost: all its files are in the base, unchanged but for its parent
+    // copies (leafd's own), rewritten to reach the old base from their new place.
     let mut now = checksums(&base);
     for (f, sum) in &leaf_files {
         let name = if *f == Path::new("Web.vmx") { PathBuf::from("Web.vmx.base") } else { f.clone() };
+        if copies.contains(f) {
+            assert!(now.remove(&name).is_some(), "{} lost", f.display());
+            continue;
+        }
         assert_eq!(now.remove(&name).as_ref(), Some(sum), "{} changed or lost", f.display());
+    }
+    // The old chain in the base still reads as the leaf read (QEMU follows its paths).
+    for d in &vm.disks {
+        let old_delta = base.join(format!("{}-000001.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
+        assert_eq!(qemu_chain(&old_delta).len(), 2, "{}", old_delta.display());
     }
     for (d, reference) in vm.disks.iter().zip(&refs) {
         let flat = base.join(format!("{}-000001-base.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
         assert_eq!(qemu_chain(&flat).len(), 1);
         same_as(reference, &flat);
     }
-    assert!(xattr::get(&base, "user.org.leafd.leaf").unwrap().is_none());
+    assert!(!base.join(".leafd/leaf.json").exists() && xattr::get(&base, "user.org.leafd.leaf").unwrap().is_none());
     // Its lineage can be rebuilt too, though its .vmx still names the old chain.
-    strip_leafd_xattrs(&base);
+    strip_records(&lib, &base);
     let (code, out) = verify(&lib, &[]);
     assert!(code == 0 && out.contains("base lineage was missing"), "{out}");
     assert!(record(&base, "base")["disks"][0]["descriptor"].as_str().unwrap().ends_with("-000001-base.vmdk"));
-    assert_eq!(
-        fs::read_dir(lib.base_dir("Ubuntu").join(".leaves")).unwrap().count(),
-        0,
-        "the old base forgot the leaf"
-    );
+    assert_eq!(leaf_list(&lib.base_dir("Ubuntu")).len(), 0, "the old base forgot the leaf");
     // A leaf of the leaf's state.
     lib.ok(&["new-leaf", "Web Base", "Grandchild"]);
     for (d, reference) in vm.disks.iter().zip(&refs) {
@@ -690,8 +740,7 @@ fn a_damaged_journal_does_not_stop_leafd() {
     let o = lib.run(&["new-leaf", "Ubuntu", "Web"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("could not finish or undo interrupted operation 0000-damaged")
-            && text(&o).contains("journal is damaged"),
+        text(&o).contains("interrupted operation 0000-damaged kept") && text(&o).contains("journal is damaged"),
         "{}",
         text(&o)
     );

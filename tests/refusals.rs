@@ -401,6 +401,10 @@ fn every_refusal_names_the_problem_and_changes_nothing() {
         for dir in ["New Leaf", "Bases", ".leafd/journal", ".leafd/locks"] {
             fs::create_dir_all(lib.root.join(dir)).unwrap();
         }
+        // leafd keeps its own folder owner-only.
+        for dir in [".leafd", ".leafd/journal", ".leafd/locks"] {
+            fs::set_permissions(lib.root.join(dir), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        }
         keep.push(lib.root.clone());
         let before: Vec<Vec<String>> = keep.iter().map(|p| fingerprint_tree(p)).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -96,9 +96,33 @@ pub fn repoint(copy: &Descriptor, targets: &[PathBuf], from_dir: &Path, style: P
     Ok(new)
 }
 
-/// Creates the snapshot delta `delta` over the parent copy named `parent_name` (in the same
-/// folder), split like the base: one sparse file for a monolithic base, else one sparse extent
-/// per extent of the parent. Returns the files written.
+/// What the snapshot delta `delta` over the parent copy named `parent_name` (in the same
+/// folder) is, split like the base: one sparse file for a monolithic base, else one sparse
+/// extent per extent of the parent.
+fn delta_spec<'a>(
+    delta: &'a Path,
+    parent_name: &'a str,
+    parent: &Descriptor,
+    base_type: DiskType,
+) -> Result<NewDisk<'a>> {
+    let parent_cid = parent.cid().map_err(|m| Error::format(delta, format!("parent copy {m}")))?;
+    let (disk_type, extents) = if base_type.is_split() {
+        (DiskType::SplitSparse, parent.extents().map(|e| e.sectors).collect())
+    } else {
+        (DiskType::MonolithicSparse, vec![parent.capacity()])
+    };
+    Ok(NewDisk {
+        path: delta,
+        disk_type,
+        extents,
+        cid: NEW_DISK_CID,
+        parent: Some((parent_name, parent_cid)),
+        ddb: vec![("ddb.longContentID".into(), long_content_id(NEW_DISK_CID))],
+    })
+}
+
+/// Creates the snapshot delta `delta` over the parent copy named `parent_name` (see
+/// [`check_delta`]). Returns the files written.
 pub fn create_delta(
     env: &Arc<dyn Env>,
     delta: &Path,
@@ -106,23 +130,13 @@ pub fn create_delta(
     parent: &Descriptor,
     base_type: DiskType,
 ) -> Result<Vec<PathBuf>> {
-    let parent_cid = parent.cid().map_err(|m| Error::format(delta, format!("parent copy {m}")))?;
-    let (disk_type, extents) = if base_type.is_split() {
-        (DiskType::SplitSparse, parent.extents().map(|e| e.sectors).collect())
-    } else {
-        (DiskType::MonolithicSparse, vec![parent.capacity()])
-    };
-    disk::create(
-        env,
-        &NewDisk {
-            path: delta,
-            disk_type,
-            extents,
-            cid: NEW_DISK_CID,
-            parent: Some((parent_name, parent_cid)),
-            ddb: vec![("ddb.longContentID".into(), long_content_id(NEW_DISK_CID))],
-        },
-    )
+    disk::create(env, &delta_spec(delta, parent_name, parent, base_type)?)
+}
+
+/// Fails exactly where [`create_delta`] would fail to describe the delta, writing nothing: how
+/// Make Base refuses a disk that New Leaf could not serve.
+pub fn check_delta(delta: &Path, parent_name: &str, parent: &Descriptor, base_type: DiskType) -> Result<()> {
+    disk::describe(&delta_spec(delta, parent_name, parent, base_type)?).map(|_| ())
 }
 
 /// The delta file name VMware uses for the first snapshot of `<stem>.vmdk`.

@@ -522,17 +522,18 @@ pub fn split_capacity(capacity: u64, max: u64) -> Vec<u64> {
     v
 }
 
-/// Creates a new empty disk (all zeros, or all "read from parent" for a delta). Returns the files
-/// written, each flushed. Fails, creating nothing more, if any file already exists.
-pub fn create(env: &Arc<dyn Env>, spec: &NewDisk) -> Result<Vec<PathBuf>> {
-    let dir = spec.path.parent().unwrap_or(Path::new("."));
-    let file_name = spec
-        .path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::format(spec.path, "disk name is not valid UTF-8"))?;
-    let stem = file_name.strip_suffix(".vmdk").unwrap_or(file_name);
-    let names = extent_names(stem, spec.disk_type, spec.extents.len());
+/// `<stem>` of a disk `<stem>.vmdk`, from which its extents are named.
+fn stem(path: &Path) -> Result<&str> {
+    let name =
+        path.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::format(path, "disk name is not valid UTF-8"))?;
+    Ok(name.strip_suffix(".vmdk").unwrap_or(name))
+}
+
+/// The descriptor [`create`] writes for `spec`, checked: names a descriptor can hold, a text
+/// within the size of any descriptor, and for a monolithic sparse disk a text that fits in its
+/// embedded area. Writes nothing, so a caller can learn early that a disk could not be made.
+pub fn describe(spec: &NewDisk) -> Result<Descriptor> {
+    let names = extent_names(stem(spec.path)?, spec.disk_type, spec.extents.len());
     let kind = if spec.disk_type.is_sparse() { ExtentKind::Sparse } else { ExtentKind::Flat };
     let extents: Vec<Extent> = names
         .iter()
@@ -545,6 +546,14 @@ pub fn create(env: &Arc<dyn Env>, spec: &NewDisk) -> Result<Vec<PathBuf>> {
             offset: if kind == ExtentKind::Flat { Some(0) } else { None },
         })
         .collect();
+    // About 60 bytes per extent line: refused before anything is built.
+    if spec.extents.len() as u64 * 64 > super::descriptor::MAX_DESCRIPTOR_BYTES {
+        return Err(Error::unsupported(
+            spec.path,
+            format!("a disk of {} extents needs a descriptor larger than any disk descriptor", spec.extents.len()),
+        )
+        .fix("convert the disk to fewer, larger extents with VMware's disk tool (vmware-vdiskmanager -r SOURCE.vmdk -t 1 NEW.vmdk)"));
+    }
     let ddb: Vec<(&str, &str)> = spec.ddb.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let (hint, parent_cid) = match spec.parent {
         Some((hint, cid)) => (Some(hint), cid),
@@ -554,6 +563,23 @@ pub fn create(env: &Arc<dyn Env>, spec: &NewDisk) -> Result<Vec<PathBuf>> {
         .map_err(|e| {
             Error::unsupported(spec.path, e.to_string()).fix("rename the disk's files to names without quotes")
         })?;
+    let embedded_max = (sparse::EMBEDDED_DESCRIPTOR_SECTORS * SECTOR) as usize;
+    if spec.disk_type == DiskType::MonolithicSparse && descriptor.to_string().len() > embedded_max {
+        return Err(Error::unsupported(
+            spec.path,
+            format!("its descriptor does not fit in the {embedded_max} bytes a monolithic sparse disk holds"),
+        )
+        .fix("give the disk's files shorter names"));
+    }
+    Ok(descriptor)
+}
+
+/// Creates a new empty disk (all zeros, or all "read from parent" for a delta). Returns the files
+/// written, each flushed. Fails, creating nothing more, if any file already exists.
+pub fn create(env: &Arc<dyn Env>, spec: &NewDisk) -> Result<Vec<PathBuf>> {
+    let dir = spec.path.parent().unwrap_or(Path::new("."));
+    let descriptor = describe(spec)?;
+    let names = extent_names(stem(spec.path)?, spec.disk_type, spec.extents.len());
     // A file is listed once this call has made it; `files` holds the same files, open, in order.
     let mut written: Vec<PathBuf> = Vec::new();
     let result = (|| {

@@ -361,7 +361,7 @@ mod tests {
         std::fs::write(&disk, b"disk").unwrap();
         let first = Look::take(&item).unwrap();
         std::fs::read(&disk).unwrap();
-        platform::set_tag(&item, platform::Tag::Failed, true).unwrap();
+        crate::durable::set_tag(&item, platform::Tag::Failed, true).unwrap();
         assert_eq!(Look::take(&item).unwrap(), first, "reading or tagging is no change");
         std::fs::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
         assert_ne!(Look::take(&item).unwrap(), first, "a chmod is a change (it may be the fix)");

@@ -11,8 +11,9 @@ use std::thread::JoinHandle;
 use super::Msg;
 use super::items::{Request, leaf_name};
 use crate::error::{Error, Kind};
-use crate::library::make_base::{self, Fingerprinting, default_name};
-use crate::library::{Library, Options, journal, new_leaf};
+use crate::library::common::default_name;
+use crate::library::make_base::{self, Fingerprinting};
+use crate::library::{Library, Options, new_leaf, recovery};
 
 /// Operations running at once, at most.
 const PARALLEL: usize = 4;
@@ -162,7 +163,7 @@ fn panicked(lib: &Library, opts: &Options, job: &Job, panic: Box<dyn Any + Send>
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     tracing::error!("the operation on {} failed unexpectedly: {what}", lib.display(&job.item));
-    journal::recover_and_log(lib, opts);
+    recovery::recover_and_log(lib, opts);
     Error::new(Kind::Io, job.item.clone(), format!("leafd failed unexpectedly ({what}); what it had begun was undone"))
         .fix("try again by renaming or re-dropping the item; if it happens again, report it with the log (`leafd log`)")
 }

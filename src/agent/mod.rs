@@ -22,7 +22,7 @@ use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use self::items::{DropFolders, Item, Look, Phase, Request, Timing, Verdict};
 use self::jobs::{Finished, Job, Runner};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::library::{Library, NOTE_SUFFIX, Options, journal};
+use crate::library::{Library, NOTE_SUFFIX, Options, recovery};
 
 /// A full rescan of the drop folders this often, in case the watcher missed something.
 const RESCAN: Duration = Duration::from_secs(300);
@@ -98,7 +98,7 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         watched.push((dir.clone(), folder_id(dir)));
     }
     tracing::info!("agent watching {} (settle {:.1} s)", lib.root().display(), settings.settle.as_secs_f64());
-    for r in journal::recover(&lib, &settings.opts)? {
+    for r in recovery::recover(&lib, &settings.opts)? {
         r.report(false);
     }
     let cancel = settings.opts.cancel.clone();
@@ -177,7 +177,7 @@ pub fn run(root: &Path, settings: Settings) -> Result<()> {
         if now >= next_rescan {
             // A CLI command killed meanwhile left its journal: finish or undo it now, not at the
             // next start.
-            journal::recover_and_log(&agent.lib, agent.runner.options());
+            recovery::recover_and_log(&agent.lib, agent.runner.options());
             agent.scan(now);
             next_rescan = now + RESCAN;
         }

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use crate::error::Error;
-use crate::fsutil;
 use crate::library::note_path;
 use crate::platform::{self, Tag};
 
@@ -18,7 +17,7 @@ pub fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
         err.summary()
     );
     write_note(item, &note);
-    if let Err(e) = platform::set_tag(item, Tag::Failed, true) {
+    if let Err(e) = crate::durable::set_tag(item, Tag::Failed, true) {
         tracing::debug!("cannot tag {}: {e}", item.display());
     }
     if notify {
@@ -40,7 +39,7 @@ pub fn stalled(item: &Path) {
 
 fn write_note(item: &Path, text: &str) {
     let note = note_path(item);
-    if let Err(e) = fsutil::write_atomic(&note, text.as_bytes()) {
+    if let Err(e) = crate::durable::write_atomic(&note, text.as_bytes()) {
         tracing::warn!("cannot write the note {}: {e}", note.display());
     }
 }
@@ -60,6 +59,6 @@ pub fn clear(item: &Path) {
 /// into Bases, while the note beside it stays until the outcome is known.
 pub fn untag(item: &Path) {
     if item.exists() {
-        let _ = platform::set_tag(item, Tag::Failed, false);
+        let _ = crate::durable::set_tag(item, Tag::Failed, false);
     }
 }

@@ -1,60 +1,210 @@
-//! The operation journal: how an operation killed at any instant is finished or undone.
+//! The operation journal (docs/journal.md): how an operation killed at any instant is finished
+//! or undone, and why recovery can trust what it acts on.
 //!
 //! Before an operation changes anything it writes its plan to `.leafd/journal/<id>.json` and
-//! holds an exclusive lock on that file for as long as it runs. The plan says where everything
-//! comes from and goes to; the file system says how far the operation got. Recovery looks only at
-//! plans whose lock is free (their process is gone) and, from the state it finds, either rolls
-//! the operation forward (once its result was published by an atomic rename) or back (before
-//! that). Both directions are idempotent, so a crash during recovery is recovered the same way.
+//! holds an exclusive lock on that file for as long as it runs. Recovery ([`super::recovery`])
+//! claims plans whose lock is free and, from the state it finds, rolls each operation forward
+//! (once its result was published by an atomic rename) or back (before that).
+//!
+//! This module knows the file, its trust checks and the working folders; it knows nothing of the
+//! operations, whose plans it carries as opaque JSON.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Library, Options, make_base, new_leaf, promote, remove_base};
-use crate::error::{Error, IoContext, Result};
-use crate::platform;
+use super::Library;
+use crate::durable::{self, Flush};
+use crate::error::{Error, IoContext, Kind, Result};
 
-/// One operation's plan.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum Plan {
-    MakeBase(make_base::Plan),
-    NewLeaf(new_leaf::Plan),
-    Promote(promote::Plan),
-    RemoveBase(remove_base::Plan),
+/// The journal format this leafd writes.
+pub const FORMAT: u32 = 2;
+/// The stamp file in every working folder an operation makes.
+pub const STAMP: &str = ".leafd-stamp";
+const SUFFIX: &str = ".json";
+
+/// Which library a journal was written in: a copy has another inode, a move another path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibraryId {
+    pub root: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
 }
 
-/// A plan on disk, locked by the running operation.
+impl LibraryId {
+    pub fn of(lib: &Library) -> Result<LibraryId> {
+        let m = fs::metadata(lib.root()).at(lib.root(), "cannot stat the library")?;
+        Ok(LibraryId { root: lib.root().to_path_buf(), dev: m.dev(), ino: m.ino() })
+    }
+}
+
+/// A path in a plan: relative means inside the library (recovered wherever the library now
+/// is), absolute means outside it (acted on only in the library the journal was written in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LPath(PathBuf);
+
+impl LPath {
+    /// `path` (absolute) as a plan records it for the library at `root`.
+    pub fn new(root: &Path, path: &Path) -> LPath {
+        match path.strip_prefix(root) {
+            Ok(rel) if !rel.as_os_str().is_empty() => LPath(rel.to_path_buf()),
+            _ => LPath(path.to_path_buf()),
+        }
+    }
+
+    pub fn is_outside(&self) -> bool {
+        self.0.is_absolute()
+    }
+}
+
+/// What recovery of one journal may act on.
+pub struct Ctx<'a> {
+    pub lib: &'a Library,
+    /// The journal's id (also in its working folders' names and stamps).
+    pub id: String,
+    /// The journal was written in this very library (not a copy, not moved).
+    pub same_library: bool,
+    /// The journal's format: format 1 working folders carry no stamp.
+    pub format: u32,
+}
+
+impl Ctx<'_> {
+    /// Where `p` is now; an error (the journal is kept) for a path outside a moved or copied
+    /// library, or one that climbs out of the library.
+    pub fn path(&self, p: &LPath) -> Result<PathBuf> {
+        if p.is_outside() {
+            if !self.same_library {
+                return Err(Error::refused(
+                    &p.0,
+                    "this operation involves a place outside the library, and the library was moved or copied since it was interrupted",
+                )
+                .fix(format!(
+                    "see `leafd recover --show {}`; put things right by hand, then `leafd recover --discard {}`",
+                    self.id, self.id
+                )));
+            }
+            return Ok(p.0.clone());
+        }
+        if p.0.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(Error::refused(&p.0, "the journal names a path that leaves the library")
+                .fix(format!("the journal is not one leafd wrote; `leafd recover --discard {}`", self.id)));
+        }
+        Ok(self.lib.root().join(&p.0))
+    }
+
+    /// Like [`Ctx::path`] for an optional path.
+    pub fn path_opt(&self, p: &Option<LPath>) -> Result<Option<PathBuf>> {
+        p.as_ref().map(|p| self.path(p)).transpose()
+    }
+}
+
+/// The stamp in a working folder.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Stamp {
+    op: String,
+    kind: String,
+}
+
+/// The name of operation `id`'s working folder of `kind` (`staging`, `flatten`, `promoted`,
+/// `removing`): `.leafd-<kind>-<id>`.
+pub fn work_name(kind: &str, id: &str) -> String {
+    format!(".leafd-{kind}-{id}")
+}
+
+/// Makes a working folder and stamps it with the operation's id.
+pub fn create_work_dir(dir: &Path, id: &str, kind: &str) -> Result<()> {
+    durable::create_dir(dir)?;
+    stamp(dir, id, kind)
+}
+
+/// Stamps a folder (a user's folder about to be set aside) as operation `id`'s.
+pub fn stamp(dir: &Path, id: &str, kind: &str) -> Result<()> {
+    let json = serde_json::to_vec(&Stamp { op: id.to_string(), kind: kind.to_string() })
+        .map_err(|e| Error::new(Kind::Internal, dir.to_path_buf(), format!("cannot write a stamp: {e}")))?;
+    durable::write_atomic(&dir.join(STAMP), &json)
+}
+
+/// Whether `dir` carries operation `id`'s stamp.
+pub fn stamped(dir: &Path, id: &str) -> bool {
+    fs::read(dir.join(STAMP)).ok().and_then(|b| serde_json::from_slice::<Stamp>(&b).ok()).is_some_and(|s| s.op == id)
+}
+
+/// Removes operation `id`'s stamp from `dir`, if it is there.
+pub fn unstamp(dir: &Path, id: &str) -> Result<()> {
+    if stamped(dir, id) {
+        durable::remove_file(&dir.join(STAMP))?;
+        durable::flush_path(dir, Flush::Order)?;
+    }
+    Ok(())
+}
+
+/// Removes the working folder `dir` (a path the operation derives, never one read from its
+/// journal): only when it carries the operation's stamp (format 1 had none), or is empty.
+/// Anything else is kept, and the journal with it.
+pub fn remove_work_dir(ctx: &Ctx, dir: &Path) -> Result<()> {
+    if dir.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    if stamped(dir, &ctx.id) || ctx.format < FORMAT {
+        return durable::remove_tree(dir);
+    }
+    if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        durable::remove_dir(dir)?;
+        return durable::flush_parent(dir, Flush::Order);
+    }
+    Err(Error::refused(
+        dir,
+        "is not this operation's working folder (its stamp is missing or another's), so it is kept",
+    )
+    .fix(format!("look inside it; then `leafd recover --discard {}`", ctx.id)))
+}
+
+/// The journal file as it is on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<P> {
+    format: u32,
+    id: String,
+    library: LibraryId,
+    op: String,
+    plan: P,
+}
+
+/// An operation's plan on disk, locked by the running operation.
 pub struct Journal {
     path: PathBuf,
     _lock: File,
 }
 
 impl Journal {
-    /// Records `plan` durably, locked before it becomes visible, so recovery in another process
-    /// never mistakes a starting operation for an abandoned one.
-    pub fn begin(lib: &Library, id: &str, plan: &Plan) -> Result<Journal> {
+    /// Records `plan` (of operation kind `op`) durably, locked before it becomes visible, so
+    /// recovery in another process never mistakes a starting operation for an abandoned one.
+    pub fn begin<P: Serialize>(lib: &Library, id: &str, op: &str, plan: &P) -> Result<Journal> {
         let dir = lib.journal_dir();
-        let path = dir.join(format!("{id}.json"));
-        let tmp = dir.join(format!("{id}.json.tmp"));
-        // Held while the plan is unlocked on disk (between create and lock), so recovery never
-        // claims a plan that is being written.
+        let path = dir.join(format!("{id}{SUFFIX}"));
+        let tmp = dir.join(format!("{id}{SUFFIX}.tmp"));
+        let envelope =
+            Envelope { format: FORMAT, id: id.to_string(), library: LibraryId::of(lib)?, op: op.to_string(), plan };
         // Paths go in as JSON strings, which must be UTF-8.
-        let json = serde_json::to_vec_pretty(plan).map_err(|e| {
+        let json = serde_json::to_vec_pretty(&envelope).map_err(|e| {
             Error::format(&path, format!("cannot record the operation: {e}"))
                 .fix("give the VM and its files names that are valid UTF-8")
         })?;
+        // Held while the plan is unlocked on disk (between create and lock), so recovery never
+        // claims a plan that is being written.
         let _scan = lib.lock("journal")?;
-        let f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp, "cannot create journal")?;
-        f.lock().at(&tmp, "cannot lock journal")?;
-        f.write_all_at(&json, 0).at(&tmp, "cannot write journal")?;
-        platform::full_sync(&f).at(&tmp, "cannot flush journal")?;
-        fs::rename(&tmp, &path).at(&path, "cannot publish journal")?;
-        platform::sync_dir(&dir).at(&dir, "cannot flush journal folder")?;
-        Ok(Journal { path, _lock: f })
+        let w = durable::create_private(&tmp)?;
+        w.file().lock().at(&tmp, "cannot lock journal")?;
+        w.write_at(&json, 0)?;
+        w.flush(Flush::Commit)?;
+        durable::rename_noreplace(&tmp, &path)?;
+        let lock = w.into_file();
+        // From here on, any failure must leave the untouched source or the finished result.
+        durable::arm();
+        Ok(Journal { path, _lock: lock })
     }
 
     /// The operation is complete (or fully undone): forget it.
@@ -64,125 +214,121 @@ impl Journal {
 }
 
 fn remove(path: &Path) -> Result<()> {
-    fs::remove_file(path).at(path, "cannot remove journal")?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    platform::sync_dir(dir).at(dir, "cannot flush journal folder")
+    durable::remove_file(path)?;
+    durable::flush_parent(path, Flush::Commit)
 }
 
-/// What recovery did with one interrupted operation.
-#[derive(Debug)]
-pub struct Recovered {
+/// A journal whose operation's process is gone, claimed for recovery (its lock held).
+pub struct Claimed {
     pub id: String,
-    /// What was done; or why it could not be, in which case the journal is kept for next time.
-    pub result: Result<String, Error>,
+    pub path: PathBuf,
+    _lock: File,
 }
 
-impl Recovered {
-    /// Logs the outcome (and echoes it on stderr when `echo`); true when it went through.
-    pub fn report(&self, echo: bool) -> bool {
-        match &self.result {
-            Ok(m) => {
-                tracing::info!("{m}");
-                if echo {
-                    eprintln!("leafd: {m}");
-                }
-                true
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "could not finish or undo interrupted operation {} (its journal is kept): {}",
-                    self.id,
-                    e.summary()
-                );
-                if echo {
-                    eprintln!("leafd: could not finish or undo interrupted operation {}: {e}", self.id);
-                }
-                false
-            }
-        }
-    }
-}
-
-/// Finishes or undoes every operation whose process is gone. Operations still running in
-/// another process are left alone.
-pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
-    let dir = lib.journal_dir();
-    let mut claimed = Vec::new();
-    {
-        let _scan = lib.lock("journal")?;
-        let Ok(rd) = fs::read_dir(&dir) else {
-            return Ok(Vec::new());
+impl Claimed {
+    /// Reads the journal: its operation kind, its plan as JSON, and what recovery may act on.
+    /// Format 1 journals (no `format` key) come back as format 1 with the whole file as plan.
+    pub fn read<'a>(&self, lib: &'a Library) -> Result<(String, serde_json::Value, Ctx<'a>)> {
+        let value = read_json(&self.path)?;
+        let damaged = |why: &str| {
+            Error::format(&self.path, format!("journal is damaged: {why}"))
+                .fix(format!("see `leafd recover --show {}`, put things right by hand, then `--discard` it", self.id))
         };
-        let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths {
-            let Ok(file) = File::open(&path) else {
-                continue;
-            };
-            if file.try_lock().is_err() {
-                continue; // its operation is running
-            }
-            if path.to_string_lossy().ends_with(".json.tmp") {
-                // Killed before its plan was published: it had changed nothing yet.
-                remove(&path)?;
-                continue;
-            }
-            claimed.push((path, file));
+        let Some(format) = value.get("format") else {
+            let op = value.get("op").and_then(|o| o.as_str()).ok_or_else(|| damaged("no operation"))?.to_string();
+            let ctx = Ctx { lib, id: self.id.clone(), same_library: true, format: 1 };
+            return Ok((op, value, ctx));
+        };
+        let format = format.as_u64().ok_or_else(|| damaged("bad format"))?;
+        if format > FORMAT as u64 {
+            return Err(Error::unsupported(&self.path, format!("journal format {format} is newer than this leafd"))
+                .fix("finish it with the leafd that wrote it (upgrade leafd)"));
         }
+        let env: Envelope<serde_json::Value> = serde_json::from_value(value).map_err(|e| damaged(&e.to_string()))?;
+        if env.id != self.id {
+            return Err(damaged("its id is not its file name"));
+        }
+        let here = LibraryId::of(lib)?;
+        let ctx = Ctx { lib, id: self.id.clone(), same_library: env.library == here, format: FORMAT };
+        Ok((env.op, env.plan, ctx))
     }
+
+    /// The journal is dealt with: forget it.
+    pub fn finish(self) -> Result<()> {
+        remove(&self.path)
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let bytes = fs::read(path).at(path, "cannot read journal")?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::format(path, format!("journal is damaged: {e}"))
+            .fix("see `leafd recover --show ID`, put things right by hand, then `leafd recover --discard ID`")
+    })
+}
+
+/// Parses a plan of type `P` from its JSON.
+pub fn plan<P: DeserializeOwned>(value: serde_json::Value, path_hint: &Path) -> Result<P> {
+    serde_json::from_value(value).map_err(|e| Error::format(path_hint, format!("journal is damaged: {e}")))
+}
+
+/// The ids of journals in `lib` and whether their operation is still running elsewhere.
+pub fn list(lib: &Library) -> Result<Vec<(String, PathBuf, bool)>> {
+    let dir = lib.journal_dir();
     let mut out = Vec::new();
-    for (path, file) in claimed {
-        let Some(id) =
-            path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).map(str::to_string)
-        else {
+    let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
+    for e in rd {
+        let path = e.at(&dir, "cannot list journals")?.path();
+        let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(SUFFIX)) else {
             continue;
         };
-        // One operation that cannot be finished must not stop the others, nor leafd: not even
-        // when its recovery meets a bug (a panic), which keeps the journal for next time.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish_or_undo(lib, &path, opts)))
-            .unwrap_or_else(|_| {
-                Err(Error::new(crate::error::Kind::Io, path.clone(), "recovering this operation failed unexpectedly")
-                    .fix("report it with the log (`leafd log`); the journal is kept"))
-            })
-            .and_then(|message| remove(&path).map(|()| message));
-        drop(file);
-        out.push(Recovered { id, result });
+        let running = File::open(&path).is_ok_and(|f| f.try_lock().is_err());
+        out.push((id.to_string(), path.clone(), running));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Claims every journal whose process is gone. Plans killed before they were published (the
+/// `.tmp` of [`Journal::begin`]) had changed nothing and are removed.
+pub fn claim(lib: &Library) -> Result<Vec<Claimed>> {
+    let dir = lib.journal_dir();
+    let _scan = lib.lock("journal")?;
+    let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let Ok(file) = File::open(&path) else { continue };
+        if file.try_lock().is_err() {
+            continue; // its operation is running
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if name.ends_with(&format!("{SUFFIX}.tmp")) {
+            remove(&path)?;
+            continue;
+        }
+        if let Some(id) = name.strip_suffix(SUFFIX) {
+            out.push(Claimed { id: id.to_string(), path, _lock: file });
+        }
     }
     Ok(out)
 }
 
-/// Recovers and logs each outcome, or why it could not look: for callers that go on either way
-/// (the agent's timer, and after an operation that panicked).
-pub fn recover_and_log(lib: &Library, opts: &Options) {
-    match recover(lib, opts) {
-        Ok(done) => {
-            for r in &done {
-                r.report(false);
-            }
-        }
-        Err(e) => tracing::warn!("{}", e.summary()),
-    }
+/// One journal, claimed if its process is gone (`None` while it runs or when there is none).
+pub fn claim_one(lib: &Library, id: &str) -> Result<Option<Claimed>> {
+    Ok(claim(lib)?.into_iter().find(|c| c.id == id))
 }
 
-fn finish_or_undo(lib: &Library, path: &Path, opts: &Options) -> Result<String> {
-    let bytes = fs::read(path).at(path, "cannot read journal")?;
-    let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::format(path, format!("journal is damaged: {e}"))
-            .fix("look at the paths it names, put things right by hand, then delete it")
-    })?;
-    match &plan {
-        Plan::MakeBase(p) => make_base::recover(lib, p, opts),
-        Plan::NewLeaf(p) => new_leaf::recover(lib, p),
-        Plan::Promote(p) => promote::recover(lib, p),
-        Plan::RemoveBase(p) => remove_base::recover(lib, p, opts),
-    }
+/// The journal of `id` as text, for a person.
+pub fn show(lib: &Library, id: &str) -> Result<String> {
+    let path = lib.journal_dir().join(format!("{id}{SUFFIX}"));
+    fs::read_to_string(&path).map_err(|e| {
+        Error::io(&path, "no such interrupted operation", e).fix("`leafd recover --list` shows the ones there are")
+    })
 }
 
 /// Operations interrupted and not yet finished or undone (those still running do not count).
 pub fn pending(lib: &Library) -> usize {
-    let Ok(rd) = fs::read_dir(lib.journal_dir()) else { return 0 };
-    rd.filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter(|e| File::open(e.path()).is_ok_and(|f| f.try_lock().is_ok()))
-        .count()
+    list(lib).map(|l| l.iter().filter(|(.., running)| !running).count()).unwrap_or(0)
 }

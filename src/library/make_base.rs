@@ -1,34 +1,37 @@
 //! Make Base (SPEC §2): turn a powered-off VM bundle into a write-protected base store.
 //!
-//! Same volume: the bundle is *renamed* into a hidden staging folder beside `Bases/`, prepared
-//! there (the `.vmx` renamed, lineage recorded, disks protected), and renamed into place: the
-//! time does not depend on the disks' size. Across volumes, the files are copied into staging,
-//! flushed and compared, and the source is removed only after the base is in place.
+//! Same volume (and same mount): the bundle is *renamed* into a hidden staging folder beside
+//! `Bases/`, prepared there (the `.vmx` renamed, lineage recorded, disks protected), flushed, and
+//! renamed into place: the time does not depend on the disks' size. Otherwise the files are
+//! copied into a stamped staging folder, flushed and compared, and the source is removed only
+//! after the base is in place.
 //!
-//! The publish rename is the commit point. Killed before it, recovery undoes everything (the
-//! bundle goes back where it was, as it was); killed after it, recovery finishes.
+//! The publish rename is the commit point. Killed or failing before it, the bundle goes back
+//! where it was, as it was; after it, recovery finishes. Everything the base records is written
+//! before it, so nothing that can fail on the user's files comes after it.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leafd_formats::ErrorKind;
-use leafd_formats::clone::{PathStyle, repoint};
+use leafd_formats::clone::{PathStyle, check_delta, delta_name, extent_reference, repoint};
 use leafd_formats::descriptor::NO_PARENT;
-use leafd_formats::dict::Dict;
 use leafd_formats::disk::{Disk, DiskType, extent_names, read_descriptor, resolve};
 use leafd_formats::flatten::flatten;
 use leafd_formats::sparse::SECTOR;
-use leafd_formats::vmx;
+use leafd_formats::{Env, ErrorKind, vmx};
 use serde::{Deserialize, Serialize};
 
-use super::journal::{Journal, Plan as JournalPlan};
-use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Library, Options, STAGING_PREFIX, validate_name};
+use super::common::{self, cid_hex, disk_cid, flattened_name, human_bytes, human_duration, plain_entries, read_dict};
+use super::journal::{self, Ctx, Journal, LPath};
+use super::records::{self, BaseRecord, DiskRecord, ExtentRecord};
+use super::{BASE_VMX_SUFFIX, Base, Library, Options, validate_name};
+use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fault;
 use crate::fsutil;
-use crate::lineage::{self, BaseRecord, DiskRecord, ExtentRecord};
 use crate::platform::{self, Tag};
 
 pub const OP: &str = "make-base";
@@ -56,14 +59,16 @@ fn step(name: &str) {
     fault::point(OP, STEPS, name);
 }
 
+/// A disk has at most this many extents (a 2 TiB disk split at 2 GiB has 1,025): each becomes a
+/// file of every leaf.
+const MAX_EXTENTS: usize = 8192;
+
 /// The journal's record of a Make Base.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub id: String,
     pub name: String,
-    pub source: PathBuf,
-    pub staging: PathBuf,
-    pub target: PathBuf,
+    pub source: LPath,
     /// Copy across volumes (else rename).
     pub copy: bool,
     /// The `.vmx`, relative to the bundle.
@@ -72,8 +77,10 @@ pub struct Plan {
     pub disk_files: Vec<DiskFile>,
     /// Snapshot chains flattened into new base disks (their current state).
     pub flatten: Vec<Flatten>,
-    /// When the VM was a leaf: its base's folder and its id, to unlink once it is a base.
-    pub from_leaf: Option<(PathBuf, String)>,
+    /// When the VM was a leaf: its base, to take it off that base's list once it is a base.
+    pub from_leaf: Option<FromLeaf>,
+    /// Parent copies of a leaf, rewritten to reach its base from their new place.
+    pub repointed: Vec<Repointed>,
     pub record: BaseRecord,
 }
 
@@ -99,10 +106,33 @@ pub struct Flatten {
     pub split: Option<Vec<u64>>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FromLeaf {
+    pub base: LPath,
+    pub leaf_id: String,
+}
+
+/// A leaf's parent copy (relative to the bundle) as it was, and as it is in the base.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Repointed {
+    pub path: PathBuf,
+    pub original: String,
+    pub new: String,
+}
+
 impl Plan {
+    fn staging(&self, lib: &Library) -> PathBuf {
+        lib.bases_dir().join(journal::work_name("staging", &self.id))
+    }
+
     /// Where flattened disks are written before they join the base (same volume as `Bases`).
-    fn flatten_dir(&self) -> PathBuf {
-        self.target.with_file_name(format!(".leafd-flatten-{}", self.id))
+    fn flatten_dir(&self, lib: &Library) -> PathBuf {
+        lib.bases_dir().join(journal::work_name("flatten", &self.id))
+    }
+
+    fn target(&self, lib: &Library) -> Result<PathBuf> {
+        validate_name(&self.name, "base", &lib.bases_dir())?;
+        Ok(lib.bases_dir().join(&self.name))
     }
 }
 
@@ -110,7 +140,6 @@ impl Plan {
 #[derive(Debug, Clone)]
 pub struct MadeBase {
     pub name: String,
-    pub dir: PathBuf,
     /// The bundle, as the user knows it (relative to the root when inside it).
     pub source: String,
     pub disks: usize,
@@ -137,33 +166,15 @@ impl std::fmt::Display for MadeBase {
     }
 }
 
-/// `40.0 GiB`, `512 KiB`, `12 B`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
-
-pub fn human_duration(d: Duration) -> String {
-    if d < Duration::from_secs(10) { format!("{} ms", d.as_millis()) } else { format!("{:.1} s", d.as_secs_f64()) }
-}
-
 /// A bundle that passed every check, with what Make Base needs to know about it.
 struct Inspected {
     bundle: PathBuf,
     vmx: PathBuf,
     disk_files: Vec<DiskFile>,
     flatten: Vec<Flatten>,
-    from_leaf: Option<(PathBuf, String)>,
-    disks: Vec<(DiskRecord, Vec<ExtentRecord>)>,
+    from_leaf: Option<(Base, String)>,
+    repointed: Vec<Repointed>,
+    disks: Vec<DiskRecord>,
     capacity_bytes: u64,
     /// The bundle as inspected: a copy or a flatten takes time, and the VM must not have been
     /// started meanwhile.
@@ -183,32 +194,23 @@ impl Inspected {
     }
 }
 
-/// `p` with `.` and `..` resolved lexically (no symlinks followed).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 /// Adds the advice for a VM whose files do not read as they should.
 fn damaged(e: Error) -> Error {
     if e.fix.is_some() || !matches!(e.kind, Kind::Format | Kind::Io) {
         return e;
     }
+    let leads_out = e
+        .source
+        .as_ref()
+        .is_some_and(|s| matches!(s.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::PermissionDenied));
+    if leads_out {
+        return e.fix("keep every file of the VM's disks inside the bundle as a regular file (no link out of it), then drop the VM again");
+    }
     e.fix("the VM's files look damaged or incomplete: if it is still being copied, let the copy finish; else repair it in VMware or restore it from a backup")
 }
 
-/// Checks everything that must hold before a bundle may become a base. Reads only.
-fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
-    let env = Options::default().env();
+/// The bundle's own checks: a folder, not a link, not already a base.
+fn check_bundle(lib: &Library, bundle: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(bundle)
         .at(bundle, "cannot find the VM")
         .map_err(|e| e.fix("check the path of the VM bundle"))?;
@@ -222,24 +224,15 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     if bundle.starts_with(lib.bases_dir()) {
         return Err(Error::refused(bundle, "is already inside Bases"));
     }
-    // A leaf dropped here becomes a base of its own state: its chain is flattened below.
-    let (leaf_base, from_leaf) = match lineage::read::<lineage::LeafRecord>(bundle, lineage::LEAF) {
-        Ok(Some(leaf)) => {
-            let base = lib.bases()?.into_iter().find(|b| b.record.id == leaf.base_id);
-            let from = base.as_ref().map(|b| (b.dir.clone(), leaf.id));
-            (base, from)
-        }
-        _ => (None, None),
-    };
-    let entries = fsutil::walk(bundle)?;
-    let mut vmxs = Vec::new();
-    for p in &entries {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
-        let m = fs::symlink_metadata(p).at(p, "cannot stat")?;
-        if m.file_type().is_symlink() {
+    Ok(())
+}
+
+/// The bundle's one `.vmx`, after refusing links that lead out of it.
+fn find_vmx(bundle: &Path, entries: &[PathBuf]) -> Result<PathBuf> {
+    for p in entries {
+        if fs::symlink_metadata(p).at(p, "cannot stat")?.file_type().is_symlink() {
             let target = fs::read_link(p).at(p, "cannot read link")?;
-            let resolved = normalize(&p.parent().unwrap_or(bundle).join(&target));
-            if target.is_absolute() || !resolved.starts_with(bundle) {
+            if target.is_absolute() || !lexically_inside(&p.parent().unwrap_or(bundle).join(&target), bundle) {
                 return Err(Error::refused(
                     p,
                     format!("is a symbolic link leading outside the bundle (to {})", target.display()),
@@ -247,118 +240,83 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
                 .fix("replace the link with the file it points to"));
             }
         }
-        super::refuse_if_in_use(p)?;
-        if name.ends_with(".vmx") && p.parent() == Some(bundle) && m.is_file() {
-            vmxs.push(p.clone());
-        }
     }
-    let vmx_path = match vmxs.len() {
-        1 => vmxs.remove(0),
-        0 => {
-            return Err(
-                Error::refused(bundle, "holds no .vmx: it is not a VM").fix("drop a VMware VM bundle (.vmwarevm)")
-            );
-        }
+    let mut vmxs: Vec<&PathBuf> = entries
+        .iter()
+        .filter(|p| p.parent() == Some(bundle) && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("vmx")))
+        .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
+        .collect();
+    match vmxs.len() {
+        1 => Ok(vmxs.remove(0).clone()),
+        0 => Err(Error::refused(bundle, "holds no .vmx: it is not a VM").fix("drop a VMware VM bundle (.vmwarevm)")),
         n => {
-            return Err(Error::refused(bundle, format!("holds {n} .vmx files"))
-                .fix("keep only the VM's own .vmx in the bundle"));
+            Err(Error::refused(bundle, format!("holds {n} .vmx files"))
+                .fix("keep only the VM's own .vmx in the bundle"))
         }
-    };
-    let bytes = read_small(&vmx_path)?;
-    let dict = Dict::parse(&bytes).map_err(|m| damaged(Error::format(&vmx_path, m)))?;
-    super::refuse_if_suspended(&vmx_path, &dict)?;
-    if dict.get("encryption.keySafe").is_some() || dict.get("encryption.data").is_some() {
-        return Err(
-            Error::refused(&vmx_path, "the VM is encrypted").fix("remove the encryption in VMware's settings first")
-        );
     }
+}
+
+/// Whether `p` stays inside `dir` once `.` and `..` are taken lexically (links are checked by
+/// the opens beneath the bundle, not here).
+fn lexically_inside(p: &Path, dir: &Path) -> bool {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out.starts_with(dir)
+}
+
+/// The leaf record of a bundle dropped here and the base it still reads from.
+fn leaf_origin(lib: &Library, bundle: &Path) -> Result<Option<(records::LeafRecord, Base)>> {
+    let Ok(Some(leaf)) = records::read_leaf(bundle) else { return Ok(None) };
+    Ok(lib.bases()?.into_iter().find(|b| b.record.id == leaf.base_id).map(|b| (leaf, b)))
+}
+
+/// Checks everything that must hold before a bundle may become a base. Reads only; every file is
+/// opened beneath the bundle (or the base a leaf reads from), never through a link out of it.
+fn inspect(lib: &Library, bundle: &Path, name: &str, opts: &Options) -> Result<Inspected> {
+    check_bundle(lib, bundle)?;
+    let entries = plain_entries(bundle)?;
+    let vmx_path = find_vmx(bundle, &entries)?;
+    let dict = read_dict(&vmx_path).map_err(damaged)?;
+    common::refuse_unsafe_state(&vmx_path, &dict, &entries)?;
+    // A leaf dropped here becomes a base of its own state: its chain is flattened below.
+    let origin = leaf_origin(lib, bundle)?;
+    let mut folders = vec![bundle.to_path_buf()];
+    folders.extend(origin.as_ref().map(|(_, b)| b.dir.clone()));
+    let env = opts.env_beneath(&folders)?;
     let disk_entries = vmx::disks(&dict);
     if disk_entries.is_empty() {
         return Err(Error::refused(&vmx_path, "the VM has no hard disk").fix("a base needs a disk to share"));
     }
-    let mut disks = Vec::new();
-    let mut disk_files = Vec::new();
-    let mut flatten = Vec::new();
-    let mut capacity_bytes = 0;
+    let mut found = Found::default();
     for entry in &disk_entries {
-        let path = normalize(&resolve(bundle, &entry.file_name));
-        if !path.starts_with(bundle) {
+        let path = resolve(bundle, &entry.file_name);
+        if !lexically_inside(&path, bundle) {
             return Err(Error::refused(
                 &vmx_path,
                 format!("disk {} ({}) is outside the bundle", entry.node, path.display()),
             )
             .fix("move the disk into the VM bundle (VMware can do it), then drop the VM again"));
         }
-        let (descriptor, _) = read_descriptor(&env, &path).map_err(|e| {
-            if e.kind == ErrorKind::Missing {
-                Error::refused(&path, format!("disk {} is missing", entry.node))
-                    .fix("restore the disk file or remove the disk from the VM")
-            } else {
-                damaged(e.into())
-            }
-        })?;
-        let disk = open_chain(bundle, &path, leaf_base.as_ref()).map_err(damaged)?;
-        // Every extent whole: a bundle cut short must never become a base.
-        disk.check_extents().map_err(|e| damaged(e.into()))?;
-        let rel = |p: &Path| p.strip_prefix(bundle).map(Path::to_path_buf);
-        let descriptor_rel = rel(&path).expect("checked inside");
-        if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
-            let (record, f) = plan_flatten(bundle, &descriptor_rel, &entry.node, &disk, disks.len())?;
-            capacity_bytes += disk.capacity() * SECTOR;
-            disks.push((record, Vec::new()));
-            flatten.push(f);
-            continue;
+        if let Some(other) = disk_entries.iter().find(|o| o.node != entry.node && resolve(bundle, &o.file_name) == path)
+        {
+            return Err(Error::refused(
+                &vmx_path,
+                format!("disk {} is attached twice, as {} and {}", entry.file_name, entry.node, other.node),
+            )
+            .fix("remove one of the two in VMware's settings for the VM, then drop it again"));
         }
-        let mut extents = Vec::new();
-        for (index, (sectors, f)) in disk.extent_layout().into_iter().enumerate() {
-            let Some(f) = f else { continue };
-            let f = normalize(&f);
-            let Ok(r) = rel(&f) else {
-                return Err(Error::refused(&f, format!("an extent of disk {} is outside the bundle", entry.node))
-                    .fix("keep all of a disk's files inside the VM bundle"));
-            };
-            let size = fs::metadata(&f).at(&f, "cannot stat extent")?.len();
-            extents.push(ExtentRecord {
-                base: String::new(),
-                disk: descriptor_rel.to_string_lossy().into(),
-                index,
-                file: r.to_string_lossy().into(),
-                sectors,
-                size,
-            });
-            disk_files.push(r);
-        }
-        if !disk.embedded {
-            disk_files.push(descriptor_rel.clone());
-        }
-        capacity_bytes += disk.capacity() * SECTOR;
-        disks.push((
-            DiskRecord {
-                node: entry.node.clone(),
-                descriptor: descriptor_rel.to_string_lossy().into(),
-                cid: format!("{:08x}", disk.descriptor.cid().unwrap_or(0)),
-                capacity: disk.capacity(),
-                create_type: disk.descriptor.create_type().to_string(),
-                extents: extents.len(),
-                fingerprint: None,
-            },
-            extents,
-        ));
+        found.disk(bundle, &env, &path, &entry.node, origin.as_ref(), lib, name, opts)?;
     }
-    let mut with_modes: Vec<DiskFile> = Vec::new();
-    for r in disk_files {
-        let p = bundle.join(&r);
-        let meta = fs::symlink_metadata(&p).at(&p, "cannot stat")?;
-        // leafd records lineage on the base's disk files themselves: they must be files here.
-        if !meta.is_file() {
-            return Err(Error::refused(&p, "a disk file of the VM is a symbolic link or not a regular file")
-                .fix("replace the link with the file it points to"));
-        }
-        if !with_modes.iter().any(|d| d.path == r) {
-            let locked = platform::is_locked(&p).at(&p, "cannot stat")?;
-            with_modes.push(DiskFile { path: r, mode: meta.permissions().mode() & 0o7777, locked });
-        }
-    }
+    let disk_files = check_disk_files(bundle, &env, &found.disk_files)?;
+    refuse_open_for_writing(&entries)?;
     let renamed_vmx =
         bundle.join(format!("{}{BASE_VMX_SUFFIX}", vmx_path.file_name().unwrap_or_default().to_string_lossy()));
     if renamed_vmx.symlink_metadata().is_ok() {
@@ -367,20 +325,170 @@ fn inspect(lib: &Library, bundle: &Path) -> Result<Inspected> {
     }
     Ok(Inspected {
         bundle: bundle.to_path_buf(),
-        vmx: vmx_path.strip_prefix(bundle).expect("inside").to_path_buf(),
-        disk_files: with_modes,
-        flatten,
-        from_leaf,
-        disks,
-        capacity_bytes,
+        vmx: vmx_path.strip_prefix(bundle).unwrap_or(&vmx_path).to_path_buf(),
+        disk_files,
+        flatten: found.flatten,
+        repointed: found.repointed,
+        from_leaf: origin.map(|(leaf, base)| (base, leaf.id)),
+        disks: found.disks,
+        capacity_bytes: found.capacity_bytes,
         state: fsutil::tree_state(bundle)?,
     })
 }
 
-/// The disk a snapshot chain whose top is `top` becomes in a base: `<top>-base.vmdk` beside it.
-pub fn flattened_name(top: &Path) -> PathBuf {
-    let name = top.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
-    top.with_file_name(format!("{}-base.vmdk", name.strip_suffix(".vmdk").unwrap_or(name)))
+/// The disks of a bundle as inspection finds them.
+#[derive(Default)]
+struct Found {
+    disks: Vec<DiskRecord>,
+    disk_files: Vec<PathBuf>,
+    flatten: Vec<Flatten>,
+    repointed: Vec<Repointed>,
+    capacity_bytes: u64,
+}
+
+impl Found {
+    /// Inspects one disk of the bundle: whole, of a type leafd serves, and one New Leaf can
+    /// serve; a snapshot chain is planned to be flattened.
+    #[allow(clippy::too_many_arguments)]
+    fn disk(
+        &mut self,
+        bundle: &Path,
+        env: &Arc<dyn Env>,
+        path: &Path,
+        node: &str,
+        origin: Option<&(records::LeafRecord, Base)>,
+        lib: &Library,
+        name: &str,
+        opts: &Options,
+    ) -> Result<()> {
+        let (descriptor, _) = read_descriptor(env, path).map_err(|e| {
+            if e.kind == ErrorKind::Missing {
+                Error::refused(path, format!("disk {node} is missing"))
+                    .fix("restore the disk file or remove the disk from the VM")
+            } else {
+                damaged(e.into())
+            }
+        })?;
+        let disk = open_chain(env, bundle, path, origin).map_err(damaged)?;
+        // Every extent whole: a bundle cut short must never become a base.
+        disk.check_extents().map_err(|e| damaged(e.into()))?;
+        let rel = path.strip_prefix(bundle).unwrap_or(path).to_path_buf();
+        self.capacity_bytes += disk.capacity() * SECTOR;
+        if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
+            let (record, f) = plan_flatten(bundle, &rel, node, &disk, self.disks.len())?;
+            self.disks.push(record);
+            self.flatten.push(f);
+            if let Some((leaf, base)) = origin {
+                self.repointed.extend(repoint_parent_copies(bundle, env, leaf, base, lib, name, opts)?);
+            }
+            return Ok(());
+        }
+        let cid = disk.descriptor.cid().map_err(|m| Error::format(path, m))?;
+        if cid == NO_PARENT {
+            return Err(Error::refused(path, format!("disk {node} has the content ID ffffffff, which a snapshot reads as \"no parent\": no leaf could link to it"))
+                .fix("start the VM once in VMware and shut it down (VMware gives the disk a new content ID), then drop it again"));
+        }
+        let layout = disk.extent_layout();
+        if layout.len() > MAX_EXTENTS {
+            return Err(Error::refused(path, format!("disk {node} has {} extents; leafd serves at most {MAX_EXTENTS}", layout.len()))
+                .fix("convert it to fewer, larger extents with VMware's disk tool (vmware-vdiskmanager -r SOURCE.vmdk -t 1 NEW.vmdk)"));
+        }
+        check_leaves_can_be_made(lib, name, bundle, &disk, &rel, opts.path_style)?;
+        let mut extents = Vec::new();
+        for (index, (sectors, f)) in layout.into_iter().enumerate() {
+            let Some(f) = f else { continue };
+            let Ok(r) = f.strip_prefix(bundle).map(Path::to_path_buf) else {
+                return Err(Error::refused(&f, format!("an extent of disk {node} is outside the bundle"))
+                    .fix("keep all of a disk's files inside the VM bundle"));
+            };
+            let size = fs::metadata(&f).at(&f, "cannot stat extent")?.len();
+            extents.push(ExtentRecord { index, file: r.to_string_lossy().into(), sectors, size });
+            self.disk_files.push(r);
+        }
+        if !disk.embedded {
+            self.disk_files.push(rel.clone());
+        }
+        self.disks.push(DiskRecord {
+            node: node.to_string(),
+            descriptor: rel.to_string_lossy().into(),
+            cid: cid_hex(cid),
+            capacity: disk.capacity(),
+            create_type: disk.descriptor.create_type().to_string(),
+            extents,
+            fingerprint: None,
+        });
+        Ok(())
+    }
+}
+
+/// Fails now, naming the file and the fix, where New Leaf would later fail to describe a leaf's
+/// copy of this disk or its delta (a name a descriptor cannot hold, too many extents).
+fn check_leaves_can_be_made(
+    lib: &Library,
+    name: &str,
+    bundle: &Path,
+    disk: &Disk,
+    rel: &Path,
+    style: PathStyle,
+) -> Result<()> {
+    let store = lib.bases_dir().join(name);
+    let leaf_dir = lib.leaf_path("leaf").join(rel).parent().map(Path::to_path_buf).unwrap_or_default();
+    for f in disk.extent_files() {
+        let at_base = store.join(f.strip_prefix(bundle).unwrap_or(&f));
+        extent_reference(&at_base, &leaf_dir, style).map_err(Error::from)?;
+    }
+    // The delta depends on the parent copy only through its CID and extent sizes, which are
+    // the base disk's own.
+    let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
+    check_delta(&leaf_dir.join(delta_name(file_name)), file_name, &disk.descriptor, disk.disk_type).map_err(Error::from)
+}
+
+/// Checks the disk files through descriptors opened beneath the bundle: regular files with one
+/// name each (a hard link would make a file elsewhere read-only and part of the base), and
+/// records how each was protected.
+fn check_disk_files(bundle: &Path, env: &Arc<dyn Env>, files: &[PathBuf]) -> Result<Vec<DiskFile>> {
+    let mut out: Vec<DiskFile> = Vec::new();
+    for r in files {
+        if out.iter().any(|d| &d.path == r) {
+            continue;
+        }
+        let p = bundle.join(r);
+        // leafd protects the disk files themselves: a link would leave its target unprotected.
+        if !fs::symlink_metadata(&p).at(&p, "cannot stat")?.is_file() {
+            return Err(Error::refused(&p, "a disk file of the VM is a symbolic link or not a regular file")
+                .fix("replace the link with the file it points to"));
+        }
+        let file = env.open(&p, false).at(&p, "cannot open").map_err(damaged)?;
+        let links = platform::link_count(&file).at(&p, "cannot stat")?;
+        if links > 1 {
+            return Err(Error::refused(&p, format!("has {links} names (hard links): making it a base would also make every other name read-only"))
+                .fix("copy it to break the link (cp --sparse=always FILE FILE.copy && mv FILE.copy FILE), then drop the VM again"));
+        }
+        let mode = file.metadata().at(&p, "cannot stat")?.permissions().mode() & 0o7777;
+        let locked = platform::is_locked_fd(&file).at(&p, "cannot stat")?;
+        out.push(DiskFile { path: r.clone(), mode, locked });
+    }
+    Ok(out)
+}
+
+/// Refuses a bundle any of whose files another program has open for writing (where the system
+/// can tell: not on network volumes): it is still being written, whatever its size says.
+fn refuse_open_for_writing(entries: &[PathBuf]) -> Result<()> {
+    for p in entries {
+        if !fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let Ok(file) = platform::open_regular(p, false) else { continue };
+        if platform::open_for_writing(&file).ok().flatten() == Some(true) {
+            return Err(Error::new(
+                Kind::Busy,
+                p.clone(),
+                "is open for writing by another program (still being written?)",
+            )
+            .fix("let the program finish (or quit VMware); leafd tries again by itself"));
+        }
+    }
+    Ok(())
 }
 
 /// Plans the new disk a snapshot chain becomes: `<top>-base.vmdk`, split like the top.
@@ -405,89 +513,108 @@ fn plan_flatten(bundle: &Path, top: &Path, node: &str, chain: &Disk, index: usiz
         cid: String::new(), // known once written
         capacity: chain.capacity(),
         create_type: disk_type.create_type().to_string(),
-        extents: count,
+        extents: Vec::new(), // known once written
         fingerprint: None,
     };
     Ok((record, Flatten { disk: index, top: top.to_path_buf(), target, files, split }))
 }
 
+/// A leaf's parent copies, rewritten to reach its base from where they will be in the new base
+/// (one folder deeper than the leaf was, in `Bases/<name>/`): they are leafd's own files.
+fn repoint_parent_copies(
+    bundle: &Path,
+    env: &Arc<dyn Env>,
+    leaf: &records::LeafRecord,
+    base: &Base,
+    lib: &Library,
+    name: &str,
+    opts: &Options,
+) -> Result<Vec<Repointed>> {
+    let mut out = Vec::new();
+    for d in &leaf.disks {
+        let Some(bd) = base.record.disks.iter().find(|b| b.node == d.node) else { continue };
+        let copy_path = bundle.join(&d.parent_copy);
+        let Ok((copy, _)) = read_descriptor(env, &copy_path) else { continue };
+        let base_disk = Disk::open_alone(env, &base.descriptor_path(bd))?;
+        let final_dir = lib.bases_dir().join(name).join(&d.parent_copy);
+        let final_dir = final_dir.parent().unwrap_or(&lib.bases_dir()).to_path_buf();
+        let new = repoint(&copy, &base_disk.extent_files(), &final_dir, opts.path_style)?;
+        if new != copy {
+            out.push(Repointed {
+                path: PathBuf::from(&d.parent_copy),
+                original: copy.to_string(),
+                new: new.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Opens the disk at `path` in a dropped bundle with its chain. A leaf moved into Make Base no
 /// longer reaches its base by its relative paths, so its parent copy is read against the base
 /// its record names (in memory: the leaf's files are not changed).
-fn open_chain(bundle: &Path, path: &Path, leaf_base: Option<&Base>) -> Result<Disk> {
-    let env = Options::default().env();
-    let direct = Disk::open(&env, path).map_err(Error::from);
-    let (Err(_), Some(base)) = (&direct, leaf_base) else { return direct };
-    let Ok(Some(leaf)) = lineage::read::<lineage::LeafRecord>(bundle, lineage::LEAF) else { return direct };
+fn open_chain(
+    env: &Arc<dyn Env>,
+    bundle: &Path,
+    path: &Path,
+    origin: Option<&(records::LeafRecord, Base)>,
+) -> Result<Disk> {
+    let direct = Disk::open(env, path).map_err(Error::from);
+    let (Err(_), Some((leaf, base))) = (&direct, origin) else { return direct };
     let Some(d) = leaf.disks.iter().find(|d| bundle.join(&d.delta) == path) else { return direct };
     let Some(bd) = base.record.disks.iter().find(|b| b.node == d.node) else { return direct };
-    let base_disk = Disk::open(&env, &base.descriptor_path(bd))?;
+    let base_disk = Disk::open(env, &base.descriptor_path(bd))?;
     let copy_path = bundle.join(&d.parent_copy);
-    let (copy, _) = read_descriptor(&env, &copy_path)?;
+    let (copy, _) = read_descriptor(env, &copy_path)?;
     let from = copy_path.parent().unwrap_or(bundle);
     let Ok(copy) = repoint(&copy, &base_disk.extent_files(), from, PathStyle::Absolute) else { return direct };
-    Ok(Disk::open_alone(&env, path)?.with_parent(Disk::from_descriptor(&env, &copy_path, copy)?)?)
+    Ok(Disk::open_alone(env, path)?.with_parent(Disk::from_descriptor(env, &copy_path, copy)?)?)
 }
 
 /// Writes every flattened disk into the plan's flatten folder, reading the chains where they
 /// are (their parents may be elsewhere, by relative paths).
-fn write_flattened(plan: &Plan, opts: &Options) -> Result<()> {
-    let dir = plan.flatten_dir();
-    fs::create_dir(&dir).at(&dir, "cannot create a folder for flattened disks")?;
-    let leaf_base = plan.from_leaf.as_ref().and_then(|(dir, _)| {
-        lineage::read::<BaseRecord>(dir, lineage::BASE).ok().flatten().map(|record| Base { dir: dir.clone(), record })
-    });
+fn write_flattened(ctx: &Ctx, plan: &Plan, source: &Path, opts: &Options) -> Result<()> {
+    let dir = plan.flatten_dir(ctx.lib);
+    journal::create_work_dir(&dir, &plan.id, "flatten")?;
+    let origin = match &plan.from_leaf {
+        Some(f) => {
+            let base_dir = ctx.path(&f.base)?;
+            let leaf = records::read_leaf(source)?;
+            match (leaf, records::read_base(&base_dir)?) {
+                (Some(leaf), Some(record)) => Some((leaf, Base { dir: base_dir, record })),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let env = opts.env();
     for f in &plan.flatten {
-        let chain = open_chain(&plan.source, &plan.source.join(&f.top), leaf_base.as_ref())?;
+        let chain = open_chain(&env, source, &source.join(&f.top), origin.as_ref())?;
         let target = dir.join(&f.target);
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).at(parent, "cannot create folder")?;
+            durable::create_dir_all(parent)?;
         }
-        flatten(&opts.env(), &chain, &target, f.split.clone())?;
+        flatten(&env, &chain, &target, f.split.clone())?;
     }
-    platform::sync_dir(&dir).at(&dir, "cannot flush folder")
+    durable::flush_tree(&dir, Flush::Order)
 }
 
-/// The base record once flattened disks exist in `staging`: their CIDs and extent records.
-fn complete_record(plan: &Plan, staging: &Path) -> Result<(BaseRecord, Vec<ExtentRecord>)> {
+/// The base record once flattened disks exist in `staging`: their CIDs and extents.
+fn complete_record(plan: &Plan, staging: &Path, env: &Arc<dyn Env>) -> Result<BaseRecord> {
     let mut record = plan.record.clone();
-    let mut extents = Vec::new();
     for f in &plan.flatten {
-        let disk = Disk::open_alone(&Options::default().env(), &staging.join(&f.target))?;
-        record.disks[f.disk].cid = format!("{:08x}", disk.descriptor.cid().map_err(|m| Error::format(disk.path(), m))?);
+        let disk = Disk::open_alone(env, &staging.join(&f.target))?;
+        let d = &mut record.disks[f.disk];
+        d.cid = disk_cid(&disk)?;
+        d.extents.clear();
         for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
             let Some(file) = file else { continue };
             let size = fs::metadata(&file).at(&file, "cannot stat")?.len();
             let rel = file.strip_prefix(staging).unwrap_or(&file).to_string_lossy().into_owned();
-            extents.push(ExtentRecord {
-                base: plan.id.clone(),
-                disk: f.target.to_string_lossy().into(),
-                index,
-                file: rel,
-                sectors,
-                size,
-            });
+            d.extents.push(ExtentRecord { index, file: rel, sectors, size });
         }
     }
-    Ok((record, extents))
-}
-
-/// Reads a configuration file, refusing absurd sizes before reading.
-pub fn read_small(path: &Path) -> Result<Vec<u8>> {
-    let len = fs::metadata(path).at(path, "cannot stat")?.len();
-    if len > leafd_formats::dict::MAX_DICT_BYTES {
-        return Err(Error::format(path, format!("{len} bytes is too large for a VMware configuration file")));
-    }
-    fs::read(path).at(path, "cannot read")
-}
-
-/// The base name for a bundle: its folder name without `.vmwarevm`.
-pub fn default_name(bundle: &Path) -> String {
-    let name = bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) => stem.to_string(),
-        _ => name,
-    }
+    Ok(record)
 }
 
 /// Makes a base from `bundle`. On any failure before the base is in place, everything is put
@@ -505,55 +632,58 @@ pub fn make_base(
     let parent = bundle.parent().ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?;
     let parent = parent.canonicalize().at(parent, "cannot find the VM's folder")?;
     let bundle = parent.join(bundle.file_name().ok_or_else(|| Error::refused(&bundle, "is not a VM bundle"))?);
-    let name = name.map(str::to_string).unwrap_or_else(|| default_name(&bundle));
+    let name = name.map(str::to_string).unwrap_or_else(|| common::default_name(&bundle));
     validate_name(&name, "base", &bundle)?;
     let target = lib.bases_dir().join(&name);
     if target.symlink_metadata().is_ok() || lib.base(&name).is_ok() {
         return Err(Error::refused(&bundle, format!("a base named {name:?} already exists"))
             .fix("rename the VM bundle (or pass --name) to give the new base another name"));
     }
-    let found = inspect(lib, &bundle)?;
-    let id = lineage::new_id();
-    let copy = fs::metadata(&parent).at(&parent, "cannot stat")?.dev()
-        != fs::metadata(lib.bases_dir()).at(&lib.bases_dir(), "cannot stat")?.dev();
-    let disks: Vec<DiskRecord> = found.disks.iter().map(|(d, _)| d.clone()).collect();
+    let found = inspect(lib, &bundle, &name, opts)?;
+    let id = records::new_id();
+    // Decided before the journal, so its plan is the one carried out: a bind mount of the same
+    // file system has the same device, but a rename across it fails.
+    let copy = !platform::same_mount(&parent, &lib.bases_dir()).at(&parent, "cannot stat")?;
     let plan = Plan {
         id: id.clone(),
         name: name.clone(),
-        source: bundle.clone(),
-        staging: lib.bases_dir().join(format!("{STAGING_PREFIX}{id}")),
-        target: target.clone(),
+        source: LPath::new(lib.root(), &bundle),
         copy,
         vmx: found.vmx.clone(),
         disk_files: found.disk_files.clone(),
         flatten: found.flatten.clone(),
-        from_leaf: found.from_leaf.clone(),
+        from_leaf: found
+            .from_leaf
+            .as_ref()
+            .map(|(base, leaf_id)| FromLeaf { base: LPath::new(lib.root(), &base.dir), leaf_id: leaf_id.clone() }),
+        repointed: found.repointed.clone(),
         record: BaseRecord {
+            format: records::FORMAT,
             id: id.clone(),
             name: name.clone(),
             source: bundle.to_string_lossy().into(),
-            created: lineage::now(),
+            created: records::now(),
             vmx: format!("{}{BASE_VMX_SUFFIX}", found.vmx.to_string_lossy()),
-            disks,
+            disks: found.disks.clone(),
         },
     };
-    let journal = Journal::begin(lib, &id, &JournalPlan::MakeBase(plan.clone()))?;
+    let journal = Journal::begin(lib, &id, OP, &plan)?;
     step("journaled");
-    if let Err(e) = build(lib, &plan, &found, opts) {
+    let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
+    if let Err(e) = build(&ctx, &plan, &found, &target, opts) {
         // Published but not flushed (the folder's flush failed after the rename): the journal
         // stays, and recovery finishes the base.
-        if !published(&plan) {
-            roll_back(&plan).map_err(|re| {
+        if !published(lib, &plan) {
+            roll_back(&ctx, &plan).map_err(|re| {
                 Error::new(re.kind, re.path.clone(), format!("{} (while undoing after: {e})", re.message))
             })?;
             journal.finish()?;
         }
         return Err(e);
     }
-    let warnings = finish(lib, &plan, opts);
+    let warnings = finish(&ctx, &plan, opts);
     let made = MadeBase {
         name,
-        dir: target.clone(),
         source: lib.display(&bundle),
         disks: found.disks.len(),
         capacity_bytes: found.capacity_bytes,
@@ -580,124 +710,133 @@ impl Fingerprinting {
 }
 
 /// Everything up to and including the publish rename.
-fn build(lib: &Library, plan: &Plan, found: &Inspected, opts: &Options) -> Result<()> {
-    let staging = &plan.staging;
+fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Options) -> Result<()> {
+    let lib = ctx.lib;
+    let staging = plan.staging(lib);
     if !plan.flatten.is_empty() {
-        write_flattened(plan, opts)?;
+        write_flattened(ctx, plan, &found.bundle, opts)?;
         step("flattened");
     }
     if plan.copy {
-        fs::create_dir(staging).at(staging, "cannot create staging folder")?;
-        let entries = fsutil::walk(&found.bundle)?;
-        for (i, src) in entries.iter().enumerate() {
-            let dst = staging.join(src.strip_prefix(&found.bundle).expect("inside"));
-            let m = fs::symlink_metadata(src).at(src, "cannot stat")?;
-            if m.is_dir() {
-                fs::create_dir(&dst).at(&dst, "cannot create folder")?;
-            } else if m.file_type().is_symlink() {
-                std::os::unix::fs::symlink(fs::read_link(src).at(src, "cannot read link")?, &dst)
-                    .at(&dst, "cannot copy link")?;
-            } else {
-                fsutil::copy_file(src, &dst, &opts.cancel)?;
-            }
-            if i == 0 {
-                step("copying");
-            }
-        }
-        for src in &entries {
-            let dst = staging.join(src.strip_prefix(&found.bundle).expect("inside"));
-            if fs::symlink_metadata(src).at(src, "cannot stat")?.is_file()
-                && !fsutil::same_content(src, &dst, &opts.cancel)?
-            {
-                return Err(Error::new(Kind::Io, dst, "the copy differs from the original after flushing")
-                    .fix("the destination disk may be failing; the original is untouched"));
-            }
-        }
-        for dir in entries
-            .iter()
-            .filter(|p| p.is_dir())
-            .map(|p| staging.join(p.strip_prefix(&found.bundle).expect("inside")))
-            .chain([staging.clone()])
-        {
-            platform::sync_dir(&dir).at(&dir, "cannot flush folder")?;
-        }
-        platform::sync_dir(&lib.bases_dir()).at(&lib.bases_dir(), "cannot flush folder")?;
+        copy_into(&found.bundle, &staging, &plan.id, opts)?;
         found.refuse_if_changed()?;
         step("copied");
     } else {
         found.refuse_if_changed()?;
-        fsutil::rename_new(&found.bundle, staging)?;
+        durable::rename_noreplace(&found.bundle, &staging)?;
         step("moved");
     }
+    let flatten_dir = plan.flatten_dir(lib);
     for f in &plan.flatten {
         for file in &f.files {
-            fsutil::rename_new(&plan.flatten_dir().join(file), &staging.join(file))?;
+            durable::rename_noreplace(&flatten_dir.join(file), &staging.join(file))?;
         }
     }
-    fsutil::remove_tree(&plan.flatten_dir())?;
-    let vmx_from = staging.join(&plan.vmx);
-    let vmx_to = staging.join(&plan.record.vmx);
-    fsutil::rename_new(&vmx_from, &vmx_to)?;
+    journal::remove_work_dir(ctx, &flatten_dir)?;
+    durable::rename_noreplace(&staging.join(&plan.vmx), &staging.join(&plan.record.vmx))?;
     step("vmx-renamed");
-    // Lineage goes on the disk files themselves, which may have come read-only (the manual
-    // procedure says `chmod a-w`): writing an extended attribute needs write permission.
-    for d in &plan.disk_files {
-        let p = staging.join(&d.path);
-        platform::unprotect(&p, d.mode | 0o200).at(&p, "cannot make writable to record lineage")?;
+    for r in &plan.repointed {
+        durable::write_atomic(&staging.join(&r.path), r.new.as_bytes())?;
     }
-    let (record, flattened_extents) = complete_record(plan, staging)?;
-    for e in found.disks.iter().flat_map(|(_, extents)| extents).chain(&flattened_extents) {
-        lineage::write(&staging.join(&e.file), lineage::EXTENT, &ExtentRecord { base: plan.id.clone(), ..e.clone() })?;
-    }
-    lineage::write(staging, lineage::BASE, &record)?;
-    platform::set_tag(staging, Tag::Base, true).at(staging, "cannot tag the base")?;
+    let record = complete_record(plan, &staging, &opts.env())?;
+    records::write_base(&staging, &record)?;
+    tag(&staging, Tag::Base, true);
     step("lineage-written");
+    let dir = platform::open_dir(&staging).at(&staging, "cannot open")?;
     for rel in plan.disk_files.iter().map(|d| &d.path).chain(plan.flatten.iter().flat_map(|f| &f.files)) {
+        // Through the descriptor opened beneath the staging folder: nothing can be swapped in
+        // between the checks and the change.
         let p = staging.join(rel);
-        platform::protect(&p).at(&p, "cannot write-protect")?;
+        let file = platform::open_beneath(&dir, rel, false).at(&p, "cannot open to write-protect")?;
+        durable::protect_open(&file, &p)?;
     }
     step("protected");
-    fsutil::rename_new(staging, &plan.target)?;
+    durable::flush_tree(&staging, Flush::Order)?;
+    durable::rename_noreplace(&staging, target)?;
     step("published");
     Ok(())
 }
 
-/// After the publish: the drop folder, and (across volumes) removing the source. Failures here
-/// leave a usable base; they come back as warnings.
-fn finish(lib: &Library, plan: &Plan, opts: &Options) -> Vec<String> {
+/// Copies the bundle into a new stamped staging folder (another volume), flushes and compares.
+fn copy_into(bundle: &Path, staging: &Path, id: &str, opts: &Options) -> Result<()> {
+    journal::create_work_dir(staging, id, "staging")?;
+    let entries = fsutil::walk(bundle)?;
+    for (i, src) in entries.iter().enumerate() {
+        let dst = staging.join(src.strip_prefix(bundle).unwrap_or(src));
+        let m = fs::symlink_metadata(src).at(src, "cannot stat")?;
+        if m.is_dir() {
+            durable::create_dir(&dst)?;
+        } else if m.file_type().is_symlink() {
+            durable::symlink(&fs::read_link(src).at(src, "cannot read link")?, &dst)?;
+        } else {
+            durable::copy_file(src, &dst, &opts.cancel)?;
+        }
+        if i == 0 {
+            step("copying");
+        }
+    }
+    for src in &entries {
+        let dst = staging.join(src.strip_prefix(bundle).unwrap_or(src));
+        if fs::symlink_metadata(src).at(src, "cannot stat")?.is_file()
+            && !fsutil::same_content(src, &dst, &opts.cancel)?
+        {
+            return Err(Error::new(Kind::Io, dst, "the copy differs from the original after flushing")
+                .fix("the destination disk may be failing; the original is untouched"));
+        }
+    }
+    Ok(())
+}
+
+/// Sets or clears a Finder tag; a volume that keeps none simply shows none.
+fn tag(path: &Path, tag: Tag, on: bool) {
+    if let Err(e) = durable::set_tag(path, tag, on) {
+        tracing::debug!("cannot tag {}: {e}", path.display());
+    }
+}
+
+/// After the publish: the drop folder, the old leaf's lineage, and (across volumes) removing the
+/// source. Idempotent; failures leave a usable base and come back as warnings.
+fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
+    let lib = ctx.lib;
     let mut warnings = Vec::new();
+    let Ok(target) = plan.target(lib) else { return warnings };
     let drop_folder = lib.new_leaf_dir().join(&plan.name);
-    if let Err(e) = fs::create_dir_all(&drop_folder) {
+    if let Err(e) =
+        durable::create_dir_all(&drop_folder).and_then(|()| durable::flush_parent(&drop_folder, Flush::Order))
+    {
         warnings.push(format!("{}: cannot create the New Leaf folder: {e}", drop_folder.display()));
     }
     step("drop-folder-created");
-    if let Some((old_base, leaf_id)) = &plan.from_leaf {
+    if let Some(from) = &plan.from_leaf {
         // The leaf is now a base: it is no leaf of its old base any more.
-        let unlinked = lineage::remove(&plan.target, lineage::LEAF)
-            .and_then(|()| platform::set_tag(&plan.target, Tag::LinkedClone, false).at(&plan.target, "cannot untag"))
-            .and_then(|()| {
-                let old = lineage::read::<BaseRecord>(old_base, lineage::BASE)?;
-                let _lock = old.map(|r| lib.lock_base(&r.id)).transpose()?;
-                super::unlink_leaf(old_base, leaf_id)
-            });
+        let unlinked = records::remove_leaf(&target).and_then(|()| {
+            tag(&target, Tag::LinkedClone, false);
+            let old_base = ctx.path(&from.base)?;
+            let old = records::read_base(&old_base)?;
+            let _lock = old.map(|r| lib.lock_base(&r.id)).transpose()?;
+            records::unlink_leaf(&old_base, &from.leaf_id)
+        });
         if let Err(e) = unlinked {
             warnings.push(format!("the old leaf's lineage was not fully removed: {e}"));
         }
     }
     if plan.copy {
-        match remove_copied_source(plan, opts) {
+        match ctx.path(&plan.source).and_then(|source| remove_copied_source(&source, &target, plan, opts)) {
             Ok(changed) if changed.is_empty() => {}
             Ok(changed) => warnings.push(format!(
                 "{}: kept the original, because {} file(s) in it changed since they were copied \
                  (first {}); the base holds the VM as it was copied; remove the original once you \
                  no longer need it",
-                plan.source.display(),
+                plan.record.source,
                 changed.len(),
                 changed[0].display()
             )),
-            Err(e) => warnings.push(format!("the original could not be removed: {e}")),
+            Err(e) => warnings.push(format!("the original at {} was kept: {e}", plan.record.source)),
         }
         step("source-removed");
+    }
+    if let Err(e) = journal::unstamp(&target, &plan.id) {
+        warnings.push(format!("{e}"));
     }
     warnings
 }
@@ -705,20 +844,21 @@ fn finish(lib: &Library, plan: &Plan, opts: &Options) -> Vec<String> {
 /// Removes the source bundle of a cross-volume Make Base, but only when every file in it is still
 /// byte-identical to its copy in the base: a VM that changed since it was copied (booted, say) is
 /// kept whole, never left half removed. Returns the files that changed; nothing is removed then.
-fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
-    if plan.source.symlink_metadata().is_err() {
+fn remove_copied_source(source: &Path, target: &Path, plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
+    if source.symlink_metadata().is_err() {
         return Ok(Vec::new());
     }
-    let state = fsutil::tree_state(&plan.source)?;
+    let state = fsutil::tree_state(source)?;
     let entries: Vec<PathBuf> = state.iter().map(|(p, ..)| p.clone()).collect();
     let mut changed = Vec::new();
     for src in &entries {
-        let rel = src.strip_prefix(&plan.source).expect("inside");
-        let copy = if rel == plan.vmx { plan.target.join(&plan.record.vmx) } else { plan.target.join(rel) };
+        let rel = src.strip_prefix(source).unwrap_or(src);
+        let copy = if rel == plan.vmx { target.join(&plan.record.vmx) } else { target.join(rel) };
         let m = fs::symlink_metadata(src).at(src, "cannot stat")?;
+        let repointed = plan.repointed.iter().any(|r| r.path == rel);
         let same = if m.is_dir() {
             copy.is_dir()
-        } else if m.is_file() {
+        } else if m.is_file() && !repointed {
             copy.is_file() && fsutil::same_content(src, &copy, &opts.cancel)?
         } else {
             copy.symlink_metadata().is_ok()
@@ -729,8 +869,8 @@ fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
     }
     // Comparing big disks takes time: a VM started meanwhile (a new lock folder, a write) keeps
     // the original whole.
-    if changed.is_empty() && fsutil::tree_state(&plan.source)? != state {
-        changed.push(plan.source.clone());
+    if changed.is_empty() && fsutil::tree_state(source)? != state {
+        changed.push(source.to_path_buf());
     }
     if !changed.is_empty() {
         return Ok(changed);
@@ -738,85 +878,93 @@ fn remove_copied_source(plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
     // Children before their folders.
     for (i, src) in entries.iter().rev().enumerate() {
         if fs::symlink_metadata(src).at(src, "cannot stat")?.is_dir() {
-            fs::remove_dir(src).at(src, "cannot remove the original folder")?;
+            durable::remove_dir(src)?;
         } else {
-            fs::remove_file(src).at(src, "cannot remove the original")?;
+            durable::remove_file(src)?;
         }
         if i == 0 {
             step("source-removing");
         }
     }
-    fs::remove_dir(&plan.source).at(&plan.source, "cannot remove the original folder")?;
-    if let Some(parent) = plan.source.parent() {
-        platform::sync_dir(parent).at(parent, "cannot flush folder")?;
-    }
+    durable::remove_dir(source)?;
+    durable::flush_parent(source, Flush::Order)?;
     Ok(changed)
 }
 
 /// Undoes an unpublished Make Base. Idempotent: works from whatever state a crash left.
-fn roll_back(plan: &Plan) -> Result<()> {
-    let staging = &plan.staging;
-    fsutil::remove_tree(&plan.flatten_dir())?;
+fn roll_back(ctx: &Ctx, plan: &Plan) -> Result<()> {
+    let lib = ctx.lib;
+    let staging = plan.staging(lib);
+    journal::remove_work_dir(ctx, &plan.flatten_dir(lib))?;
     if staging.symlink_metadata().is_err() {
         return Ok(()); // nothing was moved or copied (or the undo already finished)
     }
     if plan.copy {
         // The source was never touched: drop the copy.
-        return fsutil::remove_tree(staging);
+        return journal::remove_work_dir(ctx, &staging);
     }
-    // Only the disk files got records; each is made writable to remove them, then gets its
-    // protection back exactly as it was.
+    let source = ctx.path(&plan.source)?;
     for d in &plan.disk_files {
         let p = staging.join(&d.path);
         if p.symlink_metadata().is_ok() {
-            platform::unprotect(&p, d.mode | 0o200).at(&p, "cannot make writable")?;
-            lineage::remove(&p, lineage::EXTENT)?;
-            platform::unprotect(&p, d.mode).at(&p, "cannot restore permissions")?;
+            // Format 1 recorded lineage on the disk files themselves; writing (or removing) an
+            // attribute needs write permission.
+            durable::unprotect(&p, d.mode | 0o200)?;
+            let _ = durable::remove_xattr(&p, &platform::xattr_name("extent"));
+            durable::set_mode(&p, d.mode)?;
             if d.locked {
-                platform::set_locked(&p, true).at(&p, "cannot restore the Locked flag")?;
+                durable::set_locked(&p, true)?;
             }
         }
     }
     // Flattened disks are leafd's own: they go.
     for p in plan.flatten.iter().flat_map(|f| &f.files).map(|f| staging.join(f)) {
         if p.symlink_metadata().is_ok() {
-            platform::unprotect(&p, 0o644).at(&p, "cannot unlock")?;
-            fs::remove_file(&p).at(&p, "cannot remove")?;
+            durable::unprotect(&p, 0o644)?;
+            durable::remove_file(&p)?;
         }
     }
-    lineage::remove(staging, lineage::BASE)?;
-    platform::set_tag(staging, Tag::Base, false).at(staging, "cannot remove the Base tag")?;
+    for r in &plan.repointed {
+        let p = staging.join(&r.path);
+        if fs::read(&p).is_ok_and(|now| now != r.original.as_bytes()) {
+            durable::write_atomic(&p, r.original.as_bytes())?;
+        }
+    }
+    records::remove_base(&staging)?;
+    tag(&staging, Tag::Base, false);
     let renamed = staging.join(&plan.record.vmx);
     if renamed.symlink_metadata().is_ok() && staging.join(&plan.vmx).symlink_metadata().is_err() {
-        fsutil::rename_new(&renamed, &staging.join(&plan.vmx))?;
+        durable::rename_noreplace(&renamed, &staging.join(&plan.vmx))?;
     }
-    if let Some(parent) = plan.source.parent() {
-        fs::create_dir_all(parent).at(parent, "cannot recreate the VM's folder")?;
+    durable::flush_tree(&staging, Flush::Order)?;
+    if let Some(parent) = source.parent() {
+        durable::create_dir_all(parent)?;
     }
-    if plan.source.symlink_metadata().is_ok() {
+    if source.symlink_metadata().is_ok() {
         // Something new took the bundle's name meanwhile: put it back beside it.
-        let aside = plan.source.with_file_name(format!(
+        let aside = source.with_file_name(format!(
             "{} (restored by leafd)",
-            plan.source.file_name().unwrap_or_default().to_string_lossy()
+            source.file_name().unwrap_or_default().to_string_lossy()
         ));
-        return fsutil::rename_new(staging, &aside);
+        return durable::rename_noreplace(&staging, &aside);
     }
-    fsutil::rename_new(staging, &plan.source)
+    durable::rename_noreplace(&staging, &source)
 }
 
 /// Whether the base is in place (the publish rename happened).
-fn published(plan: &Plan) -> bool {
-    super::base_at(&plan.target, &plan.id).unwrap_or(false)
+fn published(lib: &Library, plan: &Plan) -> bool {
+    plan.target(lib).is_ok_and(|t| super::base_at(&t, &plan.id).unwrap_or(false))
 }
 
 /// Finishes or undoes a Make Base that was interrupted.
-pub fn recover(lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
-    if !published(plan) {
-        roll_back(plan)?;
-        return Ok(format!("undid the interrupted Make Base of {}; the VM is back as it was", plan.source.display()));
+pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
+    let lib = ctx.lib;
+    if !published(lib, plan) {
+        roll_back(ctx, plan)?;
+        return Ok(format!("undid the interrupted Make Base of {}; the VM is back as it was", plan.record.source));
     }
-    let warnings = finish(lib, plan, opts);
-    let base = Base { dir: plan.target.clone(), record: plan.record.clone() };
+    let warnings = finish(ctx, plan, opts);
+    let base = Base { dir: plan.target(lib)?, record: plan.record.clone() };
     complete_fingerprints(lib, &base, opts)?;
     let mut msg = format!("finished the interrupted Make Base: base {:?} is ready", plan.name);
     for w in warnings {
@@ -828,29 +976,29 @@ pub fn recover(lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
 /// Computes and records the fingerprints a base does not have yet (they are computed after the
 /// base is usable, so a big disk does not delay it).
 pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Result<()> {
-    let current = lineage::read::<BaseRecord>(&base.dir, lineage::BASE)?.unwrap_or_else(|| base.record.clone());
+    let current = records::read_base(&base.dir)?.unwrap_or_else(|| base.record.clone());
     if current.disks.iter().all(|d| d.fingerprint.is_some()) {
         return Ok(());
     }
+    let env = opts.env();
     let mut prints = Vec::new();
     for d in &current.disks {
-        let disk = Disk::open_alone(&opts.env(), &base.dir.join(&d.descriptor))?;
+        let disk = Disk::open_alone(&env, &base.dir.join(&d.descriptor))?;
         prints.push(fsutil::fingerprint(&disk.extent_files(), &opts.cancel)?);
     }
     let _lock = lib.lock_base(&current.id)?;
-    let mut record = lineage::read::<BaseRecord>(&base.dir, lineage::BASE)?.unwrap_or(current);
+    let mut record = records::read_base(&base.dir)?.unwrap_or(current);
     for (d, fp) in record.disks.iter_mut().zip(prints) {
         d.fingerprint.get_or_insert(fp);
     }
     step("fingerprinted");
-    lineage::write(&base.dir, lineage::BASE, &record)
+    records::write_base(&base.dir, &record)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sample::{SampleDisk, SampleVm};
-    use leafd_formats::disk::DiskType;
     use std::io::Write;
 
     #[test]
@@ -862,7 +1010,7 @@ mod tests {
             disks: vec![SampleDisk::new("scsi0:0", "Disk.vmdk", DiskType::MonolithicSparse, 1 << 20)],
         };
         let bundle = vm.build(dir.path()).unwrap();
-        let found = inspect(&lib, &bundle).unwrap();
+        let found = inspect(&lib, &bundle, "Started", &Options::default()).unwrap();
         found.refuse_if_changed().unwrap();
         fs::create_dir(bundle.join("Disk.vmdk.lck")).unwrap();
         let e = found.refuse_if_changed().unwrap_err();

@@ -10,30 +10,34 @@
 //! ```
 //!
 //! Every operation is a transaction recorded in the journal before it changes anything; see
-//! [`journal`] for how an interrupted one is finished or undone.
+//! [`journal`] for how an interrupted one is finished or undone, and [`records`] for the lineage
+//! records kept in every base store and leaf.
 
+pub mod common;
+pub mod forget;
 pub mod journal;
 pub mod make_base;
 pub mod new_leaf;
 pub mod promote;
 pub mod records;
-#[allow(dead_code)]
-mod journal_next;
+pub mod recovery;
 pub mod relink;
 pub mod remove_base;
 pub mod status;
 pub mod verify;
 
 use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use leafd_formats::clone::PathStyle;
 use unicode_normalization::UnicodeNormalization;
 
+use self::records::{BaseRecord, DiskRecord, LeafRecord, LeafRef, Listed};
+use crate::durable;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fsutil::Cancel;
-use crate::lineage::{self, BaseRecord, DiskRecord, LeafRecord, LeafRef};
 
 pub const MAKE_BASE: &str = "Make Base";
 pub const NEW_LEAF: &str = "New Leaf";
@@ -41,8 +45,6 @@ pub const BASES: &str = "Bases";
 pub const STATE: &str = ".leafd";
 /// Suffix of a base's `.vmx`: Fusion opens `.vmx` files, not `.vmx.base` ones.
 pub const BASE_VMX_SUFFIX: &str = ".base";
-/// Prefix of the hidden folders operations build in before renaming them into place.
-pub const STAGING_PREFIX: &str = ".leafd-staging-";
 pub const BUNDLE_EXT: &str = "vmwarevm";
 /// Ends the name of the note leafd leaves beside a drop it could not act on.
 pub const NOTE_SUFFIX: &str = " - leafd error.txt";
@@ -83,6 +85,12 @@ impl Options {
     pub fn env(&self) -> Arc<dyn leafd_formats::Env> {
         crate::formats_env::LeafdEnv::shared(self.cancel.clone())
     }
+
+    /// The same, opening files only beneath `folders` (a dropped bundle is read through this).
+    pub fn env_beneath(&self, folders: &[PathBuf]) -> Result<Arc<dyn leafd_formats::Env>> {
+        crate::formats_env::LeafdEnv::beneath(self.cancel.clone(), folders)
+            .at(folders.first().map_or(Path::new("."), PathBuf::as_path), "cannot open the folder")
+    }
 }
 
 impl Default for Options {
@@ -116,12 +124,30 @@ pub struct Leaf {
     pub record: LeafRecord,
 }
 
+impl Leaf {
+    pub fn vmx_path(&self) -> PathBuf {
+        self.dir.join(&self.record.vmx)
+    }
+
+    /// This leaf's entry in its base's list.
+    pub fn listing(&self) -> LeafRef {
+        LeafRef {
+            format: records::FORMAT,
+            id: self.record.id.clone(),
+            name: self.record.name.clone(),
+            path: self.dir.to_string_lossy().into(),
+            created: self.record.created.clone(),
+        }
+    }
+}
+
 /// Compares names the way a person reads them: `é` typed either way is the same letter.
 pub fn same_name(a: &str, b: &str) -> bool {
     a == b || a.nfc().eq(b.nfc())
 }
 
-/// Checks that `name` can be a file name everywhere leafd puts it (`<name>.vmwarevm` too).
+/// Checks that `name` can be a file name everywhere leafd puts it (`<name>.vmwarevm` too). A
+/// base's name also goes into its leaves' disk descriptors, which cannot hold a double quote.
 pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::refused(path, format!("{what} name {name:?} {why}"))
@@ -142,6 +168,9 @@ pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
     if name.chars().any(char::is_control) {
         return bad("contains control characters");
     }
+    if what == "base" && name.contains('"') {
+        return bad("contains a double quote, which its leaves' disk descriptors cannot hold");
+    }
     let max = 255 - BUNDLE_EXT.len() - 1;
     if name.len() > max {
         return bad(&format!("is {} bytes long; at most {max} fit in a file name with \".{BUNDLE_EXT}\"", name.len()));
@@ -149,21 +178,35 @@ pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes leafd's private folder `dir` (or makes an existing one private): owner-only, whatever
+/// the umask, since its journals name the user's files.
+fn private_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            if m.permissions().mode() & 0o777 != 0o700 {
+                durable::set_mode(dir, 0o700)?;
+            }
+            Ok(())
+        }
+        Ok(_) => Err(Error::refused(dir, "is in the way of leafd's own folder").fix("move it out of the library")),
+        Err(_) => durable::create_dir_private(dir),
+    }
+}
+
 impl Library {
     /// Opens the library at `root`, creating it and its folders if needed.
     pub fn open(root: &Path) -> Result<Library> {
-        fs::create_dir_all(root).at(root, "cannot create the library folder")?;
+        if root.symlink_metadata().is_ok_and(|m| !m.is_dir()) && !root.is_dir() {
+            return Err(Error::refused(root, "is not a folder").fix("give --root the library's folder"));
+        }
+        durable::create_dir_all(root).map_err(|e| e.fix("check --root and that you may create it"))?;
         let root = root.canonicalize().at(root, "cannot resolve the library folder")?;
         let lib = Library { root };
-        for dir in [
-            lib.make_base_dir(),
-            lib.new_leaf_dir(),
-            lib.bases_dir(),
-            lib.state_dir(),
-            lib.journal_dir(),
-            lib.locks_dir(),
-        ] {
-            fs::create_dir_all(&dir).at(&dir, "cannot create library folder")?;
+        for dir in [lib.make_base_dir(), lib.new_leaf_dir(), lib.bases_dir()] {
+            durable::create_dir_all(&dir)?;
+        }
+        for dir in [lib.state_dir(), lib.journal_dir(), lib.locks_dir()] {
+            private_dir(&dir)?;
         }
         Ok(lib)
     }
@@ -174,7 +217,22 @@ impl Library {
             Error::io(root, "no library here", e)
                 .fix("check --root, or make one by running `leafd agent` or `leafd make-base`")
         })?;
+        if !root.is_dir() {
+            return Err(Error::refused(&root, "is not a folder").fix("give --root the library's folder"));
+        }
         Ok(Library { root })
+    }
+
+    /// Writes the record files of bases and leaves that have only the attributes an older leafd
+    /// wrote (docs/records.md). Run before a command changes the library.
+    pub fn migrate(&self) -> Result<()> {
+        for (dir, _) in self.stores()? {
+            records::migrate_store(&dir)?;
+        }
+        for dir in bundles(&self.root)? {
+            records::migrate_leaf(&dir)?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -215,33 +273,49 @@ impl Library {
         path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
     }
 
-    /// Every base store with a readable record, sorted by name.
-    pub fn bases(&self) -> Result<Vec<Base>> {
+    /// Every folder in `Bases/` (hidden ones aside) with its record: `None` when it has none,
+    /// an error when it cannot be read.
+    pub fn stores(&self) -> Result<Vec<(PathBuf, Result<Option<BaseRecord>>)>> {
         let dir = self.bases_dir();
+        let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(&dir) else {
-            return Ok(out);
-        };
         for e in rd {
             let p = e.at(&dir, "cannot list bases")?.path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) || !p.is_dir() {
+            if p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.')) || !p.is_dir() {
                 continue;
             }
-            if let Ok(Some(record)) = lineage::read::<BaseRecord>(&p, lineage::BASE) {
-                out.push(Base { dir: p, record });
-            }
+            let record = records::read_base(&p);
+            out.push((p, record));
         }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Every base store with a readable record, sorted by name.
+    pub fn bases(&self) -> Result<Vec<Base>> {
+        let mut out: Vec<Base> = self
+            .stores()?
+            .into_iter()
+            .filter_map(|(dir, r)| r.ok().flatten().map(|record| Base { dir, record }))
+            .collect();
         out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         Ok(out)
     }
 
-    /// The base named `name`, or a refusal that lists the bases there are.
+    /// The base named `name`, or a refusal that says why: its record is damaged, or there is no
+    /// such base (listing the bases there are).
     pub fn base(&self, name: &str) -> Result<Base> {
-        let bases = self.bases()?;
-        if let Some(b) = bases.iter().find(|b| same_name(&b.record.name, name)) {
-            return Ok(b.clone());
+        let stores = self.stores()?;
+        let mut known = Vec::new();
+        for (dir, record) in stores {
+            match record {
+                Ok(Some(record)) if same_name(&record.name, name) => return Ok(Base { dir, record }),
+                Ok(Some(record)) => known.push(record.name),
+                Err(e) if dir.file_name().is_some_and(|n| same_name(&n.to_string_lossy(), name)) => return Err(e),
+                _ => {}
+            }
         }
-        let known: Vec<&str> = bases.iter().map(|b| b.record.name.as_str()).collect();
+        known.sort();
         let fix = if known.is_empty() {
             "there are no bases yet: drop a powered-off VM into Make Base first".to_string()
         } else {
@@ -250,26 +324,66 @@ impl Library {
         Err(Error::refused(&self.bases_dir().join(name), format!("there is no base named {name:?}")).fix(fix))
     }
 
-    /// Every leaf bundle directly in the root, sorted by name.
+    /// Every leaf: the bundles in the root, and those wherever a base's list says a leaf lives
+    /// (a leaf relinked from another folder), sorted by name.
     pub fn leaves(&self) -> Result<Vec<Leaf>> {
         let mut out = Vec::new();
-        for e in fs::read_dir(&self.root).at(&self.root, "cannot list the library")? {
-            let p = e.at(&self.root, "cannot list the library")?.path();
-            if p.extension().is_some_and(|x| x == BUNDLE_EXT)
-                && p.is_dir()
-                && let Ok(Some(record)) = lineage::read::<LeafRecord>(&p, lineage::LEAF)
-            {
-                out.push(Leaf { dir: p, record });
+        let add = |dir: PathBuf, out: &mut Vec<Leaf>| {
+            if out.iter().any(|l: &Leaf| l.dir == dir) {
+                return;
+            }
+            if let Ok(Some(record)) = records::read_leaf(&dir) {
+                out.push(Leaf { dir, record });
+            }
+        };
+        for dir in bundles(&self.root)? {
+            add(dir, &mut out);
+        }
+        for base in self.bases()? {
+            for listed in base.leaf_refs()? {
+                if let Listed::Leaf(r) = listed {
+                    let dir = PathBuf::from(&r.path);
+                    if dir.is_absolute() && !dir.starts_with(&self.root) && dir.is_dir() {
+                        add(dir, &mut out);
+                    }
+                }
             }
         }
         out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         Ok(out)
     }
 
+    /// The leaf `arg` names: a path to its bundle, or the name of a leaf (found wherever its
+    /// record says it lives, inside the library or not).
+    pub fn find_leaf(&self, arg: &Path) -> Result<Leaf> {
+        let name = arg.to_string_lossy();
+        let dir = if arg.is_dir() {
+            arg.to_path_buf()
+        } else if let Some(l) =
+            self.leaves()?.into_iter().find(|l| same_name(&l.record.name, common::bundle_stem(&name)))
+        {
+            return Ok(l);
+        } else {
+            self.leaf_path(common::bundle_stem(&name))
+        };
+        let dir = dir.canonicalize().map_err(|e| {
+            Error::io(&dir, "no leaf here", e).fix("give the leaf's path, or the name of a leaf in the library")
+        })?;
+        let record = records::read_leaf(&dir)?.ok_or_else(|| {
+            Error::refused(&dir, "is not a leaf made by leafd (no lineage record)")
+                .fix("run `leafd verify` in its library to rebuild the record")
+        })?;
+        Ok(Leaf { dir, record })
+    }
+
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.locks_dir().join(format!("{name}.lock"))
+    }
+
     /// Takes the lock named `name` (waiting for it); held until the file is dropped.
     pub fn lock(&self, name: &str) -> Result<File> {
-        let path = self.locks_dir().join(format!("{name}.lock"));
-        let f = File::options().create(true).truncate(false).write(true).open(&path).at(&path, "cannot open lock")?;
+        let path = self.lock_path(name);
+        let f = durable::lock_file(&path)?;
         f.lock().at(&path, "cannot take lock")?;
         Ok(f)
     }
@@ -281,8 +395,8 @@ impl Library {
 
     /// Takes the lock named `name` if free; `Busy` when another process holds it.
     pub fn try_lock(&self, name: &str) -> Result<File> {
-        let path = self.locks_dir().join(format!("{name}.lock"));
-        let f = File::options().create(true).truncate(false).write(true).open(&path).at(&path, "cannot open lock")?;
+        let path = self.lock_path(name);
+        let f = durable::lock_file(&path)?;
         match f.try_lock() {
             Ok(()) => Ok(f),
             Err(fs::TryLockError::WouldBlock) => Err(Error::new(Kind::Busy, path, "held by another leafd process")),
@@ -291,9 +405,22 @@ impl Library {
     }
 }
 
+/// The `.vmwarevm` folders directly in `dir`.
+fn bundles(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).at(dir, "cannot list the library")? {
+        let p = e.at(dir, "cannot list the library")?.path();
+        if p.extension().is_some_and(|x| x == BUNDLE_EXT) && p.is_dir() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Whether the folder `dir` holds the base with id `id` (its record says so).
 pub(crate) fn base_at(dir: &Path, id: &str) -> Result<bool> {
-    Ok(lineage::read::<BaseRecord>(dir, lineage::BASE)?.is_some_and(|r| r.id == id))
+    Ok(records::read_base(dir)?.is_some_and(|r| r.id == id))
 }
 
 impl Base {
@@ -315,81 +442,20 @@ impl Base {
         self.dir.join(&self.record.vmx)
     }
 
-    pub fn leaves_dir(&self) -> PathBuf {
-        self.dir.join(lineage::LEAVES_DIR)
+    /// The leaves recorded as made from this base (and markers whose record is damaged).
+    pub fn leaf_refs(&self) -> Result<Vec<Listed>> {
+        records::leaf_refs(&self.dir)
     }
 
-    /// The leaves recorded as made from this base.
-    pub fn leaf_refs(&self) -> Result<Vec<LeafRef>> {
-        let dir = self.leaves_dir();
-        let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(&dir) else {
-            return Ok(out);
-        };
-        for e in rd {
-            let p = e.at(&dir, "cannot list leaves")?.path();
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-                continue; // a marker being written
-            }
-            if let Some(r) = lineage::read::<LeafRef>(&p, lineage::LEAF_REF)? {
-                out.push(r);
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
-    }
-}
-
-/// Refuses a VM file that shows the VM is running (VMware's `.lck` locks, the `.vmem` memory
-/// file) or suspended (`.vmss`): its disks may change under leafd.
-pub fn refuse_if_in_use(path: &Path) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    let running = |what: &str| {
-        Err(Error::refused(path, format!("the VM is running ({what})"))
-            .fix("shut the VM down in VMware and quit VMware; leafd retries by itself when the lock goes away"))
-    };
-    if name.ends_with(".lck") {
-        return running("VMware's lock is present");
-    }
-    if name.ends_with(".vmem") {
-        return running("its memory file is present");
-    }
-    if name.ends_with(".vmss") {
-        return Err(Error::refused(path, "the VM is suspended").fix("resume it in VMware, shut it down, and try again"));
-    }
-    Ok(())
-}
-
-/// Refuses a VM whose `.vmx` says it is suspended.
-pub fn refuse_if_suspended(vmx_path: &Path, vmx: &leafd_formats::dict::Dict) -> Result<()> {
-    if vmx.get("checkpoint.vmState").is_some_and(|v| !v.is_empty()) {
-        return Err(
-            Error::refused(vmx_path, "the VM is suspended").fix("resume it in VMware, shut it down, and try again")
-        );
-    }
-    Ok(())
-}
-
-/// Records `leaf` in the list of the base in `base_dir` (the caller holds the base's lock). The
-/// marker appears whole: written under a hidden name with its record, then renamed.
-pub fn link_leaf(base_dir: &Path, leaf: &LeafRef) -> Result<()> {
-    let dir = base_dir.join(lineage::LEAVES_DIR);
-    fs::create_dir_all(&dir).at(&dir, "cannot create the base's leaf list")?;
-    let marker = dir.join(&leaf.id);
-    let tmp = dir.join(format!(".tmp-{}", leaf.id));
-    fs::write(&tmp, b"").at(&tmp, "cannot record the leaf on its base")?;
-    lineage::write(&tmp, lineage::LEAF_REF, leaf)?;
-    fs::rename(&tmp, &marker).at(&marker, "cannot record the leaf on its base")?;
-    crate::platform::sync_dir(&dir).at(&dir, "cannot flush folder")
-}
-
-/// Removes leaf `id` from the list of the base in `base_dir` (the caller holds the base's lock).
-pub fn unlink_leaf(base_dir: &Path, id: &str) -> Result<()> {
-    let marker = base_dir.join(lineage::LEAVES_DIR).join(id);
-    match fs::remove_file(&marker) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io(&marker, "cannot update the base's leaf list", e))
-        }
-        _ => Ok(()),
+    /// The readable entries of this base's list of leaves.
+    pub fn leaves_listed(&self) -> Result<Vec<LeafRef>> {
+        Ok(self
+            .leaf_refs()?
+            .into_iter()
+            .filter_map(|l| match l {
+                Listed::Leaf(r) => Some(r),
+                Listed::Damaged(..) => None,
+            })
+            .collect())
     }
 }

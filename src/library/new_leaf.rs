@@ -4,7 +4,6 @@
 //! the base resolve the same), checked by opening every disk chain, and renamed into place: the
 //! rename is the commit point. Nothing of the base is ever opened for writing.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,12 +14,13 @@ use leafd_formats::disk::{Disk, resolve};
 use leafd_formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use super::journal::{Journal, Plan as JournalPlan};
-use super::make_base::{human_bytes, human_duration, read_small};
-use super::{Base, Library, Options, STAGING_PREFIX, SnapshotBackend, validate_name};
-use crate::error::{Error, IoContext, Kind, Result};
+use super::common::{cid_hex, disk_cid, human_bytes, human_duration, read_dict};
+use super::journal::{self, Ctx, Journal, LPath};
+use super::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
+use super::{Base, Library, Options, SnapshotBackend, validate_name};
+use crate::durable::{self, Flush};
+use crate::error::{Error, Kind, Result};
 use crate::fsutil;
-use crate::lineage::{self, LeafDisk, LeafRecord, LeafRef};
 use crate::platform::{self, Tag};
 use crate::{child, fault};
 
@@ -47,14 +47,31 @@ fn step(name: &str) {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub id: String,
-    pub base_dir: PathBuf,
+    /// The base's folder.
+    pub base: LPath,
     pub base_id: String,
     pub name: String,
-    pub staging: PathBuf,
-    pub target: PathBuf,
     /// The `New Leaf/<base>/<name>` folder that asked for the leaf, removed at the end.
-    pub request: Option<PathBuf>,
+    pub request: Option<LPath>,
     pub leaf_ref: LeafRef,
+}
+
+impl Plan {
+    fn staging(&self, lib: &Library) -> PathBuf {
+        lib.root().join(journal::work_name("staging", &self.id))
+    }
+
+    fn target(&self, lib: &Library) -> Result<PathBuf> {
+        validate_name(&self.name, "leaf", lib.root())?;
+        Ok(lib.leaf_path(&self.name))
+    }
+}
+
+/// Where a New Leaf builds and publishes, resolved for this library.
+struct Places {
+    staging: PathBuf,
+    target: PathBuf,
+    request: Option<PathBuf>,
 }
 
 /// What New Leaf did.
@@ -62,7 +79,6 @@ pub struct Plan {
 pub struct MadeLeaf {
     pub name: String,
     pub base: String,
-    pub dir: PathBuf,
     pub disks: usize,
     /// Bytes the leaf's own files take.
     pub own_bytes: u64,
@@ -115,7 +131,7 @@ pub fn new_leaf(
     for d in &base.record.disks {
         let path = base.descriptor_path(d);
         let disk = Disk::open(&opts.env(), &path)?;
-        let cid = format!("{:08x}", disk.descriptor.cid().unwrap_or(0));
+        let cid = disk_cid(&disk)?;
         if cid != d.cid {
             return Err(Error::refused(
                 &path,
@@ -125,43 +141,43 @@ pub fn new_leaf(
         }
         base_disks.push((d.clone(), disk));
     }
-    let id = lineage::new_id();
+    let id = records::new_id();
     let plan = Plan {
         id: id.clone(),
-        base_dir: base.dir.clone(),
+        base: LPath::new(lib.root(), &base.dir),
         base_id: base.record.id.clone(),
         name: name.to_string(),
-        staging: lib.root().join(format!("{STAGING_PREFIX}{id}")),
-        target: target.clone(),
-        request: request.map(Path::to_path_buf),
+        request: request.map(|r| LPath::new(lib.root(), r)),
         leaf_ref: LeafRef {
+            format: records::FORMAT,
             id: id.clone(),
             name: name.to_string(),
             path: target.to_string_lossy().into(),
-            created: lineage::now(),
+            created: records::now(),
         },
     };
-    let journal = Journal::begin(lib, &id, &JournalPlan::NewLeaf(plan.clone()))?;
+    let journal = Journal::begin(lib, &id, OP, &plan)?;
     step("journaled");
-    let built = build(&plan, &base, &base_disks, opts);
+    let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
+    let places = Places { staging: plan.staging(lib), target: target.clone(), request: request.map(Path::to_path_buf) };
+    let built = build(&ctx, &plan, &places, &base, &base_disks, opts);
     let (record, mut warnings) = match built {
         Ok(r) => r,
         Err(e) => {
             // Published but not flushed: the journal stays, and recovery finishes the leaf.
-            if !published(&plan) {
-                fsutil::remove_tree(&plan.staging)?;
+            if !published(&plan, &places) {
+                journal::remove_work_dir(&ctx, &places.staging)?;
                 journal.finish()?;
             }
             return Err(e);
         }
     };
-    warnings.extend(finish(lib, &plan)?);
+    warnings.extend(finish(&ctx, &plan, &places)?);
     journal.finish()?;
-    let own_bytes = fsutil::walk(&target)?.iter().map(|p| fsutil::allocated(p)).sum();
+    let own_bytes = super::common::own_bytes(&target);
     Ok(MadeLeaf {
         name: name.to_string(),
         base: base.record.name.clone(),
-        dir: target,
         disks: record.disks.len(),
         own_bytes,
         snapshot: if record.snapshot == "vmrun" { "vmrun" } else { "native" },
@@ -172,12 +188,14 @@ pub fn new_leaf(
 
 /// Builds the leaf in staging, checks its chains, and publishes it. Returns its record.
 fn build(
+    ctx: &Ctx,
     plan: &Plan,
+    places: &Places,
     base: &Base,
-    base_disks: &[(lineage::DiskRecord, Disk)],
+    base_disks: &[(DiskRecord, Disk)],
     opts: &Options,
 ) -> Result<(LeafRecord, Vec<String>)> {
-    let staging = &plan.staging;
+    let staging = &places.staging;
     let mut warnings = Vec::new();
     let vmrun = match opts.snapshot {
         SnapshotBackend::Native => None,
@@ -189,36 +207,37 @@ fn build(
     };
     let mut record = None;
     if let Some(vmrun) = vmrun {
-        match build_files(plan, base, base_disks, opts, Some(&vmrun)) {
+        match build_files(plan, places, base, base_disks, opts, Some(&vmrun)) {
             Ok(r) => record = Some(r),
             Err(e) if opts.snapshot == SnapshotBackend::Auto && e.kind != Kind::Cancelled => {
                 warnings.push(format!("vmrun could not take the snapshot, leafd wrote it itself: {e}"));
                 tracing::warn!("vmrun failed for leaf {:?}, using the native snapshot writer: {e}", plan.name);
-                fsutil::remove_tree(staging)?;
+                journal::remove_work_dir(ctx, staging)?;
             }
             Err(e) => return Err(e),
         }
     }
     let record = match record {
         Some(r) => r,
-        None => build_files(plan, base, base_disks, opts, None)?,
+        None => build_files(plan, places, base, base_disks, opts, None)?,
     };
     // Open every chain from where it is staged (same depth as its final place) before publishing.
     for d in &record.disks {
         let delta = Disk::open(&opts.env(), &staging.join(&d.delta))?;
-        let parent_cid = delta.parent().map(|p| format!("{:08x}", p.descriptor.cid().unwrap_or(0)));
+        let parent_cid = delta.parent().map(disk_cid).transpose()?;
         if parent_cid.as_deref() != Some(d.parent_cid.as_str()) {
             return Err(Error::format(&staging.join(&d.delta), "the new delta does not lead to the base"));
         }
     }
     // A request folder renamed meanwhile asks for a leaf of another name: this one is dropped,
     // and the folder under its new name is a request of its own.
-    if let Some(request) = &plan.request
+    if let Some(request) = &places.request
         && request.symlink_metadata().is_err()
     {
         return Err(Error::new(Kind::Busy, request.clone(), "was renamed or removed while its leaf was being made"));
     }
-    fsutil::rename_new(staging, &plan.target)?;
+    durable::flush_tree(staging, Flush::Order)?;
+    durable::rename_noreplace(staging, &places.target)?;
     step("published");
     Ok((record, warnings))
 }
@@ -227,29 +246,31 @@ fn build(
 /// `.vmsd`, or a `.vmx` on the parent copies that `vmrun` snapshots.
 fn build_files(
     plan: &Plan,
+    places: &Places,
     base: &Base,
-    base_disks: &[(lineage::DiskRecord, Disk)],
+    base_disks: &[(DiskRecord, Disk)],
     opts: &Options,
     vmrun: Option<&Path>,
 ) -> Result<LeafRecord> {
-    let staging = &plan.staging;
-    fs::create_dir(staging).at(staging, "cannot create staging folder")?;
+    let staging = &places.staging;
+    journal::create_work_dir(staging, &plan.id, "staging")?;
     let mut disks = Vec::new();
     for (d, disk) in base_disks {
         let rel = PathBuf::from(&d.descriptor);
         let copy_path = staging.join(&rel);
         if let Some(dir) = copy_path.parent() {
-            fs::create_dir_all(dir).at(dir, "cannot create folder")?;
+            durable::create_dir_all(dir)?;
         }
-        let final_dir = plan.target.join(&rel).parent().map(Path::to_path_buf).unwrap_or_else(|| plan.target.clone());
+        let final_dir =
+            places.target.join(&rel).parent().map(Path::to_path_buf).unwrap_or_else(|| places.target.clone());
         let copy = parent_copy(disk, &final_dir, opts.path_style)?;
-        fsutil::write_new(&copy_path, copy.to_string().as_bytes())?;
+        durable::write_new(&copy_path, copy.to_string().as_bytes())?;
         let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk").to_string();
         let delta_rel = rel.with_file_name(delta_name(&file_name));
         disks.push((d.node.clone(), rel, delta_rel, copy, file_name, disk.disk_type));
     }
     step("parent-copies-written");
-    let base_vmx = Dict::parse(&read_small(&base.vmx_path())?).map_err(|m| Error::format(&base.vmx_path(), m))?;
+    let base_vmx = read_dict(&base.vmx_path())?;
     copy_nvram(&base_vmx, base, staging, &plan.name, opts)?;
     let vmx_path = staging.join(format!("{}.vmx", plan.name));
     let vmsd_path = staging.join(format!("{}.vmsd", plan.name));
@@ -257,11 +278,11 @@ fn build_files(
     if let Some(vmrun) = vmrun {
         let on_copies: Vec<(String, String)> =
             disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
-        fsutil::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes())?;
+        durable::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes())?;
         step("vmx-written");
         run_vmrun(vmrun, &vmx_path, &opts.cancel)?;
         // vmrun must have pointed every disk at a new delta over our parent copy.
-        let after = Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
+        let after = read_dict(&vmx_path)?;
         for (node, rel, delta_rel, ..) in &mut disks {
             let now = after.get(&format!("{node}.fileName")).unwrap_or_default().to_string();
             let delta = Disk::open(&opts.env(), &resolve(staging, &now))?;
@@ -274,9 +295,9 @@ fn build_files(
             *delta_rel = PathBuf::from(now);
         }
         step("deltas-written");
-        let mut vmsd = Dict::parse(&read_small(&vmsd_path)?).map_err(|m| Error::format(&vmsd_path, m))?;
+        let mut vmsd = read_dict(&vmsd_path)?;
         add_clone_keys(&mut vmsd, base, &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>());
-        fsutil::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
+        durable::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
         step("vmsd-written");
     } else {
         for (_, _, delta_rel, copy, file_name, base_type) in &disks {
@@ -285,7 +306,7 @@ fn build_files(
         step("deltas-written");
         let deltas: Vec<(String, String)> =
             disks.iter().map(|(node, _, delta, ..)| (node.clone(), str_of(delta))).collect();
-        fsutil::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes())?;
+        durable::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes())?;
         step("vmx-written");
         let at_snapshot: Vec<(String, String)> =
             disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
@@ -297,15 +318,17 @@ fn build_files(
             clone_of: &str_of(&base.vmx_path()),
             created: SystemTime::now(),
         });
-        fsutil::write_new(&vmsd_path, &vmsd.to_bytes())?;
+        durable::write_new(&vmsd_path, &vmsd.to_bytes())?;
         step("vmsd-written");
     }
     let record = LeafRecord {
+        format: records::FORMAT,
         id: plan.id.clone(),
         base_id: base.record.id.clone(),
         base_name: base.record.name.clone(),
         name: plan.name.clone(),
-        path: plan.target.to_string_lossy().into(),
+        path: places.target.to_string_lossy().into(),
+        vmx: format!("{}.vmx", plan.name),
         created: plan.leaf_ref.created.clone(),
         snapshot: if vmrun.is_some() { "vmrun" } else { "native" }.into(),
         disks: disks
@@ -314,14 +337,13 @@ fn build_files(
                 node: node.clone(),
                 parent_copy: str_of(rel),
                 delta: str_of(delta),
-                parent_cid: format!("{:08x}", copy.cid().unwrap_or(0)),
+                parent_cid: cid_hex(copy.cid().unwrap_or(0)),
             })
             .collect(),
     };
-    lineage::write(staging, lineage::LEAF, &record)?;
-    platform::set_tag(staging, Tag::LinkedClone, true).at(staging, "cannot tag the leaf")?;
-    for dir in fsutil::walk(staging)?.iter().filter(|p| p.is_dir()).chain([staging]) {
-        platform::sync_dir(dir).at(dir, "cannot flush folder")?;
+    records::write_leaf(staging, &record)?;
+    if let Err(e) = durable::set_tag(staging, Tag::LinkedClone, true) {
+        tracing::debug!("cannot tag {}: {e}", staging.display());
     }
     step("lineage-written");
     Ok(record)
@@ -333,7 +355,7 @@ fn copy_nvram(base_vmx: &Dict, base: &Base, staging: &Path, name: &str, opts: &O
     let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
     let from = resolve(&base.dir, &nvram);
     if from.is_file() {
-        fsutil::copy_file(&from, &staging.join(format!("{name}.nvram")), &opts.cancel)?;
+        durable::copy_file(&from, &staging.join(format!("{name}.nvram")), &opts.cancel)?;
     }
     Ok(())
 }
@@ -378,16 +400,20 @@ fn run_vmrun(vmrun: &Path, vmx: &Path, cancel: &fsutil::Cancel) -> Result<()> {
 }
 
 /// After the publish: link the leaf from its base and remove the request folder. Idempotent.
-fn finish(lib: &Library, plan: &Plan) -> Result<Vec<String>> {
+fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
-    super::link_leaf(&plan.base_dir, &plan.leaf_ref)?;
+    journal::unstamp(&places.target, &plan.id)?;
+    records::link_leaf(&ctx.path(&plan.base)?, &plan.leaf_ref)?;
     step("base-linked");
-    if let Some(request) = &plan.request {
-        let _ = fs::remove_file(request.join(".DS_Store"));
-        match fs::remove_dir(request) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) => warnings.push(format!("{} was left in place because it holds files", lib.display(request))),
+    if let Some(request) = &places.request {
+        let _ = durable::remove_file(&request.join(".DS_Store"));
+        if request.symlink_metadata().is_ok() {
+            match durable::remove_dir(request) {
+                Ok(()) => durable::flush_parent(request, Flush::Order)?,
+                Err(_) => {
+                    warnings.push(format!("{} was left in place because it holds files", ctx.lib.display(request)))
+                }
+            }
         }
     }
     step("request-removed");
@@ -395,22 +421,25 @@ fn finish(lib: &Library, plan: &Plan) -> Result<Vec<String>> {
 }
 
 /// Whether the leaf is in place (the publish rename happened).
-fn published(plan: &Plan) -> bool {
-    matches!(lineage::read::<LeafRecord>(&plan.target, lineage::LEAF), Ok(Some(r)) if r.id == plan.id)
+fn published(plan: &Plan, places: &Places) -> bool {
+    matches!(records::read_leaf(&places.target), Ok(Some(r)) if r.id == plan.id)
 }
 
 /// Finishes or undoes a New Leaf that was interrupted.
-pub fn recover(lib: &Library, plan: &Plan) -> Result<String> {
+pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
+    let lib = ctx.lib;
     let _lock = lib.lock_base(&plan.base_id)?;
-    if published(plan) {
-        let warnings = finish(lib, plan)?;
+    let places =
+        Places { staging: plan.staging(lib), target: plan.target(lib)?, request: ctx.path_opt(&plan.request)? };
+    if published(plan, &places) {
+        let warnings = finish(ctx, plan, &places)?;
         let mut msg = format!("finished the interrupted New Leaf: leaf {:?} is ready", plan.name);
         for w in warnings {
             msg.push_str(&format!("; {w}"));
         }
         return Ok(msg);
     }
-    fsutil::remove_tree(&plan.staging)?;
-    super::unlink_leaf(&plan.base_dir, &plan.id)?;
+    journal::remove_work_dir(ctx, &places.staging)?;
+    records::unlink_leaf(&ctx.path(&plan.base)?, &plan.id)?;
     Ok(format!("undid the interrupted New Leaf {:?}; nothing of it remains", plan.name))
 }

@@ -245,9 +245,35 @@ pub fn read_base(store: &Path) -> Result<Option<BaseRecord>> {
     read_v1_base(store, &raw).map(Some)
 }
 
+/// The mirror of a store's record (format 2), to restore a damaged file from.
+pub fn read_base_mirror(store: &Path) -> Option<BaseRecord> {
+    let raw = attr(store, BASE_ATTR)?;
+    has_format(&raw).then(|| parse::<BaseRecord>(&raw, store, "base").ok()).flatten()
+}
+
+/// Whether a record's JSON says its format (format 1 records did not).
+fn has_format(raw: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(raw).is_ok_and(|v| v.get("format").is_some())
+}
+
 /// Writes the base record into `store` (and its mirror).
 pub fn write_base(store: &Path, record: &BaseRecord) -> Result<()> {
     write_record(&base_file(store), store, Some(BASE_ATTR), record)
+}
+
+/// Removes the base record from `store` (an undone Make Base), and its folder once empty.
+pub fn remove_base(store: &Path) -> Result<()> {
+    remove_record(store, &base_file(store), BASE_ATTR)
+}
+
+fn remove_record(dir: &Path, file: &Path, attr_name: &str) -> Result<()> {
+    durable::remove_file(file)?;
+    let records = dir.join(DIR);
+    if fs::read_dir(&records).is_ok_and(|mut d| d.next().is_none()) {
+        durable::remove_dir(&records)?;
+    }
+    durable::remove_xattr(dir, &xattr_name(attr_name)).or_else(ignore_unsupported).at(dir, "cannot remove lineage")?;
+    durable::flush_path(dir, durable::Flush::Order)
 }
 
 /// The record of the leaf bundle `bundle`: its file, else its mirror (either format).
@@ -270,13 +296,7 @@ pub fn write_leaf(bundle: &Path, record: &LeafRecord) -> Result<()> {
 
 /// Removes the leaf record of `bundle` (it became a base, or a standalone VM).
 pub fn remove_leaf(bundle: &Path) -> Result<()> {
-    durable::remove_file(&leaf_file(bundle))?;
-    let dir = bundle.join(DIR);
-    if fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()) {
-        durable::remove_dir(&dir)?;
-    }
-    durable::remove_xattr(bundle, &xattr_name(LEAF_ATTR)).or_else(ignore_unsupported).at(bundle, "cannot remove lineage")?;
-    durable::flush_path(bundle, durable::Flush::Order)
+    remove_record(bundle, &leaf_file(bundle), LEAF_ATTR)
 }
 
 /// The volume keeps no extended attributes (`ENOTSUP`; macOS also says `EOPNOTSUPP`).
@@ -467,7 +487,15 @@ fn read_v1_base(store: &Path, raw: &[u8]) -> Result<BaseRecord> {
             fingerprint: d.fingerprint,
         })
         .collect();
-    Ok(BaseRecord { format: FORMAT, id: v1.id, name: v1.name, source: v1.source, created: v1.created, vmx: v1.vmx, disks })
+    Ok(BaseRecord {
+        format: FORMAT,
+        id: v1.id,
+        name: v1.name,
+        source: v1.source,
+        created: v1.created,
+        vmx: v1.vmx,
+        disks,
+    })
 }
 
 /// Format 1's leaf record: the `.vmx` was always `<name>.vmx`.

@@ -7,15 +7,14 @@ use std::path::{Path, PathBuf};
 
 use leafd_formats::clone::{PathStyle, repoint};
 use leafd_formats::descriptor::Descriptor;
-use leafd_formats::dict::Dict;
 use leafd_formats::disk::{Disk, read_descriptor};
 
-use super::make_base::read_small;
-use super::verify::{extent_keys, link_to_base};
+use super::common::{extent_keys, read_dict};
+use super::records;
 use super::{Base, Leaf, Library, Options};
+use crate::durable;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::lineage::{self, LeafRecord};
 
 /// What relink did.
 #[derive(Debug)]
@@ -41,19 +40,6 @@ impl std::fmt::Display for Relinked {
             )
         }
     }
-}
-
-/// The leaf bundle `arg` names: a path, or the name of a leaf in the library.
-pub fn find_leaf(lib: &Library, arg: &Path) -> Result<Leaf> {
-    let dir = if arg.is_dir() { arg.to_path_buf() } else { lib.leaf_path(&arg.to_string_lossy()) };
-    let dir = dir.canonicalize().map_err(|e| {
-        Error::io(&dir, "no leaf here", e).fix("give the leaf's path, or the name of a leaf in the library")
-    })?;
-    let record = lineage::read::<LeafRecord>(&dir, lineage::LEAF)?.ok_or_else(|| {
-        Error::refused(&dir, "is not a leaf made by leafd (no lineage record)")
-            .fix("run `leafd verify` in its library to rebuild the record")
-    })?;
-    Ok(Leaf { dir, record })
 }
 
 /// The base `leaf` was made from: by id, else the one base whose every disk has the parent copy's
@@ -115,7 +101,7 @@ fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> 
 /// Points `leaf`'s parent copies at its base in `lib`.
 pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
     let env = opts.env();
-    let leaf = find_leaf(lib, arg)?;
+    let leaf = lib.find_leaf(arg)?;
     let copies: Vec<(PathBuf, Descriptor)> = leaf
         .record
         .disks
@@ -165,13 +151,13 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
         plans.push((path.clone(), copy.to_string(), new.to_string()));
     }
     for (path, _, text) in &plans {
-        fsutil::write_atomic(path, text.as_bytes())?;
+        durable::write_atomic(path, text.as_bytes())?;
     }
     // Every chain must open now, or the old parent copies go back.
     for d in &leaf.record.disks {
         if let Err(e) = Disk::open(&env, &leaf.dir.join(&d.delta)) {
             for (path, old, _) in &plans {
-                fsutil::write_atomic(path, old.as_bytes())?;
+                durable::write_atomic(path, old.as_bytes())?;
             }
             return Err(e.into());
         }
@@ -186,14 +172,14 @@ fn update_records(leaf: &Leaf, base: &Base) -> Result<()> {
     record.path = leaf.dir.to_string_lossy().into();
     record.base_id = base.record.id.clone();
     record.base_name = base.record.name.clone();
-    lineage::write(&leaf.dir, lineage::LEAF, &record)?;
-    let vmsd = leaf.dir.join(format!("{}.vmsd", record.name));
+    records::write_leaf(&leaf.dir, &record)?;
+    let vmsd = leaf.vmx_path().with_extension("vmsd");
     if vmsd.is_file() {
-        let mut d = Dict::parse(&read_small(&vmsd)?).map_err(|m| Error::format(&vmsd, m))?;
+        let mut d = read_dict(&vmsd)?;
         if d.get("cloneOf0").is_some() {
             d.set("cloneOf0", &base.vmx_path().to_string_lossy());
-            fsutil::write_atomic(&vmsd, &d.to_bytes())?;
+            durable::write_atomic(&vmsd, &d.to_bytes())?;
         }
     }
-    link_to_base(base, &Leaf { dir: leaf.dir.clone(), record })
+    records::link_leaf(&base.dir, &Leaf { dir: leaf.dir.clone(), record }.listing())
 }

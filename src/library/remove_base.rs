@@ -1,15 +1,18 @@
-//! `leafd remove-base NAME`: remove a base no leaf depends on any more. The base first vanishes
-//! from the library with one rename (so nothing can start using it halfway), is unlocked, and
-//! then goes to the Trash (macOS) or is deleted (Linux, after confirmation).
+//! `leafd remove-base NAME`: remove a base no leaf depends on any more. The base is stamped and
+//! first vanishes from the library with one rename (so nothing can start using it halfway), is
+//! unlocked, and then goes to the Trash (macOS) or is deleted (Linux, after confirmation).
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::{Journal, Plan as JournalPlan};
-use super::make_base::human_bytes;
-use super::{Library, Options};
+use super::common::human_bytes;
+use super::journal::{self, Ctx, Journal};
+use super::records::Listed;
+use super::{Library, validate_name};
+use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Result};
 use crate::fault;
 use crate::fsutil;
@@ -28,9 +31,29 @@ pub struct Plan {
     /// The base's id: only that base is ever hidden or removed.
     pub id: String,
     pub name: String,
-    pub dir: PathBuf,
-    pub hidden: PathBuf,
-    pub drop_folder: PathBuf,
+}
+
+/// Where a removal works.
+struct Places {
+    dir: PathBuf,
+    hidden: PathBuf,
+    drop_folder: PathBuf,
+}
+
+impl Places {
+    fn of(lib: &Library, plan: &Plan) -> Result<Places> {
+        validate_name(&plan.name, "base", &lib.bases_dir())?;
+        Ok(Places {
+            dir: lib.bases_dir().join(&plan.name),
+            hidden: lib.bases_dir().join(journal::work_name("removing", &plan.id)),
+            drop_folder: lib.new_leaf_dir().join(&plan.name),
+        })
+    }
+}
+
+/// The journal id of removing base `id`.
+fn journal_id(id: &str) -> String {
+    format!("remove-{id}")
 }
 
 #[derive(Debug)]
@@ -52,7 +75,9 @@ impl std::fmt::Display for Removed {
     }
 }
 
-/// What stands in the way of removing base `name`: its leaves, by name and place.
+/// What stands in the way of removing base `name`: its leaves, by name and place, wherever they
+/// are; a leaf the base lists but that cannot be found still counts, since deleting a leaf must
+/// never be a way to lose its base. Only `leafd forget` takes a leaf off the list.
 pub fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
     let base = lib.base(name)?;
     let leaves = lib.leaves()?;
@@ -61,22 +86,24 @@ pub fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
         .filter(|l| l.record.base_id == base.record.id)
         .map(|l| format!("{:?} ({})", l.record.name, l.dir.display()))
         .collect();
-    for r in base.leaf_refs()? {
-        if !leaves.iter().any(|l| l.record.id == r.id) {
-            let marker = base.leaves_dir().join(&r.id);
-            out.push(format!(
-                "{:?} (recorded at {}; not found there: if you deleted it, forget it with rm '{}')",
-                r.name,
-                r.path,
+    for listed in base.leaf_refs()? {
+        match listed {
+            Listed::Leaf(r) if !leaves.iter().any(|l| l.record.id == r.id) => out.push(format!(
+                "{:?} (recorded at {}, not found there: if it was deleted, `leafd forget {:?}` checks that and takes it off the list)",
+                r.name, r.path, r.name
+            )),
+            Listed::Leaf(_) => {}
+            Listed::Damaged(marker, why) => out.push(format!(
+                "a leaf whose entry {} cannot be read ({why}; `leafd verify` says more)",
                 marker.display()
-            ));
+            )),
         }
     }
     Ok(out)
 }
 
 /// Removes base `name`. `confirmed` must be true where removal is final (no Trash).
-pub fn remove_base(lib: &Library, name: &str, confirmed: bool, opts: &Options) -> Result<Removed> {
+pub fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed> {
     let base = lib.base(name)?;
     // Held from the check to the hide: no New Leaf can start on the base in between.
     let _lock = base.lock(lib)?;
@@ -98,61 +125,70 @@ pub fn remove_base(lib: &Library, name: &str, confirmed: bool, opts: &Options) -
             .fix("run again with --yes to confirm"));
     }
     let bytes = fsutil::walk(&base.dir)?.iter().map(|p| fsutil::allocated(p)).sum();
-    let id = base.record.id.clone();
-    let plan = Plan {
-        id: id.clone(),
-        name: base.record.name.clone(),
-        dir: base.dir.clone(),
-        hidden: lib.bases_dir().join(format!(".leafd-removing-{id}")),
-        drop_folder: lib.new_leaf_dir().join(&base.record.name),
-    };
-    let journal = Journal::begin(lib, &format!("remove-{id}"), &JournalPlan::RemoveBase(plan.clone()))?;
+    let plan = Plan { id: base.record.id.clone(), name: base.record.name.clone() };
+    let jid = journal_id(&plan.id);
+    let journal = Journal::begin(lib, &jid, OP, &plan)?;
     step("journaled");
-    fsutil::rename_new(&plan.dir, &plan.hidden)?;
+    let ctx = Ctx { lib, id: jid.clone(), same_library: true, format: journal::FORMAT };
+    let places = Places::of(lib, &plan)?;
+    journal::stamp(&places.dir, &jid, "removing")?;
+    durable::rename_noreplace(&places.dir, &places.hidden)?;
     step("hidden");
-    let trashed_to = finish(&plan, opts)?;
+    let trashed_to = finish(&ctx, &places, &plan)?;
     journal.finish()?;
     Ok(Removed { name: plan.name, bytes, trashed_to })
 }
 
 /// Unlocks and removes the hidden base. Idempotent, so recovery runs it again.
-fn finish(plan: &Plan, _opts: &Options) -> Result<Option<PathBuf>> {
+fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
     let mut trashed_to = None;
-    if plan.hidden.exists() {
-        for p in fsutil::walk(&plan.hidden)? {
+    if places.hidden.exists() {
+        for p in fsutil::walk(&places.hidden)? {
             if p.is_file() {
-                let mode = fs::metadata(&p)
-                    .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
-                    .unwrap_or(0o644);
-                platform::unprotect(&p, mode | 0o200).at(&p, "cannot unlock")?;
+                let mode = fs::metadata(&p).map(|m| m.permissions().mode()).unwrap_or(0o644);
+                durable::unprotect(&p, (mode | 0o200) & 0o7777)?;
             }
         }
         step("unlocked");
         if platform::HAS_TRASH {
-            trashed_to = Some(platform::trash(&plan.hidden, &plan.name).at(&plan.hidden, "cannot move to the Trash")?);
+            if !journal::stamped(&places.hidden, &ctx.id) && ctx.format == journal::FORMAT {
+                return Err(Error::refused(
+                    &places.hidden,
+                    "is not the folder this removal hid (its stamp is missing)",
+                )
+                .fix(format!("look inside it; then `leafd recover --discard {}`", ctx.id)));
+            }
+            journal::unstamp(&places.hidden, &ctx.id)?;
+            let to = platform::trash(&places.hidden, &plan.name).at(&places.hidden, "cannot move to the Trash")?;
+            durable::flush_parent(&places.hidden, Flush::Commit)?;
+            trashed_to = Some(to);
         } else {
-            fs::remove_dir_all(&plan.hidden).at(&plan.hidden, "cannot delete")?;
+            journal::remove_work_dir(ctx, &places.hidden)?;
         }
         step("removed");
     }
     // The drop folder goes too, unless someone put something in it.
-    let _ = fs::remove_file(plan.drop_folder.join(".DS_Store"));
-    let _ = fs::remove_dir(&plan.drop_folder);
+    let _ = durable::remove_file(&places.drop_folder.join(".DS_Store"));
+    if durable::remove_dir(&places.drop_folder).is_ok() {
+        durable::flush_parent(&places.drop_folder, Flush::Order)?;
+    }
     Ok(trashed_to)
 }
 
 /// An interrupted removal: finished once the base was hidden (it was out of the library and
 /// asked for); before that nothing had changed, and the base stays.
-pub fn recover(_lib: &Library, plan: &Plan, opts: &Options) -> Result<String> {
-    if !plan.hidden.exists() {
-        let still_there = super::base_at(&plan.dir, &plan.id).unwrap_or(false);
-        return Ok(if still_there {
-            format!("the interrupted removal of base {:?} had not started; the base is untouched", plan.name)
-        } else {
-            finish(plan, opts)?;
-            format!("finished removing base {:?}", plan.name)
-        });
+pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
+    let places = Places::of(ctx.lib, plan)?;
+    if !places.hidden.exists() {
+        let still_there = super::base_at(&places.dir, &plan.id).unwrap_or(false);
+        if still_there {
+            journal::unstamp(&places.dir, &ctx.id)?;
+            return Ok(format!(
+                "the interrupted removal of base {:?} had not started; the base is untouched",
+                plan.name
+            ));
+        }
     }
-    finish(plan, opts)?;
+    finish(ctx, &places, plan)?;
     Ok(format!("finished removing base {:?}", plan.name))
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use leafd_formats::disk::Disk;
 use serde::Serialize;
 
-use super::make_base::human_bytes;
+use super::common::{human_bytes, own_bytes};
 use super::{Library, NOTE_SUFFIX, Options, journal, note_path};
 use crate::error::Result;
 use crate::fsutil;
@@ -72,10 +72,9 @@ pub fn status(lib: &Library) -> Result<Status> {
     for base in lib.bases()? {
         let shared: u64 = base.record.disks.iter().map(|d| allocated_of_disk(&base.descriptor_path(d))).sum();
         let mut ls = Vec::new();
-        for r in base.leaf_refs()? {
+        for r in base.leaves_listed()? {
             let found = leaves.iter().find(|l| l.record.id == r.id);
-            let own =
-                found.map_or(0, |l| l.record.disks.iter().map(|d| allocated_of_disk(&l.dir.join(&d.delta))).sum());
+            let own = found.map_or(0, |l| own_bytes(&l.dir));
             let path = found.map_or(r.path.clone(), |l| l.dir.to_string_lossy().into_owned());
             ls.push(LeafStatus { name: r.name.clone(), path, present: found.is_some(), own_bytes: own });
         }
@@ -87,7 +86,7 @@ pub fn status(lib: &Library) -> Result<Status> {
                 name: l.record.name.clone(),
                 path: l.dir.to_string_lossy().into(),
                 present: true,
-                own_bytes: l.record.disks.iter().map(|d| allocated_of_disk(&l.dir.join(&d.delta))).sum(),
+                own_bytes: own_bytes(&l.dir),
             })
             .collect();
         ls.extend(unlisted);

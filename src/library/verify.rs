@@ -1,25 +1,26 @@
 //! `leafd verify`: every base and leaf checked against the disk chain, the ground truth.
 //!
-//! Problems are reported one per line with what to do. Lineage records that are missing (a copy
-//! through a file system without extended attributes, say) are rebuilt from the chain and
-//! reported as repairs; nothing else is ever changed, and no disk is opened for writing.
+//! Problems are reported one per line with what to do. Records that are missing or damaged are
+//! rebuilt from the chain and reported as repairs. Nothing else is ever changed: no disk is
+//! opened for writing, no protected file is touched (records live beside the disks, not on
+//! them), and no entry of a base's list of leaves is ever deleted here.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use leafd_formats::ErrorKind;
+use leafd_formats::Env;
 use leafd_formats::descriptor::NO_PARENT;
-use leafd_formats::dict::Dict;
 use leafd_formats::disk::{Disk, read_descriptor, resolve};
-use leafd_formats::vmx;
+use leafd_formats::{ErrorKind, vmx};
 use serde::Serialize;
 
-use super::make_base::{flattened_name, read_small};
-use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, journal};
+use super::common::{cid_hex, disk_cid, extent_keys, flattened_name, read_dict};
+use super::records::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, Listed};
+use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, journal, same_name};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::lineage::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, LeafRef};
 use crate::platform;
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,11 +81,6 @@ impl Report {
     }
 }
 
-/// Canonical paths of a disk's extent files (for matching a leaf's parent copy to its base).
-pub fn extent_keys(disk: &Disk) -> Vec<PathBuf> {
-    disk.extent_files().iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect()
-}
-
 /// Verifies the library, or only the bases and leaves `names` (empty: everything).
 pub fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Result<Report> {
     let mut report = Report::default();
@@ -93,30 +89,30 @@ pub fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Re
         report.problem(
             &lib.journal_dir(),
             format!("{pending} interrupted operation(s) not yet finished or undone"),
-            "run `leafd recover` (or start the agent)",
+            "run `leafd recover` (or start the agent); `leafd recover --list` shows them",
         );
     }
     // Bases first (a base that lost its record takes its id from its leaves), then leaves that
     // lost theirs (they need the bases to know what they lead to).
+    let env = opts.env();
     let mut leaves = lib.leaves()?;
-    let bases = bases_with_records(lib, &leaves, &mut report)?;
-    adopt_unrecorded_leaves(lib, &bases, &mut leaves, &mut report)?;
-    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| super::same_name(n, name));
+    let bases = bases_with_records(lib, &env, &leaves, &mut report)?;
+    adopt_unrecorded_leaves(lib, &env, &bases, &mut leaves, &mut report)?;
+    same_ids(&bases, &leaves, &mut report);
+    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| same_name(n, name));
     for base in bases.iter().filter(|b| {
         wanted(&b.record.name) || leaves.iter().any(|l| l.record.base_id == b.record.id && wanted(&l.record.name))
     }) {
         report.bases += 1;
-        check_base(lib, base, deep, opts, &mut report)?;
+        check_base(lib, &env, base, deep, opts, &mut report)?;
         check_refs(lib, base, &leaves, &mut report)?;
     }
     for leaf in leaves.iter().filter(|l| wanted(&l.record.name) || wanted(&l.record.base_name)) {
         report.leaves += 1;
-        check_leaf(leaf, &bases, &mut report);
+        check_leaf(&env, leaf, &bases, &mut report);
     }
     for n in names {
-        if !bases.iter().any(|b| super::same_name(&b.record.name, n))
-            && !leaves.iter().any(|l| super::same_name(&l.record.name, n))
-        {
+        if !bases.iter().any(|b| same_name(&b.record.name, n)) && !leaves.iter().any(|l| same_name(&l.record.name, n)) {
             report.problem(
                 lib.root(),
                 format!("there is no base or leaf named {n:?}"),
@@ -127,19 +123,29 @@ pub fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Re
     Ok(report)
 }
 
-/// Base stores, rebuilding the record of any that lost it.
-fn bases_with_records(lib: &Library, leaves: &[Leaf], report: &mut Report) -> Result<Vec<Base>> {
-    let mut bases = lib.bases()?;
-    let Ok(rd) = fs::read_dir(lib.bases_dir()) else { return Ok(bases) };
-    for e in rd.filter_map(|e| e.ok()) {
-        let dir = e.path();
-        let hidden = dir.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-        if hidden || !dir.is_dir() || bases.iter().any(|b| b.dir == dir) {
-            continue;
-        }
-        match rebuild_base(&dir, leaves) {
+/// Base stores, rebuilding the record of any that lost it or whose record is damaged.
+fn bases_with_records(lib: &Library, env: &Arc<dyn Env>, leaves: &[Leaf], report: &mut Report) -> Result<Vec<Base>> {
+    let mut bases = Vec::new();
+    for (dir, record) in lib.stores()? {
+        let why = match record {
+            Ok(Some(record)) => {
+                bases.push(Base { dir, record });
+                continue;
+            }
+            Ok(None) => "base lineage was missing; rebuilt from its disks",
+            Err(_) => {
+                if let Some(record) = records::read_base_mirror(&dir) {
+                    records::write_base(&dir, &record)?;
+                    report.repaired(&dir, "the base record was damaged; restored from its mirror");
+                    bases.push(Base { dir, record });
+                    continue;
+                }
+                "base lineage was damaged; rebuilt from its disks (extent sizes taken as they are now)"
+            }
+        };
+        match rebuild_base(env, &dir, leaves) {
             Ok(base) => {
-                report.repaired(&dir, "base lineage was missing; rebuilt from its disks");
+                report.repaired(&dir, why);
                 bases.push(base);
             }
             Err(e) => report.problem(
@@ -149,101 +155,123 @@ fn bases_with_records(lib: &Library, leaves: &[Leaf], report: &mut Report) -> Re
             ),
         }
     }
+    bases.sort_by(|a, b| a.record.name.cmp(&b.record.name));
     Ok(bases)
 }
 
-/// Rebuilds a base's records from its `.vmx.base` and disks. Its id is the one its leaves
+/// Rebuilds a base's record from its `.vmx.base` and disks. Its id is the one its leaves
 /// remember, so they stay linked.
-fn rebuild_base(dir: &Path, leaves: &[Leaf]) -> Result<Base> {
-    let env = Options::default().env();
+fn rebuild_base(env: &Arc<dyn Env>, dir: &Path, leaves: &[Leaf]) -> Result<Base> {
     let vmx_name = fs::read_dir(dir)
         .map_err(|e| Error::io(dir, "cannot list", e))?
         .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
         .find(|n| n.ends_with(&format!(".vmx{BASE_VMX_SUFFIX}")))
         .ok_or_else(|| Error::format(dir, "no .vmx.base"))?;
-    let vmx_path = dir.join(&vmx_name);
-    let dict = Dict::parse(&read_small(&vmx_path)?).map_err(|m| Error::format(&vmx_path, m))?;
+    let dict = read_dict(&dir.join(&vmx_name))?;
     let mut disks = Vec::new();
     let mut id = None;
     for entry in vmx::disks(&dict) {
         let mut path = resolve(dir, &entry.file_name);
         // The .vmx of a base made from a snapshot chain still names the chain (it is kept as it
         // was); the base's disk is the flattened one beside it.
-        if read_descriptor(&env, &path).is_ok_and(|(d, _)| d.parent_cid().is_ok_and(|p| p != NO_PARENT)) {
+        if read_descriptor(env, &path).is_ok_and(|(d, _)| d.parent_cid().is_ok_and(|p| p != NO_PARENT)) {
             path = flattened_name(&path);
         }
-        let disk = Disk::open(&env, &path)?;
+        let disk = Disk::open(env, &path)?;
         let keys = extent_keys(&disk);
         // A leaf whose parent copy reaches these very extents names the base's id.
         for l in leaves {
             for d in &l.record.disks {
-                if Disk::open_alone(&env, &l.dir.join(&d.parent_copy)).is_ok_and(|c| extent_keys(&c) == keys) {
+                if Disk::open_alone(env, &l.dir.join(&d.parent_copy)).is_ok_and(|c| extent_keys(&c) == keys) {
                     id.get_or_insert_with(|| l.record.base_id.clone());
                 }
             }
         }
         let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned();
-        disks.push((entry.node, rel, disk));
+        disks.push(DiskRecord {
+            node: entry.node,
+            descriptor: rel,
+            cid: disk_cid(&disk)?,
+            capacity: disk.capacity(),
+            create_type: disk.descriptor.create_type().to_string(),
+            extents: extents_now(dir, &disk)?,
+            fingerprint: None,
+        });
     }
-    let id = id.unwrap_or_else(lineage::new_id);
     let record = BaseRecord {
-        id: id.clone(),
+        format: records::FORMAT,
+        id: id.unwrap_or_else(records::new_id),
         name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         source: String::new(),
-        created: lineage::now(),
+        created: records::now(),
         vmx: vmx_name,
-        disks: disks
-            .iter()
-            .map(|(node, rel, d)| DiskRecord {
-                node: node.clone(),
-                descriptor: rel.clone(),
-                cid: format!("{:08x}", d.descriptor.cid().unwrap_or(0)),
-                capacity: d.capacity(),
-                create_type: d.descriptor.create_type().to_string(),
-                extents: d.extent_files().len(),
-                fingerprint: None,
-            })
-            .collect(),
+        disks,
     };
-    for (_, rel, d) in &disks {
-        for (index, (sectors, file)) in d.extent_layout().into_iter().enumerate() {
-            let Some(file) = file else { continue };
-            let size = fs::metadata(&file).map_err(|e| Error::io(&file, "cannot stat", e))?.len();
-            let file_rel = file.strip_prefix(dir).unwrap_or(&file).to_string_lossy().into_owned();
-            let rec = ExtentRecord { base: id.clone(), disk: rel.clone(), index, file: file_rel, sectors, size };
-            with_write_access(&file, || lineage::write(&file, lineage::EXTENT, &rec))?;
-        }
-    }
-    lineage::write(dir, lineage::BASE, &record)?;
+    records::write_base(dir, &record)?;
     Ok(Base { dir: dir.to_path_buf(), record })
 }
 
-/// Runs `f` on a protected base file with its protection lifted for the moment (writing an
-/// extended attribute needs write access), then puts the protection back.
-fn with_write_access(path: &Path, f: impl FnOnce() -> Result<()>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(path).map_err(|e| Error::io(path, "cannot stat", e))?.permissions().mode();
-    let was_protected = platform::is_protected(path).unwrap_or(false);
-    platform::unprotect(path, mode | 0o200).map_err(|e| Error::io(path, "cannot unlock to record lineage", e))?;
-    let result = f();
-    let restore = if was_protected { platform::protect(path) } else { platform::unprotect(path, mode) };
-    restore.map_err(|e| Error::io(path, "cannot restore protection", e))?;
-    result
+/// A disk's extents as they are now, relative to `dir`.
+fn extents_now(dir: &Path, disk: &Disk) -> Result<Vec<ExtentRecord>> {
+    let mut out = Vec::new();
+    for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
+        let Some(file) = file else { continue };
+        let size = fs::metadata(&file).map_err(|e| Error::io(&file, "cannot stat", e))?.len();
+        let rel = file.strip_prefix(dir).unwrap_or(&file).to_string_lossy().into_owned();
+        out.push(ExtentRecord { index, file: rel, sectors, size });
+    }
+    Ok(out)
 }
 
-fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &mut Report) -> Result<()> {
-    let mut record = base.record.clone();
-    let mut changed = false;
-    for d in &mut record.disks {
+/// Two bases, or two leaves, with one id: one of them is a hand-made copy, which leafd cannot
+/// tell from the original.
+fn same_ids(bases: &[Base], leaves: &[Leaf], report: &mut Report) {
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for (id, dir, what) in bases
+        .iter()
+        .map(|b| (b.record.id.as_str(), b.dir.as_path(), "base"))
+        .chain(leaves.iter().map(|l| (l.record.id.as_str(), l.dir.as_path(), "leaf")))
+    {
+        if let Some(first) = seen.insert(id, dir) {
+            let fix = if what == "base" {
+                format!(
+                    "a copy of a base serves nothing (leaves use the original): move the copy out of Bases; if {} is the copy, move that one",
+                    first.display()
+                )
+            } else {
+                format!(
+                    "if one is a copy you want to keep as a VM of its own, remove leafd's record from it (rm -r '{}/.leafd') and run `leafd verify` again: it gets an id of its own",
+                    dir.display()
+                )
+            };
+            report.problem(
+                dir,
+                format!("this {what} carries the same record id as {}: one is a hand-made copy", first.display()),
+                fix,
+            );
+        }
+    }
+}
+
+fn check_base(
+    lib: &Library,
+    env: &Arc<dyn Env>,
+    base: &Base,
+    deep: bool,
+    opts: &Options,
+    report: &mut Report,
+) -> Result<()> {
+    let mut prints = Vec::new();
+    for d in &base.record.disks {
         let path = base.descriptor_path(d);
-        let disk = match Disk::open(&opts.env(), &path) {
+        let disk = match Disk::open(env, &path) {
             Ok(disk) => disk,
             Err(e) => {
                 report.error(&e.into());
                 continue;
             }
         };
-        let cid = format!("{:08x}", disk.descriptor.cid().unwrap_or(0));
+        let cid = disk_cid(&disk)?;
         if cid != d.cid {
             report.problem(
                 &path,
@@ -258,51 +286,29 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
                 "restore the base's disk files from a backup",
             );
         }
-        let files = disk.files();
-        for f in &files {
-            if !platform::is_protected(f).unwrap_or(false) {
+        for f in disk.files() {
+            if !platform::is_protected(&f).unwrap_or(false) {
                 report.problem(
-                    f,
+                    &f,
                     "the base disk file is not write-protected",
-                    format!("protect it again: {}", platform::protect_command(f)),
+                    format!("protect it again: {}", platform::protect_command(&f)),
                 );
             }
         }
-        // Damaged extent records: their recorded size is lost, so they are rebuilt only once the
-        // content is shown intact (`--deep`, fingerprint matching).
-        let mut damaged = Vec::new();
         // A fingerprint is recorded only from content whose sizes check out.
         let mut suspect = false;
-        for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
-            let Some(file) = file else { continue };
+        for e in &d.extents {
+            let file = base.dir.join(&e.file);
             let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            let file_rel = file.strip_prefix(&base.dir).unwrap_or(&file).to_string_lossy().into_owned();
-            let rebuilt = ExtentRecord {
-                base: record.id.clone(),
-                disk: d.descriptor.clone(),
-                index,
-                file: file_rel,
-                sectors,
-                size,
-            };
-            match lineage::read::<ExtentRecord>(&file, lineage::EXTENT) {
-                Ok(Some(r)) if r.size != size => {
-                    suspect = true;
-                    report.problem(
-                        &file,
-                        format!("extent is {size} bytes, {} when the base was made: truncated or changed", r.size),
-                        "restore the base's disk files from a backup",
-                    )
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    with_write_access(&file, || lineage::write(&file, lineage::EXTENT, &rebuilt))?;
-                    report.repaired(&file, "extent lineage was missing; rebuilt (its size is taken as it is now)");
-                }
-                Err(_) => damaged.push((file, rebuilt)),
+            if size != e.size {
+                suspect = true;
+                report.problem(
+                    &file,
+                    format!("extent is {size} bytes, {} when the base was made: truncated or changed", e.size),
+                    "restore the base's disk files from a backup",
+                );
             }
         }
-        let mut intact = false;
         if deep {
             if let Err(e) = disk.check_extents() {
                 report.error(&e.into());
@@ -314,36 +320,28 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
                     "the base's content changed since it was made (fingerprint differs)",
                     "restore the base's disk files from a backup",
                 ),
-                Some(_) => intact = true,
-                None if suspect || !damaged.is_empty() => report.problem(
+                Some(_) => {}
+                None if suspect => report.problem(
                     &path,
-                    "the base has no content fingerprint, and its extents cannot be checked against their records",
+                    "the base has no content fingerprint, and its extents do not check out against their records",
                     "restore the base's disk files from a backup, or make the base again from the original VM",
                 ),
-                None => {
-                    d.fingerprint = Some(now);
-                    changed = true;
-                    report.repaired(&path, "fingerprint recorded");
-                }
-            }
-        }
-        for (file, rebuilt) in damaged {
-            if intact {
-                with_write_access(&file, || lineage::write(&file, lineage::EXTENT, &rebuilt))?;
-                report.repaired(&file, "extent lineage was damaged; rebuilt (the content matches its fingerprint)");
-            } else {
-                report.problem(
-                    &file,
-                    "the extent's lineage record is damaged, so its size cannot be checked",
-                    "run `leafd verify --deep`: if the content matches its fingerprint, the record is rebuilt",
-                );
+                None => prints.push((d.descriptor.clone(), now)),
             }
         }
     }
     check_base_vmx(base, report);
-    if changed {
+    if !prints.is_empty() {
+        // Re-read under the lock: Make Base may be recording a fingerprint meanwhile.
         let _lock = lib.lock_base(&base.record.id)?;
-        lineage::write(&base.dir, lineage::BASE, &record)?;
+        let mut record = records::read_base(&base.dir)?.unwrap_or_else(|| base.record.clone());
+        for (descriptor, print) in prints {
+            if let Some(d) = record.disks.iter_mut().find(|d| d.descriptor == descriptor && d.fingerprint.is_none()) {
+                d.fingerprint = Some(print);
+                report.repaired(&base.descriptor_path(d), "fingerprint recorded");
+            }
+        }
+        records::write_base(&base.dir, &record)?;
     }
     Ok(())
 }
@@ -352,81 +350,80 @@ fn check_base(lib: &Library, base: &Base, deep: bool, opts: &Options, report: &m
 /// beside it could be booted, which changes the base's CID and breaks every leaf.
 fn check_base_vmx(base: &Base, report: &mut Report) {
     let vmx = base.vmx_path();
-    if let Some(bootable) = base.record.vmx.strip_suffix(BASE_VMX_SUFFIX).map(|v| base.dir.join(v))
-        && bootable.symlink_metadata().is_ok()
-    {
-        report.problem(
-            &bootable,
+    let bootable = base.record.vmx.strip_suffix(BASE_VMX_SUFFIX).map(|v| base.dir.join(v));
+    let bootable = bootable.filter(|b| b.symlink_metadata().is_ok());
+    let kept = vmx.symlink_metadata().is_ok();
+    match (bootable, kept) {
+        (Some(b), true) => report.problem(
+            &b,
+            "the base can be booted: a copy of its configuration is here under a name VMware opens",
+            format!("never boot a base; remove that copy (the base keeps {}): rm '{}'", vmx.display(), b.display()),
+        ),
+        (Some(b), false) => report.problem(
+            &b,
             "the base can be booted: its configuration is here under a name VMware opens",
-            format!(
-                "never boot a base; move it back: mv '{}' '{}' (if that name is free)",
-                bootable.display(),
-                vmx.display()
-            ),
-        );
-    }
-    if vmx.symlink_metadata().is_err() {
-        report.problem(&vmx, "the base's configuration is missing", "restore it from a backup: new leaves need it");
+            format!("never boot a base; move it back: mv '{}' '{}'", b.display(), vmx.display()),
+        ),
+        (None, false) => {
+            report.problem(&vmx, "the base's configuration is missing", "restore it from a backup: new leaves need it")
+        }
+        (None, true) => {}
     }
 }
 
-/// Every leaf the base lists must exist; leaves of the base it does not list are added.
+/// Every leaf the base lists must exist; leaves of the base it does not list are added. An entry
+/// is never deleted here: a leaf is forgotten only by `leafd forget`, which checks it is gone.
 fn check_refs(lib: &Library, base: &Base, leaves: &[Leaf], report: &mut Report) -> Result<()> {
     let _lock = lib.lock_base(&base.record.id)?;
-    // Markers whose record was lost (copied without extended attributes) say nothing: the leaves
-    // found in the library are listed again below.
-    for e in fs::read_dir(base.leaves_dir()).into_iter().flatten().filter_map(|e| e.ok()) {
-        let marker = e.path();
-        if marker.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-            continue;
-        }
-        if !matches!(lineage::read::<LeafRef>(&marker, lineage::LEAF_REF), Ok(Some(_))) {
-            fs::remove_file(&marker).map_err(|e| Error::io(&marker, "cannot remove", e))?;
-            report.repaired(&marker, "removed a leaf marker that had lost its record");
-        }
-    }
-    let refs = base.leaf_refs()?;
-    for r in &refs {
-        if !leaves.iter().any(|l| l.record.id == r.id) && !Path::new(&r.path).is_dir() {
-            let marker = base.leaves_dir().join(&r.id);
-            report.problem(
+    let listed = base.leaf_refs()?;
+    for entry in &listed {
+        match entry {
+            Listed::Leaf(r) if !leaves.iter().any(|l| l.record.id == r.id) => report.problem(
                 Path::new(&r.path),
+                format!("leaf {:?} of base {:?} is missing (moved, or deleted)", r.name, base.record.name),
                 format!(
-                    "leaf {:?} of base {:?} is missing (moved out of the library, or deleted)",
-                    r.name, base.record.name
+                    "if it moved, run `leafd relink NEW_PATH`; if it was deleted, `leafd forget {:?}` takes it off the base's list",
+                    r.name
                 ),
-                format!(
-                    "if it moved, run `leafd relink NEW_PATH`; if it was deleted, forget it: rm '{}'",
-                    marker.display()
-                ),
-            );
+            ),
+            Listed::Leaf(_) => {}
+            Listed::Damaged(marker, why) => {
+                let id = marker.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                match leaves.iter().find(|l| l.record.id == id) {
+                    Some(l) => {
+                        records::link_leaf(&base.dir, &l.listing())?;
+                        report.repaired(marker, "the entry of this leaf was damaged; rewritten from the leaf's record");
+                    }
+                    None => report.problem(
+                        marker,
+                        format!("an entry of base {:?}'s list of leaves cannot be read ({why})", base.record.name),
+                        format!("if its leaf was deleted, `leafd forget {id}` takes the entry off the list"),
+                    ),
+                }
+            }
         }
     }
-    for l in leaves.iter().filter(|l| l.record.base_id == base.record.id && !refs.iter().any(|r| r.id == l.record.id)) {
-        link_to_base(base, l)?;
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|e| match e {
+            Listed::Leaf(r) => r.id.as_str(),
+            Listed::Damaged(m, _) => m.file_stem().and_then(|s| s.to_str()).unwrap_or_default(),
+        })
+        .collect();
+    for l in leaves.iter().filter(|l| l.record.base_id == base.record.id && !ids.contains(&l.record.id.as_str())) {
+        records::link_leaf(&base.dir, &l.listing())?;
         report.repaired(&l.dir, format!("base {:?} did not list this leaf; added", base.record.name));
     }
     Ok(())
 }
 
-/// Records `leaf` in its base's list (the caller holds the base's lock).
-pub fn link_to_base(base: &Base, leaf: &Leaf) -> Result<()> {
-    let r = LeafRef {
-        id: leaf.record.id.clone(),
-        name: leaf.record.name.clone(),
-        path: leaf.dir.to_string_lossy().into(),
-        created: leaf.record.created.clone(),
-    };
-    super::link_leaf(&base.dir, &r)
-}
-
 /// Whether the chain of disk `top` goes through the file `delta`: a snapshot the user took in
 /// VMware since the leaf was made puts the disk on a newer delta over the leaf's.
-fn leads_to(top: &Path, delta: &Path) -> bool {
+fn leads_to(env: &Arc<dyn Env>, top: &Path, delta: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let Some(target) = id(delta) else { return false };
-    let Ok(chain) = Disk::open(&Options::default().env(), top) else { return false };
+    let Ok(chain) = Disk::open(env, top) else { return false };
     let mut disk = Some(&chain);
     while let Some(d) = disk {
         if id(d.path()) == Some(target) {
@@ -437,8 +434,7 @@ fn leads_to(top: &Path, delta: &Path) -> bool {
     false
 }
 
-fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
-    let env = Options::default().env();
+fn check_leaf(env: &Arc<dyn Env>, leaf: &Leaf, bases: &[Base], report: &mut Report) {
     let Some(base) = bases.iter().find(|b| b.record.id == leaf.record.base_id) else {
         report.problem(
             &leaf.dir,
@@ -447,14 +443,14 @@ fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
         );
         return;
     };
-    let vmx_path = leaf.dir.join(format!("{}.vmx", leaf.record.name));
-    let vmx = read_small(&vmx_path).and_then(|b| Dict::parse(&b).map_err(|m| Error::format(&vmx_path, m)));
+    let vmx_path = leaf.vmx_path();
+    let vmx = read_dict(&vmx_path);
     for d in &leaf.record.disks {
         let delta = leaf.dir.join(&d.delta);
         match &vmx {
             Ok(v) => {
                 let now = v.get(&format!("{}.fileName", d.node)).unwrap_or_default();
-                if now != d.delta && !leads_to(&resolve(&leaf.dir, now), &delta) {
+                if now != d.delta && !leads_to(env, &resolve(&leaf.dir, now), &delta) {
                     report.problem(
                         &vmx_path,
                         format!("disk {} no longer points at its delta {}", d.node, d.delta),
@@ -464,10 +460,11 @@ fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
             }
             Err(e) => report.error(e),
         }
-        let chain = match Disk::open(&env, &delta) {
+        let chain = match Disk::open(env, &delta) {
             Ok(c) => c,
             Err(e) => {
-                // A file the delta leads to is missing (without an OS error: not the delta itself).
+                // A file the chain names is missing (the leaf or its base moved); a missing delta
+                // itself is lost data.
                 let fix = if e.kind == ErrorKind::Missing && e.source.is_none() {
                     "if the leaf or its base moved, run `leafd relink` on the leaf".to_string()
                 } else {
@@ -493,7 +490,7 @@ fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
             );
             continue;
         };
-        let copy_cid = format!("{:08x}", copy.descriptor.cid().unwrap_or(0));
+        let copy_cid = cid_hex(copy.descriptor.cid().unwrap_or(0));
         if copy_cid != base_disk.cid {
             report.problem(
                 copy.path(),
@@ -501,7 +498,7 @@ fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
                 "the leaf fails with VMware error 18; restore the leaf's parent copy from a backup or run `leafd relink`",
             );
         }
-        match Disk::open(&env, &base.descriptor_path(base_disk)) {
+        match Disk::open(env, &base.descriptor_path(base_disk)) {
             Ok(b) if extent_keys(&b) != extent_keys(copy) => report.problem(
                 copy.path(),
                 format!("the parent copy does not reach base {:?}'s extents", base.record.name),
@@ -514,16 +511,24 @@ fn check_leaf(leaf: &Leaf, bases: &[Base], report: &mut Report) {
 
 /// Leaf bundles in the root without a record (copied without extended attributes) whose disks
 /// lead into a base: their records are rebuilt from the chain.
-fn adopt_unrecorded_leaves(lib: &Library, bases: &[Base], leaves: &mut Vec<Leaf>, report: &mut Report) -> Result<()> {
+fn adopt_unrecorded_leaves(
+    lib: &Library,
+    env: &Arc<dyn Env>,
+    bases: &[Base],
+    leaves: &mut Vec<Leaf>,
+    report: &mut Report,
+) -> Result<()> {
     let Ok(rd) = fs::read_dir(lib.root()) else { return Ok(()) };
     for e in rd.filter_map(|e| e.ok()) {
         let dir = e.path();
         if dir.extension().is_none_or(|x| x != BUNDLE_EXT) || !dir.is_dir() || leaves.iter().any(|l| l.dir == dir) {
             continue;
         }
-        if let Some(record) = rebuild_leaf(&dir, bases) {
-            lineage::write(&dir, lineage::LEAF, &record)?;
-            report.repaired(&dir, "leaf lineage was missing; rebuilt from its disk chain");
+        let damaged = records::read_leaf(&dir).is_err();
+        if let Some(record) = rebuild_leaf(env, &dir, bases) {
+            records::write_leaf(&dir, &record)?;
+            let why = if damaged { "leaf lineage was damaged" } else { "leaf lineage was missing" };
+            report.repaired(&dir, format!("{why}; rebuilt from its disk chain"));
             leaves.push(Leaf { dir, record });
         }
     }
@@ -531,14 +536,14 @@ fn adopt_unrecorded_leaves(lib: &Library, bases: &[Base], leaves: &mut Vec<Leaf>
 }
 
 /// A leaf record from the chain: the VM's disks must be deltas over copies of a base's disks.
-fn rebuild_leaf(dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
-    let env = Options::default().env();
+fn rebuild_leaf(env: &Arc<dyn Env>, dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
     let name = dir.file_stem()?.to_string_lossy().into_owned();
-    let vmx = Dict::parse(&read_small(&dir.join(format!("{name}.vmx"))).ok()?).ok()?;
+    let vmx_name = format!("{name}.vmx");
+    let vmx = read_dict(&dir.join(&vmx_name)).ok()?;
     let mut by_extents: HashMap<Vec<PathBuf>, (&Base, &DiskRecord)> = HashMap::new();
     for b in bases {
         for d in &b.record.disks {
-            if let Ok(disk) = Disk::open_alone(&env, &b.descriptor_path(d)) {
+            if let Ok(disk) = Disk::open_alone(env, &b.descriptor_path(d)) {
                 by_extents.insert(extent_keys(&disk), (b, d));
             }
         }
@@ -546,7 +551,7 @@ fn rebuild_leaf(dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
     let mut base = None;
     let mut disks = Vec::new();
     for entry in vmx::disks(&vmx) {
-        let chain = Disk::open(&env, &resolve(dir, &entry.file_name)).ok()?;
+        let chain = Disk::open(env, &resolve(dir, &entry.file_name)).ok()?;
         let copy = chain.parent()?;
         let (b, _) = by_extents.get(&extent_keys(copy))?;
         if base.is_some_and(|x: &Base| x.record.id != b.record.id) {
@@ -557,19 +562,21 @@ fn rebuild_leaf(dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
             node: entry.node,
             parent_copy: copy.path().strip_prefix(dir).ok()?.to_string_lossy().into_owned(),
             delta: entry.file_name,
-            parent_cid: format!("{:08x}", copy.descriptor.cid().ok()?),
+            parent_cid: cid_hex(copy.descriptor.cid().ok()?),
         });
     }
     let base = base?;
     // The base may still list this leaf: keep the id it knows.
-    let known = base.leaf_refs().ok()?.into_iter().find(|r| Path::new(&r.path) == dir);
+    let known = base.leaves_listed().ok()?.into_iter().find(|r| Path::new(&r.path) == dir);
     Some(LeafRecord {
-        id: known.as_ref().map_or_else(lineage::new_id, |r| r.id.clone()),
+        format: records::FORMAT,
+        id: known.as_ref().map_or_else(records::new_id, |r| r.id.clone()),
         base_id: base.record.id.clone(),
         base_name: base.record.name.clone(),
         name,
         path: dir.to_string_lossy().into(),
-        created: known.map_or_else(lineage::now, |r| r.created),
+        vmx: vmx_name,
+        created: known.map_or_else(records::now, |r| r.created),
         snapshot: "native".into(),
         disks,
     })

@@ -20,7 +20,7 @@ pub const HAS_LOCKED_FLAG: bool = false;
 pub const XATTR_PREFIX: &str = "user.";
 
 /// The freedesktop.org tag attribute (comma-separated), which file managers such as Dolphin show.
-const TAGS_XATTR: &str = "user.xdg.tags";
+pub const TAGS_XATTR: &str = "user.xdg.tags";
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
@@ -77,11 +77,9 @@ pub fn read_tags(path: &Path) -> io::Result<Vec<String>> {
     }
 }
 
-pub fn write_tags(path: &Path, tags: &[String]) -> io::Result<()> {
-    if tags.is_empty() {
-        return super::remove_xattr(path, TAGS_XATTR);
-    }
-    xattr::set(path, TAGS_XATTR, tags.join(",").as_bytes())
+/// The attribute value for `tags`; `None` when there are none (the attribute goes).
+pub fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
+    Ok((!tags.is_empty()).then(|| tags.join(",").into_bytes()))
 }
 
 /// Linux file managers leave no marker on a file being copied; size checks do the work.

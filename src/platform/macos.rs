@@ -20,7 +20,7 @@ pub const HAS_LOCKED_FLAG: bool = true;
 
 pub const XATTR_PREFIX: &str = "";
 
-const TAGS_XATTR: &str = "com.apple.metadata:_kMDItemUserTags";
+pub const TAGS_XATTR: &str = "com.apple.metadata:_kMDItemUserTags";
 const FINDER_INFO_XATTR: &str = "com.apple.FinderInfo";
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -93,14 +93,15 @@ fn colour(tag: &str) -> u8 {
     }
 }
 
-pub fn write_tags(path: &Path, tags: &[String]) -> io::Result<()> {
+/// The attribute value for `tags` (a binary plist); `None` when there are none.
+pub fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
     if tags.is_empty() {
-        return super::remove_xattr(path, TAGS_XATTR);
+        return Ok(None);
     }
     let array = plist::Value::Array(tags.iter().map(|t| plist::Value::String(format!("{t}\n{}", colour(t)))).collect());
     let mut out = Vec::new();
     array.to_writer_binary(&mut out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    xattr::set(path, TAGS_XATTR, &out)
+    Ok(Some(out))
 }
 
 /// Finder marks a file it is still copying with type `brok` and creator `MACS`.

@@ -29,8 +29,8 @@ mod open;
 
 pub use open::{open_beneath, open_dir, open_dir_beneath, open_regular};
 pub use os::{
-    HAS_TRASH, SERVICE_KIND, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, is_locked, is_locked_fd, notify_user,
-    rename_noreplace, same_mount, set_locked, set_locked_fd, trash, vmrun_candidates,
+    HAS_TRASH, SERVICE_KIND, TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked,
+    is_locked_fd, notify_user, rename_noreplace, same_mount, set_locked, set_locked_fd, trash, vmrun_candidates,
 };
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
@@ -55,21 +55,6 @@ impl Tag {
             Tag::Failed => "Red",
         }
     }
-}
-
-/// Adds or removes a tag, keeping the user's other tags.
-pub fn set_tag(path: &Path, tag: Tag, on: bool) -> io::Result<()> {
-    let mut tags = os::read_tags(path)?;
-    let had = tags.iter().any(|t| t == tag.name());
-    if had == on {
-        return Ok(());
-    }
-    if on {
-        tags.push(tag.name().to_string());
-    } else {
-        tags.retain(|t| t != tag.name());
-    }
-    os::write_tags(path, &tags)
 }
 
 /// The tag names on `path` (empty when none).

@@ -142,6 +142,13 @@ pub fn checksums(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// [`checksums`] of a VM's own files: leafd's records in a store or leaf left out.
+pub fn vm_files(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut sums = checksums(dir);
+    sums.retain(|p, _| !is_records(&p.to_string_lossy()));
+    sums
+}
+
 /// Every path under `dir` (files and folders, not following symlinks), sorted.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -236,17 +243,31 @@ impl Lib {
     }
 }
 
-/// A lineage record from an xattr, as JSON (`user.org.leafd.<name>` here).
-pub fn record(path: &Path, name: &str) -> serde_json::Value {
-    let raw = xattr::get(path, format!("user.org.leafd.{name}"))
-        .unwrap()
-        .unwrap_or_else(|| panic!("no {name} record on {}", path.display()));
+/// A lineage record (`base` of a base store, `leaf` of a leaf), as JSON from its file.
+pub fn record(dir: &Path, name: &str) -> serde_json::Value {
+    let file = dir.join(".leafd").join(format!("{name}.json"));
+    let raw = std::fs::read(&file).unwrap_or_else(|e| panic!("no {name} record at {}: {e}", file.display()));
     serde_json::from_slice(&raw).unwrap()
 }
 
-/// Replaces the lineage record `name` on `path` (to break it on purpose).
-pub fn set_record(path: &Path, name: &str, value: &serde_json::Value) {
-    xattr::set(path, format!("user.org.leafd.{name}"), &serde_json::to_vec(value).unwrap()).unwrap();
+/// Replaces the lineage record `name` of `dir` (to break it on purpose).
+pub fn set_record(dir: &Path, name: &str, value: &serde_json::Value) {
+    std::fs::write(dir.join(".leafd").join(format!("{name}.json")), serde_json::to_vec(value).unwrap()).unwrap();
+}
+
+/// The entries of a base's list of leaves.
+pub fn leaf_list(base: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(base.join(".leafd/leaves"))
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Whether a path (relative, or a line of [`fingerprint_tree`]) is leafd's records in a store or
+/// leaf, which are not the VM's files.
+pub fn is_records(p: &str) -> bool {
+    p.starts_with(".leafd") || p.contains("/.leafd/") || p.contains("/.leafd ")
 }
 
 /// leafd's hidden working folders (staging, set-aside, removing) left in `dir`.

@@ -1,0 +1,164 @@
+//! What the operations share: reading a VM's configuration, deciding whether a VM may be
+//! touched, the names leafd gives files, and how sizes and times are shown. Operations use each
+//! other's code only through here.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::Disk;
+
+use super::BUNDLE_EXT;
+use crate::error::{Error, IoContext, Result};
+
+/// `40.0 GiB`, `512 KiB`, `12 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+pub fn human_duration(d: Duration) -> String {
+    if d < Duration::from_secs(10) { format!("{} ms", d.as_millis()) } else { format!("{:.1} s", d.as_secs_f64()) }
+}
+
+/// A CID as VMware writes it: 8 lower-case hex digits.
+pub fn cid_hex(cid: u32) -> String {
+    format!("{cid:08x}")
+}
+
+/// Reads a configuration file, refusing absurd sizes before reading; never blocks on a FIFO.
+pub fn read_small(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = crate::platform::open_regular(path, false).at(path, "cannot read")?;
+    let len = file.metadata().at(path, "cannot stat")?.len();
+    if len > leafd_formats::dict::MAX_DICT_BYTES {
+        return Err(Error::format(path, format!("{len} bytes is too large for a VMware configuration file")));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut bytes).at(path, "cannot read")?;
+    Ok(bytes)
+}
+
+/// Reads and parses a `.vmx` or `.vmsd`.
+pub fn read_dict(path: &Path) -> Result<Dict> {
+    Dict::parse(&read_small(path)?).map_err(|m| Error::format(path, m))
+}
+
+/// A bundle's name without `.vmwarevm` ("Web.vmwarevm" is "Web").
+pub fn bundle_stem(name: &str) -> &str {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) && !stem.is_empty() => stem,
+        _ => name,
+    }
+}
+
+/// The base name for a bundle: its folder name without `.vmwarevm`.
+pub fn default_name(bundle: &Path) -> String {
+    let name = bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    bundle_stem(&name).to_string()
+}
+
+/// The disk a snapshot chain whose top is `top` becomes in a base: `<top>-base.vmdk` beside it.
+pub fn flattened_name(top: &Path) -> PathBuf {
+    let name = top.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
+    top.with_file_name(format!("{}-base.vmdk", name.strip_suffix(".vmdk").unwrap_or(name)))
+}
+
+/// Canonical paths of a disk's extent files (for matching a leaf's parent copy to its base).
+pub fn extent_keys(disk: &Disk) -> Vec<PathBuf> {
+    disk.extent_files().iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect()
+}
+
+/// The CID of an opened disk as recorded.
+pub fn disk_cid(disk: &Disk) -> Result<String> {
+    Ok(cid_hex(disk.descriptor.cid().map_err(|m| Error::format(disk.path(), m))?))
+}
+
+/// What a leaf occupies of its own: every file in its bundle (what deleting it would free). The
+/// one definition the log, `status` and the benches use.
+pub fn own_bytes(bundle: &Path) -> u64 {
+    crate::fsutil::walk(bundle).map(|files| files.iter().map(|p| crate::fsutil::allocated(p)).sum()).unwrap_or(0)
+}
+
+/// Bytes free for the file system holding `dir`.
+pub fn free_space(dir: &Path) -> Result<u64> {
+    let s = rustix::fs::statvfs(dir).map_err(|e| Error::io(dir, "cannot read free space", e.into()))?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Opens every disk of a chain under `env`, mapping a missing file to a refusal with a fix.
+pub fn open_disk(env: &Arc<dyn leafd_formats::Env>, path: &Path) -> Result<Disk> {
+    Disk::open(env, path).map_err(Error::from)
+}
+
+/// Refuses a VM that leafd must not touch, with the right reason and the right fix: encrypted,
+/// suspended (decided first: a suspended VM keeps its `.vmem`, and may have no lock), or
+/// running. `files` are the bundle's entries.
+pub fn refuse_unsafe_state(vmx_path: &Path, vmx: &Dict, files: &[PathBuf]) -> Result<()> {
+    if vmx.get("encryption.keySafe").is_some() || vmx.get("encryption.data").is_some() {
+        if vmx.get("vmx.encryptionType").is_some_and(|t| t.eq_ignore_ascii_case("partial")) {
+            return Err(Error::refused(
+                vmx_path,
+                "the VM's virtual TPM is encrypted (VMware encrypts the VM's configuration for it); VMware makes no linked clone of an encrypted VM",
+            )
+            .fix("in VMware, remove the Trusted Platform Module and the encryption (VM Settings > Encryption or Access Control), then drop the VM again; a Windows 11 guest may then need its TPM requirement lifted"));
+        }
+        return Err(Error::refused(vmx_path, "the VM is encrypted")
+            .fix("remove the encryption in VMware's settings (VM Settings > Encryption), then drop the VM again"));
+    }
+    let suspend_file = files.iter().find(|p| has_ext(p, "vmss"));
+    let checkpoint = vmx.get("checkpoint.vmState").filter(|v| !v.is_empty());
+    if checkpoint.is_some() || suspend_file.is_some() {
+        let at = suspend_file.cloned().unwrap_or_else(|| vmx_path.to_path_buf());
+        return Err(Error::refused(&at, "the VM is suspended (its memory is saved, and its disks are in use)").fix(
+            "resume it in VMware and shut it down from the guest (or discard its suspended state), then drop it again",
+        ));
+    }
+    if let Some(lock) = files.iter().find(|p| has_ext(p, "lck")) {
+        return Err(Error::refused(lock, "the VM is running (VMware's lock is present)")
+            .fix("shut the VM down in VMware and quit VMware; leafd tries again by itself when the lock goes away"));
+    }
+    if let Some(vmem) = files.iter().find(|p| has_ext(p, "vmem")) {
+        return Err(Error::refused(vmem, "the VM is running (its memory file is present)").fix(
+            "shut the VM down in VMware and quit VMware; leafd tries again by itself when the memory file goes away",
+        ));
+    }
+    Ok(())
+}
+
+fn has_ext(p: &Path, ext: &str) -> bool {
+    p.extension().is_some_and(|x| x.eq_ignore_ascii_case(ext))
+}
+
+/// Every entry of a folder's tree with its type checked: leafd handles only files, folders and
+/// links; a FIFO, device or socket (which would hang a copy or a read) is refused by name.
+pub fn plain_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = crate::fsutil::walk(dir)?;
+    for p in &entries {
+        let t = fs::symlink_metadata(p).at(p, "cannot stat")?.file_type();
+        if !(t.is_file() || t.is_dir() || t.is_symlink()) {
+            use std::os::unix::fs::FileTypeExt;
+            let what = if t.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            };
+            return Err(Error::refused(p, format!("is {what}: a VM bundle holds only files and folders"))
+                .fix("remove it from the VM bundle, then drop the VM again"));
+        }
+    }
+    Ok(entries)
+}

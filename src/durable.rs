@@ -260,7 +260,8 @@ fn create_dir_with(path: &Path, mode: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-/// Makes `path` and any missing folders above it.
+/// Makes `path` and any missing folders above it, each flushed into its parent (these are
+/// made outside a staging folder, which would be flushed as a whole).
 pub fn create_dir_all(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Ok(());
@@ -269,11 +270,10 @@ pub fn create_dir_all(path: &Path) -> Result<()> {
         create_dir_all(parent)?;
     }
     match create_dir(path) {
-        Err(e) if path.is_dir() => {
-            let _ = e; // made meanwhile by another process: fine
-            Ok(())
-        }
-        r => r,
+        // Made meanwhile by another process: fine.
+        Err(_) if path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => flush_parent(path, Flush::Order),
     }
 }
 

@@ -315,6 +315,9 @@ fn inspect(lib: &Library, bundle: &Path, name: &str, opts: &Options) -> Result<I
         }
         found.disk(bundle, &env, &path, &entry.node, origin.as_ref(), lib, name, opts)?;
     }
+    if let Some((leaf, base)) = origin.as_ref().filter(|_| !found.flatten.is_empty()) {
+        found.repointed = repoint_parent_copies(bundle, &env, leaf, base, lib, name, opts)?;
+    }
     let disk_files = check_disk_files(bundle, &env, &found.disk_files)?;
     refuse_open_for_writing(&entries)?;
     let renamed_vmx =
@@ -378,9 +381,6 @@ impl Found {
             let (record, f) = plan_flatten(bundle, &rel, node, &disk, self.disks.len())?;
             self.disks.push(record);
             self.flatten.push(f);
-            if let Some((leaf, base)) = origin {
-                self.repointed.extend(repoint_parent_copies(bundle, env, leaf, base, lib, name, opts)?);
-            }
             return Ok(());
         }
         let cid = disk.descriptor.cid().map_err(|m| Error::format(path, m))?;

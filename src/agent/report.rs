@@ -17,10 +17,11 @@ pub fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
          leafd tries again by itself as soon as \"{name}\" changes; this note and the red tag go away when it works.\n",
         err.summary()
     );
-    write_note(item, &note);
+    // Tagged first: once the note is there, so is the tag.
     if let Err(e) = platform::set_tag(item, Tag::Failed, true) {
         tracing::debug!("cannot tag {}: {e}", item.display());
     }
+    write_note(item, &note);
     if notify {
         platform::notify_user("leafd", &format!("Could not {what} \"{name}\": {}", err.message));
     }

@@ -1,6 +1,7 @@
 //! The agent as a person meets it, through the real binary and the real watcher:
-//! - latency: Finder's "untitled folder" renamed in New Leaf/<base>/ until the leaf is ready,
-//!   beyond the settle period the agent deliberately waits;
+//! - New Leaf latency: Finder's "untitled folder" renamed in New Leaf/<base>/ until the leaf is
+//!   ready, at default settings: in all, and beyond the quiet period the agent deliberately waits;
+//! - Make Base latency: a bundle moved into Make Base until it is a base, beyond the settle period;
 //! - memory: resident size once started and idle, on an empty library and on one of 100 bases
 //!   and 1,000 leaves;
 //! - idle CPU: what the agent costs while nothing happens, on that big library;
@@ -19,12 +20,14 @@ use notify::Watcher;
 
 /// How long the agent may take to log that it is watching.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a leaf may take; far more than it needs, so that only a lost request panics.
-const LEAF_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest a finished leaf can go unnoticed if its event were lost.
+/// How long a leaf or a base may take; far more than it needs, so that only a lost drop panics.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a finished leaf or base can go unnoticed if its event were lost.
 const POLL: Duration = Duration::from_millis(5);
 /// How long Finder's placeholder name stays while the person types the real one.
 const TYPING: Duration = Duration::from_millis(500);
+/// The settle period the agent has when none is given.
+const DEFAULT_SETTLE: Duration = Duration::from_secs(3);
 
 /// A running `leafd agent` with its own HOME and log folder; killed when dropped.
 struct Agent {
@@ -33,13 +36,21 @@ struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent on `root` and returns once it has logged that it is watching.
-    fn start(root: &Path, settle: Duration) -> Agent {
+    /// Starts the agent on `root` (with the default settle period when `settle` is `None`) and
+    /// returns once it has logged that it is watching.
+    fn start(root: &Path, settle: Option<Duration>) -> Agent {
         let home = tempfile::tempdir().unwrap();
-        let child = leafd(root, home.path(), &["agent", "--settle", &settle.as_secs_f64().to_string()])
+        let settle = settle.map(|s| s.as_secs_f64().to_string());
+        let mut args = vec!["agent"];
+        if let Some(s) = &settle {
+            args.extend(["--settle", s]);
+        }
+        let child = leafd(root, home.path(), &args)
             // The log folder differs between macOS and Linux; this one is the same on both.
             .env("LEAFD_LOG_DIR", home.path().join("log"))
-            // A debug level from the caller's shell would make the agent busier than it is.
+            // Defaults, whatever the caller's shell says: no config file of theirs, and no debug
+            // level (which would make the agent busier than it is).
+            .env_remove("LEAFD_CONFIG")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -72,8 +83,8 @@ impl Drop for Agent {
     }
 }
 
-fn is_leaf(bundle: &Path) -> bool {
-    leafd::library::records::leaf_file(bundle).exists()
+fn has_record(dir: &Path, record: &str) -> bool {
+    dir.join(".leafd").join(format!("{record}.json")).is_file()
 }
 
 /// The 90th percentile (nearest rank) of sorted durations.
@@ -81,18 +92,33 @@ fn p90(times: &[Duration]) -> Duration {
     times[(times.len() * 9).div_ceil(10) - 1]
 }
 
-/// Leaf-ready minus rename minus `settle`, sorted, over `runs` leaves made by a fresh agent on a
-/// library of one base.
-fn latency(root: &Path, settle: Duration, runs: usize) -> Vec<Duration> {
-    build_library(root, 1, 0);
-    let agent = Agent::start(root, settle);
-    let drop_dir = root.join("New Leaf/Base 000");
-    let placeholder = drop_dir.join("untitled folder");
-    // Leaves are renamed into the root once complete: every event there is a reason to look.
+/// Waits until `done` holds, waking at each event under `root` or every [`POLL`].
+fn wait_for(root: &Path, agent: &Agent, what: &Path, mut done: impl FnMut() -> bool) {
     let (tx, events) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(tx).unwrap();
-    watcher.watch(root, notify::RecursiveMode::NonRecursive).unwrap();
-    let times = measure(
+    watcher.watch(root, notify::RecursiveMode::Recursive).unwrap();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was not ready within {} s; the agent's log:\n{}",
+            what.display(),
+            READY_TIMEOUT.as_secs(),
+            agent.log()
+        );
+        // An event or POLL, whichever is first (a lost event costs at most POLL).
+        let _ = events.recv_timeout(POLL);
+    }
+}
+
+/// Leaf ready minus rename, sorted, over `runs` leaves made by a fresh agent at default
+/// settings on a library of one base.
+fn new_leaf_latency(root: &Path, runs: usize) -> Vec<Duration> {
+    build_library(root, 1, 0);
+    let agent = Agent::start(root, None);
+    let drop_dir = root.join("New Leaf/Base 000");
+    let placeholder = drop_dir.join("untitled folder");
+    measure(
         runs,
         |_| {
             fs::create_dir(&placeholder).unwrap();
@@ -101,40 +127,63 @@ fn latency(root: &Path, settle: Duration, runs: usize) -> Vec<Duration> {
         |i| {
             fs::rename(&placeholder, drop_dir.join(format!("Leaf {i}"))).unwrap();
             let leaf = root.join(format!("Leaf {i}.vmwarevm"));
-            let deadline = Instant::now() + LEAF_TIMEOUT;
-            while !is_leaf(&leaf) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} did not appear within {} s; the agent's log:\n{}",
-                    leaf.display(),
-                    LEAF_TIMEOUT.as_secs(),
-                    agent.log()
-                );
-                // An event or POLL, whichever is first (a lost event costs at most POLL).
-                let _ = events.recv_timeout(POLL);
-            }
+            wait_for(root, &agent, &leaf, || has_record(&leaf, "leaf"));
         },
-    );
-    // Earlier than the settle period would be a bug: the name must have been quiet that long.
-    assert!(
-        times[0] >= settle,
-        "a leaf was made {} after its rename, before the settle period of {}",
-        ms(times[0]),
-        ms(settle)
-    );
-    times.into_iter().map(|t| t - settle).collect()
+    )
+}
+
+/// Base ready minus the bundle's arrival in Make Base, sorted, over `runs` bases made by a fresh
+/// agent with the settle period `settle`.
+fn make_base_latency(root: &Path, settle: Duration, runs: usize) -> Vec<Duration> {
+    let outside = root.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let lib = root.join("library");
+    let agent = Agent::start(&lib, Some(settle));
+    measure(
+        runs,
+        |i| {
+            let disk = leafd_formats::disk::DiskType::MonolithicSparse;
+            leafd::sample::SampleVm::single(&format!("VM {i}"), disk, 1 << 20).build(&outside).unwrap();
+        },
+        |i| {
+            let name = format!("VM {i}");
+            fs::rename(outside.join(format!("{name}.vmwarevm")), lib.join(format!("Make Base/{name}.vmwarevm")))
+                .unwrap();
+            let base = lib.join("Bases").join(&name);
+            wait_for(&lib, &agent, &base, || has_record(&base, "base"));
+        },
+    )
+}
+
+fn row(what: &str, times: &[Duration]) {
+    let max = times[times.len() - 1];
+    println!("  {what:<40} median {:>10}  p90 {:>10}  max {:>10}", ms(median(times)), ms(p90(times)), ms(max));
 }
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
 
-    println!("agent latency: \"untitled folder\" renamed to a leaf name until the leaf is ready, minus the settle:");
-    for (secs, runs) in [(1, 20), (3, 7)] {
-        let lat = latency(&tmp.path().join(format!("latency-{secs}s")), Duration::from_secs(secs), runs);
-        report(&format!("settle {secs} s, {runs} runs"), &lat);
-        println!("  {:<58} p90    {:>10}  max {:>10}", "", ms(p90(&lat)), ms(lat[lat.len() - 1]));
+    let quiet = Duration::from_millis(leafd::config::DEFAULT_NEW_LEAF_QUIET_MS);
+    let runs = 20;
+    println!("New Leaf, default settings: \"untitled folder\" renamed until the leaf is ready ({runs} runs):");
+    let total = new_leaf_latency(&tmp.path().join("new-leaf"), runs);
+    let beyond: Vec<Duration> = total.iter().map(|t| t.saturating_sub(quiet)).collect();
+    row("from the rename", &total);
+    row(&format!("beyond the quiet period of {}", ms(quiet)), &beyond);
+    claim("no leaf before its quiet period", total[0] >= quiet, &format!("earliest {}", ms(total[0])));
+    claim("a leaf is ready within 1 s of its rename (p90)", p90(&total) < Duration::from_secs(1), &ms(p90(&total)));
+    let limit = Duration::from_millis(100);
+    claim("a leaf is ready within 100 ms beyond its quiet period (p90)", p90(&beyond) < limit, &ms(p90(&beyond)));
+
+    println!("Make Base: a bundle moved into Make Base until it is a base, beyond the settle period:");
+    for (settle, runs) in [(Duration::from_secs(1), 10), (DEFAULT_SETTLE, 5)] {
+        let secs = settle.as_secs();
+        let total = make_base_latency(&tmp.path().join(format!("make-base-{secs}s")), settle, runs);
+        let beyond: Vec<Duration> = total.iter().map(|t| t.saturating_sub(settle)).collect();
+        row(&format!("settle {secs} s, {runs} runs"), &beyond);
+        // Earlier would be a bug: the bundle must have been quiet that long.
+        claim(&format!("no base before the settle period of {secs} s"), total[0] >= settle, &ms(total[0]));
     }
-    println!();
 
     println!("the newcomer's demo (`leafd demo`: sample VM, agent, base, leaf, every check), once:");
     let home = tmp.path().join("demo-home");
@@ -166,8 +215,6 @@ mod footprint {
 
     use super::*;
 
-    /// The settle period the agent has when none is given.
-    const DEFAULT_SETTLE: Duration = Duration::from_secs(3);
     /// After "agent watching" the agent still recovers and scans; this lets it finish.
     const QUIET: Duration = Duration::from_secs(2);
     const BIG: &str = "100 bases, 1,000 leaves";
@@ -194,7 +241,7 @@ mod footprint {
     }
 
     fn idle_agent(root: &Path) -> Agent {
-        let agent = Agent::start(root, DEFAULT_SETTLE);
+        let agent = Agent::start(root, None);
         std::thread::sleep(QUIET);
         agent
     }

@@ -214,6 +214,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let settings = agent::Settings {
                 settle: std::time::Duration::from_secs_f64(settle),
                 retry: std::time::Duration::from_secs_f64(retry),
+                new_leaf_quiet: config.new_leaf_quiet()?,
                 notifications: config.notifications.unwrap_or(cfg!(target_os = "macos")),
                 opts: options(&config, None),
             };

@@ -3,6 +3,7 @@
 //! ```toml
 //! root = "~/Virtual Machines.localized"
 //! settle_seconds = 3
+//! new_leaf_quiet_ms = 400       # an empty New Leaf folder: quiet this long, then its leaf is made
 //! retry_seconds = 300           # a refused drop is tried again after this, then 2×, 4×… up to 16×
 //! snapshot_backend = "auto"     # auto | native | vmrun
 //! path_style = "relative"       # relative | absolute
@@ -11,11 +12,12 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use leafd_formats::clone::PathStyle;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::library::SnapshotBackend;
 use crate::platform;
 
@@ -24,12 +26,17 @@ use crate::platform;
 pub struct Config {
     pub root: Option<PathBuf>,
     pub settle_seconds: Option<f64>,
+    pub new_leaf_quiet_ms: Option<u64>,
     pub retry_seconds: Option<f64>,
     pub snapshot_backend: Option<SnapshotBackend>,
     pub path_style: Option<PathStyle>,
     pub notifications: Option<bool>,
     pub vmrun: Option<PathBuf>,
 }
+
+/// The quiet period of an empty New Leaf request folder when the file sets none: short, since
+/// nothing is copied into it, yet longer than a rename typed in one go.
+pub const DEFAULT_NEW_LEAF_QUIET_MS: u64 = 400;
 
 /// `LEAFD_CONFIG`, else the platform's configuration folder.
 pub fn path() -> PathBuf {
@@ -70,5 +77,15 @@ impl Config {
             .or_else(|| std::env::var_os("LEAFD_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from))
             .or_else(|| self.root.clone())
             .unwrap_or_else(platform::default_root)
+    }
+
+    /// How long an empty New Leaf request folder must be quiet before its leaf is made.
+    pub fn new_leaf_quiet(&self) -> Result<Duration> {
+        let ms = self.new_leaf_quiet_ms.unwrap_or(DEFAULT_NEW_LEAF_QUIET_MS);
+        if ms > 10_000 {
+            return Err(Error::new(Kind::Refused, Some(path()), format!("new_leaf_quiet_ms = {ms} makes no sense"))
+                .fix("give milliseconds between 0 and 10000"));
+        }
+        Ok(Duration::from_millis(ms))
     }
 }

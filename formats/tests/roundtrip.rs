@@ -94,7 +94,9 @@ fn rewritten(text: &[u8]) -> Vec<u8> {
 /// gained one when the key was added after it.
 fn as_rewritten(text: &[u8]) -> Vec<u8> {
     let mut out = text.to_vec();
-    if out.last().is_some_and(|&b| b != b'\n') {
+    // A byte-order mark alone is an empty file, which stays empty.
+    let content = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(text);
+    if content.last().is_some_and(|&b| b != b'\n') {
         out.push(b'\n');
     }
     out

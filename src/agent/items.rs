@@ -1,11 +1,14 @@
 //! Drop items and when they are ready.
 //!
 //! Events are only hints: each is mapped to the *item* it concerns (a bundle in `Make Base/`, a
-//! folder in `New Leaf/<base>/`), and the item itself is looked at. An item is ready when nothing
-//! under it changed for the settle period and two looks a moment apart agree on every file and
-//! size, with no copy in progress. This module holds that logic without any I/O timing of its
-//! own, so it is tested with explicit instants.
+//! folder in `New Leaf/<base>/`, anything else in `New Leaf/`), and the item itself is looked at.
+//! An item is ready when nothing under it changed for the settle period and two looks a moment
+//! apart agree on every file and size, with no copy in progress; an empty New Leaf request, into
+//! which nothing is being copied, needs only its own short quiet period and one look. This module
+//! holds that logic without any I/O timing of its own, so it is tested with explicit instants.
 
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +25,8 @@ pub enum Request {
     MakeBase,
     /// A folder `New Leaf/<base>/<name>`.
     NewLeaf { base: String },
+    /// Something in `New Leaf/` that is not a base's folder: never an operation's, only a note.
+    Misplaced,
 }
 
 /// Where the drop folders are.
@@ -32,25 +37,39 @@ pub struct DropFolders {
 }
 
 /// Names leafd never treats as drops: hidden files, Finder's `.DS_Store`, leafd's own notes.
-fn ignored(name: &str) -> bool {
+fn ignored(name: &OsStr) -> bool {
+    let name = name.to_string_lossy();
     name.starts_with('.') || name.ends_with(NOTE_SUFFIX)
 }
 
+/// A name as compared with base names: `é` typed either way is the same letter.
+pub fn nfc(name: &str) -> String {
+    name.nfc().collect()
+}
+
 impl DropFolders {
-    /// The item an event path concerns, if any.
-    pub fn item_for(&self, path: &Path) -> Option<(PathBuf, Request)> {
+    pub fn dirs(&self) -> [&Path; 2] {
+        [&self.make_base, &self.new_leaf]
+    }
+
+    /// The item an event path concerns, if any. `bases` (in NFC) are the bases whose folders in
+    /// `New Leaf/` hold requests. Names that are not UTF-8 are items too: they are told why they
+    /// cannot be used.
+    pub fn item_for(&self, path: &Path, bases: &BTreeSet<String>) -> Option<(PathBuf, Request)> {
         if let Ok(rest) = path.strip_prefix(&self.make_base) {
-            let first = rest.components().next()?.as_os_str().to_str()?;
+            let first = rest.components().next()?.as_os_str();
             return (!ignored(first)).then(|| (self.make_base.join(first), Request::MakeBase));
         }
-        let rest = path.strip_prefix(&self.new_leaf).ok()?;
-        let mut parts = rest.components().map(|c| c.as_os_str().to_str());
-        let base = parts.next()??;
-        let name = parts.next()??;
-        if ignored(base) || ignored(name) {
+        let mut parts = path.strip_prefix(&self.new_leaf).ok()?.components().map(|c| c.as_os_str());
+        let folder = parts.next()?;
+        if ignored(folder) {
             return None;
         }
-        Some((self.new_leaf.join(base).join(name), Request::NewLeaf { base: base.to_string() }))
+        let Some(base) = folder.to_str().filter(|b| bases.contains(&nfc(b))) else {
+            return Some((self.new_leaf.join(folder), Request::Misplaced));
+        };
+        let name = parts.next()?;
+        (!ignored(name)).then(|| (self.new_leaf.join(base).join(name), Request::NewLeaf { base: base.to_string() }))
     }
 }
 
@@ -104,8 +123,8 @@ pub fn is_default_name(name: &str) -> bool {
     DEFAULT_FOLDER_NAMES.iter().any(|d| d.nfc().eq(stem.chars()))
 }
 
-/// The leaf name a request folder asks for ("Web.vmwarevm" asks for "Web").
-pub fn leaf_name(folder: &str) -> &str {
+/// The name a drop asks for ("Web.vmwarevm" asks for "Web").
+pub fn requested_name(folder: &str) -> &str {
     match folder.rsplit_once('.') {
         Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) && !stem.is_empty() => stem,
         _ => folder,
@@ -163,6 +182,28 @@ impl Look {
     pub fn is_dir(&self) -> bool {
         self.entries[0].dir
     }
+
+    /// A folder holding nothing but hidden files (Finder's `.DS_Store`, say).
+    pub fn is_empty_folder(&self) -> bool {
+        self.is_dir()
+            && self.entries[1..]
+                .iter()
+                .all(|e| e.path.components().next().is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('.')))
+    }
+
+    /// A look for tests: a folder (or a file, `dir` false) with these entries and sizes.
+    #[cfg(test)]
+    pub fn fake(dir: bool, files: &[(&str, u64)], copying: bool) -> Look {
+        let root = Entry { path: PathBuf::new(), dir, len: 0, time: None, access: (0, false) };
+        let entries = files.iter().map(|(p, len)| Entry {
+            path: p.into(),
+            dir: false,
+            len: *len,
+            time: None,
+            access: (0o644, false),
+        });
+        Look { entries: std::iter::once(root).chain(entries).collect(), copying }
+    }
 }
 
 /// Timing of readiness.
@@ -177,15 +218,19 @@ pub struct Timing {
     /// A failed item unchanged for this long is tried again; the wait doubles after each
     /// failure, up to 16 times.
     pub retry: Duration,
+    /// Quiet time needed by an empty New Leaf request: nothing is copied into it, and every
+    /// rename or change of it comes as an event, so one look after this is enough.
+    pub new_leaf_quiet: Duration,
 }
 
 impl Timing {
-    pub fn new(settle: Duration) -> Timing {
+    pub fn new(settle: Duration, new_leaf_quiet: Duration) -> Timing {
         Timing {
             settle,
             second_look: (settle / 3).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             stall: Duration::from_secs(600),
             retry: Duration::from_secs(300),
+            new_leaf_quiet,
         }
     }
 }
@@ -197,6 +242,9 @@ pub enum Phase {
     Settling,
     /// Its operation is running.
     Running,
+    /// Its operation failed with `error` (`timer`: a refusal, tried again by the timer too);
+    /// waiting for a look at it as it is now.
+    Failing { error: String, timer: bool },
     /// The operation failed; retried when the item changes from this look, or at `retry_at`.
     Failed(Look),
     /// A New Leaf folder still carrying Finder's placeholder name.
@@ -276,19 +324,39 @@ impl Item {
         }
     }
 
+    /// Starts waiting for the item afresh.
+    pub fn reset(&mut self, now: Instant) {
+        self.phase = Phase::Settling;
+        self.dirty = false;
+        self.last_look = None;
+        self.changed = now;
+    }
+
+    /// An empty New Leaf request (or one not looked at yet): its own quiet period, one look.
+    fn quick(&self) -> bool {
+        matches!(self.request, Request::NewLeaf { .. })
+            && self.last_look.as_ref().is_none_or(|(look, _)| look.is_empty_folder())
+    }
+
     /// When the item next needs a look (`None`: only an event wakes it). The first of the two
     /// looks that must agree comes `second_look` before the settle period ends and the second
-    /// when it ends, so an item that stays quiet is ready just as the settle period is over.
+    /// when it ends, so an item that stays quiet is ready just as the settle period is over; an
+    /// empty New Leaf request gets its one look when its quiet period ends.
     pub fn due(&self, t: &Timing) -> Option<Instant> {
-        let end = self.changed + t.settle;
+        let looked = self.last_look.as_ref().map(|(_, at)| *at).filter(|at| *at >= self.changed);
         match &self.phase {
-            Phase::Running => None,
-            Phase::Unnamed if self.last_look.as_ref().is_some_and(|(_, at)| *at >= self.changed) => None,
-            Phase::Failed(_) if self.last_look.as_ref().is_some_and(|(_, at)| *at >= self.changed) => self.retry_at,
-            _ => Some(match &self.last_look {
-                Some((_, at)) if *at >= self.changed => (*at + t.second_look).max(end),
-                _ => end.checked_sub(t.second_look).unwrap_or(self.changed).max(self.changed),
-            }),
+            Phase::Running | Phase::Failing { .. } => None,
+            Phase::Unnamed if looked.is_some() => None,
+            Phase::Failed(_) if looked.is_some() => self.retry_at,
+            _ => {
+                let quick = self.quick();
+                let end = self.changed + if quick { t.new_leaf_quiet } else { t.settle };
+                Some(match looked {
+                    Some(at) => (at + t.second_look).max(end),
+                    None if quick => end,
+                    None => end.checked_sub(t.second_look).unwrap_or(self.changed).max(self.changed),
+                })
+            }
         }
     }
 
@@ -330,6 +398,17 @@ impl Item {
                 return Verdict::Stalled(now + t.settle);
             }
             return Verdict::Wait(now + t.settle);
+        }
+        if matches!(self.request, Request::NewLeaf { .. }) && look.is_empty_folder() {
+            let end = self.changed + t.new_leaf_quiet;
+            self.last_look = Some((look, now));
+            if now < end {
+                self.phase = Phase::Settling;
+                return Verdict::Wait(end);
+            }
+            self.phase = Phase::Running;
+            self.dirty = false;
+            return Verdict::Ready;
         }
         let end = self.changed + t.settle;
         if agrees && now >= end {
@@ -374,23 +453,40 @@ mod tests {
     #[test]
     fn events_map_to_items() {
         let f = folders();
-        assert_eq!(
-            f.item_for(Path::new("/l/Make Base/U.vmwarevm/U.vmdk")),
-            Some(("/l/Make Base/U.vmwarevm".into(), Request::MakeBase))
-        );
-        assert_eq!(
-            f.item_for(Path::new("/l/Make Base/U.vmwarevm")),
-            Some(("/l/Make Base/U.vmwarevm".into(), Request::MakeBase))
-        );
-        assert_eq!(f.item_for(Path::new("/l/Make Base/.DS_Store")), None);
-        assert_eq!(f.item_for(Path::new("/l/Make Base/U.vmwarevm - leafd error.txt")), None);
-        assert_eq!(f.item_for(Path::new("/l/Make Base")), None);
-        assert_eq!(f.item_for(Path::new("/l/New Leaf/Ubuntu")), None);
-        assert_eq!(
-            f.item_for(Path::new("/l/New Leaf/Ubuntu/Web/x")),
-            Some(("/l/New Leaf/Ubuntu/Web".into(), Request::NewLeaf { base: "Ubuntu".into() }))
-        );
-        assert_eq!(f.item_for(Path::new("/l/Bases/Ubuntu/x.vmdk")), None);
+        let bases = BTreeSet::from(["Ubuntu".to_string(), nfc("Caf\u{e9}")]);
+        let item = |p: &str| f.item_for(Path::new(p), &bases);
+        let make_base = |p: &str| Some((PathBuf::from(p), Request::MakeBase));
+        assert_eq!(item("/l/Make Base/U.vmwarevm/U.vmdk"), make_base("/l/Make Base/U.vmwarevm"));
+        assert_eq!(item("/l/Make Base/U.vmwarevm"), make_base("/l/Make Base/U.vmwarevm"));
+        assert_eq!(item("/l/Make Base/.DS_Store"), None);
+        assert_eq!(item("/l/Make Base/U.vmwarevm - leafd error.txt"), None);
+        assert_eq!(item("/l/Make Base"), None);
+        assert_eq!(item("/l/New Leaf/Ubuntu"), None, "a base's folder is no item");
+        let leaf = |p: &str, base: &str| Some((PathBuf::from(p), Request::NewLeaf { base: base.into() }));
+        assert_eq!(item("/l/New Leaf/Ubuntu/Web/x"), leaf("/l/New Leaf/Ubuntu/Web", "Ubuntu"));
+        assert_eq!(item("/l/New Leaf/Cafe\u{301}/Web"), leaf("/l/New Leaf/Cafe\u{301}/Web", "Cafe\u{301}"));
+        assert_eq!(item("/l/New Leaf/Ubuntu/.DS_Store"), None);
+        assert_eq!(item("/l/New Leaf/.DS_Store"), None);
+        assert_eq!(item("/l/New Leaf/Ubuntu - leafd error.txt"), None);
+        // Anything else in New Leaf is one misplaced item, whatever happens inside it.
+        let misplaced = Some((PathBuf::from("/l/New Leaf/U.vmwarevm"), Request::Misplaced));
+        assert_eq!(item("/l/New Leaf/U.vmwarevm"), misplaced);
+        assert_eq!(item("/l/New Leaf/U.vmwarevm/U.vmdk"), misplaced);
+        assert_eq!(item("/l/Bases/Ubuntu/x.vmdk"), None);
+        // Names that are not UTF-8 are items (to be told), not ignored.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = Path::new("/l/Make Base").join(OsStr::from_bytes(b"Caf\xe9.vmwarevm"));
+        assert_eq!(f.item_for(&odd.join("x.vmdk"), &bases), Some((odd, Request::MakeBase)));
+        let odd = Path::new("/l/New Leaf/Ubuntu").join(OsStr::from_bytes(b"W\xffb"));
+        assert_eq!(f.item_for(&odd, &bases), Some((odd, Request::NewLeaf { base: "Ubuntu".into() })));
+    }
+
+    #[test]
+    fn hidden_files_leave_a_folder_empty() {
+        assert!(Look::fake(true, &[], false).is_empty_folder());
+        assert!(Look::fake(true, &[(".DS_Store", 6), (".hidden/inside", 1)], false).is_empty_folder());
+        assert!(!Look::fake(true, &[(".DS_Store", 6), ("VM.vmx", 1)], false).is_empty_folder());
+        assert!(!Look::fake(false, &[], false).is_empty_folder(), "a file is no empty folder");
     }
 
     #[test]
@@ -410,31 +506,22 @@ mod tests {
         for n in ["Web Server", "untitled folder server", "folder 2", "untitled"] {
             assert!(!is_default_name(n), "{n}");
         }
-        assert_eq!(leaf_name("Web.vmwarevm"), "Web");
-        assert_eq!(leaf_name("Web"), "Web");
-        assert_eq!(leaf_name(".vmwarevm"), ".vmwarevm");
+        assert_eq!(requested_name("Web.vmwarevm"), "Web");
+        assert_eq!(requested_name("Web"), "Web");
+        assert_eq!(requested_name(".vmwarevm"), ".vmwarevm");
     }
 
+    const QUIET: Duration = Duration::from_millis(400);
+
     fn look(sizes: &[u64], copying: bool) -> Look {
-        Look {
-            entries: sizes
-                .iter()
-                .enumerate()
-                .map(|(i, s)| Entry {
-                    path: i.to_string().into(),
-                    dir: false,
-                    len: *s,
-                    time: None,
-                    access: (0o644, false),
-                })
-                .collect(),
-            copying,
-        }
+        let names: Vec<String> = (0..sizes.len()).map(|i| i.to_string()).collect();
+        let files: Vec<(&str, u64)> = names.iter().map(String::as_str).zip(sizes.iter().copied()).collect();
+        Look::fake(true, &files, copying)
     }
 
     #[test]
     fn ready_when_quiet_for_the_settle_period_and_two_looks_agree() {
-        let t = Timing::new(Duration::from_secs(3));
+        let t = Timing::new(Duration::from_secs(3), QUIET);
         let t0 = Instant::now();
         let mut item = Item::new("/l/Make Base/U.vmwarevm".into(), Request::MakeBase, t0);
         let end = t0 + t.settle;
@@ -449,7 +536,7 @@ mod tests {
 
     #[test]
     fn still_growing_is_not_ready() {
-        let t = Timing::new(Duration::from_secs(3));
+        let t = Timing::new(Duration::from_secs(3), QUIET);
         let t0 = Instant::now();
         let mut item = Item::new("/x".into(), Request::MakeBase, t0);
         let end = t0 + t.settle;
@@ -461,7 +548,7 @@ mod tests {
 
     #[test]
     fn an_event_between_looks_restarts_the_wait() {
-        let t = Timing::new(Duration::from_secs(3));
+        let t = Timing::new(Duration::from_secs(3), QUIET);
         let t0 = Instant::now();
         let mut item = Item::new("/x".into(), Request::MakeBase, t0);
         let first = t0 + t.settle - t.second_look;
@@ -478,7 +565,7 @@ mod tests {
 
     #[test]
     fn a_marked_copy_is_never_given_up_and_a_stall_is_reported_once() {
-        let t = Timing { stall: Duration::from_secs(60), ..Timing::new(Duration::from_secs(1)) };
+        let t = Timing { stall: Duration::from_secs(60), ..Timing::new(Duration::from_secs(1), QUIET) };
         let t0 = Instant::now();
         let mut item = Item::new("/x".into(), Request::MakeBase, t0);
         let mut now = t0 + t.settle;
@@ -499,7 +586,7 @@ mod tests {
 
     #[test]
     fn unnamed_folders_wait_and_failed_items_wait_for_a_change() {
-        let t = Timing::new(Duration::from_secs(1));
+        let t = Timing::new(Duration::from_secs(1), QUIET);
         let t0 = Instant::now();
         let mut item = Item::new("/l/New Leaf/U/untitled folder".into(), Request::NewLeaf { base: "U".into() }, t0);
         assert_eq!(item.decide(Some(look(&[0], false)), t0 + t.settle, &t), Verdict::Idle);
@@ -523,7 +610,7 @@ mod tests {
 
     #[test]
     fn a_failed_item_is_tried_again_by_the_timer_less_and_less_often() {
-        let t = Timing::new(Duration::from_secs(1));
+        let t = Timing::new(Duration::from_secs(1), QUIET);
         let t0 = Instant::now();
         let mut item = Item::new("/l/New Leaf/U/Web".into(), Request::NewLeaf { base: "U".into() }, t0);
         let mut at = t0 + t.settle;

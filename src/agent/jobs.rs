@@ -1,40 +1,58 @@
-//! Running operations off the watcher's thread: one thread per operation, several at once, but
-//! never two on the same base, so a slow cross-volume copy does not hold up other bases.
+//! Work off the event loop: each job (an item's operation, or a recovery) runs on a thread of
+//! its own, several at once, but never two on the same base, so a slow cross-volume copy does
+//! not hold up other bases, and a recovery fingerprinting a whole base holds up no event.
+//! [`Queue`] decides what may start (it is pure, and part of the agent's core); [`spawn`] runs.
 
 use std::any::Any;
 use std::collections::{HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
 use super::Msg;
-use super::items::{Request, leaf_name};
+use super::items::{Request, requested_name};
 use crate::error::{Error, Kind};
-use crate::library::common::default_name;
-use crate::library::make_base::{self, Fingerprinting};
-use crate::library::{Library, Options, new_leaf, recovery};
+use crate::library::{Library, Options, make_base, new_leaf, recovery};
 
-/// Operations running at once, at most.
-const PARALLEL: usize = 4;
+/// Jobs running at once, at most.
+pub const PARALLEL: usize = 4;
 
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub item: PathBuf,
-    pub request: Request,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// The operation a drop item asks for (never a misplaced one: that is only told).
+    Item { item: PathBuf, request: Request },
+    /// Finish or undo the operations a killed leafd left behind.
+    Recover,
+}
+
+/// Jobs with the same key run one after another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    /// The base a job makes or uses.
+    Base(String),
+    Recovery,
 }
 
 impl Job {
-    /// Operations with the same key (the base they make or use) run one after another.
-    fn key(&self) -> String {
-        match &self.request {
-            Request::MakeBase => default_name(&self.item),
-            Request::NewLeaf { base } => base.clone(),
+    fn key(&self) -> Key {
+        match self {
+            Job::Recover => Key::Recovery,
+            Job::Item { request: Request::NewLeaf { base }, .. } => Key::Base(base.clone()),
+            Job::Item { item, .. } => Key::Base(requested_name(&file_name(item)).to_string()),
+        }
+    }
+
+    /// The drop item the job is for.
+    pub fn item(&self) -> Option<&Path> {
+        match self {
+            Job::Item { item, .. } => Some(item),
+            Job::Recover => None,
         }
     }
 }
 
-/// A finished operation: the outcome line, or why it failed.
+/// A finished job: what it did, or why it failed.
 #[derive(Debug)]
 pub struct Finished {
     pub job: Job,
@@ -43,75 +61,67 @@ pub struct Finished {
 
 #[derive(Debug)]
 pub struct Done {
+    /// The outcome line for the log.
     pub line: String,
     pub warnings: Vec<String>,
     /// For Make Base: the new base's name.
     pub base: Option<String>,
 }
 
-pub struct Runner {
-    lib: Library,
-    opts: Options,
-    tx: Sender<Msg>,
-    busy: HashSet<String>,
-    queue: VecDeque<Job>,
-    threads: Vec<JoinHandle<()>>,
+/// Which jobs run: at most [`PARALLEL`], never two with the same key; the others wait in order.
+#[derive(Debug, Default)]
+pub struct Queue {
+    waiting: VecDeque<Job>,
+    busy: HashSet<Key>,
 }
 
-impl Runner {
-    pub fn new(lib: Library, opts: Options, tx: Sender<Msg>) -> Runner {
-        Runner { lib, opts, tx, busy: HashSet::new(), queue: VecDeque::new(), threads: Vec::new() }
+impl Queue {
+    /// Queues `job`; returns the jobs to start now.
+    pub fn submit(&mut self, job: Job) -> Vec<Job> {
+        self.waiting.push_back(job);
+        self.startable()
     }
 
-    pub fn options(&self) -> &Options {
-        &self.opts
-    }
-
-    pub fn submit(&mut self, job: Job) {
-        self.queue.push_back(job);
-        self.start_what_can();
-    }
-
-    /// A job's thread reported back: its base is free again.
-    pub fn finished(&mut self, job: &Job) {
+    /// A job reported back: its base is free again. Returns the jobs to start now.
+    pub fn finished(&mut self, job: &Job) -> Vec<Job> {
         self.busy.remove(&job.key());
-        self.threads.retain(|t| !t.is_finished());
-        self.start_what_can();
+        self.startable()
     }
 
-    /// Operations running or waiting.
-    pub fn active(&self) -> usize {
-        self.busy.len() + self.queue.len()
-    }
-
-    fn start_what_can(&mut self) {
-        let mut waiting = VecDeque::new();
-        while let Some(job) = self.queue.pop_front() {
-            if self.busy.len() >= PARALLEL || self.busy.contains(&job.key()) {
-                waiting.push_back(job);
-                continue;
-            }
-            self.busy.insert(job.key());
-            let (lib, opts, tx) = (self.lib.clone(), self.opts.clone(), self.tx.clone());
-            let (item, request) = (job.item.clone(), job.request.clone());
-            let spawned = std::thread::Builder::new().name("leafd-op".into()).spawn(move || run(&lib, &opts, job, &tx));
-            match spawned {
-                Ok(t) => self.threads.push(t),
-                Err(e) => {
-                    // Reported as the item's failure, which frees its base; tried again on change.
-                    let error = Error::io(&item, "cannot start an operation thread", e);
-                    let _ = self.tx.send(Msg::Done(Finished { job: Job { item, request }, result: Err(error) }));
-                }
+    fn startable(&mut self) -> Vec<Job> {
+        let mut start = Vec::new();
+        let mut still = VecDeque::new();
+        for job in self.waiting.drain(..) {
+            if self.busy.len() < PARALLEL && self.busy.insert(job.key()) {
+                start.push(job);
+            } else {
+                still.push_back(job);
             }
         }
-        self.queue = waiting;
+        self.waiting = still;
+        start
     }
 
-    /// Forgets queued jobs (at shutdown) and waits for the running ones.
-    pub fn drain(&mut self) -> Vec<JoinHandle<()>> {
-        self.queue.clear();
-        std::mem::take(&mut self.threads)
+    /// Jobs running.
+    pub fn running(&self) -> usize {
+        self.busy.len()
     }
+
+    /// True when `job` (or one of its key) is running or waiting.
+    pub fn holds(&self, job: &Job) -> bool {
+        self.busy.contains(&job.key()) || self.waiting.iter().any(|j| j.key() == job.key())
+    }
+
+    /// Forgets the waiting jobs (at shutdown: their items are still there at the next start).
+    pub fn forget_waiting(&mut self) {
+        self.waiting.clear();
+    }
+}
+
+/// Starts `job` on a thread of its own, which sends `Msg::Done` when it has finished.
+pub fn spawn(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) -> std::io::Result<JoinHandle<()>> {
+    let (lib, opts, tx) = (lib.clone(), opts.clone(), tx.clone());
+    std::thread::Builder::new().name("leafd-job".into()).spawn(move || run(&lib, &opts, job, &tx))
 }
 
 fn run(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) {
@@ -132,10 +142,13 @@ fn run(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) {
     }
 }
 
-/// Runs the job's operation; a new base comes with its fingerprinting still to do.
-fn operate(lib: &Library, opts: &Options, job: &Job) -> (Result<Done, Error>, Option<(String, Fingerprinting)>) {
-    match &job.request {
-        Request::MakeBase => match make_base::make_base(lib, &job.item, None, opts) {
+type Outcome = (Result<Done, Error>, Option<(String, make_base::Fingerprinting)>);
+
+/// Runs the job; a new base comes with its fingerprinting still to do.
+fn operate(lib: &Library, opts: &Options, job: &Job) -> Outcome {
+    match job {
+        Job::Recover => (recover(lib, opts), None),
+        Job::Item { item, request: Request::MakeBase } => match make_base::make_base(lib, item, None, opts) {
             Ok((made, fingerprinting)) => {
                 let done =
                     Done { line: made.to_string(), warnings: made.warnings.clone(), base: Some(made.name.clone()) };
@@ -143,27 +156,51 @@ fn operate(lib: &Library, opts: &Options, job: &Job) -> (Result<Done, Error>, Op
             }
             Err(e) => (Err(e), None),
         },
-        Request::NewLeaf { base } => {
-            let folder = job.item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let result = new_leaf::new_leaf(lib, base, leaf_name(&folder), Some(&job.item), opts).map(|made| Done {
+        Job::Item { item, request: Request::NewLeaf { base } } => {
+            let folder = file_name(item);
+            let result = new_leaf::new_leaf(lib, base, requested_name(&folder), Some(item), opts).map(|made| Done {
                 line: made.to_string(),
                 warnings: made.warnings.clone(),
                 base: None,
             });
             (result, None)
         }
+        Job::Item { request: Request::Misplaced, .. } => unreachable!("a misplaced drop is told, never run"),
     }
 }
 
-/// The error for an operation that panicked, after recovery has undone (or finished) it.
+/// Finishes or undoes what killed processes left, logging each outcome, then writes the record
+/// files of a library an older leafd made.
+fn recover(lib: &Library, opts: &Options) -> Result<Done, Error> {
+    let outcomes = recovery::recover(lib, opts)?;
+    lib.migrate()?;
+    let done = outcomes.iter().filter(|r| r.report(false)).count();
+    let line = format!("recovery: {done} of {} interrupted operation(s) finished or undone", outcomes.len());
+    Ok(Done { line, warnings: Vec::new(), base: None })
+}
+
+/// The error for a job that panicked, after recovery has undone (or finished) its operation.
 fn panicked(lib: &Library, opts: &Options, job: &Job, panic: Box<dyn Any + Send>) -> Error {
     let what = panic
         .downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    tracing::error!("the operation on {} failed unexpectedly: {what}", lib.display(&job.item));
+    let Some(item) = job.item() else {
+        // Recovering again could panic again; the journals stay for the next recovery.
+        tracing::error!("recovery failed unexpectedly: {what}");
+        return Error::new(Kind::Internal, lib.state_dir(), format!("recovery failed unexpectedly ({what})"));
+    };
+    tracing::error!("the operation on {} failed unexpectedly: {what}", lib.display(item));
     recovery::recover_and_log(lib, opts);
-    Error::new(Kind::Io, job.item.clone(), format!("leafd failed unexpectedly ({what}); what it had begun was undone"))
-        .fix("try again by renaming or re-dropping the item; if it happens again, report it with the log (`leafd log`)")
+    Error::new(
+        Kind::Internal,
+        item.to_path_buf(),
+        format!("leafd failed unexpectedly ({what}); what it had begun was undone"),
+    )
+    .fix("try again by renaming or re-dropping the item; if it happens again, report it with the log (`leafd log`)")
+}
+
+fn file_name(item: &Path) -> String {
+    item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }

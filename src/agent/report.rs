@@ -1,5 +1,5 @@
 //! Telling the user where they are looking: a red tag on the item, a note beside it, a
-//! desktop notification; and taking them away once the item goes through.
+//! notification on macOS; and taking them away once the item goes through.
 
 use std::path::Path;
 
@@ -16,10 +16,11 @@ pub fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
          leafd tries again by itself as soon as \"{name}\" changes; this note and the red tag go away when it works.\n",
         err.summary()
     );
-    write_note(item, &note);
+    // Tagged first: once the note is there, so is the tag.
     if let Err(e) = crate::durable::set_tag(item, Tag::Failed, true) {
         tracing::debug!("cannot tag {}: {e}", item.display());
     }
+    write_note(item, &note);
     if notify {
         platform::notify_user("leafd", &format!("Could not {what} \"{name}\": {}", err.message));
     }

@@ -11,7 +11,7 @@
 //! before it, so nothing that can fail on the user's files comes after it.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -296,6 +296,8 @@ fn inspect(lib: &Library, bundle: &Path, name: &str, opts: &Options) -> Result<I
         return Err(Error::refused(&vmx_path, "the VM has no hard disk").fix("a base needs a disk to share"));
     }
     let mut found = Found::default();
+    // The descriptor files seen so far, by identity: `a/../Disk.vmdk` is `Disk.vmdk`.
+    let mut seen: Vec<((u64, u64), &vmx::DiskEntry)> = Vec::new();
     for entry in &disk_entries {
         let path = resolve(bundle, &entry.file_name);
         if !lexically_inside(&path, bundle) {
@@ -305,15 +307,22 @@ fn inspect(lib: &Library, bundle: &Path, name: &str, opts: &Options) -> Result<I
             )
             .fix("move the disk into the VM bundle (VMware can do it), then drop the VM again"));
         }
-        if let Some(other) = disk_entries.iter().find(|o| o.node != entry.node && resolve(bundle, &o.file_name) == path)
-        {
+        // What cannot be opened is reported by the disk's own checks below.
+        let id = env.open(&path, false).and_then(|f| f.metadata()).map(|m| (m.dev(), m.ino())).ok();
+        if let Some((_, first)) = id.and_then(|id| seen.iter().find(|(i, _)| *i == id)) {
+            let spelled = if first.file_name == entry.file_name {
+                String::new()
+            } else {
+                format!(" (named {:?} and {:?})", first.file_name, entry.file_name)
+            };
             return Err(Error::refused(
                 &vmx_path,
-                format!("disk {} is attached twice, as {} and {}", entry.file_name, entry.node, other.node),
+                format!("disk {} is attached twice, as {} and {}{spelled}", first.file_name, first.node, entry.node),
             )
             .fix("remove one of the two in VMware's settings for the VM, then drop it again"));
         }
         found.disk(bundle, &env, &path, &entry.node, origin.as_ref(), lib, name, opts)?;
+        seen.extend(id.map(|id| (id, entry)));
     }
     let disk_files = check_disk_files(bundle, &env, &found.disk_files)?;
     refuse_open_for_writing(&entries)?;

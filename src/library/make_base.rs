@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leafd_formats::clone::{PathStyle, check_delta, delta_name, extent_reference, repoint};
-use leafd_formats::descriptor::NO_PARENT;
-use leafd_formats::disk::{Disk, DiskType, extent_names, read_descriptor, resolve};
+use leafd_formats::descriptor::{Descriptor, NO_PARENT};
+use leafd_formats::disk::{Disk, DiskType, NewDisk, describe, extent_names, read_descriptor, resolve};
 use leafd_formats::flatten::flatten;
 use leafd_formats::sparse::SECTOR;
 use leafd_formats::{Env, ErrorKind, vmx};
@@ -385,6 +385,7 @@ impl Found {
         self.capacity_bytes += disk.capacity() * SECTOR;
         if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
             let (record, f) = plan_flatten(bundle, &rel, node, &disk, self.disks.len())?;
+            check_flattened_leaves_can_be_made(lib, name, bundle, &f, &disk, opts.path_style)?;
             self.disks.push(record);
             self.flatten.push(f);
             if let Some((leaf, base)) = origin {
@@ -402,7 +403,13 @@ impl Found {
             return Err(Error::refused(path, format!("disk {node} has {} extents; leafd serves at most {MAX_EXTENTS}", layout.len()))
                 .fix("convert it to fewer, larger extents with VMware's disk tool (vmware-vdiskmanager -r SOURCE.vmdk -t 1 NEW.vmdk)"));
         }
-        check_leaves_can_be_made(lib, name, bundle, &disk, &rel, opts.path_style)?;
+        let planned = Planned {
+            rel: &rel,
+            extent_files: disk.extent_files(),
+            descriptor: &disk.descriptor,
+            disk_type: disk.disk_type,
+        };
+        check_leaves_can_be_made(lib, name, bundle, path, planned, opts.path_style)?;
         let mut extents = Vec::new();
         for (index, (sectors, f)) in layout.into_iter().enumerate() {
             let Some(f) = f else { continue };
@@ -430,26 +437,70 @@ impl Found {
     }
 }
 
-/// Fails now, naming the file and the fix, where New Leaf would later fail to describe a leaf's
-/// copy of this disk or its delta (a name a descriptor cannot hold, too many extents).
+/// A disk as its base will hold it: for an existing disk its own files; for a chain, the disk
+/// Make Base will write.
+struct Planned<'a> {
+    /// Its descriptor, relative to the bundle.
+    rel: &'a Path,
+    /// Its extent files, in the bundle.
+    extent_files: Vec<PathBuf>,
+    descriptor: &'a Descriptor,
+    disk_type: DiskType,
+}
+
+/// Fails now, naming the user's file `at` and the fix, where New Leaf would later fail to
+/// describe a leaf's copy of this disk or its delta (a name a descriptor or a folder cannot
+/// hold, too many extents).
 fn check_leaves_can_be_made(
     lib: &Library,
     name: &str,
     bundle: &Path,
-    disk: &Disk,
-    rel: &Path,
+    at: &Path,
+    disk: Planned<'_>,
     style: PathStyle,
 ) -> Result<()> {
     let store = lib.bases_dir().join(name);
-    let leaf_dir = lib.leaf_path("leaf").join(rel).parent().map(Path::to_path_buf).unwrap_or_default();
-    for f in disk.extent_files() {
-        let at_base = store.join(f.strip_prefix(bundle).unwrap_or(&f));
-        extent_reference(&at_base, &leaf_dir, style).map_err(Error::from)?;
+    let leaf_dir = lib.leaf_path("leaf").join(disk.rel).parent().map(Path::to_path_buf).unwrap_or_default();
+    // The leaf is not there yet: the refusal names the disk in the bundle.
+    let refused = |e: leafd_formats::Error| {
+        Error::refused(at, format!("no leaf of this disk could be made: {}", e.message)).fix(
+            "give the disk's files (and folders) shorter names without quotes or control characters: rename the disk in VMware, or with `vmware-vdiskmanager -n OLD.vmdk NEW.vmdk` and the VM's .vmx pointed at NEW.vmdk; then drop the VM again",
+        )
+    };
+    for f in &disk.extent_files {
+        let at_base = store.join(f.strip_prefix(bundle).unwrap_or(f));
+        extent_reference(&at_base, &leaf_dir, style).map_err(refused)?;
     }
     // The delta depends on the parent copy only through its CID and extent sizes, which are
     // the base disk's own.
-    let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
-    check_delta(&leaf_dir.join(delta_name(file_name)), file_name, &disk.descriptor, disk.disk_type).map_err(Error::from)
+    let file_name = disk.rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
+    check_delta(&leaf_dir.join(delta_name(file_name)), file_name, disk.descriptor, disk.disk_type).map_err(refused)
+}
+
+/// [`check_leaves_can_be_made`] for the disk a chain is flattened into: its own files first.
+fn check_flattened_leaves_can_be_made(
+    lib: &Library,
+    name: &str,
+    bundle: &Path,
+    f: &Flatten,
+    chain: &Disk,
+    style: PathStyle,
+) -> Result<()> {
+    let (disk_type, extents) = match &f.split {
+        Some(s) => (DiskType::SplitSparse, s.clone()),
+        None => (DiskType::MonolithicSparse, vec![chain.capacity()]),
+    };
+    let target = bundle.join(&f.target);
+    let at = bundle.join(&f.top);
+    let spec = NewDisk { path: &target, disk_type, extents, cid: 1, parent: None, ddb: Vec::new() };
+    let descriptor = describe(&spec).map_err(|e| {
+        Error::refused(&at, format!("the disk it would be flattened into could not be written: {}", e.message))
+            .fix("give the disk's files shorter names without quotes or control characters (rename the disk in VMware), then drop the VM again")
+    })?;
+    let files = if disk_type.is_split() { &f.files[1..] } else { &f.files[..] };
+    let extent_files = files.iter().map(|r| bundle.join(r)).collect();
+    let planned = Planned { rel: &f.target, extent_files, descriptor: &descriptor, disk_type };
+    check_leaves_can_be_made(lib, name, bundle, &at, planned, style)
 }
 
 /// Checks the disk files through descriptors opened beneath the bundle: regular files with one

@@ -538,7 +538,15 @@ fn adopt_unrecorded_leaves(
 /// A leaf record from the chain: the VM's disks must be deltas over copies of a base's disks.
 fn rebuild_leaf(env: &Arc<dyn Env>, dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
     let name = dir.file_stem()?.to_string_lossy().into_owned();
-    let vmx_name = format!("{name}.vmx");
+    // Its one .vmx, whatever its name: a bundle renamed (or duplicated) keeps the one it had.
+    let mut vmxs = fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| Path::new(n).extension().is_some_and(|x| x.eq_ignore_ascii_case("vmx")));
+    let vmx_name = vmxs.next()?;
+    if vmxs.next().is_some() {
+        return None;
+    }
     let vmx = read_dict(&dir.join(&vmx_name)).ok()?;
     let mut by_extents: HashMap<Vec<PathBuf>, (&Base, &DiskRecord)> = HashMap::new();
     for b in bases {

@@ -202,12 +202,18 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     w.flush(Flush::Order)
 }
 
-/// A name for a temporary file beside `path`, unique to this call.
+/// A name for a temporary file beside `path`, unique to this call. It fits wherever `path`'s
+/// own name does: a long name is cut (at a character) to leave room for the suffix.
 fn temporary(path: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().map(OsStr::to_string_lossy).unwrap_or_default();
+    let mut name = path.file_name().map(OsStr::to_string_lossy).unwrap_or_default().into_owned();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+    let suffix = format!(".tmp-{}-{n}", std::process::id());
+    // Bytes: the stricter count everywhere.
+    while 1 + name.len() + suffix.len() > leafd_formats::disk::MAX_FILE_NAME {
+        name.pop();
+    }
+    path.with_file_name(format!(".{name}{suffix}"))
 }
 
 /// Replaces `path` with `bytes` atomically: a crash leaves the old file or the new one, never a
@@ -570,5 +576,18 @@ mod tests {
         assert!(matches!(copy_file(&src, &dst, &no), Err(e) if e.kind == crate::error::Kind::Io));
         let stop = crate::fsutil::Cancel::new(true);
         assert_eq!(copy_file(&src, &dir.path().join("x"), &stop).unwrap_err().kind, crate::error::Kind::Cancelled);
+    }
+
+    #[test]
+    fn a_file_with_the_longest_name_is_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        // 255 bytes, with a character of 3 bytes where the temporary name is cut.
+        let name = format!("{}データ.vmsd", "x".repeat(255 - 5 - 9));
+        assert_eq!(name.len(), 255);
+        let p = dir.path().join(&name);
+        fs::write(&p, b"old").unwrap();
+        write_atomic(&p, b"new").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
     }
 }

@@ -3,12 +3,17 @@
 
 mod common;
 
+use std::any::Any;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use common::*;
 use leafd::sample::{SampleDisk, SampleVm};
-use leafd_formats::disk::DiskType;
+use leafd_formats::clone::create_delta;
+use leafd_formats::disk::{DiskType, read_descriptor};
 
 const MIB: u64 = 1 << 20;
 
@@ -52,7 +57,304 @@ fn new_leaf(lib: &Lib, name: &str) -> (Vec<String>, Vec<PathBuf>) {
     (vec!["new-leaf".into(), "Base".into(), name.into()], vec![base, lib.root.clone()])
 }
 
+/// What a case's setup must keep alive while its command runs (a mounted volume, a writer
+/// process); dropped after the case, a failing one included.
+static HELD: Mutex<Vec<Box<dyn Any + Send>>> = Mutex::new(Vec::new());
+
+fn hold(thing: impl Any + Send) {
+    HELD.lock().unwrap().push(Box::new(thing));
+}
+
+fn mkfifo(p: &Path) {
+    let o = run_tool("mkfifo", &[p.to_str().unwrap()]);
+    assert!(o.status.success(), "mkfifo {}: {}", p.display(), text(&o));
+}
+
+/// A process holding `path` open for writing (as a copy still being written would) until it is
+/// dropped; returned once the file is open.
+pub struct Writer(Child);
+
+impl Writer {
+    pub fn new(path: &Path) -> Writer {
+        use std::io::Read;
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg("exec 3>>\"$1\"; echo open; exec sleep 30")
+            .arg("writer")
+            .arg(path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("bash");
+        let mut line = [0u8; 5];
+        child.stdout.take().unwrap().read_exact(&mut line).expect("the writer opens the file");
+        assert_eq!(&line, b"open\n");
+        Writer(child)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd`, killing it and failing after `limit`: a command that hangs (on a FIFO, say) is a
+/// failed case, not a stuck test run.
+fn run_within(mut cmd: Command, limit: Duration) -> Result<Output, String> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run leafd");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return Ok(child.wait_with_output().expect("output"));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("still running after {limit:?}: killed"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Adds disk `node` naming `file` to a bundle's `.vmx`.
+fn attach(bundle: &Path, node: &str, file: &str) {
+    let line = format!("{node}.fileName = \"{file}\"\n{node}.present = \"TRUE\"\n");
+    edit_vmx(bundle, |t| t + &line);
+}
+
+/// Rewrites a text descriptor.
+fn edit_descriptor(path: &Path, f: impl FnOnce(String) -> String) {
+    let text = fs::read_to_string(path).unwrap();
+    fs::write(path, f(text)).unwrap();
+}
+
+/// A sample VM whose one disk is `file`.
+fn sample_named(dir: &Path, name: &str, file: &str, t: DiskType) -> PathBuf {
+    SampleVm { name: name.into(), disks: vec![SampleDisk::new("scsi0:0", file, t, 8 * MIB)] }.build(dir).unwrap()
+}
+
+/// A VM in `Make Base/` whose disk's descriptor is named `file`, a name a leaf's files could
+/// not carry; `vmx_name` is how the `.vmx` spells it (VMware writes `|22` for a quote). The
+/// disk is written under a plain name and its descriptor renamed: leafd's own writer refuses
+/// such names, and the extents keep theirs.
+fn badly_named_disk(lib: &Lib, file: &str, vmx_name: &str, t: DiskType) -> (Vec<String>, Vec<PathBuf>) {
+    assert!(t.is_split() || t == DiskType::MonolithicFlat, "a text descriptor");
+    let b = sample_named(&lib.make_base_dir(), "VM", "Disk.vmdk", t);
+    fs::rename(b.join("Disk.vmdk"), b.join(file)).unwrap();
+    edit_vmx(&b, |t| t.replace("\"Disk.vmdk\"", &format!("\"{vmx_name}\"")));
+    make_base_of(b)
+}
+
 const CASES: &[Case] = &[
+    Case {
+        name: "issue 10: links s -> . and up -> s/s/../.. lead a disk out of the bundle",
+        setup: |lib| {
+            // Another VM beside the library's drop folder: the attack would make it part of
+            // the base (and read-only), though no path in the .vmx names anything outside.
+            let other = lib.root.join("other");
+            fs::create_dir(&other).unwrap();
+            let victim = sample_named(&other, "Victim", "Disk.vmdk", DiskType::MonolithicSparse);
+            let b = sample(&lib.make_base_dir(), "VM", DiskType::MonolithicSparse);
+            std::os::unix::fs::symlink(".", b.join("s")).unwrap();
+            std::os::unix::fs::symlink("s/s/../..", b.join("up")).unwrap();
+            // The kernel's own resolution reaches the victim: the attack is real.
+            assert_eq!(
+                fs::read(b.join("up/other/Victim.vmwarevm/Disk.vmdk")).unwrap(),
+                fs::read(victim.join("Disk.vmdk")).unwrap()
+            );
+            attach(&b, "scsi0:1", "up/other/Victim.vmwarevm/Disk.vmdk");
+            let (args, mut keep) = make_base_of(b);
+            keep.push(victim);
+            (args, keep)
+        },
+        exit: 1,
+        says: &["up/other/Victim.vmwarevm/Disk.vmdk", "outside", "inside the bundle"],
+    },
+    Case {
+        name: "a disk that is a FIFO",
+        setup: |lib| {
+            dropped(lib, DiskType::MonolithicSparse, |b| {
+                fs::remove_file(b.join("Virtual Disk.vmdk")).unwrap();
+                mkfifo(&b.join("Virtual Disk.vmdk"));
+            })
+        },
+        exit: 1,
+        says: &["Virtual Disk.vmdk", "is a FIFO", "remove it from the VM bundle"],
+    },
+    Case {
+        name: "a FIFO in the bundle",
+        setup: |lib| dropped(lib, DiskType::SplitSparse, |b| mkfifo(&b.join("vmware-1.log"))),
+        exit: 1,
+        says: &["vmware-1.log", "is a FIFO", "remove it from the VM bundle"],
+    },
+    Case {
+        name: "a FIFO in a bundle on another volume (which would be copied)",
+        setup: |_| {
+            let volume = OtherVolume::new();
+            let b = sample(volume.path(), "VM", DiskType::SplitSparse);
+            mkfifo(&b.join("vmware-1.log"));
+            hold(volume);
+            make_base_of(b)
+        },
+        exit: 1,
+        says: &["vmware-1.log", "is a FIFO", "remove it from the VM bundle"],
+    },
+    Case {
+        name: "a socket in the bundle",
+        setup: |lib| {
+            let b = sample(&lib.make_base_dir(), "VM", DiskType::MonolithicSparse);
+            hold(std::os::unix::net::UnixListener::bind(b.join("vmware-vmx.sock")).unwrap());
+            make_base_of(b)
+        },
+        exit: 1,
+        says: &["vmware-vmx.sock", "is a socket", "remove it from the VM bundle"],
+    },
+    Case {
+        name: "a disk hard-linked to a file elsewhere",
+        setup: |lib| {
+            let b = sample(&lib.make_base_dir(), "VM", DiskType::MonolithicSparse);
+            let elsewhere = lib.tmp.path().join("backup.vmdk");
+            fs::hard_link(b.join("Virtual Disk.vmdk"), &elsewhere).unwrap();
+            let (args, mut keep) = make_base_of(b);
+            // Its mode and attributes are checked too: it must not become read-only or carry
+            // a record.
+            keep.push(elsewhere);
+            (args, keep)
+        },
+        exit: 1,
+        says: &["Virtual Disk.vmdk", "has 2 names (hard links)", "copy it to break the link"],
+    },
+    Case {
+        name: "a disk another program has open for writing",
+        setup: |lib| {
+            let b = sample(&lib.make_base_dir(), "VM", DiskType::SplitSparse);
+            hold(Writer::new(&b.join("Virtual Disk-s002.vmdk")));
+            make_base_of(b)
+        },
+        exit: 1,
+        says: &["Virtual Disk-s002.vmdk", "open for writing by another program", "tries again by itself"],
+    },
+    Case {
+        name: "a base disk with the content ID ffffffff",
+        setup: |lib| {
+            dropped(lib, DiskType::MonolithicFlat, |b| {
+                edit_descriptor(&b.join("Virtual Disk.vmdk"), |d| {
+                    let at = d.find("\nCID=").unwrap() + 5;
+                    format!("{}ffffffff{}", &d[..at], &d[at + 8..])
+                })
+            })
+        },
+        exit: 1,
+        says: &["Virtual Disk.vmdk", "content ID ffffffff", "shut it down"],
+    },
+    Case {
+        name: "one disk attached to two nodes",
+        setup: |lib| dropped(lib, DiskType::SplitSparse, |b| attach(b, "sata0:2", "Virtual Disk.vmdk")),
+        exit: 1,
+        says: &["VM.vmx", "attached twice", "scsi0:0", "sata0:2", "remove one of the two"],
+    },
+    Case {
+        name: "one disk attached to two nodes under two spellings",
+        setup: |lib| {
+            dropped(lib, DiskType::MonolithicSparse, |b| {
+                fs::create_dir(b.join("caches")).unwrap();
+                attach(b, "nvme0:0", "caches/../Virtual Disk.vmdk");
+            })
+        },
+        exit: 1,
+        says: &["VM.vmx", "attached twice", "scsi0:0", "nvme0:0", "remove one of the two"],
+    },
+    Case {
+        name: "a double quote in the base name",
+        setup: |lib| {
+            let b = sample(&lib.make_base_dir(), "VM", DiskType::MonolithicSparse);
+            let (mut args, keep) = make_base_of(b);
+            args.extend(["--name".into(), "Ubuntu \"LTS\"".into()]);
+            (args, keep)
+        },
+        exit: 1,
+        says: &["\"Ubuntu \\\"LTS\\\"\"", "double quote", "rename it"],
+    },
+    Case {
+        name: "a descriptor of 100,000 ZERO extents",
+        setup: |lib| {
+            dropped(lib, DiskType::MonolithicFlat, |b| {
+                edit_descriptor(&b.join("Virtual Disk.vmdk"), |d| {
+                    let at = d.find("\nRW ").unwrap() + 1;
+                    let end = at + d[at..].find('\n').unwrap() + 1;
+                    let zeros = "RW 1 ZERO\n".repeat(100_000);
+                    format!("{}{}{zeros}{}", &d[..at], &d[at..end], &d[end..])
+                        .replace("monolithicFlat", "twoGbMaxExtentFlat")
+                })
+            })
+        },
+        exit: 1,
+        says: &["Virtual Disk.vmdk", "100001 extents", "at most 8192", "vmware-vdiskmanager"],
+    },
+    Case {
+        name: "a disk name with a quote, which a leaf's descriptors cannot hold",
+        setup: |lib| badly_named_disk(lib, "Disk \"2\".vmdk", "Disk |222|22.vmdk", DiskType::MonolithicFlat),
+        exit: 1,
+        says: &["VM.vmwarevm/Disk \"2\".vmdk: no leaf of this disk could be made", "quote", "vmware-vdiskmanager -n"],
+    },
+    Case {
+        name: "a disk name with a newline",
+        setup: |lib| badly_named_disk(lib, "Disk\n2.vmdk", "Disk|0A2.vmdk", DiskType::SplitSparse),
+        exit: 1,
+        says: &[
+            "VM.vmwarevm/Disk\n2.vmdk: no leaf of this disk could be made",
+            "control character",
+            "vmware-vdiskmanager -n",
+        ],
+    },
+    Case {
+        name: "a disk name too long for its leaf's delta (the delta adds -000001)",
+        setup: |lib| {
+            let name = format!("{}.vmdk", "d".repeat(245));
+            make_base_of(sample_named(&lib.make_base_dir(), "VM", &name, DiskType::MonolithicSparse))
+        },
+        exit: 1,
+        says: &[
+            "no leaf of this disk could be made",
+            "-000001.vmdk\" is 257 bytes long",
+            "at most 255",
+            "shorter names",
+        ],
+    },
+    Case {
+        name: "a split disk whose leaf's delta extents would be too long",
+        setup: |lib| {
+            let name = format!("{}.vmdk", "d".repeat(240));
+            make_base_of(sample_named(&lib.make_base_dir(), "VM", &name, DiskType::SplitSparse))
+        },
+        exit: 1,
+        says: &[
+            "no leaf of this disk could be made",
+            "-000001-s001.vmdk\" is 257 bytes long",
+            "at most 255",
+            "shorter names",
+        ],
+    },
+    Case {
+        name: "a snapshot chain whose flattened disk's leaves could not be named",
+        setup: |lib| {
+            // The chain and the disk it is flattened into fit; a leaf's delta of that disk
+            // (`<stem>-000001-base-000001-s001.vmdk`) would not.
+            let stem = "c".repeat(230);
+            let b = sample_named(&lib.make_base_dir(), "VM", &format!("{stem}.vmdk"), DiskType::SplitSparse);
+            let (parent, _) = read_descriptor(&env(), &b.join(format!("{stem}.vmdk"))).unwrap();
+            let top = format!("{stem}-000001.vmdk");
+            create_delta(&env(), &b.join(&top), &format!("{stem}.vmdk"), &parent, DiskType::SplitSparse).unwrap();
+            edit_vmx(&b, |t| t.replace(&format!("\"{stem}.vmdk\""), &format!("\"{top}\"")));
+            make_base_of(b)
+        },
+        exit: 1,
+        says: &[
+            "-000001.vmdk: no leaf of this disk could be made",
+            "-000001-base-000001-s001.vmdk\" is 259 bytes long",
+        ],
+    },
     Case {
         name: "running: lock folder",
         setup: |lib| dropped(lib, DiskType::SplitSparse, |b| fs::create_dir(b.join("VM.vmx.lck")).unwrap()),
@@ -395,7 +697,10 @@ fn every_refusal_names_the_problem_and_changes_nothing() {
     let mut failures = Vec::new();
     for case in CASES {
         let lib = Lib::new();
-        let (args, mut keep) = (case.setup)(&lib);
+        let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.setup)(&lib)));
+        // Held until this case is done, whatever happens.
+        let _held = std::mem::take(&mut *HELD.lock().unwrap_or_else(|e| e.into_inner()));
+        let (args, mut keep) = setup.unwrap_or_else(|p| std::panic::resume_unwind(p));
         // The whole library is checked too (no half base, staging, journal or drop folder left),
         // with its empty skeleton made first so that creating it does not count as a change.
         for dir in ["New Leaf", "Bases", ".leafd/journal", ".leafd/locks"] {
@@ -408,7 +713,18 @@ fn every_refusal_names_the_problem_and_changes_nothing() {
         keep.push(lib.root.clone());
         let before: Vec<Vec<String>> = keep.iter().map(|p| fingerprint_tree(p)).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = lib.run(&args);
+        let start = Instant::now();
+        let o = match run_within(lib.command(&args), Duration::from_secs(20)) {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{}: {e}", case.name));
+                continue;
+            }
+        };
+        // A refusal is decided by looking, before anything is done: never seconds.
+        if start.elapsed() > Duration::from_secs(5) {
+            failures.push(format!("{}: took {:?}", case.name, start.elapsed()));
+        }
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
         if std::env::var_os("SHOW_REFUSALS").is_some() {
             eprintln!("--- {}\n{stderr}", case.name);
@@ -460,4 +776,63 @@ fn a_three_disk_vm_with_one_bad_disk_is_refused_whole() {
     assert!(text(&o).contains("C-flat.vmdk"), "{}", text(&o));
     assert_eq!(fingerprint_tree(&b), before);
     assert_eq!(fs::read_dir(lib.root.join("Bases")).unwrap().count(), 0);
+}
+
+/// Lock files may come and go; nothing else of the library may change.
+fn library_state(lib: &Lib) -> Vec<String> {
+    let mut t = fingerprint_tree(&lib.root);
+    t.retain(|l| !l.contains("/.leafd/locks"));
+    t
+}
+
+#[test]
+fn a_disk_open_for_writing_is_busy_until_its_writer_exits_then_it_goes_through() {
+    let lib = Lib::new();
+    let b = sample(&lib.make_base_dir(), "VM", DiskType::SplitSparse);
+    lib.ok(&["recover"]); // the library's own folders, made before the state is taken
+    let before = library_state(&lib);
+    let writer = Writer::new(&b.join("Virtual Disk-s002.vmdk"));
+    let o = lib.run(&["make-base", b.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("Virtual Disk-s002.vmdk: is open for writing by another program"), "{}", text(&o));
+    assert_eq!(library_state(&lib), before, "nothing moved");
+
+    // The agent takes it for a copy still under way: no error note, no red tag, tried again
+    // until the writer is gone.
+    let mut command = lib.command(&["agent", "--settle", "0.3"]);
+    command.env("RUST_LOG", "debug").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut agent = Killed(command.spawn().unwrap());
+    let log = lib.log_dir().join("leafd.log");
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}: {}", fs::read_to_string(&log).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("the agent starts", &|| fs::read_to_string(&log).unwrap_or_default().contains("agent watching"));
+    std::thread::sleep(Duration::from_secs(2)); // several settle periods, several tries
+    let note = lib.make_base_dir().join("VM.vmwarevm - leafd error.txt");
+    assert!(!note.exists(), "a busy VM gets no error note: {}", fs::read_to_string(&note).unwrap_or_default());
+    assert_eq!(xattr::get(&b, "user.xdg.tags").unwrap(), None, "nor a tag");
+    let text = fs::read_to_string(&log).unwrap();
+    let agent_log = text.split_once("agent watching").unwrap().1;
+    let tries = agent_log.matches("is open for writing by another program").count();
+    assert!(tries >= 2, "tried again and again: {agent_log}");
+    assert!(!agent_log.contains("WARN"), "a busy VM is no failure: {agent_log}");
+    assert!(b.join("VM.vmx").is_file() && !lib.base_dir("VM").exists(), "nothing moved while it is written");
+    drop(writer);
+    until("the base is made once the writer exits", &|| lib.base_dir("VM").join(".leafd/base.json").is_file());
+    assert!(agent.0.try_wait().unwrap().is_none(), "the agent keeps running");
+    qemu_check(&lib.base_dir("VM").join("Virtual Disk.vmdk"));
+}
+
+/// A child process killed when dropped, a failed test included.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

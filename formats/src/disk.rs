@@ -522,6 +522,15 @@ pub fn split_capacity(capacity: u64, max: u64) -> Vec<u64> {
     v
 }
 
+/// The longest file name: 255 bytes on Linux (`NAME_MAX`), 255 UTF-16 units on macOS (HFS+,
+/// and APFS as macOS enforces it).
+pub const MAX_FILE_NAME: usize = 255;
+
+/// The length of `name` as the file system counts it against [`MAX_FILE_NAME`], and its unit.
+pub fn name_length(name: &str) -> (usize, &'static str) {
+    if cfg!(target_os = "macos") { (name.encode_utf16().count(), "UTF-16 units") } else { (name.len(), "bytes") }
+}
+
 /// `<stem>` of a disk `<stem>.vmdk`, from which its extents are named.
 fn stem(path: &Path) -> Result<&str> {
     let name =
@@ -529,11 +538,23 @@ fn stem(path: &Path) -> Result<&str> {
     Ok(name.strip_suffix(".vmdk").unwrap_or(name))
 }
 
-/// The descriptor [`create`] writes for `spec`, checked: names a descriptor can hold, a text
-/// within the size of any descriptor, and for a monolithic sparse disk a text that fits in its
+/// The descriptor [`create`] writes for `spec`, checked: file names the file system and a
+/// descriptor can hold, a text within the size of any descriptor, and for a monolithic sparse disk a text that fits in its
 /// embedded area. Writes nothing, so a caller can learn early that a disk could not be made.
 pub fn describe(spec: &NewDisk) -> Result<Descriptor> {
     let names = extent_names(stem(spec.path)?, spec.disk_type, spec.extents.len());
+    // Every file it is made of must be a name the file system can hold.
+    let own = spec.path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if let Some(long) =
+        std::iter::once(own).chain(names.iter().map(String::as_str)).find(|n| name_length(n).0 > MAX_FILE_NAME)
+    {
+        let (len, unit) = name_length(long);
+        return Err(Error::unsupported(
+            &spec.path.with_file_name(long),
+            format!("the file name {long:?} is {len} {unit} long; a file name holds at most {MAX_FILE_NAME}"),
+        )
+        .fix("give the disk a shorter name"));
+    }
     let kind = if spec.disk_type.is_sparse() { ExtentKind::Sparse } else { ExtentKind::Flat };
     let extents: Vec<Extent> = names
         .iter()

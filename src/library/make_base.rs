@@ -11,14 +11,14 @@
 //! before it, so nothing that can fail on the user's files comes after it.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leafd_formats::clone::{PathStyle, check_delta, delta_name, extent_reference, repoint};
-use leafd_formats::descriptor::NO_PARENT;
-use leafd_formats::disk::{Disk, DiskType, extent_names, read_descriptor, resolve};
+use leafd_formats::descriptor::{Descriptor, NO_PARENT};
+use leafd_formats::disk::{Disk, DiskType, NewDisk, describe, extent_names, read_descriptor, resolve};
 use leafd_formats::flatten::flatten;
 use leafd_formats::sparse::SECTOR;
 use leafd_formats::{Env, ErrorKind, vmx};
@@ -296,6 +296,8 @@ fn inspect(lib: &Library, bundle: &Path, name: &str, opts: &Options) -> Result<I
         return Err(Error::refused(&vmx_path, "the VM has no hard disk").fix("a base needs a disk to share"));
     }
     let mut found = Found::default();
+    // The descriptor files seen so far, by identity: `a/../Disk.vmdk` is `Disk.vmdk`.
+    let mut seen: Vec<((u64, u64), &vmx::DiskEntry)> = Vec::new();
     for entry in &disk_entries {
         let path = resolve(bundle, &entry.file_name);
         if !lexically_inside(&path, bundle) {
@@ -305,15 +307,22 @@ fn inspect(lib: &Library, bundle: &Path, name: &str, opts: &Options) -> Result<I
             )
             .fix("move the disk into the VM bundle (VMware can do it), then drop the VM again"));
         }
-        if let Some(other) = disk_entries.iter().find(|o| o.node != entry.node && resolve(bundle, &o.file_name) == path)
-        {
+        // What cannot be opened is reported by the disk's own checks below.
+        let id = env.open(&path, false).and_then(|f| f.metadata()).map(|m| (m.dev(), m.ino())).ok();
+        if let Some((_, first)) = id.and_then(|id| seen.iter().find(|(i, _)| *i == id)) {
+            let spelled = if first.file_name == entry.file_name {
+                String::new()
+            } else {
+                format!(" (named {:?} and {:?})", first.file_name, entry.file_name)
+            };
             return Err(Error::refused(
                 &vmx_path,
-                format!("disk {} is attached twice, as {} and {}", entry.file_name, entry.node, other.node),
+                format!("disk {} is attached twice, as {} and {}{spelled}", first.file_name, first.node, entry.node),
             )
             .fix("remove one of the two in VMware's settings for the VM, then drop it again"));
         }
         found.disk(bundle, &env, &path, &entry.node, origin.as_ref(), lib, name, opts)?;
+        seen.extend(id.map(|id| (id, entry)));
     }
     if let Some((leaf, base)) = origin.as_ref().filter(|_| !found.flatten.is_empty()) {
         found.repointed = repoint_parent_copies(bundle, &env, leaf, base, lib, name, opts)?;
@@ -379,6 +388,7 @@ impl Found {
         self.capacity_bytes += disk.capacity() * SECTOR;
         if descriptor.parent_cid().unwrap_or(NO_PARENT) != NO_PARENT {
             let (record, f) = plan_flatten(bundle, &rel, node, &disk, self.disks.len())?;
+            check_flattened_leaves_can_be_made(lib, name, bundle, &f, &disk, opts.path_style)?;
             self.disks.push(record);
             self.flatten.push(f);
             return Ok(());
@@ -393,7 +403,13 @@ impl Found {
             return Err(Error::refused(path, format!("disk {node} has {} extents; leafd serves at most {MAX_EXTENTS}", layout.len()))
                 .fix("convert it to fewer, larger extents with VMware's disk tool (vmware-vdiskmanager -r SOURCE.vmdk -t 1 NEW.vmdk)"));
         }
-        check_leaves_can_be_made(lib, name, bundle, &disk, &rel, opts.path_style)?;
+        let planned = Planned {
+            rel: &rel,
+            extent_files: disk.extent_files(),
+            descriptor: &disk.descriptor,
+            disk_type: disk.disk_type,
+        };
+        check_leaves_can_be_made(lib, name, bundle, path, planned, opts.path_style)?;
         let mut extents = Vec::new();
         for (index, (sectors, f)) in layout.into_iter().enumerate() {
             let Some(f) = f else { continue };
@@ -421,26 +437,70 @@ impl Found {
     }
 }
 
-/// Fails now, naming the file and the fix, where New Leaf would later fail to describe a leaf's
-/// copy of this disk or its delta (a name a descriptor cannot hold, too many extents).
+/// A disk as its base will hold it: for an existing disk its own files; for a chain, the disk
+/// Make Base will write.
+struct Planned<'a> {
+    /// Its descriptor, relative to the bundle.
+    rel: &'a Path,
+    /// Its extent files, in the bundle.
+    extent_files: Vec<PathBuf>,
+    descriptor: &'a Descriptor,
+    disk_type: DiskType,
+}
+
+/// Fails now, naming the user's file `at` and the fix, where New Leaf would later fail to
+/// describe a leaf's copy of this disk or its delta (a name a descriptor or a folder cannot
+/// hold, too many extents).
 fn check_leaves_can_be_made(
     lib: &Library,
     name: &str,
     bundle: &Path,
-    disk: &Disk,
-    rel: &Path,
+    at: &Path,
+    disk: Planned<'_>,
     style: PathStyle,
 ) -> Result<()> {
     let store = lib.bases_dir().join(name);
-    let leaf_dir = lib.leaf_path("leaf").join(rel).parent().map(Path::to_path_buf).unwrap_or_default();
-    for f in disk.extent_files() {
-        let at_base = store.join(f.strip_prefix(bundle).unwrap_or(&f));
-        extent_reference(&at_base, &leaf_dir, style).map_err(Error::from)?;
+    let leaf_dir = lib.leaf_path("leaf").join(disk.rel).parent().map(Path::to_path_buf).unwrap_or_default();
+    // The leaf is not there yet: the refusal names the disk in the bundle.
+    let refused = |e: leafd_formats::Error| {
+        Error::refused(at, format!("no leaf of this disk could be made: {}", e.message)).fix(
+            "give the disk's files (and folders) shorter names without quotes or control characters: rename the disk in VMware, or with `vmware-vdiskmanager -n OLD.vmdk NEW.vmdk` and the VM's .vmx pointed at NEW.vmdk; then drop the VM again",
+        )
+    };
+    for f in &disk.extent_files {
+        let at_base = store.join(f.strip_prefix(bundle).unwrap_or(f));
+        extent_reference(&at_base, &leaf_dir, style).map_err(refused)?;
     }
     // The delta depends on the parent copy only through its CID and extent sizes, which are
     // the base disk's own.
-    let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
-    check_delta(&leaf_dir.join(delta_name(file_name)), file_name, &disk.descriptor, disk.disk_type).map_err(Error::from)
+    let file_name = disk.rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
+    check_delta(&leaf_dir.join(delta_name(file_name)), file_name, disk.descriptor, disk.disk_type).map_err(refused)
+}
+
+/// [`check_leaves_can_be_made`] for the disk a chain is flattened into: its own files first.
+fn check_flattened_leaves_can_be_made(
+    lib: &Library,
+    name: &str,
+    bundle: &Path,
+    f: &Flatten,
+    chain: &Disk,
+    style: PathStyle,
+) -> Result<()> {
+    let (disk_type, extents) = match &f.split {
+        Some(s) => (DiskType::SplitSparse, s.clone()),
+        None => (DiskType::MonolithicSparse, vec![chain.capacity()]),
+    };
+    let target = bundle.join(&f.target);
+    let at = bundle.join(&f.top);
+    let spec = NewDisk { path: &target, disk_type, extents, cid: 1, parent: None, ddb: Vec::new() };
+    let descriptor = describe(&spec).map_err(|e| {
+        Error::refused(&at, format!("the disk it would be flattened into could not be written: {}", e.message))
+            .fix("give the disk's files shorter names without quotes or control characters (rename the disk in VMware), then drop the VM again")
+    })?;
+    let files = if disk_type.is_split() { &f.files[1..] } else { &f.files[..] };
+    let extent_files = files.iter().map(|r| bundle.join(r)).collect();
+    let planned = Planned { rel: &f.target, extent_files, descriptor: &descriptor, disk_type };
+    check_leaves_can_be_made(lib, name, bundle, &at, planned, style)
 }
 
 /// Checks the disk files through descriptors opened beneath the bundle: regular files with one

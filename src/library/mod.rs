@@ -325,7 +325,7 @@ impl Library {
     }
 
     /// Every leaf: the bundles in the root, and those wherever a base's list says a leaf lives
-    /// (a leaf relinked from another folder), sorted by name.
+    /// (a leaf relinked from another folder, or from a folder inside the library), sorted by name.
     pub fn leaves(&self) -> Result<Vec<Leaf>> {
         let mut out = Vec::new();
         let add = |dir: PathBuf, out: &mut Vec<Leaf>| {
@@ -343,7 +343,7 @@ impl Library {
             for listed in base.leaf_refs()? {
                 if let Listed::Leaf(r) = listed {
                     let dir = PathBuf::from(&r.path);
-                    if dir.is_absolute() && !dir.starts_with(&self.root) && dir.is_dir() {
+                    if dir.is_absolute() && dir.is_dir() {
                         add(dir, &mut out);
                     }
                 }

@@ -180,26 +180,29 @@ fn device(path: &Path) -> Option<u64> {
 
 /// Writes the mirror of a record on `path`, or leaves none: a volume without extended
 /// attributes, one that emulates them in `._` files, or a value too large for the file system's
-/// limit (ext4 keeps all of a file's attributes in one block) simply has no mirror.
-fn write_mirror(path: &Path, name: &str, json: &[u8]) {
+/// limit (ext4 keeps all of a file's attributes in one block) simply has no mirror. Returns
+/// whether `path` changed (and so must be flushed).
+fn write_mirror(path: &Path, name: &str, json: &[u8]) -> bool {
     let dev = device(path);
     let skip = |set: &mut HashSet<u64>| dev.is_some_and(|d| set.contains(&d));
     if NO_MIRROR.lock().map(|mut g| skip(g.get_or_insert_with(HashSet::new))).unwrap_or(false) {
-        return;
+        return false;
     }
     match durable::set_xattr(path, &xattr_name(name), json) {
         Ok(()) if emulated(path) => {
             let _ = durable::remove_xattr(path, &xattr_name(name));
             forget_device(dev);
+            true
         }
-        Ok(()) => {}
+        Ok(()) => true,
         Err(e) => {
             if unsupported(&e) {
                 forget_device(dev);
             }
             // Too large, or refused: no mirror is better than a stale one.
-            let _ = durable::remove_xattr(path, &xattr_name(name));
+            let removed = durable::remove_xattr(path, &xattr_name(name)).is_ok();
             tracing::debug!("no mirror of {} on {}: {e}", xattr_name(name), path.display());
+            removed
         }
     }
 }
@@ -226,8 +229,10 @@ fn write_record<T: Serialize>(file: &Path, dir: &Path, attr_name: Option<&str>, 
     let records = file.parent().unwrap_or(dir);
     durable::create_dir_all(records)?;
     durable::write_atomic(file, &json)?;
-    if let Some(name) = attr_name {
-        write_mirror(dir, name, &json);
+    if let Some(name) = attr_name
+        && write_mirror(dir, name, &json)
+    {
+        durable::flush_path(dir, durable::Flush::Order)?;
     }
     Ok(())
 }

@@ -97,7 +97,16 @@ pub fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Re
     let env = opts.env();
     let mut leaves = lib.leaves()?;
     let bases = bases_with_records(lib, &env, &leaves, &mut report)?;
+    let stale = drop_copied_mirrors(&mut leaves);
     adopt_unrecorded_leaves(lib, &env, &bases, &mut leaves, &mut report)?;
+    for (dir, of) in stale {
+        if leaves.iter().any(|l| l.dir == dir) {
+            report.repaired(
+                &dir,
+                format!("its record was removed, and the copy of it left on the folder is the record of {}: rebuilt from its disk chain with an id of its own", of.display()),
+            );
+        }
+    }
     same_ids(&bases, &leaves, &mut report);
     let wanted = |name: &str| names.is_empty() || names.iter().any(|n| same_name(n, name));
     for base in bases.iter().filter(|b| {
@@ -223,33 +232,89 @@ fn extents_now(dir: &Path, disk: &Disk) -> Result<Vec<ExtentRecord>> {
     Ok(out)
 }
 
-/// Two bases, or two leaves, with one id: one of them is a hand-made copy, which leafd cannot
-/// tell from the original.
-fn same_ids(bases: &[Base], leaves: &[Leaf], report: &mut Report) {
-    let mut seen: HashMap<&str, &Path> = HashMap::new();
-    for (id, dir, what) in bases
+/// Leaves read from the mirror alone (their record file is gone) whose id is that of another
+/// leaf that has its file: a copy of that leaf whose record was removed (as `verify` says to),
+/// the mirror being the original's, copied along. They are taken out of `leaves`, so their
+/// records are rebuilt from their chains with ids of their own; returns them and the original.
+fn drop_copied_mirrors(leaves: &mut Vec<Leaf>) -> Vec<(PathBuf, PathBuf)> {
+    let has_file = |l: &Leaf| records::leaf_file(&l.dir).is_file();
+    let stale: Vec<(PathBuf, PathBuf)> = leaves
         .iter()
-        .map(|b| (b.record.id.as_str(), b.dir.as_path(), "base"))
-        .chain(leaves.iter().map(|l| (l.record.id.as_str(), l.dir.as_path(), "leaf")))
-    {
-        if let Some(first) = seen.insert(id, dir) {
-            let fix = if what == "base" {
-                format!(
-                    "a copy of a base serves nothing (leaves use the original): move the copy out of Bases; if {} is the copy, move that one",
-                    first.display()
-                )
-            } else {
-                format!(
-                    "if one is a copy you want to keep as a VM of its own, remove leafd's record from it (rm -r '{}/.leafd') and run `leafd verify` again: it gets an id of its own",
-                    dir.display()
-                )
-            };
-            report.problem(
-                dir,
-                format!("this {what} carries the same record id as {}: one is a hand-made copy", first.display()),
-                fix,
-            );
-        }
+        .filter(|l| !has_file(l))
+        .filter_map(|l| {
+            let original = leaves.iter().find(|o| o.dir != l.dir && o.record.id == l.record.id && has_file(o))?;
+            Some((l.dir.clone(), original.dir.clone()))
+        })
+        .collect();
+    leaves.retain(|l| !stale.iter().any(|(dir, _)| *dir == l.dir));
+    stale
+}
+
+/// Two bases, or two leaves, with one id: one of them is a hand-made copy. The original is the
+/// one where its record says it is (a base in the folder of its name, a leaf at its path);
+/// when that does not tell them apart, either may be the copy.
+fn same_ids(bases: &[Base], leaves: &[Leaf], report: &mut Report) {
+    let mut seen: HashMap<&str, (&Path, bool)> = HashMap::new();
+    let entries = bases
+        .iter()
+        .map(|b| {
+            let here = b.dir.file_name().is_some_and(|n| same_name(&n.to_string_lossy(), &b.record.name));
+            (b.record.id.as_str(), b.dir.as_path(), "base", here)
+        })
+        .chain(
+            leaves.iter().map(|l| (l.record.id.as_str(), l.dir.as_path(), "leaf", Path::new(&l.record.path) == l.dir)),
+        );
+    for (id, dir, what, here) in entries {
+        let Some(&(other, other_here)) = seen.get(id) else {
+            seen.insert(id, (dir, here));
+            continue;
+        };
+        let (copy, of) = match (here, other_here) {
+            (false, true) => (dir, other),
+            (true, false) => {
+                seen.insert(id, (dir, here));
+                (other, dir)
+            }
+            _ => {
+                let fix = if what == "base" {
+                    format!(
+                        "a copy of a base serves nothing (leaves use the original): move the copy out of Bases; if {} is the copy, move that one",
+                        other.display()
+                    )
+                } else {
+                    format!("if one is a copy you want to keep as a VM of its own: {}", forget_record(dir))
+                };
+                report.problem(
+                    dir,
+                    format!("this {what} carries the same record id as {}: one is a hand-made copy", other.display()),
+                    fix,
+                );
+                continue;
+            }
+        };
+        let fix = if what == "base" {
+            "a copy of a base serves nothing (leaves use the original): move it out of Bases".to_string()
+        } else {
+            format!("to keep it as a VM of its own: {}; or delete it", forget_record(copy))
+        };
+        report.problem(
+            copy,
+            format!("this {what} is a hand-made copy of {} (it carries the same record id)", of.display()),
+            fix,
+        );
+    }
+}
+
+/// How to take leafd's record off the leaf `dir`, so that `verify` gives it an id of its own.
+fn forget_record(dir: &Path) -> String {
+    let quoted = format!("'{}'", dir.join(records::DIR).display().to_string().replace('\'', "'\\''"));
+    if records::leaf_file(dir).is_file() {
+        format!("remove leafd's record from it (rm -r {quoted}) and run `leafd verify` again: it gets an id of its own")
+    } else {
+        // A library from before records were files: `recover` writes them first.
+        format!(
+            "run `leafd recover` (it brings this library's records up to date), then remove leafd's record from it (rm -r {quoted}) and run `leafd verify` again: it gets an id of its own"
+        )
     }
 }
 
@@ -538,7 +603,15 @@ fn adopt_unrecorded_leaves(
 /// A leaf record from the chain: the VM's disks must be deltas over copies of a base's disks.
 fn rebuild_leaf(env: &Arc<dyn Env>, dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
     let name = dir.file_stem()?.to_string_lossy().into_owned();
-    let vmx_name = format!("{name}.vmx");
+    // Its one .vmx, whatever its name: a bundle renamed (or duplicated) keeps the one it had.
+    let mut vmxs = fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| Path::new(n).extension().is_some_and(|x| x.eq_ignore_ascii_case("vmx")));
+    let vmx_name = vmxs.next()?;
+    if vmxs.next().is_some() {
+        return None;
+    }
     let vmx = read_dict(&dir.join(&vmx_name)).ok()?;
     let mut by_extents: HashMap<Vec<PathBuf>, (&Base, &DiskRecord)> = HashMap::new();
     for b in bases {

@@ -59,6 +59,11 @@ impl LPath {
     pub fn is_outside(&self) -> bool {
         self.0.is_absolute()
     }
+
+    /// The path as recorded (relative to the library's root when inside it).
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
 }
 
 /// What recovery of one journal may act on.

@@ -821,7 +821,9 @@ fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
         }
     }
     if plan.copy {
-        match ctx.path(&plan.source).and_then(|source| remove_copied_source(&source, &target, plan, opts)) {
+        let removed = copied_source(ctx, plan)
+            .and_then(|source| source.map_or(Ok(Vec::new()), |s| remove_copied_source(&s, &target, plan, opts)));
+        match removed {
             Ok(changed) if changed.is_empty() => {}
             Ok(changed) => warnings.push(format!(
                 "{}: kept the original, because {} file(s) in it changed since they were copied \
@@ -839,6 +841,17 @@ fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
         warnings.push(format!("{e}"));
     }
     warnings
+}
+
+/// The copied source a cross-volume Make Base still has to remove: `None` once it is gone. Outside
+/// a moved or copied library it is not this library's to remove: an error, and the journal is
+/// kept for a person (docs/journal.md).
+fn copied_source(ctx: &Ctx, plan: &Plan) -> Result<Option<PathBuf>> {
+    match ctx.path(&plan.source) {
+        Ok(source) => Ok(Some(source)),
+        Err(_) if plan.source.is_outside() && plan.source.as_path().symlink_metadata().is_err() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes the source bundle of a cross-volume Make Base, but only when every file in it is still
@@ -966,6 +979,9 @@ pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
     let warnings = finish(ctx, plan, opts);
     let base = Base { dir: plan.target(lib)?, record: plan.record.clone() };
     complete_fingerprints(lib, &base, opts)?;
+    if plan.copy {
+        copied_source(ctx, plan)?;
+    }
     let mut msg = format!("finished the interrupted Make Base: base {:?} is ready", plan.name);
     for w in warnings {
         msg.push_str(&format!("; {w}"));

@@ -343,7 +343,10 @@ impl Library {
             for listed in base.leaf_refs()? {
                 if let Listed::Leaf(r) = listed {
                     let dir = PathBuf::from(&r.path);
-                    if dir.is_absolute() && !dir.starts_with(&self.root) && dir.is_dir() {
+                    // A leaf of this id here already: the path is where the leaf was before the
+                    // library was copied, and the leaf there is the original library's.
+                    let here = out.iter().any(|l| l.record.id == r.id);
+                    if dir.is_absolute() && !dir.starts_with(&self.root) && dir.is_dir() && !here {
                         add(dir, &mut out);
                     }
                 }

@@ -126,12 +126,20 @@ pub fn show(lib: &Library, id: &str) -> Result<String> {
     collect_paths(&value, &mut paths);
     paths.sort();
     paths.dedup();
+    // Working folders sit beside what they work on: in the library, or beside a place outside it
+    // (a leaf relinked to another folder).
+    let mut dirs = vec![lib.root().to_path_buf(), lib.bases_dir()];
     for p in paths {
         let at = if p.is_absolute() { p.clone() } else { lib.root().join(&p) };
         let state = if at.symlink_metadata().is_ok() { "present" } else { "absent" };
         out.push_str(&format!("  {state}: {}\n", at.display()));
+        if let Some(parent) =
+            at.parent().filter(|_| p.is_absolute() && !dirs.iter().any(|d| Some(d.as_path()) == at.parent()))
+        {
+            dirs.push(parent.to_path_buf());
+        }
     }
-    for dir in [lib.root().to_path_buf(), lib.bases_dir()] {
+    for dir in dirs {
         for e in std::fs::read_dir(&dir).into_iter().flatten().filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(".leafd-") && name.ends_with(id.trim_start_matches("remove-")) {

@@ -972,6 +972,16 @@ fn published(lib: &Library, plan: &Plan) -> bool {
 /// Finishes or undoes a Make Base that was interrupted.
 pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
     let lib = ctx.lib;
+    // Every file the plan names is in the bundle: a journal naming one elsewhere (`../..`) would
+    // have recovery change or delete it.
+    let files = [plan.vmx.as_path(), Path::new(&plan.record.vmx)]
+        .into_iter()
+        .chain(plan.disk_files.iter().map(|d| d.path.as_path()))
+        .chain(plan.flatten.iter().flat_map(|f| [&f.top, &f.target].into_iter().chain(&f.files).map(PathBuf::as_path)))
+        .chain(plan.repointed.iter().map(|r| r.path.as_path()));
+    for f in files {
+        ctx.inside(f, "the journal names a file of the VM outside its bundle")?;
+    }
     if !published(lib, plan) {
         roll_back(ctx, plan)?;
         return Ok(format!("undid the interrupted Make Base of {}; the VM is back as it was", plan.record.source));

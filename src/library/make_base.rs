@@ -986,6 +986,11 @@ pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
         roll_back(ctx, plan)?;
         return Ok(format!("undid the interrupted Make Base of {}; the VM is back as it was", plan.record.source));
     }
+    if let Some(from) = &plan.from_leaf {
+        // The leaf became this base; the source of a copy is removed after.
+        let source = ctx.path(&plan.source).ok();
+        lib.refuse_if_leaf_exists(&from.leaf_id, source.as_deref(), &ctx.id)?;
+    }
     let warnings = finish(ctx, plan, opts);
     let base = Base { dir: plan.target(lib)?, record: plan.record.clone() };
     complete_fingerprints(lib, &base, opts)?;

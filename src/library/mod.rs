@@ -356,6 +356,24 @@ impl Library {
         Ok(out)
     }
 
+    /// The leaf with record id `id`, wherever the library finds leaves.
+    pub fn leaf_with_id(&self, id: &str) -> Result<Option<Leaf>> {
+        Ok(self.leaves()?.into_iter().find(|l| l.record.id == id))
+    }
+
+    /// Refuses to take leaf `id` off a base's list while a leaf with that id exists (other than
+    /// at `but`): deleting or hand-editing a journal must never be a way to lose a base.
+    pub fn refuse_if_leaf_exists(&self, id: &str, but: Option<&Path>, journal: &str) -> Result<()> {
+        match self.leaf_with_id(id)? {
+            Some(l) if Some(l.dir.as_path()) != but => Err(Error::refused(
+                &l.dir,
+                format!("is leaf {:?}, which the interrupted operation would take off its base's list", l.record.name),
+            )
+            .fix(format!("the journal does not match the library: see `leafd recover --show {journal}`, then `leafd recover --discard {journal}`"))),
+            _ => Ok(()),
+        }
+    }
+
     /// The leaf `arg` names: a path to its bundle, or the name of a leaf (found wherever its
     /// record says it lives, inside the library or not).
     pub fn find_leaf(&self, arg: &Path) -> Result<Leaf> {

@@ -294,6 +294,7 @@ pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let places = Places::of(ctx, plan)?;
     let shown = places.leaf.display();
     if places.aside.exists() {
+        ctx.lib.refuse_if_leaf_exists(&plan.leaf_id, None, &ctx.id)?;
         swap(plan, &places)?;
         finish(ctx, plan, &places)?;
         return Ok(format!("finished the interrupted promotion of {shown}"));
@@ -306,6 +307,7 @@ pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     // No staging and nothing aside: never started, or swapped and cleaned up already.
     let promoted = places.leaf.exists() && records::read_leaf(&places.leaf)?.is_none();
     if promoted {
+        ctx.lib.refuse_if_leaf_exists(&plan.leaf_id, None, &ctx.id)?;
         finish(ctx, plan, &places)?;
         return Ok(format!("finished the interrupted promotion of {shown}"));
     }

@@ -820,9 +820,16 @@ fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
             warnings.push(format!("the old leaf's lineage was not fully removed: {e}"));
         }
     }
+    // A source this library may not remove keeps the stamp, and so the journal: see recover.
+    let mut source_kept = false;
     if plan.copy {
-        let removed = copied_source(ctx, plan)
-            .and_then(|source| source.map_or(Ok(Vec::new()), |s| remove_copied_source(&s, &target, plan, opts)));
+        let removed = match copied_source(ctx, plan) {
+            Ok(source) => source.map_or(Ok(Vec::new()), |s| remove_copied_source(&s, &target, plan, opts)),
+            Err(e) => {
+                source_kept = true;
+                Err(e)
+            }
+        };
         match removed {
             Ok(changed) if changed.is_empty() => {}
             Ok(changed) => warnings.push(format!(
@@ -837,7 +844,7 @@ fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
         }
         step("source-removed");
     }
-    if let Err(e) = journal::unstamp(&target, &plan.id) {
+    if !source_kept && let Err(e) = journal::unstamp(&target, &plan.id) {
         warnings.push(format!("{e}"));
     }
     warnings
@@ -847,6 +854,13 @@ fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
 /// a moved or copied library it is not this library's to remove: an error, and the journal is
 /// kept for a person (docs/journal.md).
 fn copied_source(ctx: &Ctx, plan: &Plan) -> Result<Option<PathBuf>> {
+    // The base carries this operation's stamp (from its staging folder) until the source is dealt
+    // with: without it there is nothing left to remove, and a folder at the source's path now
+    // (a backup put back, a copy of the base) is not this operation's. Format 1 had no stamps.
+    let stamped = plan.target(ctx.lib).is_ok_and(|t| journal::stamped(&t, &plan.id));
+    if ctx.format >= journal::FORMAT && !stamped {
+        return Ok(None);
+    }
     match ctx.path(&plan.source) {
         Ok(source) => Ok(Some(source)),
         Err(_) if plan.source.is_outside() && plan.source.as_path().symlink_metadata().is_err() => Ok(None),

@@ -189,6 +189,15 @@ pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
                 plan.name
             ));
         }
+        // Something else has the base's name (a new base, a folder): it is not this removal's,
+        // nor is its New Leaf folder.
+        if places.dir.symlink_metadata().is_ok() {
+            return Err(Error::refused(
+                &places.dir,
+                "is not the base this removal was of (its id differs), so it is kept",
+            )
+            .fix(format!("see `leafd recover --show {}`, then `leafd recover --discard {}`", ctx.id, ctx.id)));
+        }
     }
     finish(ctx, &places, plan)?;
     Ok(format!("finished removing base {:?}", plan.name))

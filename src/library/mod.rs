@@ -186,6 +186,13 @@ fn private_dir(dir: &Path) -> Result<()> {
             if m.permissions().mode() & 0o777 != 0o700 {
                 durable::set_mode(dir, 0o700)?;
             }
+            // Files made here under the user's umask (the locks and journals of an older leafd).
+            for e in fs::read_dir(dir).at(dir, "cannot list")? {
+                let p = e.at(dir, "cannot list")?.path();
+                if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o777 != 0o600) {
+                    durable::set_mode(&p, 0o600)?;
+                }
+            }
             Ok(())
         }
         Ok(_) => Err(Error::refused(dir, "is in the way of leafd's own folder").fix("move it out of the library")),

@@ -59,6 +59,11 @@ impl LPath {
     pub fn is_outside(&self) -> bool {
         self.0.is_absolute()
     }
+
+    /// The path as recorded (relative to the library's root when inside it).
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
 }
 
 /// What recovery of one journal may act on.
@@ -89,11 +94,18 @@ impl Ctx<'_> {
             }
             return Ok(p.0.clone());
         }
-        if p.0.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(Error::refused(&p.0, "the journal names a path that leaves the library")
+        self.inside(&p.0, "the journal names a path that leaves the library")?;
+        Ok(self.lib.root().join(&p.0))
+    }
+
+    /// Checks that `p`, relative to a folder the operation works in (the library, a bundle),
+    /// stays inside it: no `..`, no root, nothing but names.
+    pub fn inside(&self, p: &Path, why: &str) -> Result<()> {
+        if p.as_os_str().is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(Error::refused(p, why)
                 .fix(format!("the journal is not one leafd wrote; `leafd recover --discard {}`", self.id)));
         }
-        Ok(self.lib.root().join(&p.0))
+        Ok(())
     }
 
     /// Like [`Ctx::path`] for an optional path.

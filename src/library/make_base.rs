@@ -880,8 +880,17 @@ fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
             warnings.push(format!("the old leaf's lineage was not fully removed: {e}"));
         }
     }
+    // A source this library may not remove keeps the stamp, and so the journal: see recover.
+    let mut source_kept = false;
     if plan.copy {
-        match ctx.path(&plan.source).and_then(|source| remove_copied_source(&source, &target, plan, opts)) {
+        let removed = match copied_source(ctx, plan) {
+            Ok(source) => source.map_or(Ok(Vec::new()), |s| remove_copied_source(&s, &target, plan, opts)),
+            Err(e) => {
+                source_kept = true;
+                Err(e)
+            }
+        };
+        match removed {
             Ok(changed) if changed.is_empty() => {}
             Ok(changed) => warnings.push(format!(
                 "{}: kept the original, because {} file(s) in it changed since they were copied \
@@ -895,10 +904,28 @@ fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
         }
         step("source-removed");
     }
-    if let Err(e) = journal::unstamp(&target, &plan.id) {
+    if !source_kept && let Err(e) = journal::unstamp(&target, &plan.id) {
         warnings.push(format!("{e}"));
     }
     warnings
+}
+
+/// The copied source a cross-volume Make Base still has to remove: `None` once it is gone. Outside
+/// a moved or copied library it is not this library's to remove: an error, and the journal is
+/// kept for a person (docs/journal.md).
+fn copied_source(ctx: &Ctx, plan: &Plan) -> Result<Option<PathBuf>> {
+    // The base carries this operation's stamp (from its staging folder) until the source is dealt
+    // with: without it there is nothing left to remove, and a folder at the source's path now
+    // (a backup put back, a copy of the base) is not this operation's. Format 1 had no stamps.
+    let stamped = plan.target(ctx.lib).is_ok_and(|t| journal::stamped(&t, &plan.id));
+    if ctx.format >= journal::FORMAT && !stamped {
+        return Ok(None);
+    }
+    match ctx.path(&plan.source) {
+        Ok(source) => Ok(Some(source)),
+        Err(_) if plan.source.is_outside() && plan.source.as_path().symlink_metadata().is_err() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes the source bundle of a cross-volume Make Base, but only when every file in it is still
@@ -1019,13 +1046,31 @@ fn published(lib: &Library, plan: &Plan) -> bool {
 /// Finishes or undoes a Make Base that was interrupted.
 pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
     let lib = ctx.lib;
+    // Every file the plan names is in the bundle: a journal naming one elsewhere (`../..`) would
+    // have recovery change or delete it.
+    let files = [plan.vmx.as_path(), Path::new(&plan.record.vmx)]
+        .into_iter()
+        .chain(plan.disk_files.iter().map(|d| d.path.as_path()))
+        .chain(plan.flatten.iter().flat_map(|f| [&f.top, &f.target].into_iter().chain(&f.files).map(PathBuf::as_path)))
+        .chain(plan.repointed.iter().map(|r| r.path.as_path()));
+    for f in files {
+        ctx.inside(f, "the journal names a file of the VM outside its bundle")?;
+    }
     if !published(lib, plan) {
         roll_back(ctx, plan)?;
         return Ok(format!("undid the interrupted Make Base of {}; the VM is back as it was", plan.record.source));
     }
+    if let Some(from) = &plan.from_leaf {
+        // The leaf became this base; the source of a copy is removed after.
+        let source = ctx.path(&plan.source).ok();
+        lib.refuse_if_leaf_exists(&from.leaf_id, source.as_deref(), &ctx.id)?;
+    }
     let warnings = finish(ctx, plan, opts);
     let base = Base { dir: plan.target(lib)?, record: plan.record.clone() };
     complete_fingerprints(lib, &base, opts)?;
+    if plan.copy {
+        copied_source(ctx, plan)?;
+    }
     let mut msg = format!("finished the interrupted Make Base: base {:?} is ready", plan.name);
     for w in warnings {
         msg.push_str(&format!("; {w}"));

@@ -186,6 +186,13 @@ fn private_dir(dir: &Path) -> Result<()> {
             if m.permissions().mode() & 0o777 != 0o700 {
                 durable::set_mode(dir, 0o700)?;
             }
+            // Files made here under the user's umask (the locks and journals of an older leafd).
+            for e in fs::read_dir(dir).at(dir, "cannot list")? {
+                let p = e.at(dir, "cannot list")?.path();
+                if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o777 != 0o600) {
+                    durable::set_mode(&p, 0o600)?;
+                }
+            }
             Ok(())
         }
         Ok(_) => Err(Error::refused(dir, "is in the way of leafd's own folder").fix("move it out of the library")),
@@ -343,7 +350,10 @@ impl Library {
             for listed in base.leaf_refs()? {
                 if let Listed::Leaf(r) = listed {
                     let dir = PathBuf::from(&r.path);
-                    if dir.is_absolute() && dir.is_dir() {
+                    // A leaf of this id here already: the path is where the leaf was before the
+                    // library was copied, and the leaf there is the original library's.
+                    let here = out.iter().any(|l| l.record.id == r.id);
+                    if dir.is_absolute() && dir.is_dir() && !here {
                         add(dir, &mut out);
                     }
                 }
@@ -351,6 +361,24 @@ impl Library {
         }
         out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         Ok(out)
+    }
+
+    /// The leaf with record id `id`, wherever the library finds leaves.
+    pub fn leaf_with_id(&self, id: &str) -> Result<Option<Leaf>> {
+        Ok(self.leaves()?.into_iter().find(|l| l.record.id == id))
+    }
+
+    /// Refuses to take leaf `id` off a base's list while a leaf with that id exists (other than
+    /// at `but`): deleting or hand-editing a journal must never be a way to lose a base.
+    pub fn refuse_if_leaf_exists(&self, id: &str, but: Option<&Path>, journal: &str) -> Result<()> {
+        match self.leaf_with_id(id)? {
+            Some(l) if Some(l.dir.as_path()) != but => Err(Error::refused(
+                &l.dir,
+                format!("is leaf {:?}, which the interrupted operation would take off its base's list", l.record.name),
+            )
+            .fix(format!("the journal does not match the library: see `leafd recover --show {journal}`, then `leafd recover --discard {journal}`"))),
+            _ => Ok(()),
+        }
     }
 
     /// The leaf `arg` names: a path to its bundle, or the name of a leaf (found wherever its

@@ -439,6 +439,7 @@ pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
         }
         return Ok(msg);
     }
+    lib.refuse_if_leaf_exists(&plan.id, None, &ctx.id)?;
     journal::remove_work_dir(ctx, &places.staging)?;
     records::unlink_leaf(&ctx.path(&plan.base)?, &plan.id)?;
     Ok(format!("undid the interrupted New Leaf {:?}; nothing of it remains", plan.name))

@@ -294,6 +294,16 @@ pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let places = Places::of(ctx, plan)?;
     let shown = places.leaf.display();
     if places.aside.exists() {
+        // The leaf is stamped before it is set aside: a folder of that name without this
+        // operation's stamp is not its leaf, and is never acted on (format 1 had no stamps).
+        if ctx.format >= journal::FORMAT && !journal::stamped(&places.aside, &ctx.id) {
+            return Err(Error::refused(
+                &places.aside,
+                "is not the leaf this promotion set aside (its stamp is missing or another's), so it is kept",
+            )
+            .fix(format!("look inside it; then `leafd recover --discard {}`", ctx.id)));
+        }
+        ctx.lib.refuse_if_leaf_exists(&plan.leaf_id, None, &ctx.id)?;
         swap(plan, &places)?;
         finish(ctx, plan, &places)?;
         return Ok(format!("finished the interrupted promotion of {shown}"));
@@ -306,6 +316,7 @@ pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     // No staging and nothing aside: never started, or swapped and cleaned up already.
     let promoted = places.leaf.exists() && records::read_leaf(&places.leaf)?.is_none();
     if promoted {
+        ctx.lib.refuse_if_leaf_exists(&plan.leaf_id, None, &ctx.id)?;
         finish(ctx, plan, &places)?;
         return Ok(format!("finished the interrupted promotion of {shown}"));
     }

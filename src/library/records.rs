@@ -374,13 +374,26 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A leaf id names a file in a base's list: it must be a plain name (ids come from records and
+/// journals, which a person may have edited), never a path that reaches out of the list.
+fn check_leaf_id(store: &Path, id: &str) -> Result<()> {
+    let plain = !id.is_empty() && id != "." && id != ".." && !id.contains('/') && !id.contains('\0');
+    if plain {
+        return Ok(());
+    }
+    Err(Error::format(&leaves_dir(store), format!("{id:?} is not a leaf id"))
+        .fix("the record or journal naming it is damaged or hand-made; `leafd verify`, `leafd recover --list`"))
+}
+
 /// Records `leaf` in the list of the base in `store` (the caller holds the base's lock).
 pub fn link_leaf(store: &Path, leaf: &LeafRef) -> Result<()> {
+    check_leaf_id(store, &leaf.id)?;
     write_record(&leaf_ref_file(store, &leaf.id), store, None, leaf)
 }
 
 /// Removes leaf `id` from the list of the base in `store` (the caller holds the base's lock).
 pub fn unlink_leaf(store: &Path, id: &str) -> Result<()> {
+    check_leaf_id(store, id)?;
     let file = leaf_ref_file(store, id);
     let v1 = store.join(V1_LEAVES_DIR).join(id);
     for p in [&file, &v1] {

@@ -86,6 +86,7 @@ pub fn recover_and_log(lib: &Library, opts: &Options) {
 fn recover_one(lib: &Library, claimed: &Claimed, opts: &Options) -> Result<String> {
     let (op, plan, ctx) = claimed.read(lib)?;
     let hint = claimed.path.as_path();
+    own_plan(&op, &plan, &claimed.id, hint)?;
     if ctx.format < journal::FORMAT {
         return recover_v1(lib, &op, plan, hint, opts);
     }
@@ -96,6 +97,19 @@ fn recover_one(lib: &Library, claimed: &Claimed, opts: &Options) -> Result<Strin
         remove_base::OP => remove_base::recover(&ctx, &journal::plan(plan, hint)?),
         other => Err(unknown(hint, other)),
     }
+}
+
+/// The plan must be the journal's own: its id (from which its working folders are named) is the
+/// journal's file name (`remove-<id>` for a removal). Any other plan could make recovery work on
+/// another operation's folders, or on folders its id reaches with a `/`.
+fn own_plan(op: &str, plan: &Value, journal_id: &str, path: &Path) -> Result<()> {
+    let id = plan.get("id").and_then(Value::as_str).unwrap_or_default();
+    let expected = if op == remove_base::OP { format!("remove-{id}") } else { id.to_string() };
+    if expected == journal_id {
+        return Ok(());
+    }
+    Err(Error::refused(path, format!("the plan's id {id:?} is not this journal's ({journal_id:?})"))
+        .fix(format!("the journal is not one leafd wrote: see `leafd recover --show {journal_id}`, then `leafd recover --discard {journal_id}`")))
 }
 
 fn unknown(path: &Path, op: &str) -> Error {
@@ -126,12 +140,20 @@ pub fn show(lib: &Library, id: &str) -> Result<String> {
     collect_paths(&value, &mut paths);
     paths.sort();
     paths.dedup();
+    // Working folders sit beside what they work on: in the library, or beside a place outside it
+    // (a leaf relinked to another folder).
+    let mut dirs = vec![lib.root().to_path_buf(), lib.bases_dir()];
     for p in paths {
         let at = if p.is_absolute() { p.clone() } else { lib.root().join(&p) };
         let state = if at.symlink_metadata().is_ok() { "present" } else { "absent" };
         out.push_str(&format!("  {state}: {}\n", at.display()));
+        if let Some(parent) =
+            at.parent().filter(|_| p.is_absolute() && !dirs.iter().any(|d| Some(d.as_path()) == at.parent()))
+        {
+            dirs.push(parent.to_path_buf());
+        }
     }
-    for dir in [lib.root().to_path_buf(), lib.bases_dir()] {
+    for dir in dirs {
         for e in std::fs::read_dir(&dir).into_iter().flatten().filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(".leafd-") && name.ends_with(id.trim_start_matches("remove-")) {

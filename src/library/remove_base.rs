@@ -143,6 +143,14 @@ pub fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed
 fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
     let mut trashed_to = None;
     if places.hidden.exists() {
+        // Checked before anything is unlocked: a folder this removal did not hide is never touched.
+        if !journal::stamped(&places.hidden, &ctx.id) && ctx.format == journal::FORMAT {
+            return Err(Error::refused(
+                &places.hidden,
+                "is not the folder this removal hid (its stamp is missing or another's)",
+            )
+            .fix(format!("look inside it; then `leafd recover --discard {}`", ctx.id)));
+        }
         for p in fsutil::walk(&places.hidden)? {
             if p.is_file() {
                 let mode = fs::metadata(&p).map(|m| m.permissions().mode()).unwrap_or(0o644);
@@ -151,13 +159,6 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
         }
         step("unlocked");
         if platform::HAS_TRASH {
-            if !journal::stamped(&places.hidden, &ctx.id) && ctx.format == journal::FORMAT {
-                return Err(Error::refused(
-                    &places.hidden,
-                    "is not the folder this removal hid (its stamp is missing)",
-                )
-                .fix(format!("look inside it; then `leafd recover --discard {}`", ctx.id)));
-            }
             journal::unstamp(&places.hidden, &ctx.id)?;
             let to = platform::trash(&places.hidden, &plan.name).at(&places.hidden, "cannot move to the Trash")?;
             durable::flush_parent(&places.hidden, Flush::Commit)?;
@@ -187,6 +188,15 @@ pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
                 "the interrupted removal of base {:?} had not started; the base is untouched",
                 plan.name
             ));
+        }
+        // Something else has the base's name (a new base, a folder): it is not this removal's,
+        // nor is its New Leaf folder.
+        if places.dir.symlink_metadata().is_ok() {
+            return Err(Error::refused(
+                &places.dir,
+                "is not the base this removal was of (its id differs), so it is kept",
+            )
+            .fix(format!("see `leafd recover --show {}`, then `leafd recover --discard {}`", ctx.id, ctx.id)));
         }
     }
     finish(ctx, &places, plan)?;

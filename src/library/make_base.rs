@@ -539,7 +539,13 @@ fn refuse_open_for_writing(entries: &[PathBuf]) -> Result<()> {
             continue;
         }
         let Ok(file) = platform::open_regular(p, false) else { continue };
-        if platform::open_for_writing(&file).ok().flatten() == Some(true) {
+        // A writer seen for an instant may be a process that forked with the file open and is
+        // about to exec; one still there a quarter of a second later is writing.
+        let busy = || platform::open_for_writing(&file).ok().flatten() == Some(true);
+        if busy() && (0..5).all(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            busy()
+        }) {
             return Err(Error::new(
                 Kind::Busy,
                 p.clone(),

@@ -159,9 +159,11 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
         }
         step("unlocked");
         if platform::HAS_TRASH {
-            journal::unstamp(&places.hidden, &ctx.id)?;
+            // The stamp goes with it and is taken off in the Trash: a crash in between must
+            // leave a hidden base that recovery still knows as this removal's.
             let to = platform::trash(&places.hidden, &plan.name).at(&places.hidden, "cannot move to the Trash")?;
             durable::flush_parent(&places.hidden, Flush::Commit)?;
+            journal::unstamp(&to, &ctx.id)?;
             trashed_to = Some(to);
         } else {
             journal::remove_work_dir(ctx, &places.hidden)?;

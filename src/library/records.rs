@@ -181,11 +181,11 @@ fn device(path: &Path) -> Option<u64> {
 /// Writes the mirror of a record on `path`, or leaves none: a volume without extended
 /// attributes, one that emulates them in `._` files, or a value too large for the file system's
 /// limit (ext4 keeps all of a file's attributes in one block) simply has no mirror.
-fn write_mirror(path: &Path, name: &str, json: &[u8]) {
+fn write_mirror(path: &Path, name: &str, json: &[u8]) -> Result<()> {
     let dev = device(path);
     let skip = |set: &mut HashSet<u64>| dev.is_some_and(|d| set.contains(&d));
     if NO_MIRROR.lock().map(|mut g| skip(g.get_or_insert_with(HashSet::new))).unwrap_or(false) {
-        return;
+        return Ok(());
     }
     match durable::set_xattr(path, &xattr_name(name), json) {
         Ok(()) if emulated(path) => {
@@ -202,6 +202,8 @@ fn write_mirror(path: &Path, name: &str, json: &[u8]) {
             tracing::debug!("no mirror of {} on {}: {e}", xattr_name(name), path.display());
         }
     }
+    // The attribute changed (written, or removed as stale): flushed like every change.
+    durable::flush_path(path, durable::Flush::Order)
 }
 
 fn forget_device(dev: Option<u64>) {
@@ -227,7 +229,7 @@ fn write_record<T: Serialize>(file: &Path, dir: &Path, attr_name: Option<&str>, 
     durable::create_dir_all(records)?;
     durable::write_atomic(file, &json)?;
     if let Some(name) = attr_name {
-        write_mirror(dir, name, &json);
+        write_mirror(dir, name, &json)?;
     }
     Ok(())
 }

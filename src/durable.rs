@@ -237,7 +237,8 @@ fn write_atomic_with(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
         flush_parent(path, Flush::Order)
     });
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        // Best effort, and through here like every change: traced, and the removal flushed.
+        let _ = remove_file(&tmp).and_then(|()| flush_parent(&tmp, Flush::Order));
     }
     result
 }
@@ -545,6 +546,12 @@ pub fn open_for_formats(path: &Path, write: bool, open: impl FnOnce() -> io::Res
     let file = open()?;
     record(c, "open-write", path, || json!({"id": file.metadata().ok().map(|m| id_of(&m))}));
     Ok(file)
+}
+
+/// Removes a file the formats crate made (a disk it could not finish), traced like
+/// [`remove_file`].
+pub fn remove_for_formats(path: &Path) -> io::Result<()> {
+    remove_file(path).map_err(into_io)
 }
 
 /// Flushes a file the formats crate wrote.

@@ -291,11 +291,11 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
         }
     })?;
     record(c, "rename", from, || json!({"to": to, "id": path_id(to), "dir": parent_id(from), "to_dir": parent_id(to)}));
-    flush_parent(from, Flush::Commit)?;
-    if from.parent() != to.parent() {
-        flush_parent(to, Flush::Commit)?;
-    }
-    Ok(())
+    // Both folders, even when the first flush fails: the error path must not start from a
+    // rename half flushed.
+    let from_flushed = flush_parent(from, Flush::Commit);
+    let to_flushed = if from.parent() != to.parent() { flush_parent(to, Flush::Commit) } else { Ok(()) };
+    from_flushed.and(to_flushed)
 }
 
 /// Makes `to` a second name of the file `from` (which must be a file).

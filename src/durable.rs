@@ -338,13 +338,20 @@ fn remove_entry(path: &Path, dir: bool) -> Result<()> {
 }
 
 /// Removes the folder tree `dir` (first lifting any protection leafd set in it), then flushes
-/// the folder it was in. Callers decide whether the tree is theirs to remove.
-pub fn remove_tree(dir: &Path) -> Result<()> {
+/// the folder it was in. `last`, a file in it (a working folder's stamp), goes after everything
+/// else: a removal cut short leaves the folder still known by it. Callers decide whether the
+/// tree is theirs to remove.
+pub fn remove_tree(dir: &Path, last: Option<&Path>) -> Result<()> {
     if dir.symlink_metadata().is_err() {
         return Ok(());
     }
-    let entries = crate::fsutil::walk(dir)?;
-    for p in entries.iter().rev() {
+    let mut entries = crate::fsutil::walk(dir)?;
+    entries.reverse();
+    if let Some(at) = last.and_then(|l| entries.iter().position(|p| p == l)) {
+        let stamp = entries.remove(at);
+        entries.push(stamp);
+    }
+    for p in &entries {
         let m = fs::symlink_metadata(p).at(p, "cannot stat")?;
         if m.is_dir() {
             remove_dir(p)?;

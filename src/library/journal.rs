@@ -150,7 +150,7 @@ pub fn remove_work_dir(ctx: &Ctx, dir: &Path) -> Result<()> {
         return Ok(());
     }
     if stamped(dir, &ctx.id) || ctx.format < FORMAT {
-        return durable::remove_tree(dir);
+        return durable::remove_tree(dir, Some(&dir.join(STAMP)));
     }
     if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
         durable::remove_dir(dir)?;

@@ -830,8 +830,9 @@ fn finish_steps(ctx: &Ctx, plan: &Plan, opts: &Options, warnings: &mut Vec<Strin
     step("drop-folder-created");
     if let Some(from) = &plan.from_leaf {
         // The leaf is now a base: it is no leaf of its old base any more.
-        records::remove_leaf(&target)?;
+        // The tag first: removing the record flushes the folder, tags and all.
         tag(&target, Tag::LinkedClone, false);
+        records::remove_leaf(&target)?;
         let old_base = ctx.path(&from.base)?;
         let old = records::read_base(&old_base)?;
         let _lock = old.map(|r| lib.lock_base(&r.id)).transpose()?;

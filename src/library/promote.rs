@@ -269,8 +269,9 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
         records::unlink_leaf(&ctx.path(dir)?, &plan.leaf_id)?;
     }
     // The promoted bundle was built without the leaf's records; its tag came with the folder.
-    records::remove_leaf(&places.leaf)?;
+    // The tag first: removing the record flushes the folder, tags and all.
     let _ = durable::set_tag(&places.leaf, Tag::LinkedClone, false);
+    records::remove_leaf(&places.leaf)?;
     step("unlinked");
     // The old leaf goes only once the promoted one is in its place.
     if places.staging.exists() || !places.leaf.exists() {

@@ -273,6 +273,9 @@ fn remove_record(dir: &Path, file: &Path, attr_name: &str) -> Result<()> {
     let records = dir.join(DIR);
     if fs::read_dir(&records).is_ok_and(|mut d| d.next().is_none()) {
         durable::remove_dir(&records)?;
+    } else if records.is_dir() {
+        // The file's removal, from the folder that stays (a base's other records).
+        durable::flush_path(&records, durable::Flush::Order)?;
     }
     durable::remove_xattr(dir, &xattr_name(attr_name)).or_else(ignore_unsupported).at(dir, "cannot remove lineage")?;
     durable::flush_path(dir, durable::Flush::Order)

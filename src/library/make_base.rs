@@ -379,7 +379,12 @@ impl Found {
             self.disks.push(record);
             self.flatten.push(f);
             if let Some((leaf, base)) = origin {
-                self.repointed.extend(repoint_parent_copies(bundle, env, leaf, base, lib, name, opts)?);
+                // Every parent copy of the leaf, once (not once per disk of it).
+                for r in repoint_parent_copies(bundle, env, leaf, base, lib, name, opts)? {
+                    if !self.repointed.iter().any(|x| x.path == r.path) {
+                        self.repointed.push(r);
+                    }
+                }
             }
             return Ok(());
         }

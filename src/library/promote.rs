@@ -172,7 +172,16 @@ pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
         }
     };
     drop(chains);
-    swap(&plan, &places)?;
+    if let Err(e) = swap(&plan, &places) {
+        // Set aside: the promoted bundle is complete, and recovery finishes the swap. Not set
+        // aside: the leaf is as it was, and the promotion is undone here.
+        if !places.aside.exists() {
+            journal::remove_work_dir(&ctx, &places.staging)?;
+            journal::unstamp(&places.leaf, &plan.id)?;
+            journal.finish()?;
+        }
+        return Err(e);
+    }
     finish(&ctx, &plan, &places)?;
     journal.finish()?;
     Ok(Promoted { name: record.name, base: record.base_name, bytes, elapsed: start.elapsed() })

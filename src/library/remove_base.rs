@@ -131,8 +131,17 @@ pub fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed
     step("journaled");
     let ctx = Ctx { lib, id: jid.clone(), same_library: true, format: journal::FORMAT };
     let places = Places::of(lib, &plan)?;
-    journal::stamp(&places.dir, &jid, "removing")?;
-    durable::rename_noreplace(&places.dir, &places.hidden)?;
+    let hidden = journal::stamp(&places.dir, &jid, "removing")
+        .and_then(|()| durable::rename_noreplace(&places.dir, &places.hidden));
+    if let Err(e) = hidden {
+        // Hidden but not flushed: the journal stays, and recovery finishes the removal. Not
+        // hidden: nothing happened, and the base stays as it was.
+        if !places.hidden.exists() {
+            journal::unstamp(&places.dir, &jid)?;
+            journal.finish()?;
+        }
+        return Err(e);
+    }
     step("hidden");
     let trashed_to = finish(&ctx, &places, &plan)?;
     journal.finish()?;

@@ -176,10 +176,14 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
         }
         step("removed");
     }
-    // The drop folder goes too, unless someone put something in it.
-    let _ = durable::remove_file(&places.drop_folder.join(".DS_Store"));
-    if durable::remove_dir(&places.drop_folder).is_ok() {
-        durable::flush_parent(&places.drop_folder, Flush::Order)?;
+    // The drop folder goes too, unless someone put something in it. Any other failure stops
+    // here, and recovery tries again.
+    durable::remove_file(&places.drop_folder.join(".DS_Store"))?;
+    match durable::remove_dir(&places.drop_folder) {
+        Ok(()) => durable::flush_parent(&places.drop_folder, Flush::Order)?,
+        Err(e)
+            if e.source.as_ref().is_some_and(|s| matches!(s.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST))) => {}
+        Err(e) => return Err(e),
     }
     Ok(trashed_to)
 }

@@ -133,7 +133,8 @@ fn leaves_dir(store: &Path) -> PathBuf {
     store.join(DIR).join(LEAVES)
 }
 
-fn leaf_ref_file(store: &Path, id: &str) -> PathBuf {
+/// The file of leaf `id`'s entry in the list of the base in `store`.
+pub(crate) fn leaf_ref_file(store: &Path, id: &str) -> PathBuf {
     leaves_dir(store).join(format!("{id}.json"))
 }
 

@@ -52,12 +52,14 @@ pub fn arm() {
     ARMED.store(true, Ordering::SeqCst);
 }
 
-/// One call through this module: numbered, and failed on purpose when it is the one
-/// `LEAFD_FAULT=io:N` names. Returns the numbers to trace it by.
-fn call() -> io::Result<(u64, u64)> {
+/// One call through this module (`op` on `path`): numbered, and failed on purpose when it is
+/// the one `LEAFD_FAULT=io:N` names, which the trace records as a `fault` of `op`. Returns the
+/// numbers to trace it by.
+fn call(op: &str, path: &Path) -> io::Result<(u64, u64)> {
     let n = SEQ.fetch_add(1, Ordering::SeqCst) + 1;
     let armed = if ARMED.load(Ordering::SeqCst) { ARMED_CALLS.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
     if armed > 0 && fault::io_call() == Some(armed) {
+        record((n, armed), "fault", path, || json!({"of": op}));
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
     Ok((n, armed))
@@ -112,28 +114,28 @@ impl Written {
     }
 
     pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
-        let c = call().at(&self.path, "cannot write")?;
+        let c = call("write", &self.path).at(&self.path, "cannot write")?;
         self.file.write_all_at(bytes, offset).at(&self.path, "cannot write")?;
         record(c, "write", &self.path, || json!({"id": self.id(), "offset": offset, "len": bytes.len()}));
         Ok(())
     }
 
     pub fn set_len(&self, len: u64) -> Result<()> {
-        let c = call().at(&self.path, "cannot set the length of")?;
+        let c = call("truncate", &self.path).at(&self.path, "cannot set the length of")?;
         self.file.set_len(len).at(&self.path, "cannot set the length of")?;
         record(c, "truncate", &self.path, || json!({"id": self.id(), "len": len}));
         Ok(())
     }
 
     pub fn set_mode(&self, mode: u32) -> Result<()> {
-        let c = call().at(&self.path, "cannot set permissions")?;
+        let c = call("chmod", &self.path).at(&self.path, "cannot set permissions")?;
         platform::set_mode_fd(&self.file, mode).at(&self.path, "cannot set permissions")?;
         record(c, "chmod", &self.path, || json!({"id": self.id(), "mode": mode}));
         Ok(())
     }
 
     pub fn set_modified(&self, time: std::time::SystemTime) -> Result<()> {
-        let c = call().at(&self.path, "cannot set the time of")?;
+        let c = call("times", &self.path).at(&self.path, "cannot set the time of")?;
         self.file.set_modified(time).at(&self.path, "cannot set the time of")?;
         record(c, "times", &self.path, || json!({"id": self.id()}));
         Ok(())
@@ -149,7 +151,7 @@ impl Written {
 }
 
 fn flush_open(file: &File, path: &Path, kind: Flush) -> Result<()> {
-    let c = call().at(path, "cannot flush")?;
+    let c = call("flush", path).at(path, "cannot flush")?;
     if let Some(fallback) = platform::flush(file, kind).at(path, "cannot flush")? {
         tracing::warn!("{}: {fallback}", path.display());
     }
@@ -180,7 +182,7 @@ pub fn create_private(path: &Path) -> Result<Written> {
 }
 
 fn create_with_mode(path: &Path, mode: u32) -> Result<Written> {
-    let c = call().at(path, "cannot create")?;
+    let c = call("create", path).at(path, "cannot create")?;
     let file =
         OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(path).at(path, "cannot create")?;
     created(c, "create", path);
@@ -189,7 +191,7 @@ fn create_with_mode(path: &Path, mode: u32) -> Result<Written> {
 
 /// Opens an existing regular file of leafd's own for writing (never a base's).
 pub fn open_write(path: &Path) -> Result<Written> {
-    let c = call().at(path, "cannot open for writing")?;
+    let c = call("open-write", path).at(path, "cannot open for writing")?;
     let file = platform::open_regular(path, true).at(path, "cannot open for writing")?;
     record(c, "open-write", path, || json!({"id": path_id(path)}));
     Ok(Written { file, path: path.to_path_buf() })
@@ -235,13 +237,14 @@ fn write_atomic_with(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
         w.flush(Flush::Order)
     })();
     let result = written.and_then(|()| {
-        let c = call().at(path, "cannot replace")?;
+        let c = call("rename", &tmp).at(path, "cannot replace")?;
         fs::rename(&tmp, path).at(path, "cannot replace")?;
         record(c, "rename", &tmp, || json!({"to": path, "id": path_id(path), "dir": parent_id(path)}));
         flush_parent(path, Flush::Order)
     });
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        // Best effort, and through here like every change: traced, and the removal flushed.
+        let _ = remove_file(&tmp).and_then(|()| flush_parent(&tmp, Flush::Order));
     }
     result
 }
@@ -257,7 +260,7 @@ pub fn create_dir_private(path: &Path) -> Result<()> {
 }
 
 fn create_dir_with(path: &Path, mode: Option<u32>) -> Result<()> {
-    let c = call().at(path, "cannot create folder")?;
+    let c = call("mkdir", path).at(path, "cannot create folder")?;
     fs::create_dir(path).at(path, "cannot create folder")?;
     created(c, "mkdir", path);
     if let Some(mode) = mode {
@@ -285,7 +288,7 @@ pub fn create_dir_all(path: &Path) -> Result<()> {
 
 /// Renames `from` to `to` without ever replacing an existing `to`, and flushes both folders.
 pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
-    let c = call().at(from, &format!("cannot move to {}", to.display()))?;
+    let c = call("rename", from).at(from, &format!("cannot move to {}", to.display()))?;
     platform::rename_noreplace(from, to).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             Error::refused(to, "already exists").fix("choose another name, or move the existing item away")
@@ -294,16 +297,16 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
         }
     })?;
     record(c, "rename", from, || json!({"to": to, "id": path_id(to), "dir": parent_id(from), "to_dir": parent_id(to)}));
-    flush_parent(from, Flush::Commit)?;
-    if from.parent() != to.parent() {
-        flush_parent(to, Flush::Commit)?;
-    }
-    Ok(())
+    // Both folders, even when the first flush fails: the error path must not start from a
+    // rename half flushed.
+    let from_flushed = flush_parent(from, Flush::Commit);
+    let to_flushed = if from.parent() != to.parent() { flush_parent(to, Flush::Commit) } else { Ok(()) };
+    from_flushed.and(to_flushed)
 }
 
 /// Makes `to` a second name of the file `from` (which must be a file).
 pub fn hard_link(from: &Path, to: &Path) -> Result<()> {
-    let c = call().at(to, "cannot link")?;
+    let c = call("link", to).at(to, "cannot link")?;
     fs::hard_link(from, to).at(to, "cannot link")?;
     created(c, "link", to);
     Ok(())
@@ -311,7 +314,7 @@ pub fn hard_link(from: &Path, to: &Path) -> Result<()> {
 
 /// Makes the symbolic link `at` pointing to `target`.
 pub fn symlink(target: &Path, at: &Path) -> Result<()> {
-    let c = call().at(at, "cannot make link")?;
+    let c = call("symlink", at).at(at, "cannot make link")?;
     std::os::unix::fs::symlink(target, at).at(at, "cannot make link")?;
     created(c, "symlink", at);
     Ok(())
@@ -329,7 +332,7 @@ pub fn remove_dir(path: &Path) -> Result<()> {
 
 fn remove_entry(path: &Path, dir: bool) -> Result<()> {
     let what = if dir { "cannot remove folder" } else { "cannot remove" };
-    let c = call().at(path, what)?;
+    let c = call(if dir { "rmdir" } else { "unlink" }, path).at(path, what)?;
     let id = path_id(path);
     let removed = if dir { fs::remove_dir(path) } else { fs::remove_file(path) };
     match removed {
@@ -341,13 +344,20 @@ fn remove_entry(path: &Path, dir: bool) -> Result<()> {
 }
 
 /// Removes the folder tree `dir` (first lifting any protection leafd set in it), then flushes
-/// the folder it was in. Callers decide whether the tree is theirs to remove.
-pub fn remove_tree(dir: &Path) -> Result<()> {
+/// the folder it was in. `last`, a file in it (a working folder's stamp), goes after everything
+/// else: a removal cut short leaves the folder still known by it. Callers decide whether the
+/// tree is theirs to remove.
+pub fn remove_tree(dir: &Path, last: Option<&Path>) -> Result<()> {
     if dir.symlink_metadata().is_err() {
         return Ok(());
     }
-    let entries = crate::fsutil::walk(dir)?;
-    for p in entries.iter().rev() {
+    let mut entries = crate::fsutil::walk(dir)?;
+    entries.reverse();
+    if let Some(at) = last.and_then(|l| entries.iter().position(|p| p == l)) {
+        let stamp = entries.remove(at);
+        entries.push(stamp);
+    }
+    for p in &entries {
         let m = fs::symlink_metadata(p).at(p, "cannot stat")?;
         if m.is_dir() {
             remove_dir(p)?;
@@ -364,7 +374,7 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
 
 /// Sets the permission bits of `path` (a file or folder; never follows a link).
 pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    let c = call().at(path, "cannot set permissions")?;
+    let c = call("chmod", path).at(path, "cannot set permissions")?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path, "cannot set permissions")?;
     record(c, "chmod", path, || json!({"id": path_id(path), "mode": mode}));
     Ok(())
@@ -372,7 +382,7 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 /// Sets or clears the Finder's Locked flag (macOS; nothing on Linux).
 pub fn set_locked(path: &Path, locked: bool) -> Result<()> {
-    let c = call().at(path, "cannot change the Locked flag of")?;
+    let c = call("lock", path).at(path, "cannot change the Locked flag of")?;
     platform::set_locked(path, locked).at(path, "cannot change the Locked flag of")?;
     record(c, "lock", path, || json!({"id": path_id(path), "on": locked}));
     Ok(())
@@ -400,10 +410,10 @@ pub fn unprotect(path: &Path, mode: u32) -> Result<()> {
 pub fn protect_open(file: &File, path: &Path) -> Result<()> {
     let mode = file.metadata().at(path, "cannot stat")?.permissions().mode() & 0o7777;
     let id = || file.metadata().ok().map(|m| id_of(&m));
-    let c = call().at(path, "cannot write-protect")?;
+    let c = call("chmod", path).at(path, "cannot write-protect")?;
     platform::set_mode_fd(file, mode & !0o222).at(path, "cannot write-protect")?;
     record(c, "chmod", path, || json!({"id": id(), "mode": mode & !0o222}));
-    let c = call().at(path, "cannot lock")?;
+    let c = call("lock", path).at(path, "cannot lock")?;
     platform::set_locked_fd(file, true).at(path, "cannot lock")?;
     record(c, "lock", path, || json!({"id": id(), "on": true}));
     flush_open(file, path, Flush::Order)
@@ -428,7 +438,7 @@ pub fn set_tag(path: &Path, tag: platform::Tag, on: bool) -> io::Result<()> {
 
 /// Sets extended attribute `name` of `path`. Fails with `ENOTSUP` on a volume without them.
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let c = call()?;
+    let c = call("xattr", path)?;
     if fault::xattrs_unsupported() {
         return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
     }
@@ -439,7 +449,7 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
 
 /// Removes extended attribute `name` of `path`; an absent one is fine.
 pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
-    let c = call()?;
+    let c = call("rmxattr", path)?;
     if fault::xattrs_unsupported() {
         return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
     }
@@ -518,7 +528,13 @@ pub fn lock_file(path: &Path) -> Result<File> {
 /// A change the formats crate is about to make to a file it writes (through leafd's `Env`):
 /// numbered, traced, and failed on purpose like every other call here.
 pub fn changing(file: &File, path: &Path, change: leafd_formats::Change) -> io::Result<()> {
-    let c = call()?;
+    let c = call(
+        match change {
+            leafd_formats::Change::Write { .. } => "write",
+            leafd_formats::Change::SetLen(_) => "truncate",
+        },
+        path,
+    )?;
     let id = || file.metadata().ok().map(|m| id_of(&m));
     match change {
         leafd_formats::Change::Write { offset, len } => {
@@ -539,10 +555,16 @@ pub fn open_for_formats(path: &Path, write: bool, open: impl FnOnce() -> io::Res
     if !write {
         return open();
     }
-    let c = call()?;
+    let c = call("open-write", path)?;
     let file = open()?;
     record(c, "open-write", path, || json!({"id": file.metadata().ok().map(|m| id_of(&m))}));
     Ok(file)
+}
+
+/// Removes a file the formats crate made (a disk it could not finish), traced like
+/// [`remove_file`].
+pub fn remove_for_formats(path: &Path) -> io::Result<()> {
+    remove_file(path).map_err(into_io)
 }
 
 /// Flushes a file the formats crate wrote.

@@ -1,5 +1,5 @@
 //! How the VMware formats crate reaches the file system from leafd: every disk file leafd opens,
-//! creates, writes or flushes passes through [`crate::durable`] here, and, while a dropped bundle
+//! creates, writes, flushes or removes passes through [`crate::durable`] here, and, while a dropped bundle
 //! is inspected, only files beneath the folders it may use are opened at all.
 
 use std::fs::File;
@@ -61,6 +61,10 @@ impl Env for LeafdEnv {
 
     fn flush(&self, file: &File, path: &Path) -> io::Result<()> {
         durable::flush_for_formats(file, path)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        durable::remove_for_formats(path)
     }
 
     fn cancelled(&self) -> bool {

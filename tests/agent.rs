@@ -19,8 +19,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd_formats::disk::DiskType;
 use leafd::sample::SampleVm;
+use leafd_formats::disk::DiskType;
 use notify::Watcher;
 
 const MIB: u64 = 1 << 20;

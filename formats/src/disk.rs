@@ -637,7 +637,7 @@ pub fn create(env: &Arc<dyn Env>, spec: &NewDisk) -> Result<Vec<PathBuf>> {
         Err(e) => {
             // Leave nothing half made behind; only files this call created are removed.
             for p in &written {
-                let _ = std::fs::remove_file(p);
+                let _ = env.remove(p);
             }
             Err(e)
         }

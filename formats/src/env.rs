@@ -21,6 +21,10 @@ pub trait Env: Send + Sync {
     fn changing(&self, file: &File, path: &Path, change: Change) -> io::Result<()>;
     /// Flushes a file it wrote.
     fn flush(&self, file: &File, path: &Path) -> io::Result<()>;
+    /// Removes a file it created and could not finish.
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
     /// True once the work should stop.
     fn cancelled(&self) -> bool;
 }

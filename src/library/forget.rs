@@ -50,6 +50,8 @@ pub fn forget(lib: &Library, arg: &str) -> Result<String> {
         return Err(Error::refused(p, format!("leaf {name:?} is still at its recorded place"))
             .fix("delete the leaf first (or `leafd promote` it), then forget it"));
     }
+    // Not journaled: the one change is the entry's removal.
+    crate::durable::arm();
     records::unlink_leaf(&base.dir, &id)?;
     Ok(format!("forgot leaf {name:?} of base {:?}: it is gone, and the base no longer lists it", base.record.name))
 }

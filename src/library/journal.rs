@@ -145,6 +145,13 @@ pub fn stamped(dir: &Path, id: &str) -> bool {
     fs::read(dir.join(STAMP)).ok().and_then(|b| serde_json::from_slice::<Stamp>(&b).ok()).is_some_and(|s| s.op == id)
 }
 
+/// Whether recovery of `ctx` may act on the working folder `dir`: it carries the operation's
+/// stamp (format 1 had none), or it is empty, so nothing in it can be anyone else's (a removal
+/// that took the stamp, last, and failed at the folder itself).
+pub fn ours(ctx: &Ctx, dir: &Path) -> bool {
+    ctx.format < FORMAT || stamped(dir, &ctx.id) || fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
 /// Removes operation `id`'s stamp from `dir`, if it is there.
 pub fn unstamp(dir: &Path, id: &str) -> Result<()> {
     if stamped(dir, id) {
@@ -161,12 +168,8 @@ pub fn remove_work_dir(ctx: &Ctx, dir: &Path) -> Result<()> {
     if dir.symlink_metadata().is_err() {
         return Ok(());
     }
-    if stamped(dir, &ctx.id) || ctx.format < FORMAT {
-        return durable::remove_tree(dir);
-    }
-    if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
-        durable::remove_dir(dir)?;
-        return durable::flush_parent(dir, Flush::Order);
+    if ours(ctx, dir) {
+        return durable::remove_tree(dir, Some(&dir.join(STAMP)));
     }
     Err(Error::refused(
         dir,

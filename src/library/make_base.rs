@@ -542,10 +542,12 @@ fn refuse_open_for_writing(entries: &[PathBuf]) -> Result<()> {
         // A writer seen for an instant may be a process that forked with the file open and is
         // about to exec; one still there a quarter of a second later is writing.
         let busy = || platform::open_for_writing(&file).ok().flatten() == Some(true);
-        if busy() && (0..5).all(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            busy()
-        }) {
+        if busy()
+            && (0..5).all(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                busy()
+            })
+        {
             return Err(Error::new(
                 Kind::Busy,
                 p.clone(),
@@ -747,7 +749,7 @@ pub fn make_base(
         }
         return Err(e);
     }
-    let warnings = finish(&ctx, &plan, opts);
+    let Finished { warnings, unfinished } = finish(&ctx, &plan, opts);
     let made = MadeBase {
         name,
         source: lib.display(&bundle),
@@ -757,7 +759,7 @@ pub fn make_base(
         elapsed: start.elapsed(),
         warnings,
     };
-    Ok((made, Fingerprinting { journal, base: Base { dir: target, record: plan.record } }))
+    Ok((made, Fingerprinting { journal, base: Base { dir: target, record: plan.record }, unfinished }))
 }
 
 /// The last part of Make Base, which may run after the base is in use: fingerprinting its disks.
@@ -766,12 +768,17 @@ pub fn make_base(
 pub struct Fingerprinting {
     journal: Journal,
     pub base: Base,
+    /// What stopped the steps after the publish: reported here, and the journal kept.
+    unfinished: Option<Error>,
 }
 
 impl Fingerprinting {
     pub fn finish(self, lib: &Library, opts: &Options) -> Result<()> {
         complete_fingerprints(lib, &self.base, opts)?;
-        self.journal.finish()
+        match self.unfinished {
+            Some(e) => Err(e),
+            None => self.journal.finish(),
+        }
     }
 }
 
@@ -860,60 +867,64 @@ fn tag(path: &Path, tag: Tag, on: bool) {
     }
 }
 
+/// What finishing a published Make Base left: warnings for a usable base, and the first error
+/// that stopped it (the journal then stays, and recovery finishes the rest).
+struct Finished {
+    warnings: Vec<String>,
+    unfinished: Option<Error>,
+}
+
 /// After the publish: the drop folder, the old leaf's lineage, and (across volumes) removing the
-/// source. Idempotent; failures leave a usable base and come back as warnings.
-fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Vec<String> {
-    let lib = ctx.lib;
+/// source. Idempotent. A failure leaves a usable base; it stops the rest, and recovery (which
+/// runs this again) finishes it: a source half removed, or an old base still listing the leaf,
+/// must not stay so.
+fn finish(ctx: &Ctx, plan: &Plan, opts: &Options) -> Finished {
     let mut warnings = Vec::new();
-    let Ok(target) = plan.target(lib) else { return warnings };
+    let unfinished = finish_steps(ctx, plan, opts, &mut warnings).err().map(|e| {
+        let fix = match &e.fix {
+            Some(fix) => format!("{fix}; then `leafd recover` finishes making the base (it is usable now)"),
+            None => "the base is usable now; `leafd recover` finishes making it".to_string(),
+        };
+        e.fix(fix)
+    });
+    Finished { warnings, unfinished }
+}
+
+fn finish_steps(ctx: &Ctx, plan: &Plan, opts: &Options, warnings: &mut Vec<String>) -> Result<()> {
+    let lib = ctx.lib;
+    let target = plan.target(lib)?;
     let drop_folder = lib.new_leaf_dir().join(&plan.name);
-    if let Err(e) =
-        durable::create_dir_all(&drop_folder).and_then(|()| durable::flush_parent(&drop_folder, Flush::Order))
-    {
-        warnings.push(format!("{}: cannot create the New Leaf folder: {e}", drop_folder.display()));
-    }
+    durable::create_dir_all(&drop_folder).and_then(|()| durable::flush_parent(&drop_folder, Flush::Order))?;
     step("drop-folder-created");
     if let Some(from) = &plan.from_leaf {
         // The leaf is now a base: it is no leaf of its old base any more.
-        let unlinked = records::remove_leaf(&target).and_then(|()| {
-            tag(&target, Tag::LinkedClone, false);
-            let old_base = ctx.path(&from.base)?;
-            let old = records::read_base(&old_base)?;
-            let _lock = old.map(|r| lib.lock_base(&r.id)).transpose()?;
-            records::unlink_leaf(&old_base, &from.leaf_id)
-        });
-        if let Err(e) = unlinked {
-            warnings.push(format!("the old leaf's lineage was not fully removed: {e}"));
-        }
+        // The tag first: removing the record flushes the folder, tags and all.
+        tag(&target, Tag::LinkedClone, false);
+        records::remove_leaf(&target)?;
+        let old_base = ctx.path(&from.base)?;
+        let old = records::read_base(&old_base)?;
+        let _lock = old.map(|r| lib.lock_base(&r.id)).transpose()?;
+        records::unlink_leaf(&old_base, &from.leaf_id)?;
     }
-    // A source this library may not remove keeps the stamp, and so the journal: see recover.
-    let mut source_kept = false;
+    // A source this library may not remove is an error: the base keeps its stamp, and the
+    // operation its journal, for a person (see `copied_source`).
     if plan.copy {
-        let removed = match copied_source(ctx, plan) {
-            Ok(source) => source.map_or(Ok(Vec::new()), |s| remove_copied_source(&s, &target, plan, opts)),
-            Err(e) => {
-                source_kept = true;
-                Err(e)
+        if let Some(source) = copied_source(ctx, plan)? {
+            let changed = remove_copied_source(&source, &target, plan, opts)?;
+            if !changed.is_empty() {
+                warnings.push(format!(
+                    "{}: kept the original, because {} file(s) in it changed since they were copied \
+                     (first {}); the base holds the VM as it was copied; remove the original once \
+                     you no longer need it",
+                    plan.record.source,
+                    changed.len(),
+                    changed[0].display()
+                ));
             }
-        };
-        match removed {
-            Ok(changed) if changed.is_empty() => {}
-            Ok(changed) => warnings.push(format!(
-                "{}: kept the original, because {} file(s) in it changed since they were copied \
-                 (first {}); the base holds the VM as it was copied; remove the original once you \
-                 no longer need it",
-                plan.record.source,
-                changed.len(),
-                changed[0].display()
-            )),
-            Err(e) => warnings.push(format!("the original at {} was kept: {e}", plan.record.source)),
         }
         step("source-removed");
     }
-    if !source_kept && let Err(e) = journal::unstamp(&target, &plan.id) {
-        warnings.push(format!("{e}"));
-    }
-    warnings
+    journal::unstamp(&target, &plan.id)
 }
 
 /// The copied source a cross-volume Make Base still has to remove: `None` once it is gone. Outside
@@ -1071,12 +1082,12 @@ pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
         let source = ctx.path(&plan.source).ok();
         lib.refuse_if_leaf_exists(&from.leaf_id, source.as_deref(), &ctx.id)?;
     }
-    let warnings = finish(ctx, plan, opts);
+    let Finished { warnings, unfinished } = finish(ctx, plan, opts);
+    if let Some(e) = unfinished {
+        return Err(e);
+    }
     let base = Base { dir: plan.target(lib)?, record: plan.record.clone() };
     complete_fingerprints(lib, &base, opts)?;
-    if plan.copy {
-        copied_source(ctx, plan)?;
-    }
     let mut msg = format!("finished the interrupted Make Base: base {:?} is ready", plan.name);
     for w in warnings {
         msg.push_str(&format!("; {w}"));

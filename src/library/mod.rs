@@ -179,12 +179,14 @@ pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
 }
 
 /// Makes leafd's private folder `dir` (or makes an existing one private): owner-only, whatever
-/// the umask, since its journals name the user's files.
+/// the umask, since its journals name the user's files. Flushed, mode and entry: a journal
+/// written into a folder a power cut can take away would be lost with it.
 fn private_dir(dir: &Path) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {
             if m.permissions().mode() & 0o777 != 0o700 {
                 durable::set_mode(dir, 0o700)?;
+                durable::flush_path(dir, durable::Flush::Order)?;
             }
             // Files made here under the user's umask (the locks and journals of an older leafd).
             for e in fs::read_dir(dir).at(dir, "cannot list")? {
@@ -196,7 +198,11 @@ fn private_dir(dir: &Path) -> Result<()> {
             Ok(())
         }
         Ok(_) => Err(Error::refused(dir, "is in the way of leafd's own folder").fix("move it out of the library")),
-        Err(_) => durable::create_dir_private(dir),
+        Err(_) => {
+            durable::create_dir_private(dir)?;
+            durable::flush_path(dir, durable::Flush::Order)?;
+            durable::flush_parent(dir, durable::Flush::Order)
+        }
     }
 }
 

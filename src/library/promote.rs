@@ -172,7 +172,16 @@ pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
         }
     };
     drop(chains);
-    swap(&plan, &places)?;
+    if let Err(e) = swap(&plan, &places) {
+        // Set aside: the promoted bundle is complete, and recovery finishes the swap. Not set
+        // aside: the leaf is as it was, and the promotion is undone here.
+        if !places.aside.exists() {
+            journal::remove_work_dir(&ctx, &places.staging)?;
+            journal::unstamp(&places.leaf, &plan.id)?;
+            journal.finish()?;
+        }
+        return Err(e);
+    }
     finish(&ctx, &plan, &places)?;
     journal.finish()?;
     Ok(Promoted { name: record.name, base: record.base_name, bytes, elapsed: start.elapsed() })
@@ -269,8 +278,9 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
         records::unlink_leaf(&ctx.path(dir)?, &plan.leaf_id)?;
     }
     // The promoted bundle was built without the leaf's records; its tag came with the folder.
-    records::remove_leaf(&places.leaf)?;
+    // The tag first: removing the record flushes the folder, tags and all.
     let _ = durable::set_tag(&places.leaf, Tag::LinkedClone, false);
+    records::remove_leaf(&places.leaf)?;
     step("unlinked");
     // The old leaf goes only once the promoted one is in its place.
     if places.staging.exists() || !places.leaf.exists() {
@@ -296,7 +306,7 @@ pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     if places.aside.exists() {
         // The leaf is stamped before it is set aside: a folder of that name without this
         // operation's stamp is not its leaf, and is never acted on (format 1 had no stamps).
-        if ctx.format >= journal::FORMAT && !journal::stamped(&places.aside, &ctx.id) {
+        if !journal::ours(ctx, &places.aside) {
             return Err(Error::refused(
                 &places.aside,
                 "is not the leaf this promotion set aside (its stamp is missing or another's), so it is kept",

@@ -133,7 +133,8 @@ fn leaves_dir(store: &Path) -> PathBuf {
     store.join(DIR).join(LEAVES)
 }
 
-fn leaf_ref_file(store: &Path, id: &str) -> PathBuf {
+/// The file of leaf `id`'s entry in the list of the base in `store`.
+pub(crate) fn leaf_ref_file(store: &Path, id: &str) -> PathBuf {
     leaves_dir(store).join(format!("{id}.json"))
 }
 
@@ -180,31 +181,30 @@ fn device(path: &Path) -> Option<u64> {
 
 /// Writes the mirror of a record on `path`, or leaves none: a volume without extended
 /// attributes, one that emulates them in `._` files, or a value too large for the file system's
-/// limit (ext4 keeps all of a file's attributes in one block) simply has no mirror. Returns
-/// whether `path` changed (and so must be flushed).
-fn write_mirror(path: &Path, name: &str, json: &[u8]) -> bool {
+/// limit (ext4 keeps all of a file's attributes in one block) simply has no mirror.
+fn write_mirror(path: &Path, name: &str, json: &[u8]) -> Result<()> {
     let dev = device(path);
     let skip = |set: &mut HashSet<u64>| dev.is_some_and(|d| set.contains(&d));
     if NO_MIRROR.lock().map(|mut g| skip(g.get_or_insert_with(HashSet::new))).unwrap_or(false) {
-        return false;
+        return Ok(());
     }
     match durable::set_xattr(path, &xattr_name(name), json) {
         Ok(()) if emulated(path) => {
             let _ = durable::remove_xattr(path, &xattr_name(name));
             forget_device(dev);
-            true
         }
-        Ok(()) => true,
+        Ok(()) => {}
         Err(e) => {
             if unsupported(&e) {
                 forget_device(dev);
             }
             // Too large, or refused: no mirror is better than a stale one.
-            let removed = durable::remove_xattr(path, &xattr_name(name)).is_ok();
+            let _ = durable::remove_xattr(path, &xattr_name(name));
             tracing::debug!("no mirror of {} on {}: {e}", xattr_name(name), path.display());
-            removed
         }
     }
+    // The attribute changed (written, or removed as stale): flushed like every change.
+    durable::flush_path(path, durable::Flush::Order)
 }
 
 fn forget_device(dev: Option<u64>) {
@@ -229,10 +229,8 @@ fn write_record<T: Serialize>(file: &Path, dir: &Path, attr_name: Option<&str>, 
     let records = file.parent().unwrap_or(dir);
     durable::create_dir_all(records)?;
     durable::write_atomic(file, &json)?;
-    if let Some(name) = attr_name
-        && write_mirror(dir, name, &json)
-    {
-        durable::flush_path(dir, durable::Flush::Order)?;
+    if let Some(name) = attr_name {
+        write_mirror(dir, name, &json)?;
     }
     Ok(())
 }
@@ -276,6 +274,9 @@ fn remove_record(dir: &Path, file: &Path, attr_name: &str) -> Result<()> {
     let records = dir.join(DIR);
     if fs::read_dir(&records).is_ok_and(|mut d| d.next().is_none()) {
         durable::remove_dir(&records)?;
+    } else if records.is_dir() {
+        // The file's removal, from the folder that stays (a base's other records).
+        durable::flush_path(&records, durable::Flush::Order)?;
     }
     durable::remove_xattr(dir, &xattr_name(attr_name)).or_else(ignore_unsupported).at(dir, "cannot remove lineage")?;
     durable::flush_path(dir, durable::Flush::Order)

@@ -150,36 +150,91 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
         let new = repoint(copy, &base_disk.extent_files(), from, style)?;
         plans.push((path.clone(), copy.to_string(), new.to_string()));
     }
-    for (path, _, text) in &plans {
-        durable::write_atomic(path, text.as_bytes())?;
-    }
-    // Every chain must open now, or the old parent copies go back.
-    for d in &leaf.record.disks {
-        if let Err(e) = Disk::open(&env, &leaf.dir.join(&d.delta)) {
-            for (path, old, _) in &plans {
-                durable::write_atomic(path, old.as_bytes())?;
-            }
-            return Err(e.into());
+    // Not journaled: from here on a failure puts back what was changed, so the leaf is as it was
+    // or relinked, never half of each.
+    durable::arm();
+    let mut changed = Vec::new();
+    let relinked = (|| {
+        for (path, _, text) in &plans {
+            changed.push(Changed::file(path)?);
+            durable::write_atomic(path, text.as_bytes())?;
         }
+        // Every chain must open now, or the old parent copies go back.
+        for d in &leaf.record.disks {
+            Disk::open(&env, &leaf.dir.join(&d.delta))?;
+        }
+        update_records(&leaf, &base, &mut changed)
+    })();
+    if let Err(e) = relinked {
+        for c in changed.iter().rev() {
+            c.undo(&leaf).map_err(|u| {
+                Error::new(u.kind, u.path.clone(), format!("{} (while putting the leaf back after: {e})", u.message))
+            })?;
+        }
+        return Err(e);
     }
-    update_records(&leaf, &base)?;
     Ok(Relinked { leaf: leaf.record.name.clone(), base: base.record.name.clone(), rewritten: plans.len() })
 }
 
-/// The leaf's record, its `.vmsd`'s clone source and the base's list follow the move.
-fn update_records(leaf: &Leaf, base: &Base) -> Result<()> {
+/// Something relink is about to change, as it was.
+enum Changed {
+    /// A file and its bytes (`None`: it did not exist).
+    File(PathBuf, Option<Vec<u8>>),
+    /// The leaf's record (file and mirror).
+    LeafRecord,
+}
+
+impl Changed {
+    fn file(path: &Path) -> Result<Changed> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Changed::File(path.to_path_buf(), Some(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Changed::File(path.to_path_buf(), None)),
+            Err(e) => Err(Error::io(path, "cannot read", e)),
+        }
+    }
+
+    /// Puts it back as it was (nothing when it still is).
+    fn undo(&self, leaf: &Leaf) -> Result<()> {
+        match self {
+            Changed::File(path, Some(old)) => {
+                if std::fs::read(path).ok().as_ref() != Some(old) {
+                    durable::write_atomic(path, old)?;
+                }
+                Ok(())
+            }
+            Changed::File(path, None) => {
+                durable::remove_file(path)?;
+                durable::flush_parent(path, durable::Flush::Order)
+            }
+            Changed::LeafRecord => {
+                if records::read_leaf(&leaf.dir).ok().flatten().as_ref() != Some(&leaf.record) {
+                    records::write_leaf(&leaf.dir, &leaf.record)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The leaf's record, its `.vmsd`'s clone source and the base's list follow the move; each
+/// change is listed in `changed` before it is made.
+fn update_records(leaf: &Leaf, base: &Base, changed: &mut Vec<Changed>) -> Result<()> {
     let mut record = leaf.record.clone();
     record.path = leaf.dir.to_string_lossy().into();
     record.base_id = base.record.id.clone();
     record.base_name = base.record.name.clone();
+    changed.push(Changed::LeafRecord);
     records::write_leaf(&leaf.dir, &record)?;
     let vmsd = leaf.vmx_path().with_extension("vmsd");
     if vmsd.is_file() {
         let mut d = read_dict(&vmsd)?;
         if d.get("cloneOf0").is_some() {
             d.set("cloneOf0", &base.vmx_path().to_string_lossy());
+            changed.push(Changed::file(&vmsd)?);
             durable::write_atomic(&vmsd, &d.to_bytes())?;
         }
     }
-    records::link_leaf(&base.dir, &Leaf { dir: leaf.dir.clone(), record }.listing())
+    let listing = Leaf { dir: leaf.dir.clone(), record }.listing();
+    changed.push(Changed::file(&records::leaf_ref_file(&base.dir, &listing.id))?);
+    records::link_leaf(&base.dir, &listing)
 }

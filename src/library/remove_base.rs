@@ -131,8 +131,17 @@ pub fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed
     step("journaled");
     let ctx = Ctx { lib, id: jid.clone(), same_library: true, format: journal::FORMAT };
     let places = Places::of(lib, &plan)?;
-    journal::stamp(&places.dir, &jid, "removing")?;
-    durable::rename_noreplace(&places.dir, &places.hidden)?;
+    let hidden = journal::stamp(&places.dir, &jid, "removing")
+        .and_then(|()| durable::rename_noreplace(&places.dir, &places.hidden));
+    if let Err(e) = hidden {
+        // Hidden but not flushed: the journal stays, and recovery finishes the removal. Not
+        // hidden: nothing happened, and the base stays as it was.
+        if !places.hidden.exists() {
+            journal::unstamp(&places.dir, &jid)?;
+            journal.finish()?;
+        }
+        return Err(e);
+    }
     step("hidden");
     let trashed_to = finish(&ctx, &places, &plan)?;
     journal.finish()?;
@@ -144,7 +153,7 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
     let mut trashed_to = None;
     if places.hidden.exists() {
         // Checked before anything is unlocked: a folder this removal did not hide is never touched.
-        if !journal::stamped(&places.hidden, &ctx.id) && ctx.format == journal::FORMAT {
+        if !journal::ours(ctx, &places.hidden) {
             return Err(Error::refused(
                 &places.hidden,
                 "is not the folder this removal hid (its stamp is missing or another's)",
@@ -170,10 +179,14 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
         }
         step("removed");
     }
-    // The drop folder goes too, unless someone put something in it.
-    let _ = durable::remove_file(&places.drop_folder.join(".DS_Store"));
-    if durable::remove_dir(&places.drop_folder).is_ok() {
-        durable::flush_parent(&places.drop_folder, Flush::Order)?;
+    // The drop folder goes too, unless someone put something in it. Any other failure stops
+    // here, and recovery tries again.
+    durable::remove_file(&places.drop_folder.join(".DS_Store"))?;
+    match durable::remove_dir(&places.drop_folder) {
+        Ok(()) => durable::flush_parent(&places.drop_folder, Flush::Order)?,
+        Err(e)
+            if e.source.as_ref().is_some_and(|s| matches!(s.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST))) => {}
+        Err(e) => return Err(e),
     }
     Ok(trashed_to)
 }

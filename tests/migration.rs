@@ -365,9 +365,7 @@ fn hand_made_copies_in_a_format_1_library_are_reported_with_a_fix() {
     copies_are_reported(true);
 }
 
-#[path = "common/trace.rs"]
-#[allow(dead_code)] // the durability tests use the rest
-mod trace;
+use common::trace;
 
 /// Every file of every base store but its records, as `fingerprint_tree` sees it (path, mode,
 /// size, checksum, attributes), with its inode: what no repair may change.

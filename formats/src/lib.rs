@@ -21,6 +21,7 @@ mod error;
 pub mod flatten;
 pub mod ids;
 pub mod sparse;
+pub mod text;
 pub mod vmx;
 
 pub use env::{Change, Env, StdEnv, create_new, open_regular};
@@ -29,3 +30,5 @@ pub use error::{Error, ErrorKind, ParseError, Result};
 // A dev-dependency of the integration tests only; the unit tests build with it too.
 #[cfg(test)]
 use proptest as _;
+#[cfg(test)]
+use serde_json as _;

@@ -217,7 +217,7 @@ fn extents_now(dir: &Path, disk: &Disk) -> Result<Vec<ExtentRecord>> {
     for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
         let Some(file) = file else { continue };
         let size = fs::metadata(&file).map_err(|e| Error::io(&file, "cannot stat", e))?.len();
-        let rel = file.strip_prefix(dir).unwrap_or(&file).to_string_lossy().into_owned();
+        let rel = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
         out.push(ExtentRecord { index, file: rel, sectors, size });
     }
     Ok(out)

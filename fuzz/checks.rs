@@ -69,6 +69,11 @@ pub fn dict(data: &[u8]) {
         assert!(d.get(k).is_some(), "entry {k:?} is listed but get() misses it");
         let _ = d.is_true(k);
     }
+    // A leaf's .vmx made of it: always a file leafd can read back.
+    let leaf = vmx::leaf_vmx(&d, "leaf", &[("scsi0:0".to_string(), "leaf-000001.vmdk".to_string())]);
+    let leaf_bytes = leaf.to_bytes();
+    let back = Dict::parse(&leaf_bytes).expect("a leaf's .vmx re-parses");
+    assert_eq!(back.get("scsi0:0.fileName"), Some("leaf-000001.vmdk"));
     let out = d.to_bytes();
     let again = Dict::parse(&out).expect("to_bytes output re-parses");
     assert_eq!(again, d, "to_bytes then parse changed the dictionary");

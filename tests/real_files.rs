@@ -329,12 +329,34 @@ fn extents_named_by_their_code_pages_bytes_are_served_and_read_by_qemu_and_libvm
         assert_eq!((vmx.encoding_name(), vmx.get("displayName")), ("UTF-8", Some("Leaf")));
         // The NVRAM is named in the code page too, and was found.
         assert!(s.leaf.join("Leaf.nvram").is_file(), "{name}");
+        // The records keep the extents' names as they are on disk.
+        let o = s.lib.run(&["verify", "--deep"]);
+        assert!(o.status.success(), "{name}: verify: {}", text(&o));
+        // Moved alone and relinked, the copy keeps its code page and bytes.
+        let away = s.lib.tmp.path().join("Desktop/Leaf.vmwarevm");
+        fs::create_dir_all(away.parent().unwrap()).unwrap();
+        fs::rename(&s.leaf, &away).unwrap();
+        s.lib.ok(&["relink", away.to_str().unwrap()]);
+        let copy = away.join(copy.strip_prefix(&s.leaf).unwrap());
+        let bytes = fs::read(&copy).unwrap();
+        assert!(contains(&bytes, format!("encoding=\"{kept}\"").as_bytes()) && contains(&bytes, char_bytes), "{name}");
+        let delta = away.join(leaf_disks(&away)[0].0.strip_prefix(&away).unwrap());
+        assert_eq!(qemu_chain(&delta).len(), 2, "{name}");
     }
     // Extents in a code page inside a base folder named in UTF-8: no descriptor can name both.
     let lib = Lib::new();
     let bundle = materialize("enc-big5-ws16", &lib.make_base_dir(), Names::Legacy);
     let said = refuse(&lib, &bundle);
     assert!(said.contains("two encodings") && said.contains("--name"), "{said}");
+    // The disk's own file named in the code page: records and leaves name it by its text, so
+    // it must be renamed to its UTF-8 name, which leafd finds too.
+    let lib = Lib::new();
+    let bundle = materialize("enc-big5-ws16", &lib.make_base_dir(), Names::Legacy);
+    let stem = entry("enc-big5-ws16")["bundle"].as_str().unwrap().to_string();
+    let legacy = legacy_bytes(&format!("{stem}.vmdk"), "big5");
+    fs::rename(bundle.join(format!("{stem}.vmdk")), bundle.join(std::ffi::OsStr::from_bytes(&legacy))).unwrap();
+    let said = refuse(&lib, &bundle);
+    assert!(said.contains("is not UTF-8") && said.contains(&format!("rename the file to \"{stem}.vmdk\"")), "{said}");
 }
 
 #[test]
@@ -596,6 +618,12 @@ fn windows_paths_name_disks_in_subfolders_and_parents_on_other_machines() {
     assert!(vmx.get("sata0:1.fileName").unwrap().starts_with("D:\\ISO\\"));
     assert!(s.leaf.join("Disks/Dev Box.vmdk").is_file() && s.leaf.join("Leaf.nvram").is_file());
     check_leaf_chains(&s, true);
+    // The base's record rebuilt from its .vmx finds the disks as Make Base did.
+    fs::remove_dir_all(s.base.join(".leafd")).unwrap();
+    let _ = xattr::remove(&s.base, "user.org.leafd.base");
+    let o = s.lib.run(&["verify"]);
+    assert!(o.status.success() && text(&o).contains("base lineage was missing"), "{}", text(&o));
+    assert_eq!(record(&s.base, "base")["disks"][1]["descriptor"], "Disks/Dev Box-data.vmdk");
     // A linked clone whose parent is a path on the Windows machine that made it.
     let lib = Lib::new();
     let bundle = materialize("vagrant-linked-clone-windows", &lib.make_base_dir(), Names::Unicode);

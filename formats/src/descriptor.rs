@@ -116,9 +116,10 @@ pub struct Extent {
 }
 
 impl Extent {
-    /// The line as bytes: ASCII around the file name's own bytes.
-    fn render(&self) -> Vec<u8> {
-        let mut s = format!("{} {} {}", self.access.as_str(), self.sectors, self.kind.as_str()).into_bytes();
+    /// The line as bytes in `encoding`, around the file name's own bytes.
+    fn render(&self, encoding: &'static Encoding) -> Vec<u8> {
+        let head = format!("{} {} {}", self.access.as_str(), self.sectors, self.kind.as_str());
+        let mut s = text::encode(&head, encoding).unwrap_or_else(|| head.into_bytes());
         if let Some(file) = &self.file {
             s.extend_from_slice(b" \"");
             s.extend_from_slice(file.as_os_str().as_bytes());
@@ -133,24 +134,21 @@ impl Extent {
     /// Parses the bytes of a line. The syntax is ASCII, and `"` and spaces are never part of a
     /// multi-byte character in the encodings accepted, so the file name's bytes are taken as
     /// they are.
-    fn parse(raw: &[u8]) -> Result<Option<Extent>, ParseError> {
-        let text = String::from_utf8_lossy(raw);
+    fn parse(raw: &[u8], encoding: &'static Encoding) -> Result<Option<Extent>, ParseError> {
         let (access, rest) = word(raw.trim_ascii_start());
         let Some(access) = std::str::from_utf8(access).ok().and_then(Access::parse) else {
             return Ok(None);
         };
         let (sectors, rest) = word(rest);
         let sectors: u64 = std::str::from_utf8(sectors).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
-            ParseError::whole(format!(
-                "extent size {:?} is not a number of sectors",
-                text.split_whitespace().nth(1).unwrap_or("")
-            ))
+            ParseError::whole(format!("extent size {:?} is not a number of sectors", String::from_utf8_lossy(sectors)))
         })?;
         let (kind, rest) = word(rest);
         if kind.is_empty() {
             return Err(ParseError::whole("extent line has no type"));
         }
-        let kind = ExtentKind::parse(&String::from_utf8_lossy(kind));
+        // A whole line decodes, and no multi-byte character holds a space: nor does a word.
+        let kind = ExtentKind::parse(&text::decode(kind, encoding).unwrap_or_default());
         let rest = rest.trim_ascii();
         let (file, rest) = if let Some(quoted) = rest.strip_prefix(b"\"") {
             let end = quoted
@@ -213,6 +211,9 @@ pub struct Descriptor {
     lines: Vec<Line>,
     /// What its bytes are in: `encoding=`, else `ddb.encoding`, else UTF-8.
     encoding: &'static Encoding,
+    /// Made on Windows, as read (CRLF line ends, a path with a drive letter): `\` in its paths
+    /// separates folders.
+    windows: bool,
 }
 
 fn unquote(v: &str) -> &str {
@@ -300,28 +301,31 @@ impl Descriptor {
                 return Err(ParseError::at(i + 1, "contains a NUL byte"));
             }
             let text = text::decode(raw, encoding).map_err(|_| match declared {
-                None => text::undeclared(i + 1, "encoding=\"windows-1252\" after version=1"),
+                None => text::undeclared(i + 1, "encoding=\"windows-1252\" (after version=1)"),
                 Some(e) => ParseError::at(i + 1, format!("has bytes that are not valid {}", e.name())).with_fix(format!(
                     "the descriptor says its text is {}, but it is not: correct its encoding= line to the code page it was written in",
                     e.name()
                 )),
             })?;
-            let kind = Self::classify(raw, &text).map_err(|e| ParseError { line: i + 1, ..e })?;
+            let kind = Self::classify(raw, &text, encoding).map_err(|e| ParseError { line: i + 1, ..e })?;
             lines.push(Line { raw: raw.to_vec(), text, eol: eol.to_string(), kind });
         }
-        let d = Descriptor { lines, encoding };
+        let mut d = Descriptor { lines, encoding, windows: false };
+        d.windows = d.lines.iter().any(|l| l.eol == "\r\n")
+            || d.parent_file_name_hint().is_some_and(text::is_windows_absolute)
+            || d.extents().filter_map(|e| e.file.as_deref()).any(|f| text::is_windows_absolute(&d.text_of(f)));
         if !d.lines.iter().any(|l| matches!(&l.kind, Kind::Header { key } if key == "createType")) {
             return Err(ParseError::whole("no createType: not a disk descriptor"));
         }
         Ok(d)
     }
 
-    fn classify(raw: &[u8], text: &str) -> Result<Kind, ParseError> {
+    fn classify(raw: &[u8], text: &str, encoding: &'static Encoding) -> Result<Kind, ParseError> {
         let t = text.trim();
         if t.is_empty() || t.starts_with('#') {
             return Ok(Kind::Other);
         }
-        if let Some(extent) = Extent::parse(raw)? {
+        if let Some(extent) = Extent::parse(raw, encoding)? {
             return Ok(Kind::Extent(extent));
         }
         if let Some((key, value)) = t.split_once('=') {
@@ -367,7 +371,7 @@ impl Descriptor {
         }
         text.extend_from_slice(b"\n# Extent description\n");
         for e in extents {
-            text.extend(e.render());
+            text.extend(e.render(encoding_rs::UTF_8));
             text.push(b'\n');
         }
         text.extend_from_slice(b"\n# The Disk Data Base\n#DDB\n\n");
@@ -395,9 +399,7 @@ impl Descriptor {
     /// True when the descriptor was made on Windows (CRLF line ends, or a path with a drive
     /// letter): then `\` in its paths separates folders.
     pub fn windows_made(&self) -> bool {
-        self.lines.iter().any(|l| l.eol == "\r\n")
-            || self.parent_file_name_hint().is_some_and(text::is_windows_absolute)
-            || self.extents().filter_map(|e| e.file.as_deref()).any(|f| text::is_windows_absolute(&self.text_of(f)))
+        self.windows
     }
 
     /// The text of a name held as this descriptor's bytes.
@@ -413,7 +415,7 @@ impl Descriptor {
             text: self.text_of(raw),
             bytes: Some(raw.as_os_str().as_bytes().to_vec()),
             encoding: self.encoding,
-            windows: self.windows_made(),
+            windows: self.windows,
         }
     }
 
@@ -525,7 +527,7 @@ impl Descriptor {
                 let before = e.clone();
                 f(e);
                 if *e != before {
-                    line.raw = e.render();
+                    line.raw = e.render(encoding);
                     line.text = text::decode(&line.raw, encoding)
                         .unwrap_or_else(|_| String::from_utf8_lossy(&line.raw).into_owned());
                 }
@@ -545,6 +547,13 @@ impl Descriptor {
         let mut utf8: Option<String> = None;
         let mut legacy: Option<(usize, String)> = None;
         for (i, l) in self.lines.iter().enumerate() {
+            // An extent type the code page's encoder cannot write back (a vendor extension its
+            // decoder reads) is written in UTF-8.
+            if let Kind::Extent(e) = &l.kind
+                && text::encode(e.kind.as_str(), self.encoding).is_none()
+            {
+                utf8.get_or_insert(e.kind.as_str().to_string());
+            }
             let path: &[u8] = match &l.kind {
                 Kind::Extent(e) => e.file.as_deref().map_or(&[], |f| f.as_os_str().as_bytes()),
                 Kind::Header { key } if is_path_header(key) => raw_value(&l.raw),
@@ -593,7 +602,7 @@ impl Descriptor {
         self.encoding = encoding_rs::UTF_8;
         for l in &mut self.lines {
             match &l.kind {
-                Kind::Extent(e) => l.raw = e.render(),
+                Kind::Extent(e) => l.raw = e.render(encoding_rs::UTF_8),
                 Kind::Header { key } if is_path_header(key) => {}
                 _ => l.raw = l.text.clone().into_bytes(),
             }

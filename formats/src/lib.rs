@@ -6,6 +6,7 @@
 //! - [`disk`]: whole disks and snapshot chains, read and written through;
 //! - [`flatten`]: a chain written out as one standalone disk;
 //! - [`dict`]: `key = "value"` files (`.vmx`, `.vmsd`);
+//! - [`text`]: code pages, line endings, and how a name in a file becomes a path;
 //! - [`vmx`]: the VM-level facts leafd needs from them;
 //! - [`ids`]: content IDs and the identity of new disks.
 //!

@@ -87,10 +87,9 @@ pub(crate) fn encode(text: &str, encoding: &'static Encoding) -> Option<Vec<u8>>
 /// The error for a file that is not valid UTF-8 and declares no encoding: never read as
 /// something else, since a wrong guess would name files that do not exist.
 pub(crate) fn undeclared(line: usize, declare: &str) -> ParseError {
-    ParseError::at(line, "is not valid UTF-8 and the file declares no other encoding")
-        .with_fix(format!(
-            "add the line {declare} naming the code page it was written in (windows-1252 for Western European Windows, GBK, Shift_JIS, Big5, windows-949-2000), or save it as UTF-8, then try again"
-        ))
+    ParseError::at(line, "is not valid UTF-8 and the file declares no other encoding").with_fix(format!(
+        "declare the code page it was written in ({KNOWN}; windows-1252 for Western European Windows) with a line like {declare}, or save the file as UTF-8, then try again"
+    ))
 }
 
 /// The line ending to give lines added to a file: the one its first ended line has.

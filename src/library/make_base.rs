@@ -450,8 +450,9 @@ fn check_leaves_can_be_made(
     let leaf_dir = lib.leaf_path("leaf").join(rel).parent().map(Path::to_path_buf).unwrap_or_default();
     let at_base = store.join(disk.path().strip_prefix(bundle).unwrap_or(disk.path()));
     let copy = parent_copy_from(disk, &at_base, &leaf_dir, style).map_err(|e| {
+        let fix = e.fix.as_deref().unwrap_or("rename the disk's files");
         Error::refused(disk.path(), format!("a leaf's copy of this disk could not name its extents: {}", e.message)).fix(
-            "rename the VM bundle to an ASCII name (or pass --name), or rename the disk's files to their names in UTF-8, then drop the VM again",
+            format!("{fix}; the base's folder takes the VM bundle's name, so renaming the bundle (or passing --name) changes it; then drop the VM again"),
         )
     })?;
     let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");

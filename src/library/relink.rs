@@ -148,16 +148,17 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
         }
         let from = path.parent().unwrap_or(&leaf.dir);
         let new = repoint(copy, &base_disk.extent_files(), from, style)?;
-        plans.push((path.clone(), copy.to_string(), new.to_string()));
+        // As bytes: a copy of a descriptor in a legacy code page keeps it.
+        plans.push((path.clone(), copy.to_bytes(), new.to_bytes()));
     }
-    for (path, _, text) in &plans {
-        durable::write_atomic(path, text.as_bytes())?;
+    for (path, _, bytes) in &plans {
+        durable::write_atomic(path, bytes)?;
     }
     // Every chain must open now, or the old parent copies go back.
     for d in &leaf.record.disks {
         if let Err(e) = Disk::open(&env, &leaf.dir.join(&d.delta)) {
             for (path, old, _) in &plans {
-                durable::write_atomic(path, old.as_bytes())?;
+                durable::write_atomic(path, old)?;
             }
             return Err(e.into());
         }

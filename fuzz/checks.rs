@@ -13,7 +13,8 @@ use leafd_formats::sparse::{Grain, Header, SECTOR, SparseExtent};
 use leafd_formats::vmx;
 use leafd_formats::{Env, StdEnv};
 
-/// VMDK text descriptors: what parses writes back to an equal descriptor.
+/// VMDK text descriptors: what parses writes back to equal bytes and an equal descriptor, in
+/// whatever encoding it declares; changing its encoding to fit new paths never panics.
 pub fn descriptor(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Descriptor::parse(text);
@@ -26,15 +27,33 @@ pub fn descriptor(data: &[u8]) {
     let _ = d.capacity();
     let _ = d.create_type();
     let _ = d.parent_file_name_hint();
-    let _ = d.extents().count();
-    let _ = d.ddb_entries().count();
+    let _ = d.parent_name().map(|n| n.candidates());
+    let _ = d.windows_made();
+    for e in d.extents() {
+        if let Some(f) = &e.file {
+            let _ = d.name(f).candidates();
+        }
+    }
     for (k, _) in d.ddb_entries() {
         assert!(d.ddb(k).is_some());
     }
-    let text = d.to_string();
-    let again = Descriptor::parse(&text).expect("a parsed descriptor's to_string re-parses");
-    assert_eq!(again, d, "to_string then parse changed the descriptor");
-    assert_eq!(again.to_string(), text, "a second write differs from the first");
+    let _ = d.to_string();
+    let bytes = d.to_bytes();
+    let again = Descriptor::parse_bytes(&bytes).expect("a parsed descriptor's bytes re-parse");
+    assert_eq!(again, d, "to_bytes then parse changed the descriptor");
+    assert_eq!(again.to_bytes(), bytes, "a second write differs from the first");
+    // Paths with any bytes: the descriptor fits them into one encoding, or says it cannot.
+    use std::os::unix::ffi::OsStrExt;
+    let folder: &[u8] = if data.len().is_multiple_of(2) { "../Bases/bäse".as_bytes() } else { b"../Bases/b\xe4se" };
+    let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(folder));
+    let mut moved = d.clone();
+    moved.map_extents(|e| e.file = e.file.as_ref().map(|f| folder.join(f)));
+    moved.set_ddb("ddb.deletable", "false");
+    if moved.fit_encoding().is_ok() {
+        let out = moved.to_bytes();
+        let back = Descriptor::parse_bytes(&out).expect("a descriptor that fits its encoding re-parses");
+        assert_eq!(back.to_bytes(), out);
+    }
 }
 
 /// `.vmx`/`.vmsd` dictionaries: what parses writes back byte-identical.
@@ -42,11 +61,19 @@ pub fn dict(data: &[u8]) {
     let Ok(d) = Dict::parse(data) else {
         return;
     };
-    let _ = vmx::disks(&d);
+    for disk in vmx::disks(&d) {
+        let _ = d.name(&disk.file_name).candidates();
+    }
+    let _ = d.windows_made();
     for (k, _) in d.entries() {
         assert!(d.get(k).is_some(), "entry {k:?} is listed but get() misses it");
         let _ = d.is_true(k);
     }
+    // A leaf's .vmx made of it: always a file leafd can read back.
+    let leaf = vmx::leaf_vmx(&d, "leaf", &[("scsi0:0".to_string(), "leaf-000001.vmdk".to_string())]);
+    let leaf_bytes = leaf.to_bytes();
+    let back = Dict::parse(&leaf_bytes).expect("a leaf's .vmx re-parses");
+    assert_eq!(back.get("scsi0:0.fileName"), Some("leaf-000001.vmdk"));
     let out = d.to_bytes();
     let again = Dict::parse(&out).expect("to_bytes output re-parses");
     assert_eq!(again, d, "to_bytes then parse changed the dictionary");
@@ -106,8 +133,10 @@ fn split(data: &[u8]) -> Vec<&[u8]> {
 /// Only plain names in our folder: a descriptor naming `/dev/stdin` or `../x` would read
 /// outside the sandbox, which says nothing about leafd.
 fn confined(d: &Descriptor) -> bool {
-    let ok = |n: &str| !n.contains('/') && n != "..";
-    d.extents().all(|e| e.file.as_deref().is_none_or(ok)) && d.parent_file_name_hint().is_none_or(ok)
+    let ok = |n: leafd_formats::text::Name| {
+        n.candidates().iter().all(|c| c.to_str().is_some_and(|c| !c.contains('/') && c != ".."))
+    };
+    d.extents().all(|e| e.file.as_deref().is_none_or(|f| ok(d.name(f)))) && d.parent_name().is_none_or(ok)
 }
 
 fn exercise_extent(env: &Arc<dyn Env>, path: &Path) {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::descriptor::{Access, Descriptor, Extent, ExtentKind, NEW_DISK_CID, NO_PARENT, check_representable};
-use crate::disk::{self, Disk, DiskType, NewDisk, resolve};
+use crate::disk::{self, Disk, DiskType, NewDisk};
 use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::ids::long_content_id;
@@ -20,15 +20,16 @@ pub enum PathStyle {
     Absolute,
 }
 
-/// `target` as written in a descriptor that lives in `from_dir`. Both must be absolute. Fails
-/// for a path a descriptor cannot hold (a quote in a folder name, say).
-pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> Result<String> {
+/// `target` as written in a descriptor that lives in `from_dir`, as bytes (the names on disk).
+/// Both must be absolute. Fails for a path a descriptor cannot hold (a quote in a folder name,
+/// say).
+pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> Result<PathBuf> {
     let relative = match style {
         PathStyle::Relative => pathdiff::diff_paths(target, from_dir),
         PathStyle::Absolute => None,
     };
-    let reference = relative.unwrap_or_else(|| target.to_path_buf()).to_string_lossy().into_owned();
-    check_representable(&reference).map_err(|e| {
+    let reference = relative.unwrap_or_else(|| target.to_path_buf());
+    check_representable(&reference.to_string_lossy()).map_err(|e| {
         Error::unsupported(target, e.to_string()).fix("rename the folder so its name has no double quote")
     })?;
     Ok(reference)
@@ -39,29 +40,42 @@ pub fn extent_reference(target: &Path, from_dir: &Path, style: PathStyle) -> Res
 /// no `ddb.uuid` (two disks must not share it), and `ddb.deletable = "false"`.
 ///
 /// A monolithicSparse base has no text descriptor to copy; its copy is a split-sparse text
-/// descriptor with one extent naming the base file, which VMware and QEMU both read.
+/// descriptor with one extent naming the base file, which VMware and QEMU both read. A copy of
+/// a text descriptor keeps its encoding and bytes, unless its new paths need UTF-8
+/// ([`Descriptor::fit_encoding`]).
 pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Descriptor> {
-    let base_dir = base.path().parent().unwrap_or(Path::new("/"));
+    parent_copy_from(base, base.path(), copy_dir, style)
+}
+
+/// [`parent_copy`] for `base` as it will be once its descriptor is at `base_at` (its files
+/// moved with it, as Make Base moves a bundle): how Make Base checks that leaves can be made.
+pub fn parent_copy_from(base: &Disk, base_at: &Path, copy_dir: &Path, style: PathStyle) -> Result<Descriptor> {
+    let here = base.path().parent().unwrap_or(Path::new("/"));
+    let there = base_at.parent().unwrap_or(Path::new("/"));
+    let moved = |p: &Path| p.strip_prefix(here).map_or_else(|_| p.to_path_buf(), |r| there.join(r));
     let cid = base.descriptor.cid().map_err(|e| Error::format(base.path(), e.to_string()))?;
     let mut copy = if base.embedded {
         let extent = Extent {
             access: Access::ReadWrite,
             sectors: base.capacity(),
             kind: ExtentKind::Sparse,
-            file: Some(extent_reference(base.path(), copy_dir, style)?),
+            file: Some(extent_reference(base_at, copy_dir, style)?),
             offset: None,
         };
         let ddb: Vec<(&str, &str)> = base.descriptor.ddb_entries().collect();
         Descriptor::build(cid, NO_PARENT, DiskType::SplitSparse.create_type(), None, &[extent], &ddb)
-            .map_err(|e| Error::format(base.path(), e.to_string()))?
+            .map_err(|e| Error::parse(base.path(), "parent copy", e))?
     } else {
         let mut d = base.descriptor.clone();
+        // The extents as the disk was opened: found under the names they have on disk.
+        let mut files = base.extent_files().into_iter();
         let mut failed = None;
         d.map_extents(|e| {
             // QEMU ignores extents not marked RW; VMware writes RW for snapshot parents too.
             e.access = Access::ReadWrite;
-            if let Some(f) = &e.file {
-                match extent_reference(&resolve(base_dir, f), copy_dir, style) {
+            if e.file.is_some() {
+                let target = files.next().map(|f| moved(&f)).unwrap_or_default();
+                match extent_reference(&target, copy_dir, style) {
                     Ok(r) => e.file = Some(r),
                     Err(err) => failed = Some(err),
                 }
@@ -74,6 +88,8 @@ pub fn parent_copy(base: &Disk, copy_dir: &Path, style: PathStyle) -> Result<Des
     };
     copy.remove_ddb("ddb.uuid");
     copy.set_ddb("ddb.deletable", "false");
+    copy.fit_encoding()
+        .map_err(|e| Error::parse(&copy_dir.join(base_at.file_name().unwrap_or_default()), "parent copy", e))?;
     Ok(copy)
 }
 
@@ -93,6 +109,7 @@ pub fn repoint(copy: &Descriptor, targets: &[PathBuf], from_dir: &Path, style: P
     if missing || references.next().is_some() {
         return Err(Error::format(from_dir, "the parent copy's extents do not match the base's"));
     }
+    new.fit_encoding().map_err(|e| Error::parse(from_dir, "parent copy", e))?;
     Ok(new)
 }
 

@@ -5,9 +5,15 @@
 //! byte-identical, and unknown lines and keys survive edits. Only the lines that are changed are
 //! regenerated, in VMware's own style.
 
+use std::ffi::OsStr;
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use encoding_rs::Encoding;
 
 use crate::error::ParseError;
+use crate::text;
 
 /// `parentCID` of a disk without a parent.
 pub const NO_PARENT: u32 = 0xffff_ffff;
@@ -101,60 +107,75 @@ pub struct Extent {
     pub sectors: u64,
     /// Its type.
     pub kind: ExtentKind,
-    /// As written: relative to the descriptor's folder, or absolute. `None` for `ZERO`.
-    pub file: Option<String>,
+    /// The file's name exactly as the descriptor's bytes hold it (in its encoding): relative
+    /// to the descriptor's folder, or absolute. `None` for `ZERO`. [`Descriptor::name`] gives
+    /// its text and the places it may be.
+    pub file: Option<PathBuf>,
     /// Start of the data in the file, in sectors (`FLAT` only).
     pub offset: Option<u64>,
 }
 
 impl Extent {
-    fn render(&self) -> String {
-        let mut s = format!("{} {} {}", self.access.as_str(), self.sectors, self.kind.as_str());
+    /// The line as bytes in `encoding`, around the file name's own bytes.
+    fn render(&self, encoding: &'static Encoding) -> Vec<u8> {
+        let head = format!("{} {} {}", self.access.as_str(), self.sectors, self.kind.as_str());
+        let mut s = text::encode(&head, encoding).unwrap_or_else(|| head.into_bytes());
         if let Some(file) = &self.file {
-            s.push_str(&format!(" \"{file}\""));
+            s.extend_from_slice(b" \"");
+            s.extend_from_slice(file.as_os_str().as_bytes());
+            s.push(b'"');
         }
         if let Some(offset) = self.offset {
-            s.push_str(&format!(" {offset}"));
+            s.extend_from_slice(format!(" {offset}").as_bytes());
         }
         s
     }
 
-    fn parse(text: &str) -> Result<Option<Extent>, ParseError> {
-        let mut words = text.trim_start().splitn(2, char::is_whitespace);
-        let Some(access) = words.next().and_then(Access::parse) else {
+    /// Parses the bytes of a line. The syntax is ASCII, and `"` and spaces are never part of a
+    /// multi-byte character in the encodings accepted, so the file name's bytes are taken as
+    /// they are.
+    fn parse(raw: &[u8], encoding: &'static Encoding) -> Result<Option<Extent>, ParseError> {
+        let (access, rest) = word(raw.trim_ascii_start());
+        let Some(access) = std::str::from_utf8(access).ok().and_then(Access::parse) else {
             return Ok(None);
         };
-        let rest = words.next().unwrap_or("").trim_start();
-        let (sectors, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-        let sectors: u64 = sectors
-            .parse()
-            .map_err(|_| ParseError::whole(format!("extent size {sectors:?} is not a number of sectors")))?;
-        let rest = rest.trim_start();
-        let (kind, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let (sectors, rest) = word(rest);
+        let sectors: u64 = std::str::from_utf8(sectors).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
+            ParseError::whole(format!("extent size {:?} is not a number of sectors", String::from_utf8_lossy(sectors)))
+        })?;
+        let (kind, rest) = word(rest);
         if kind.is_empty() {
             return Err(ParseError::whole("extent line has no type"));
         }
-        let kind = ExtentKind::parse(kind);
-        let rest = rest.trim();
-        let (file, rest) = if let Some(quoted) = rest.strip_prefix('"') {
-            let end = quoted.find('"').ok_or_else(|| ParseError::whole("extent file name has no closing quote"))?;
-            (Some(quoted[..end].to_string()), quoted[end + 1..].trim())
+        // A whole line decodes, and no multi-byte character holds a space: nor does a word.
+        let kind = ExtentKind::parse(&text::decode(kind, encoding).unwrap_or_default());
+        let rest = rest.trim_ascii();
+        let (file, rest) = if let Some(quoted) = rest.strip_prefix(b"\"") {
+            let end = quoted
+                .iter()
+                .position(|&b| b == b'"')
+                .ok_or_else(|| ParseError::whole("extent file name has no closing quote"))?;
+            (Some(PathBuf::from(OsStr::from_bytes(&quoted[..end]))), quoted[end + 1..].trim_ascii())
         } else {
             (None, rest)
         };
         let offset = if rest.is_empty() {
             None
         } else {
-            Some(
-                rest.parse::<u64>()
-                    .map_err(|_| ParseError::whole(format!("extent offset {rest:?} is not a number")))?,
-            )
+            let o = String::from_utf8_lossy(rest);
+            Some(o.parse::<u64>().map_err(|_| ParseError::whole(format!("extent offset {o:?} is not a number")))?)
         };
         if file.is_none() && kind != ExtentKind::Zero {
             return Err(ParseError::whole(format!("{} extent has no file name", kind.as_str())));
         }
         Ok(Some(Extent { access, sectors, kind, file, offset }))
     }
+}
+
+/// The first word of `b` (up to ASCII whitespace) and the rest after the whitespace.
+fn word(b: &[u8]) -> (&[u8], &[u8]) {
+    let end = b.iter().position(u8::is_ascii_whitespace).unwrap_or(b.len());
+    (&b[..end], b[end..].trim_ascii_start())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,22 +196,35 @@ enum Kind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Line {
-    /// The line's text without its terminator, exactly as read (or as regenerated after an edit).
+    /// The line's bytes without its terminator, exactly as read (or as regenerated after an edit).
+    raw: Vec<u8>,
+    /// The same, decoded.
     text: String,
     /// "\n", "\r\n" or "" (last line without a newline).
     eol: String,
     kind: Kind,
 }
 
-/// A parsed descriptor. `Display`/`to_string` writes it back.
+/// A parsed descriptor. [`Descriptor::to_bytes`] writes it back; `Display` shows its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     lines: Vec<Line>,
+    /// What its bytes are in: `encoding=`, else `ddb.encoding`, else UTF-8.
+    encoding: &'static Encoding,
+    /// Made on Windows, as read (CRLF line ends, a path with a drive letter): `\` in its paths
+    /// separates folders.
+    windows: bool,
 }
 
 fn unquote(v: &str) -> &str {
     let v = v.trim();
     v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v)
+}
+
+/// The value bytes of a `key=value` line, unquoted.
+fn raw_value(raw: &[u8]) -> &[u8] {
+    let v = raw.iter().position(|&b| b == b'=').map_or(&raw[..0], |i| raw[i + 1..].trim_ascii());
+    v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v)
 }
 
 fn parse_hex32(v: &str) -> Option<u32> {
@@ -200,52 +234,98 @@ fn parse_hex32(v: &str) -> Option<u32> {
     u32::from_str_radix(v, 16).ok()
 }
 
+/// The key of a `key = value` line, read from its ASCII.
+fn line_key(raw: &[u8]) -> Option<String> {
+    let t = String::from_utf8_lossy(raw);
+    let t = t.trim();
+    if t.starts_with('#') {
+        return None;
+    }
+    t.split_once('=').map(|(k, _)| k.trim().to_string())
+}
+
+/// The encoding a descriptor's lines declare: `encoding=` in the header, else the older
+/// `ddb.encoding`; `None` when neither is there.
+fn declared_encoding(lines: &[&[u8]]) -> Result<Option<&'static Encoding>, ParseError> {
+    let find =
+        |want: &str| lines.iter().enumerate().find(|(_, l)| line_key(l).is_some_and(|k| k.eq_ignore_ascii_case(want)));
+    let Some((i, line)) = find("encoding").or_else(|| find("ddb.encoding")) else { return Ok(None) };
+    let label = String::from_utf8_lossy(raw_value(line)).into_owned();
+    text::encoding_for_label(&label, i + 1, "encoding=\"UTF-8\"").map(Some)
+}
+
+/// True for a path field that must keep its bytes when the descriptor changes encoding.
+fn is_path_header(key: &str) -> bool {
+    key.eq_ignore_ascii_case("parentFileNameHint")
+}
+
 impl Descriptor {
-    /// Parses descriptor text. Trailing NULs (the padding of an embedded descriptor) are ignored.
+    /// Parses descriptor text, as the bytes of a file. Trailing NULs (the padding of an
+    /// embedded descriptor) are ignored; a NUL inside is an error.
     pub fn parse(text: &str) -> Result<Descriptor, ParseError> {
-        let text = text.trim_end_matches('\0');
-        if text.len() as u64 > MAX_DESCRIPTOR_BYTES {
+        Self::from_bytes(text.trim_end_matches('\0').as_bytes())
+    }
+
+    /// Parses the bytes of a descriptor file or embedded descriptor area. The text ends at the
+    /// first NUL, as for VMware and QEMU: QEMU rewrites an embedded descriptor in place when a
+    /// new CID is shorter (it does not zero-pad CIDs) and leaves stale bytes after the NUL.
+    ///
+    /// The text is decoded by its `encoding=` (or `ddb.encoding`); a label leafd does not know,
+    /// bytes that are not valid in it, or bytes that are not UTF-8 where no encoding is declared,
+    /// are errors naming the line and the fix, never read as something else.
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Descriptor, ParseError> {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Self::from_bytes(&bytes[..end])
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Descriptor, ParseError> {
+        if bytes.len() as u64 > MAX_DESCRIPTOR_BYTES {
             return Err(ParseError::whole("larger than any disk descriptor"));
         }
-        let mut lines = Vec::new();
-        for (i, raw) in text.split_inclusive('\n').enumerate() {
-            let (body, eol) = match raw.strip_suffix("\r\n") {
-                Some(b) => (b, "\r\n"),
-                None => match raw.strip_suffix('\n') {
-                    Some(b) => (b, "\n"),
-                    None => (raw, ""),
-                },
+        let mut raws: Vec<(&[u8], &str)> = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (line, eol, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) if i > 0 && rest[i - 1] == b'\r' => (&rest[..i - 1], "\r\n", &rest[i + 1..]),
+                Some(i) => (&rest[..i], "\n", &rest[i + 1..]),
+                None => (rest, "", &rest[rest.len()..]),
             };
-            if body.contains('\0') {
-                return Err(ParseError { line: i + 1, message: "contains a NUL byte".into() });
-            }
-            let kind = Self::classify(body).map_err(|e| ParseError { line: i + 1, ..e })?;
-            lines.push(Line { text: body.to_string(), eol: eol.to_string(), kind });
+            raws.push((line, eol));
+            rest = next;
         }
-        let d = Descriptor { lines };
+        let declared = declared_encoding(&raws.iter().map(|(l, _)| *l).collect::<Vec<_>>())?;
+        let encoding = declared.unwrap_or(encoding_rs::UTF_8);
+        let mut lines = Vec::new();
+        for (i, (raw, eol)) in raws.into_iter().enumerate() {
+            if raw.contains(&0) {
+                return Err(ParseError::at(i + 1, "contains a NUL byte"));
+            }
+            let text = text::decode(raw, encoding).map_err(|_| match declared {
+                None => text::undeclared(i + 1, "encoding=\"windows-1252\" (after version=1)"),
+                Some(e) => ParseError::at(i + 1, format!("has bytes that are not valid {}", e.name())).with_fix(format!(
+                    "the descriptor says its text is {}, but it is not: correct its encoding= line to the code page it was written in",
+                    e.name()
+                )),
+            })?;
+            let kind = Self::classify(raw, &text, encoding).map_err(|e| ParseError { line: i + 1, ..e })?;
+            lines.push(Line { raw: raw.to_vec(), text, eol: eol.to_string(), kind });
+        }
+        let mut d = Descriptor { lines, encoding, windows: false };
+        d.windows = d.lines.iter().any(|l| l.eol == "\r\n")
+            || d.parent_file_name_hint().is_some_and(text::is_windows_absolute)
+            || d.extents().filter_map(|e| e.file.as_deref()).any(|f| text::is_windows_absolute(&d.text_of(f)));
         if !d.lines.iter().any(|l| matches!(&l.kind, Kind::Header { key } if key == "createType")) {
             return Err(ParseError::whole("no createType: not a disk descriptor"));
         }
         Ok(d)
     }
 
-    /// Parses the bytes of a descriptor file or embedded descriptor area. The text ends at the
-    /// first NUL, as for VMware and QEMU: QEMU rewrites an embedded descriptor in place when a
-    /// new CID is shorter (it does not zero-pad CIDs) and leaves stale bytes after the NUL.
-    pub fn parse_bytes(bytes: &[u8]) -> Result<Descriptor, ParseError> {
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        let text = std::str::from_utf8(&bytes[..end]).map_err(|e| {
-            ParseError::whole(format!("is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
-        })?;
-        Descriptor::parse(text)
-    }
-
-    fn classify(body: &str) -> Result<Kind, ParseError> {
-        let t = body.trim();
+    fn classify(raw: &[u8], text: &str, encoding: &'static Encoding) -> Result<Kind, ParseError> {
+        let t = text.trim();
         if t.is_empty() || t.starts_with('#') {
             return Ok(Kind::Other);
         }
-        if let Some(extent) = Extent::parse(t)? {
+        if let Some(extent) = Extent::parse(raw, encoding)? {
             return Ok(Kind::Extent(extent));
         }
         if let Some((key, value)) = t.split_once('=') {
@@ -260,7 +340,7 @@ impl Descriptor {
         Ok(Kind::Other)
     }
 
-    /// Builds a new descriptor in VMware's layout.
+    /// Builds a new descriptor in VMware's layout, in UTF-8.
     pub fn build(
         cid: u32,
         parent_cid: u32,
@@ -269,27 +349,80 @@ impl Descriptor {
         extents: &[Extent],
         ddb: &[(&str, &str)],
     ) -> Result<Descriptor, ParseError> {
-        let names = parent_hint.into_iter().chain(extents.iter().filter_map(|e| e.file.as_deref()));
-        for name in names.chain(ddb.iter().map(|(_, v)| *v)) {
+        for name in parent_hint.into_iter().chain(ddb.iter().map(|(_, v)| *v)) {
+            check_representable(name)?;
+        }
+        for f in extents.iter().filter_map(|e| e.file.as_deref()) {
+            let name = f.to_str().ok_or_else(|| {
+                ParseError::whole(format!(
+                    "{:?} is not UTF-8, which a new disk descriptor is written in",
+                    f.as_os_str()
+                ))
+            })?;
             check_representable(name)?;
         }
         let mut text = format!(
             "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID={cid:08x}\nparentCID={parent_cid:08x}\n\
              isNativeSnapshot=\"no\"\ncreateType=\"{create_type}\"\n"
-        );
+        )
+        .into_bytes();
         if let Some(hint) = parent_hint {
-            text.push_str(&format!("parentFileNameHint=\"{hint}\"\n"));
+            text.extend_from_slice(format!("parentFileNameHint=\"{hint}\"\n").as_bytes());
         }
-        text.push_str("\n# Extent description\n");
+        text.extend_from_slice(b"\n# Extent description\n");
         for e in extents {
-            text.push_str(&e.render());
-            text.push('\n');
+            text.extend(e.render(encoding_rs::UTF_8));
+            text.push(b'\n');
         }
-        text.push_str("\n# The Disk Data Base\n#DDB\n\n");
+        text.extend_from_slice(b"\n# The Disk Data Base\n#DDB\n\n");
         for (k, v) in ddb {
-            text.push_str(&format!("{k} = \"{v}\"\n"));
+            text.extend_from_slice(format!("{k} = \"{v}\"\n").as_bytes());
         }
-        Descriptor::parse(&text)
+        Descriptor::from_bytes(&text)
+    }
+
+    /// The descriptor as bytes, to write to a file: unchanged lines exactly as read.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in &self.lines {
+            out.extend_from_slice(&l.raw);
+            out.extend_from_slice(l.eol.as_bytes());
+        }
+        out
+    }
+
+    /// The name of the encoding its bytes are in (`UTF-8`, `GBK`...).
+    pub fn encoding_name(&self) -> &'static str {
+        self.encoding.name()
+    }
+
+    /// True when the descriptor was made on Windows (CRLF line ends, or a path with a drive
+    /// letter): then `\` in its paths separates folders.
+    pub fn windows_made(&self) -> bool {
+        self.windows
+    }
+
+    /// The text of a name held as this descriptor's bytes.
+    fn text_of(&self, raw: &Path) -> String {
+        let b = raw.as_os_str().as_bytes();
+        text::decode(b, self.encoding).unwrap_or_else(|_| String::from_utf8_lossy(b).into_owned())
+    }
+
+    /// A file this descriptor names (an extent's [`Extent::file`]), with its text and the
+    /// places it may be ([`text::Name::candidates`]).
+    pub fn name(&self, raw: &Path) -> text::Name {
+        text::Name {
+            text: self.text_of(raw),
+            bytes: Some(raw.as_os_str().as_bytes().to_vec()),
+            encoding: self.encoding,
+            windows: self.windows,
+        }
+    }
+
+    /// The parent this descriptor names, as a [`text::Name`].
+    pub fn parent_name(&self) -> Option<text::Name> {
+        let line = self.header_line("parentFileNameHint")?;
+        Some(self.name(Path::new(OsStr::from_bytes(raw_value(&line.raw)))))
     }
 
     fn header_line(&self, key: &str) -> Option<&Line> {
@@ -301,24 +434,39 @@ impl Descriptor {
         self.header_line(key).and_then(|l| l.text.split_once('=')).map(|(_, v)| unquote(v))
     }
 
+    /// The line ending of lines added to this descriptor: its own.
+    fn eol(&self) -> &'static str {
+        text::dominant_eol(self.lines.iter().map(|l| l.eol.as_str()))
+    }
+
+    /// A new line of `text` (ASCII, or encoded in the descriptor's encoding).
+    fn line(&self, text: String, kind: Kind) -> Line {
+        let raw = text::encode(&text, self.encoding).unwrap_or_else(|| text.clone().into_bytes());
+        Line { raw, text, eol: self.eol().to_string(), kind }
+    }
+
     /// Sets a header key, in place when present, else after the last header line.
     pub fn set_header(&mut self, key: &str, value: &str, quoted: bool) {
         let text = if quoted { format!("{key}=\"{value}\"") } else { format!("{key}={value}") };
+        let kind = Kind::Header { key: key.to_string() };
         if let Some(i) =
             self.lines.iter().position(|l| matches!(&l.kind, Kind::Header { key: k } if k.eq_ignore_ascii_case(key)))
         {
-            self.lines[i].text = text;
+            let eol = std::mem::take(&mut self.lines[i].eol);
+            self.lines[i] = Line { eol, ..self.line(text, kind) };
             return;
         }
         let at = self.lines.iter().rposition(|l| matches!(l.kind, Kind::Header { .. })).map_or(0, |i| i + 1);
-        self.insert(at, Line { text, eol: "\n".into(), kind: Kind::Header { key: key.to_string() } });
+        let line = self.line(text, kind);
+        self.insert(at, line);
     }
 
-    /// Inserts a line, first ending the line before it if that was a last line without newline
-    /// (else the two would be joined).
-    fn insert(&mut self, at: usize, line: Line) {
+    /// Inserts a line. A line added after a last line that had no line ending takes its place as
+    /// the last: a descriptor without a final newline keeps having none.
+    fn insert(&mut self, at: usize, mut line: Line) {
         if at > 0 && self.lines[at - 1].eol.is_empty() {
-            self.lines[at - 1].eol = "\n".into();
+            self.lines[at - 1].eol = self.eol().to_string();
+            line.eol = String::new();
         }
         self.lines.insert(at, line);
     }
@@ -351,7 +499,7 @@ impl Descriptor {
         self.header("createType").unwrap_or("")
     }
 
-    /// Where the parent is, relative to this descriptor's folder or absolute.
+    /// Where the parent is, relative to this descriptor's folder or absolute (its text).
     pub fn parent_file_name_hint(&self) -> Option<&str> {
         self.header("parentFileNameHint")
     }
@@ -370,16 +518,101 @@ impl Descriptor {
     }
 
     /// Edits every extent line with `f` (e.g. to reach the extents from a new folder); only the
-    /// lines `f` changes are regenerated.
+    /// lines `f` changes are regenerated. A new file name is taken as bytes: call
+    /// [`Descriptor::fit_encoding`] before writing the descriptor.
     pub fn map_extents(&mut self, mut f: impl FnMut(&mut Extent)) {
+        let encoding = self.encoding;
         for line in &mut self.lines {
             if let Kind::Extent(e) = &mut line.kind {
                 let before = e.clone();
                 f(e);
                 if *e != before {
-                    line.text = e.render();
+                    line.raw = e.render(encoding);
+                    line.text = text::decode(&line.raw, encoding)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&line.raw).into_owned());
                 }
             }
+        }
+    }
+
+    /// Makes the descriptor writable as it now is, its paths (extent files and parent hint)
+    /// keeping their bytes, which name the files on disk. A non-ASCII path that is UTF-8 needs
+    /// a UTF-8 descriptor (names on a Mac or a UTF-8 Linux, and VMware there opens a file by the
+    /// UTF-8 of its text); one that is not UTF-8 needs the descriptor's own code page. So the
+    /// descriptor keeps its encoding unless a path needs UTF-8; then it is written in UTF-8 and
+    /// its `encoding=` says so. Fails, naming the line, when no one encoding holds every path.
+    pub fn fit_encoding(&mut self) -> Result<(), ParseError> {
+        // Decided by path component: a folder named in UTF-8 beside a file named in a code page
+        // (every byte is valid windows-1252, so the whole path would pass as one) fits neither.
+        let mut utf8: Option<String> = None;
+        let mut legacy: Option<(usize, String)> = None;
+        for (i, l) in self.lines.iter().enumerate() {
+            // An extent type the code page's encoder cannot write back (a vendor extension its
+            // decoder reads) is written in UTF-8.
+            if let Kind::Extent(e) = &l.kind
+                && text::encode(e.kind.as_str(), self.encoding).is_none()
+            {
+                utf8.get_or_insert(e.kind.as_str().to_string());
+            }
+            let path: &[u8] = match &l.kind {
+                Kind::Extent(e) => e.file.as_deref().map_or(&[], |f| f.as_os_str().as_bytes()),
+                Kind::Header { key } if is_path_header(key) => raw_value(&l.raw),
+                _ => continue,
+            };
+            for part in path.split(|&b| b == b'/').filter(|p| !p.is_ascii()) {
+                if let Ok(t) = std::str::from_utf8(part) {
+                    utf8.get_or_insert(t.to_string());
+                } else if let (false, Ok(t)) = (self.encoding == encoding_rs::UTF_8, text::decode(part, self.encoding))
+                {
+                    legacy.get_or_insert((i, t));
+                } else {
+                    return Err(ParseError::at(
+                        i + 1,
+                        format!(
+                            "names {:?}, which is neither UTF-8 nor {}",
+                            String::from_utf8_lossy(part),
+                            self.encoding.name()
+                        ),
+                    )
+                    .with_fix("rename the file to its name in UTF-8"));
+                }
+            }
+        }
+        match (utf8, legacy) {
+            (Some(u), Some((i, l))) => Err(ParseError::at(
+                i + 1,
+                format!(
+                    "would name files in two encodings at once, {u:?} in UTF-8 and {l:?} in {}, which no descriptor can hold",
+                    self.encoding.name()
+                ),
+            )
+            .with_fix("name the files, and the folders on the way to them, all in UTF-8 (or all in the disk's own code page)")),
+            (Some(_), None) if self.encoding != encoding_rs::UTF_8 => {
+                self.switch_to_utf8();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Re-encodes the descriptor in UTF-8 and says so in `encoding=` (and `ddb.encoding`). Paths
+    /// keep their bytes; every other line is the same text in UTF-8.
+    fn switch_to_utf8(&mut self) {
+        let was_declared = self.header_line("encoding").is_some();
+        self.encoding = encoding_rs::UTF_8;
+        for l in &mut self.lines {
+            match &l.kind {
+                Kind::Extent(e) => l.raw = e.render(encoding_rs::UTF_8),
+                Kind::Header { key } if is_path_header(key) => {}
+                _ => l.raw = l.text.clone().into_bytes(),
+            }
+            l.text = String::from_utf8_lossy(&l.raw).into_owned();
+        }
+        if self.ddb("ddb.encoding").is_some() {
+            self.set_ddb("ddb.encoding", "UTF-8");
+        }
+        if was_declared || self.ddb("ddb.encoding").is_some() {
+            self.set_header("encoding", "UTF-8", true);
         }
     }
 
@@ -399,24 +632,46 @@ impl Descriptor {
         })
     }
 
-    /// Sets a DDB key: in place when present, else at the end.
+    /// Sets a DDB key: in place when present; else where it sorts, when the DDB is sorted (as
+    /// current VMware writes it), else at the end.
     pub fn set_ddb(&mut self, key: &str, value: &str) {
         let text = format!("{key} = \"{value}\"");
         let kind = Kind::Ddb { key: key.to_string(), value: value.to_string() };
-        if let Some(line) = self.lines.iter_mut().find(|l| matches!(&l.kind, Kind::Ddb { key: k, .. } if k == key)) {
-            line.text = text;
-            line.kind = kind;
+        if let Some(i) = self.lines.iter().position(|l| matches!(&l.kind, Kind::Ddb { key: k, .. } if k == key)) {
+            let eol = std::mem::take(&mut self.lines[i].eol);
+            self.lines[i] = Line { eol, ..self.line(text, kind) };
             return;
         }
-        self.insert(self.lines.len(), Line { text, eol: "\n".into(), kind });
+        let ddb: Vec<(usize, String)> = self
+            .lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match &l.kind {
+                Kind::Ddb { key, .. } => Some((i, key.to_ascii_lowercase())),
+                _ => None,
+            })
+            .collect();
+        let sorted = ddb.windows(2).all(|w| w[0].1 <= w[1].1);
+        let lower = key.to_ascii_lowercase();
+        let at = match ddb.iter().find(|(_, k)| *k > lower) {
+            Some(&(i, _)) if sorted => i,
+            _ => self.lines.len(),
+        };
+        let line = self.line(text, kind);
+        self.insert(at, line);
     }
 
     /// Removes a DDB key.
     pub fn remove_ddb(&mut self, key: &str) {
+        let no_final_newline = self.lines.last().is_some_and(|l| l.eol.is_empty());
         self.lines.retain(|l| !matches!(&l.kind, Kind::Ddb { key: k, .. } if k == key));
+        if no_final_newline && let Some(last) = self.lines.last_mut() {
+            last.eol.clear();
+        }
     }
 }
 
+/// The descriptor's text, decoded (for showing; write [`Descriptor::to_bytes`]).
 impl fmt::Display for Descriptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for l in &self.lines {
@@ -446,7 +701,7 @@ mod tests {
         assert_eq!(d.create_type(), "twoGbMaxExtentSparse");
         assert_eq!(d.capacity(), 4192256 + 20480);
         let e: Vec<_> = d.extents().collect();
-        assert_eq!(e[0].file.as_deref(), Some("8.10 Core-s001.vmdk"));
+        assert_eq!(e[0].file.as_deref(), Some(Path::new("8.10 Core-s001.vmdk")));
         assert_eq!(e[1].sectors, 20480);
         assert_eq!(d.ddb("ddb.adapterType"), Some("lsilogic"));
     }
@@ -456,7 +711,7 @@ mod tests {
         let mut d = Descriptor::parse(HOWTO).unwrap();
         d.remove_ddb("ddb.uuid");
         d.set_ddb("ddb.deletable", "false");
-        d.map_extents(|e| e.file = e.file.as_ref().map(|f| format!("../8.10 Core/{f}")));
+        d.map_extents(|e| e.file = e.file.as_ref().map(|f| Path::new("../8.10 Core").join(f)));
         let out = d.to_string();
         assert!(out.contains("RW 4192256 SPARSE \"../8.10 Core/8.10 Core-s001.vmdk\"\n"));
         assert!(!out.contains("ddb.uuid"));
@@ -473,7 +728,7 @@ mod tests {
         assert_eq!(d.to_string(), text);
         let e: Vec<_> = d.extents().cloned().collect();
         assert_eq!(e[0].offset, Some(0));
-        assert_eq!(e[0].file.as_deref(), Some("a b-flat.vmdk"));
+        assert_eq!(e[0].file.as_deref(), Some(Path::new("a b-flat.vmdk")));
         assert_eq!(e[1].kind, ExtentKind::Zero);
         assert_eq!(e[1].file, None);
         assert_eq!(d.cid().unwrap(), NEW_DISK_CID);
@@ -495,7 +750,7 @@ mod tests {
     fn set_ddb_after_a_last_line_without_newline() {
         let mut d = Descriptor::parse("createType=\"x\"\nddb.a = \"1\"").unwrap();
         d.set_ddb("ddb.b", "2");
-        assert_eq!(d.to_string(), "createType=\"x\"\nddb.a = \"1\"\nddb.b = \"2\"\n");
+        assert_eq!(d.to_string(), "createType=\"x\"\nddb.a = \"1\"\nddb.b = \"2\"");
     }
 
     #[test]

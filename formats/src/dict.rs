@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use encoding_rs::Encoding;
 
 use crate::error::ParseError;
+use crate::text;
 
 /// A `.vmx` over this size is not a `.vmx` (real ones are a few KiB).
 pub const MAX_DICT_BYTES: u64 = 4 << 20;
@@ -43,23 +44,33 @@ impl Eq for Dict {}
 
 /// Decodes `|XX` escapes; a `|` not followed by two hex digits stays as it is.
 pub fn unescape(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'|'
-            && i + 2 < b.len()
-            && let Some(byte) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
+    unescape_in(v, encoding_rs::UTF_8)
+}
+
+/// Decodes `|XX` escapes of bytes in `encoding` (VMware escapes any byte so, not only `"` and
+/// `|`); a value whose escaped bytes are not valid text there is kept as written.
+fn unescape_in(v: &str, encoding: &'static Encoding) -> String {
+    if !v.contains('|') {
+        return v.to_string();
     }
-    // Escapes of bytes that break UTF-8 are kept as they were rather than lost.
-    String::from_utf8(out).unwrap_or_else(|_| v.to_string())
+    let mut out = Vec::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(i) = rest.find('|') {
+        let (before, at) = rest.split_at(i);
+        out.extend(text::encode(before, encoding).unwrap_or_else(|| before.as_bytes().to_vec()));
+        match at.get(1..3).filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit())) {
+            Some(hex) => {
+                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+                rest = &at[3..];
+            }
+            None => {
+                out.push(b'|');
+                rest = &at[1..];
+            }
+        }
+    }
+    out.extend(text::encode(rest, encoding).unwrap_or_else(|| rest.as_bytes().to_vec()));
+    text::decode(&out, encoding).unwrap_or_else(|_| v.to_string())
 }
 
 /// Escapes a value for writing: `"`, `|` and control characters as `|XX`.
@@ -79,7 +90,8 @@ pub fn escape(v: &str) -> String {
     s
 }
 
-fn parse_line(body: &str) -> Option<(String, String)> {
+/// `(key, raw value)` of an entry line; `None` for comments, blanks and other lines.
+fn split_line(body: &str) -> Option<(&str, &str)> {
     let t = body.trim();
     if t.is_empty() || t.starts_with('#') {
         return None;
@@ -90,24 +102,29 @@ fn parse_line(body: &str) -> Option<(String, String)> {
         return None;
     }
     let value = value.trim();
+    // Values are quoted; a few writers (Packer, appliance scripts) leave some bare.
     let raw = match value.strip_prefix('"') {
         Some(rest) => rest.strip_suffix('"').unwrap_or(rest),
         None => value,
     };
-    Some((key.to_string(), unescape(raw)))
+    Some((key, raw))
 }
 
-/// Finds the `.encoding` a file declares, looking only at ASCII so it works before decoding.
-fn declared_encoding(bytes: &[u8]) -> Option<&'static Encoding> {
-    for line in bytes.split(|&b| b == b'\n').take(50) {
+fn parse_line(body: &str, encoding: &'static Encoding) -> Option<(String, String)> {
+    split_line(body).map(|(k, v)| (k.to_string(), unescape_in(v, encoding)))
+}
+
+/// The `.encoding` a file declares, read from the ASCII of each line, so it works before decoding.
+fn declared_encoding(bytes: &[u8]) -> Result<Option<&'static Encoding>, ParseError> {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = String::from_utf8_lossy(line);
-        if let Some((k, v)) = parse_line(&line)
+        if let Some((k, v)) = split_line(&line)
             && k.eq_ignore_ascii_case(".encoding")
         {
-            return Encoding::for_label(v.as_bytes());
+            return text::encoding_for_label(v, i + 1, ".encoding = \"UTF-8\"").map(Some);
         }
     }
-    None
+    Ok(None)
 }
 
 impl Dict {
@@ -118,7 +135,9 @@ impl Dict {
         d
     }
 
-    /// Parses a dictionary file. Errors say what is wrong; nothing panics on any input.
+    /// Parses a dictionary file, decoded by its `.encoding`. A file in an encoding leafd does
+    /// not know, or not valid UTF-8 without declaring another, is an error naming the line and
+    /// the fix: it is never read as something else. Nothing panics on any input.
     pub fn parse(input: &[u8]) -> Result<Dict, ParseError> {
         let bytes = input;
         if bytes.len() as u64 > MAX_DICT_BYTES {
@@ -131,34 +150,18 @@ impl Dict {
             Some(rest) => (rest, true),
             None => (bytes, false),
         };
-        let encoding = declared_encoding(bytes).unwrap_or(encoding_rs::UTF_8);
-        if encoding == encoding_rs::UTF_16LE
-            || encoding == encoding_rs::UTF_16BE
-            || encoding == encoding_rs::REPLACEMENT
-        {
-            return Err(ParseError::whole(format!(
-                ".encoding \"{}\" cannot be read: VMware files use UTF-8 or a byte-based encoding",
-                encoding.name()
-            )));
-        }
-        let text = if encoding == encoding_rs::UTF_8 {
-            std::str::from_utf8(bytes)
-                .map_err(|e| {
-                    ParseError::whole(format!(
-                        "is not valid UTF-8 (byte {}), yet declares no other .encoding",
-                        e.valid_up_to()
-                    ))
-                })?
-                .to_string()
-        } else {
-            let (text, had_errors) = encoding.decode_without_bom_handling(bytes);
-            if had_errors {
-                return Err(ParseError::whole(format!("has bytes that are not valid {}", encoding.name())));
-            }
-            text.into_owned()
-        };
-        if text.contains('\0') {
-            return Err(ParseError::whole("contains NUL bytes: not a text configuration file"));
+        let declared = declared_encoding(bytes)?;
+        let encoding = declared.unwrap_or(encoding_rs::UTF_8);
+        let text = text::decode(bytes, encoding).map_err(|line| match declared {
+            None => text::undeclared(line, ".encoding = \"windows-1252\""),
+            Some(e) => ParseError::at(line, format!("has bytes that are not valid {}", e.name())).with_fix(format!(
+                "the file says its text is {}, but it is not: correct its .encoding line to the code page it was written in",
+                e.name()
+            )),
+        })?;
+        if let Some(at) = text.find('\0') {
+            let line = 1 + text[..at].matches('\n').count();
+            return Err(ParseError::at(line, "contains NUL bytes: not a text configuration file"));
         }
         let mut lines = Vec::new();
         for raw in text.split_inclusive('\n') {
@@ -166,7 +169,7 @@ impl Dict {
                 Some(b) => (b, "\r\n"),
                 None => raw.strip_suffix('\n').map_or((raw, ""), |b| (b, "\n")),
             };
-            lines.push(Line { text: body.to_string(), eol: eol.to_string(), entry: parse_line(body) });
+            lines.push(Line { text: body.to_string(), eol: eol.to_string(), entry: parse_line(body, encoding) });
         }
         Ok(Dict { lines, encoding, bom, original: Some(input.to_vec()) })
     }
@@ -182,12 +185,30 @@ impl Dict {
             text.push_str(&l.eol);
         }
         let mut out = if self.bom { b"\xef\xbb\xbf".to_vec() } else { Vec::new() };
-        if self.encoding == encoding_rs::UTF_8 {
-            out.extend_from_slice(text.as_bytes());
-        } else {
-            out.extend_from_slice(&self.encoding.encode(&text).0);
-        }
+        // `set` switched to UTF-8 any text the encoding cannot write.
+        out.extend(text::encode(&text, self.encoding).unwrap_or_else(|| text.into_bytes()));
         out
+    }
+
+    /// The name of the encoding the file is read and written in (`UTF-8`, `GBK`...).
+    pub fn encoding_name(&self) -> &'static str {
+        self.encoding.name()
+    }
+
+    /// The line ending lines added to this file get: the file's own.
+    fn eol(&self) -> &'static str {
+        text::dominant_eol(self.lines.iter().map(|l| l.eol.as_str()))
+    }
+
+    /// True when the file was made on Windows (CRLF line ends, or a value that is a Windows
+    /// absolute path): then `\` in its paths separates folders.
+    pub fn windows_made(&self) -> bool {
+        self.lines.iter().any(|l| l.eol == "\r\n") || self.entries().any(|(_, v)| text::is_windows_absolute(v))
+    }
+
+    /// A value of this file as a file name: see [`text::Name::candidates`].
+    pub fn name(&self, value: &str) -> text::Name {
+        text::Name { text: value.to_string(), bytes: None, encoding: self.encoding, windows: self.windows_made() }
     }
 
     /// Switches to UTF-8 without BOM (what leafd writes for new files).
@@ -197,16 +218,28 @@ impl Dict {
         self.bom = false;
         if self.get(".encoding").is_some() {
             self.set(".encoding", "UTF-8");
-        } else {
-            self.lines.insert(
-                0,
-                Line {
-                    text: ".encoding = \"UTF-8\"".into(),
-                    eol: "\n".into(),
-                    entry: Some((".encoding".into(), "UTF-8".into())),
-                },
-            );
+            return;
         }
+        // After a `#!/usr/bin/vmware` line, which must stay first, as VMware writes it.
+        let at = usize::from(self.lines.first().is_some_and(|l| l.text.starts_with("#!")));
+        self.insert(at, ".encoding", "UTF-8");
+    }
+
+    /// Inserts `key = "value"` before line `at`, in the file's line ending. A line added after a
+    /// last line that had none takes its place as the last: a file without a final newline keeps
+    /// having none.
+    fn insert(&mut self, at: usize, key: &str, value: &str) {
+        let eol = self.eol();
+        let mut line = Line {
+            text: format!("{key} = \"{}\"", escape(value)),
+            eol: eol.into(),
+            entry: Some((key.to_string(), value.to_string())),
+        };
+        if at > 0 && at == self.lines.len() && self.lines[at - 1].eol.is_empty() {
+            self.lines[at - 1].eol = eol.into();
+            line.eol = String::new();
+        }
+        self.lines.insert(at, line);
     }
 
     /// The value of `key` (case-insensitive); the last one wins if a file repeats a key.
@@ -222,10 +255,14 @@ impl Dict {
         self.get(key).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
     }
 
-    /// Sets `key`: in place (keeping the key's spelling) when present, else at the end. Any
-    /// duplicates of the key are removed.
+    /// Sets `key`: in place (keeping the key's spelling, `displayname` stays `displayname`) when
+    /// present, else at the end. Any duplicates of the key are removed. A value the file's
+    /// encoding cannot write turns the file into UTF-8 (its `.encoding` says so).
     pub fn set(&mut self, key: &str, value: &str) {
         self.original = None;
+        if text::encode(value, self.encoding).is_none() || text::encode(key, self.encoding).is_none() {
+            self.to_utf8();
+        }
         let mut found = false;
         self.lines.retain_mut(|l| match &l.entry {
             Some((k, _)) if k.eq_ignore_ascii_case(key) => {
@@ -241,31 +278,26 @@ impl Dict {
             _ => true,
         });
         if !found {
-            if let Some(last) = self.lines.last_mut()
-                && last.eol.is_empty()
-            {
-                last.eol = "\n".into();
-            }
-            self.lines.push(Line {
-                text: format!("{key} = \"{}\"", escape(value)),
-                eol: "\n".into(),
-                entry: Some((key.to_string(), value.to_string())),
-            });
+            self.insert(self.lines.len(), key, value);
         }
     }
 
     /// Removes `key` (case-insensitive); returns whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
-        self.original = None;
         let before = self.lines.len();
-        self.lines.retain(|l| !matches!(&l.entry, Some((k, _)) if k.eq_ignore_ascii_case(key)));
+        self.remove_where(|k| k.eq_ignore_ascii_case(key));
         before != self.lines.len()
     }
 
-    /// Removes every key for which `f(key)` is true (keys as spelled in the file).
+    /// Removes every key for which `f(key)` is true (keys as spelled in the file). Removing the
+    /// last line of a file without a final newline leaves the new last line without one.
     pub fn remove_where(&mut self, mut f: impl FnMut(&str) -> bool) {
         self.original = None;
+        let no_final_newline = self.lines.last().is_some_and(|l| l.eol.is_empty());
         self.lines.retain(|l| !matches!(&l.entry, Some((k, _)) if f(k)));
+        if no_final_newline && let Some(last) = self.lines.last_mut() {
+            last.eol.clear();
+        }
     }
 
     /// All entries in file order.
@@ -323,8 +355,9 @@ mod tests {
 
     #[test]
     fn unchanged_files_in_any_encoding_are_written_back_as_read() {
-        // ISO-2022-JP with a redundant escape: decoding and encoding again would drop it.
-        let bytes = b".encoding = \"ISO-2022-JP\"\n\x1b(Ba\n";
+        // Shift_JIS ED 40 (an NEC-selected IBM extension) decodes to the character that encodes
+        // as FA 5C: decoding and encoding again would change it.
+        let bytes = b".encoding = \"Shift_JIS\"\na = \"\xed\x40\"\n";
         let d = Dict::parse(bytes).unwrap();
         assert_eq!(d.to_bytes(), bytes);
         assert!(Dict::parse(b".encoding = \"UTF-16\"\na = \"b\"\n").unwrap_err().message.contains("UTF-16"));

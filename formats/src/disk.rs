@@ -14,6 +14,7 @@ use crate::descriptor::{Access, Descriptor, Extent, ExtentKind, NO_PARENT};
 use crate::env::{self, Env};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::sparse::{self, Grain, SECTOR, SparseExtent};
+use crate::text;
 
 /// Chains deeper than this are refused (also stops a loop of parent hints).
 const MAX_CHAIN_DEPTH: usize = 32;
@@ -69,18 +70,29 @@ impl DiskType {
 pub fn read_descriptor(env: &Arc<dyn Env>, path: &Path) -> Result<(Descriptor, bool)> {
     let mut file = env.open(path, false).at(path, "cannot open disk")?;
     let len = file.metadata().at(path, "cannot stat disk")?.len();
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 512];
     let n = file.read_at(&mut head, 0).at(path, "cannot read disk")?;
-    if n == 4 && &head == sparse::MAGIC {
+    if n >= 4 && &head[..4] == sparse::MAGIC {
+        if n == 512 && sparse::is_compressed(&head) {
+            return Err(unsupported_type(path, "streamOptimized"));
+        }
         let extent = SparseExtent::open(env, path)?;
         let bytes = extent.embedded_descriptor()?.ok_or_else(|| {
             Error::format(path, "sparse extent without an embedded descriptor: open the disk's text descriptor instead")
         })?;
-        let d = Descriptor::parse_bytes(&bytes).map_err(|e| Error::format(path, format!("embedded descriptor {e}")))?;
+        let d = Descriptor::parse_bytes(&bytes).map_err(|e| Error::parse(path, "embedded descriptor", e))?;
         return Ok((d, true));
     }
-    if n == 4 && &head == b"COWD" {
-        return Err(Error::unsupported(path, "ESX (COWD) sparse disk: leafd serves only hosted VMware disks"));
+    if n >= 4 && &head[..4] == b"COWD" {
+        let name = file_name(path);
+        return Err(Error::unsupported(
+            path,
+            "is an ESX sparse disk (COWD, from ESX 2 or an ESX 3-5 snapshot): leafd serves only hosted VMware disks",
+        )
+        .fix(format!(
+            "import it on the ESX host (vmkfstools -i '{name}' -d 2gbsparse '{}-hosted.vmdk') or with VMware Converter, attach the imported disk to the VM, then drop the VM again",
+            stem_of(&name)
+        )));
     }
     if len > crate::descriptor::MAX_DESCRIPTOR_BYTES {
         return Err(Error::format(
@@ -93,14 +105,84 @@ pub fn read_descriptor(env: &Arc<dyn Env>, path: &Path) -> Result<(Descriptor, b
         .take(crate::descriptor::MAX_DESCRIPTOR_BYTES + 1)
         .read_to_end(&mut bytes)
         .at(path, "cannot read descriptor")?;
-    let d = Descriptor::parse_bytes(&bytes).map_err(|e| Error::format(path, format!("descriptor {e}")))?;
+    let d = Descriptor::parse_bytes(&bytes).map_err(|e| Error::parse(path, "descriptor", e))?;
     Ok((d, false))
 }
 
-/// Resolves an extent or parent file named in a descriptor in `dir`.
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn stem_of(name: &str) -> &str {
+    name.strip_suffix(".vmdk").unwrap_or(name)
+}
+
+/// The refusal of a disk type leafd does not serve, with how to turn the disk into one it does.
+fn unsupported_type(path: &Path, create_type: &str) -> Error {
+    let name = file_name(path);
+    let new = format!("{}-hosted.vmdk", stem_of(&name));
+    let convert = format!("vmware-vdiskmanager -r '{name}' -t 0 '{new}'");
+    let attach = "attach the new disk to the VM in place of this one, then drop the VM again";
+    let t = create_type.to_ascii_lowercase();
+    let (what, fix) = if t == "streamoptimized" {
+        (
+            "an exported disk (compressed, from an OVA or OVF), which VMware runs only once imported".to_string(),
+            format!(
+                "convert it to a growable disk: {convert} (or qemu-img convert -O vmdk -o subformat=monolithicSparse '{name}' '{new}'); {attach}"
+            ),
+        )
+    } else if t.contains("rawdevicemap") || t.contains("rdm") || t == "vmfsraw" {
+        (
+            "a raw device mapping: the data is on a LUN of the ESXi host, not in this file".to_string(),
+            format!(
+                "on the host, migrate the RDM to a virtual disk (Storage vMotion, or vmkfstools -i '{name}' -d thin NEW.vmdk), copy that here and convert it with vmware-vdiskmanager -r NEW.vmdk -t 0 '{new}'; {attach}"
+            ),
+        )
+    } else if t == "vmfssparse" || t == "sesparse" {
+        (
+            format!("an ESXi snapshot delta ({create_type})"),
+            format!(
+                "consolidate the VM's snapshots on the host (Snapshots > Delete All), or convert the chain into one disk: {convert}; {attach}"
+            ),
+        )
+    } else if t.starts_with("vmfs") {
+        (
+            format!("an ESXi datastore disk ({create_type})"),
+            format!("convert it: {convert} (or on the host: vmkfstools -i '{name}' -d 2gbsparse '{new}'); {attach}"),
+        )
+    } else if t == "fulldevice" || t == "partitioneddevice" {
+        (
+            "a raw host disk or partition".to_string(),
+            format!("copy it into a virtual disk with VMware (a full clone of the VM), or: {convert}; {attach}"),
+        )
+    } else {
+        (String::new(), format!("convert it to a growable disk with VMware's disk tool: {convert}; {attach}"))
+    };
+    let what = if what.is_empty() { what } else { format!(": {what}") };
+    Error::unsupported(path, format!("disk type \"{create_type}\" is not one leafd serves{what}")).fix(fix)
+}
+
+/// Resolves an extent or parent file named in a descriptor in `dir` (a UTF-8 name; for a name
+/// from a descriptor or `.vmx`, [`find`] tries every place it may be).
 pub fn resolve(dir: &Path, name: &str) -> PathBuf {
-    let p = Path::new(name);
+    resolve_path(dir, Path::new(name))
+}
+
+fn resolve_path(dir: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+}
+
+/// Where the file `name` (written in a file in `dir`) is: the first of its
+/// [candidates](text::Name::candidates) that exists, else the first. `None` for a Windows
+/// absolute path, which names a place on another machine.
+pub fn find(env: &Arc<dyn Env>, dir: &Path, name: &text::Name) -> Option<PathBuf> {
+    if text::is_windows_absolute(&name.text) {
+        return None;
+    }
+    let places: Vec<PathBuf> = name.candidates().iter().map(|c| resolve_path(dir, c)).collect();
+    let found =
+        places.iter().find(|p| !matches!(env.open(p, false), Err(e) if e.kind() == std::io::ErrorKind::NotFound));
+    found.or(places.first()).cloned()
 }
 
 enum Data {
@@ -170,10 +252,19 @@ impl Disk {
         if parent_cid == NO_PARENT || !with_parent {
             return Ok(disk);
         }
-        let hint = disk.descriptor.parent_file_name_hint().ok_or_else(|| {
+        let hint = disk.descriptor.parent_name().ok_or_else(|| {
             Error::format(path, "snapshot disk without parentFileNameHint: its parent cannot be found")
         })?;
-        let parent_path = resolve(path.parent().unwrap_or(Path::new(".")), hint);
+        let Some(parent_path) = find(env, path.parent().unwrap_or(Path::new(".")), &hint) else {
+            return Err(Error::missing(
+                path,
+                format!(
+                    "parent disk {} is missing: that is a path on the Windows machine the disk was made on, outside this folder",
+                    hint.text
+                ),
+            )
+            .fix("copy the parent disk next to this one and point parentFileNameHint at it, or make a full clone of the VM in VMware and use that"));
+        };
         let parent = Self::open_at_depth(env, &parent_path, false, depth + 1, true).map_err(|e| {
             if e.not_found() {
                 Error::missing(path, format!("parent disk {} is missing", parent_path.display()))
@@ -194,16 +285,13 @@ impl Disk {
     fn build(env: &Arc<dyn Env>, path: &Path, descriptor: Descriptor, embedded: bool, writable: bool) -> Result<Disk> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let create_type = descriptor.create_type();
-        let disk_type = DiskType::from_create_type(create_type).ok_or_else(|| {
-            Error::unsupported(path, format!("disk type \"{create_type}\" is not one leafd serves"))
-                .fix("convert it with VMware's disk tool (vmware-vdiskmanager -r ... -t 0) to a growable or preallocated disk")
-        })?;
+        let disk_type = DiskType::from_create_type(create_type).ok_or_else(|| unsupported_type(path, create_type))?;
         descriptor.cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
         descriptor.parent_cid().map_err(|m| Error::format(path, format!("descriptor {m}")))?;
         let mut extents = Vec::new();
         let mut start = 0u64;
         for e in descriptor.extents() {
-            let data = open_extent(env, dir, e, writable, path)?;
+            let data = open_extent(env, dir, &descriptor, e, writable, path)?;
             extents.push(OpenExtent { start, sectors: e.sectors, access: e.access, data });
             start = start.checked_add(e.sectors).ok_or_else(|| Error::format(path, "extent sizes overflow"))?;
         }
@@ -445,8 +533,24 @@ impl Disk {
     }
 }
 
-fn open_extent(env: &Arc<dyn Env>, dir: &Path, e: &Extent, writable: bool, descriptor: &Path) -> Result<Data> {
-    let file_path = || resolve(dir, e.file.as_deref().unwrap_or(""));
+fn open_extent(
+    env: &Arc<dyn Env>,
+    dir: &Path,
+    d: &Descriptor,
+    e: &Extent,
+    writable: bool,
+    descriptor: &Path,
+) -> Result<Data> {
+    let file_path = || -> Result<PathBuf> {
+        let name = d.name(e.file.as_deref().unwrap_or(Path::new("")));
+        find(env, dir, &name).ok_or_else(|| {
+            Error::missing(
+                descriptor,
+                format!("extent {} is missing: that is a path on the Windows machine the disk was made on", name.text),
+            )
+            .fix("copy the extent next to the descriptor and name it there without its drive letter")
+        })
+    };
     let missing = |err: Error, p: &Path| {
         if err.not_found() {
             Error::missing(descriptor, format!("extent {} is missing", p.display()))
@@ -458,7 +562,7 @@ fn open_extent(env: &Arc<dyn Env>, dir: &Path, e: &Extent, writable: bool, descr
     match &e.kind {
         ExtentKind::Zero => Ok(Data::Zero),
         ExtentKind::Sparse => {
-            let p = file_path();
+            let p = file_path()?;
             let s = if writable { SparseExtent::open_writable(env, &p) } else { SparseExtent::open(env, &p) }
                 .map_err(|err| missing(err, &p))?;
             if s.header.capacity != e.sectors {
@@ -470,7 +574,7 @@ fn open_extent(env: &Arc<dyn Env>, dir: &Path, e: &Extent, writable: bool, descr
             Ok(Data::Sparse(Box::new(s)))
         }
         ExtentKind::Flat => {
-            let p = file_path();
+            let p = file_path()?;
             let file = env.open(&p, writable).map_err(|err| missing(Error::io(&p, "cannot open extent", err), &p))?;
             let offset = e.offset.unwrap_or(0);
             let need = offset.saturating_add(e.sectors).saturating_mul(SECTOR);
@@ -563,7 +667,7 @@ pub fn describe(spec: &NewDisk) -> Result<Descriptor> {
             access: Access::ReadWrite,
             sectors,
             kind: kind.clone(),
-            file: Some(name.clone()),
+            file: Some(PathBuf::from(name)),
             offset: if kind == ExtentKind::Flat { Some(0) } else { None },
         })
         .collect();
@@ -612,7 +716,7 @@ pub fn create(env: &Arc<dyn Env>, spec: &NewDisk) -> Result<Vec<PathBuf>> {
             let p = spec.path;
             let f = env.create(p).at(p, "cannot create file")?;
             written.push(p.to_path_buf());
-            env::write_at(env, &f, p, descriptor.to_string().as_bytes(), 0).at(p, "cannot write file")?;
+            env::write_at(env, &f, p, &descriptor.to_bytes(), 0).at(p, "cannot write file")?;
             files.push(f);
             for (name, &sectors) in names.iter().zip(&spec.extents) {
                 let p = dir.join(name);

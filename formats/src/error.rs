@@ -100,11 +100,35 @@ pub struct ParseError {
     pub line: usize,
     /// What is wrong.
     pub message: String,
+    /// Advice, where the text itself is not damaged but cannot be read as it is (an unknown
+    /// encoding, say).
+    pub fix: Option<String>,
 }
 
 impl ParseError {
     /// An error about the whole text.
     pub(crate) fn whole(message: impl Into<String>) -> ParseError {
-        ParseError { line: 0, message: message.into() }
+        ParseError::at(0, message)
+    }
+
+    /// An error about line `line`.
+    pub(crate) fn at(line: usize, message: impl Into<String>) -> ParseError {
+        ParseError { line, message: message.into(), fix: None }
+    }
+
+    /// Adds the advice.
+    pub(crate) fn with_fix(mut self, fix: impl Into<String>) -> ParseError {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+impl Error {
+    /// `e` as the error of the file `path`, its message after `what` ("descriptor"), keeping its
+    /// fix; `Unsupported` when it has one (the text is whole, but not readable as it is).
+    pub(crate) fn parse(path: &Path, what: &str, e: ParseError) -> Error {
+        let kind = if e.fix.is_some() { ErrorKind::Unsupported } else { ErrorKind::Format };
+        let message = if what.is_empty() { e.to_string() } else { format!("{what} {e}") };
+        Error { fix: e.fix, ..Error::new(kind, path, message) }
     }
 }

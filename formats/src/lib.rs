@@ -6,6 +6,7 @@
 //! - [`disk`]: whole disks and snapshot chains, read and written through;
 //! - [`flatten`]: a chain written out as one standalone disk;
 //! - [`dict`]: `key = "value"` files (`.vmx`, `.vmsd`);
+//! - [`text`]: code pages, line endings, and how a name in a file becomes a path;
 //! - [`vmx`]: the VM-level facts leafd needs from them;
 //! - [`ids`]: content IDs and the identity of new disks.
 //!
@@ -21,6 +22,7 @@ mod error;
 pub mod flatten;
 pub mod ids;
 pub mod sparse;
+pub mod text;
 pub mod vmx;
 
 pub use env::{Change, Env, StdEnv, create_new, open_regular};
@@ -29,3 +31,5 @@ pub use error::{Error, ErrorKind, ParseError, Result};
 // A dev-dependency of the integration tests only; the unit tests build with it too.
 #[cfg(test)]
 use proptest as _;
+#[cfg(test)]
+use serde_json as _;

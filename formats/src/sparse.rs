@@ -37,6 +37,12 @@ const MAX_GTES_PER_GT: u32 = 1 << 16;
 /// A 512 TiB disk in VMware's layout has a 64 MiB directory.
 const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
 
+/// True for the header of a compressed extent (streamOptimized: compressed grains, markers).
+pub(crate) fn is_compressed(header: &[u8; 512]) -> bool {
+    let flags = u32_at(header, 8);
+    flags & (FLAG_COMPRESSED | FLAG_MARKERS) != 0 || u16::from_le_bytes([header[77], header[78]]) != 0
+}
+
 /// The 512-byte sparse extent header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -268,9 +274,11 @@ pub fn create_empty(env: &Arc<dyn Env>, path: &Path, capacity: u64, embedded_des
     // Each directory points at its grain tables, which follow it. The tables themselves stay
     // holes: all-zero entries, "unallocated".
     let gt_sectors = GTES_PER_GT as u64 * 4 / SECTOR;
+    // VMware fills every entry of the directory's last sector by the same formula, not only the
+    // first `ngt` (FORMATS.md §2); readers ignore the entries past `ngt`.
     let directory = |dir_offset: u64| -> Vec<u8> {
         let first_gt = dir_offset + layout.gd_sectors;
-        (0..layout.ngt).flat_map(|i| ((first_gt + gt_sectors * i) as u32).to_le_bytes()).collect()
+        (0..layout.gd_sectors * SECTOR / 4).flat_map(|i| ((first_gt + gt_sectors * i) as u32).to_le_bytes()).collect()
     };
     let file = env.create(path).at(path, "cannot create extent")?;
     env::write_at(env, &file, path, &head, 0).at(path, "cannot write extent header")?;

@@ -66,18 +66,43 @@ pub fn disks(vmx: &Dict) -> Vec<DiskEntry> {
     out
 }
 
-/// True for a key that ties a VM to its identity, which a second VM must not share.
+/// True for a key that ties a VM to its identity or to the base's own files: a leaf drops it,
+/// and VMware gives the leaf its own. Decided key by key:
+///
+/// - kept: `guestinfo.*` (user data, such as cloud-init's; a leaf then boots with the base's
+///   cloud-init instance-id), `numa.autosize.cookie` (a cache of the NUMA sizing for this vCPU
+///   count, not an identity), `guestInfo.detailed.data` (what the guest reported of its OS);
+/// - renewed by [`leaf_vmx`]: `vm.createDate`, static `ethernetN.address`, `displayName`,
+///   `nvram`, `extendedConfigFile`, `vmxstats.filename`;
+/// - dropped: the keys below.
 pub fn is_identity_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    if matches!(k.as_str(), "uuid.bios" | "uuid.location" | "vc.uuid" | "sched.swap.derivedname") {
-        return true;
-    }
-    if k.starts_with("vm.genid") || k.starts_with("checkpoint.vmstate") {
-        return true;
-    }
-    k.strip_prefix("ethernet").and_then(|rest| rest.split_once('.')).is_some_and(|(n, field)| {
-        n.bytes().all(|c| c.is_ascii_digit()) && (field == "generatedaddress" || field == "generatedaddressoffset")
-    })
+    let indexed = |prefix: &str, field: &str| {
+        k.strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(n, f)| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) && f == field)
+    };
+    // The VM's UUIDs: `uuid.action = "create"` makes VMware generate new ones.
+    matches!(k.as_str(), "uuid.bios" | "uuid.location" | "vc.uuid")
+        // The VMCI context id, derived from uuid.bios: VMware derives the leaf's.
+        || k == "vmci0.id"
+        // The base's own swap file and migration log, not files of the leaf.
+        || k == "sched.swap.derivedname"
+        || k == "migrate.hostlog"
+        // The generation id Windows reads to notice it was cloned: a leaf is a clone.
+        || k.starts_with("vm.genid")
+        // The base's suspend file (and `.readOnly`, how to resume it): a leaf has none.
+        || k == "checkpoint.vmstate"
+        || k.starts_with("checkpoint.vmstate.")
+        // Generated MACs and SAS addresses, derived from uuid.bios: they must differ per VM.
+        || indexed("ethernet", "generatedaddress")
+        || indexed("ethernet", "generatedaddressoffset")
+        || indexed("scsi", "saswwid")
+        // The NVMe subsystem name the guest sees, unique per VM; VMware makes one when missing.
+        || indexed("nvme", "subnqnuuid")
+        // The virtual TPM's endorsement key and certificate: the base's TPM identity (only in
+        // encrypted VMs, which Make Base refuses; never carried into a leaf).
+        || k.starts_with("vtpm.")
 }
 
 /// A random locally unique static MAC in VMware's manual range 00:50:56:00:00:00–00:50:56:3F:FF:FF.
@@ -97,6 +122,11 @@ pub fn leaf_vmx(base: &Dict, leaf_name: &str, deltas: &[(String, String)]) -> Di
     vmx.set("nvram", &format!("{leaf_name}.nvram"));
     vmx.set("extendedConfigFile", &format!("{leaf_name}.vmxf"));
     vmx.set("vmxstats.filename", &format!("{leaf_name}.scoreboard"));
+    // When the VM was made (ESXi writes it, in microseconds): the leaf is made now.
+    if vmx.get("vm.createDate").is_some() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        vmx.set("vm.createDate", &now.to_string());
+    }
     // A static MAC would clash with the base's other leaves: give each leaf its own.
     let statics: Vec<String> = vmx
         .entries()

@@ -29,5 +29,5 @@ fn fuzz_regressions_are_handled() {
             panic!("{name}: {}", e.downcast_ref::<String>().map_or("(panic)", |s| s.as_str()));
         }
     }
-    assert!(seen >= 9, "fuzz/regressions holds {seen} inputs");
+    assert!(seen >= 11, "fuzz/regressions holds {seen} inputs");
 }

@@ -118,6 +118,38 @@ fn main() {
         b".encoding = \"Shift_JIS\"\ndisplayName = \"\x93\xfa\x96\x7b\"\n",
     );
 
+    // VMware-shaped files in every code page and line ending (tests/fixtures/vmware, issue 14).
+    let fixtures = Path::new("../tests/fixtures/vmware");
+    let fixture = |dir: &str, file: &str| std::fs::read(fixtures.join(dir).join(file)).unwrap();
+    for (dir, stem) in [
+        ("enc-gbk-ws17", "CentOS 7 64 位"),
+        ("enc-big5-ws16", "功能測試 CentOS 7 64 位元"),
+        ("enc-shift_jis-ws17", "ソフト開発 Ubuntu 64 ビット"),
+        ("enc-windows-949-2000-ws17", "테스트 서버 Ubuntu 64비트"),
+        ("enc-windows-1252-ws16", "Büro-PC Windows 10 (Comptabilité)"),
+    ] {
+        write("descriptor", dir, &fixture(dir, &format!("{stem}.vmdk")));
+        write("dict", dir, &fixture(dir, &format!("{stem}.vmx")));
+    }
+    for (name, dir, file) in [
+        ("ddb-encoding-only", "disk-ddb-encoding-only", "Entwicklung Büro.vmdk"),
+        ("trailing-spaces", "disk-trailing-spaces", "fileserver.vmdk"),
+        ("crlf-windows-1252", "ws17-windows-crlf", "Windows 10 x64.vmdk"),
+        ("rdm-version-3", "disk-esxi-rdm", "SQL01_3.vmdk"),
+        ("windows-parent", "vagrant-linked-clone-windows", "disk-cl1.vmdk"),
+    ] {
+        write("descriptor", name, &fixture(dir, file));
+    }
+    for (name, dir, file) in [
+        ("no-final-newline-crlf", "ws16-windows-notepad-no-final-newline", "Ubuntu 64-bit.vmx"),
+        ("shebang-no-encoding", "ws55-no-encoding-blank-lines", "Windows XP Professional.vmx"),
+        ("lower-case-keys", "packer-vagrant-lowercase", "packer-ubuntu-22.04-amd64.vmx"),
+        ("backslash-paths", "ws17-windows-subfolder-backslash", "Dev Box.vmx"),
+        ("vmsd-three-snapshots", "ws17-three-snapshots", "Ubuntu 24.04.vmsd"),
+    ] {
+        write("dict", name, &fixture(dir, file));
+    }
+
     // sparse_header: the 512 header bytes, then the file length as a little-endian u64.
     for (name, capacity, embedded) in [
         ("new-20m-embedded", 40960u64, true),

@@ -50,9 +50,13 @@ pub fn read_small(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads and parses a `.vmx` or `.vmsd`.
+/// Reads and parses a `.vmx` or `.vmsd`. A text leafd cannot read as it is (an encoding it does
+/// not know) is refused with the parser's fix.
 pub fn read_dict(path: &Path) -> Result<Dict> {
-    Dict::parse(&read_small(path)?).map_err(|m| Error::format(path, m))
+    Dict::parse(&read_small(path)?).map_err(|m| match m.fix.clone() {
+        Some(fix) => Error::unsupported(path, m.to_string()).fix(fix),
+        None => Error::format(path, m),
+    })
 }
 
 /// A bundle's name without `.vmwarevm` ("Web.vmwarevm" is "Web").
@@ -112,7 +116,7 @@ pub fn refuse_unsafe_state(vmx_path: &Path, vmx: &Dict, files: &[PathBuf]) -> Re
                 vmx_path,
                 "the VM's virtual TPM is encrypted (VMware encrypts the VM's configuration for it); VMware makes no linked clone of an encrypted VM",
             )
-            .fix("in VMware, remove the Trusted Platform Module and the encryption (VM Settings > Encryption or Access Control), then drop the VM again; a Windows 11 guest may then need its TPM requirement lifted"));
+            .fix("in VMware, remove the encryption and the Trusted Platform Module (VM Settings > Encryption or Access Control), then drop the VM again; a Windows 11 guest may then need its TPM requirement lifted"));
         }
         return Err(Error::refused(vmx_path, "the VM is encrypted")
             .fix("remove the encryption in VMware's settings (VM Settings > Encryption), then drop the VM again"));

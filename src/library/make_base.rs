@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leafd_formats::clone::{PathStyle, check_delta, delta_name, extent_reference, repoint};
+use leafd_formats::clone::{PathStyle, check_delta, delta_name, extent_reference, parent_copy_from, repoint};
 use leafd_formats::descriptor::{Descriptor, NO_PARENT};
-use leafd_formats::disk::{Disk, DiskType, NewDisk, describe, extent_names, read_descriptor, resolve};
+use leafd_formats::dict::Dict;
+use leafd_formats::disk::{self, Disk, DiskType, NewDisk, describe, extent_names, read_descriptor};
 use leafd_formats::flatten::flatten;
 use leafd_formats::sparse::SECTOR;
 use leafd_formats::{Env, ErrorKind, vmx};
@@ -87,6 +88,8 @@ pub struct Plan {
 /// A disk file of the bundle and how it was protected before, to put back on an undo.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskFile {
+    /// Its name's bytes, which need not be UTF-8 (extents named in a legacy code page).
+    #[serde(with = "records::text_or_bytes::path")]
     pub path: PathBuf,
     pub mode: u32,
     pub locked: bool,
@@ -112,12 +115,15 @@ pub struct FromLeaf {
     pub leaf_id: String,
 }
 
-/// A leaf's parent copy (relative to the bundle) as it was, and as it is in the base.
+/// A leaf's parent copy (relative to the bundle) as it was, and as it is in the base: bytes, as a
+/// copy of a descriptor in a legacy code page keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Repointed {
     pub path: PathBuf,
-    pub original: String,
-    pub new: String,
+    #[serde(with = "records::text_or_bytes")]
+    pub original: Vec<u8>,
+    #[serde(with = "records::text_or_bytes")]
+    pub new: Vec<u8>,
 }
 
 impl Plan {
@@ -296,10 +302,12 @@ fn inspect(lib: &Library, bundle: &Path, name: &str, opts: &Options) -> Result<I
         return Err(Error::refused(&vmx_path, "the VM has no hard disk").fix("a base needs a disk to share"));
     }
     let mut found = Found::default();
+    let paths =
+        disk_entries.iter().map(|e| disk_path(bundle, &env, &dict, &vmx_path, e)).collect::<Result<Vec<_>>>()?;
     // The descriptor files seen so far, by identity: `a/../Disk.vmdk` is `Disk.vmdk`.
     let mut seen: Vec<((u64, u64), &vmx::DiskEntry)> = Vec::new();
-    for entry in &disk_entries {
-        let path = resolve(bundle, &entry.file_name);
+    for (entry, path) in disk_entries.iter().zip(&paths) {
+        let path = path.clone();
         if !lexically_inside(&path, bundle) {
             return Err(Error::refused(
                 &vmx_path,
@@ -320,6 +328,14 @@ fn inspect(lib: &Library, bundle: &Path, name: &str, opts: &Options) -> Result<I
                 format!("disk {} is attached twice, as {} and {}{spelled}", first.file_name, first.node, entry.node),
             )
             .fix("remove one of the two in VMware's settings for the VM, then drop it again"));
+        }
+        // Records and leaves name a disk by its path as text.
+        if path.strip_prefix(bundle).unwrap_or(&path).to_str().is_none() {
+            let utf8 = dict.name(&entry.file_name).candidates().pop().unwrap_or_default();
+            return Err(Error::refused(&path, format!("the name of disk {} is not UTF-8", entry.node)).fix(format!(
+                "rename the file to {:?}, its name in UTF-8 (leafd finds the disk under either name), then drop the VM again",
+                utf8.to_string_lossy()
+            )));
         }
         found.disk(bundle, &env, &path, &entry.node, origin.as_ref(), lib, name, opts)?;
         seen.extend(id.map(|id| (id, entry)));
@@ -405,6 +421,7 @@ impl Found {
         }
         let planned = Planned {
             rel: &rel,
+            opened: Some(&disk),
             extent_files: disk.extent_files(),
             descriptor: &disk.descriptor,
             disk_type: disk.disk_type,
@@ -418,7 +435,7 @@ impl Found {
                     .fix("keep all of a disk's files inside the VM bundle"));
             };
             let size = fs::metadata(&f).at(&f, "cannot stat extent")?.len();
-            extents.push(ExtentRecord { index, file: r.to_string_lossy().into(), sectors, size });
+            extents.push(ExtentRecord { index, file: r.clone(), sectors, size });
             self.disk_files.push(r);
         }
         if !disk.embedded {
@@ -442,6 +459,8 @@ impl Found {
 struct Planned<'a> {
     /// Its descriptor, relative to the bundle.
     rel: &'a Path,
+    /// The disk when it is there already (not one a chain is still to be flattened into).
+    opened: Option<&'a Disk>,
     /// Its extent files, in the bundle.
     extent_files: Vec<PathBuf>,
     descriptor: &'a Descriptor,
@@ -463,18 +482,31 @@ fn check_leaves_can_be_made(
     let leaf_dir = lib.leaf_path("leaf").join(disk.rel).parent().map(Path::to_path_buf).unwrap_or_default();
     // The leaf is not there yet: the refusal names the disk in the bundle.
     let refused = |e: leafd_formats::Error| {
-        Error::refused(at, format!("no leaf of this disk could be made: {}", e.message)).fix(
-            "give the disk's files (and folders) shorter names without quotes or control characters: rename the disk in VMware, or with `vmware-vdiskmanager -n OLD.vmdk NEW.vmdk` and the VM's .vmx pointed at NEW.vmdk; then drop the VM again",
-        )
+        // What the formats crate says is wrong with the names (two encodings at once...) first.
+        let general = "give the disk's files (and folders) shorter names without quotes or control characters: rename the disk in VMware, or with `vmware-vdiskmanager -n OLD.vmdk NEW.vmdk` and the VM's .vmx pointed at NEW.vmdk; the base's folder takes the VM bundle's name, so renaming the bundle (or passing --name) changes it; then drop the VM again";
+        let fix = e.fix.map_or_else(|| general.to_string(), |f| format!("{f}; or {general}"));
+        Error::refused(at, format!("no leaf of this disk could be made: {}", e.message)).fix(fix)
     };
-    for f in &disk.extent_files {
-        let at_base = store.join(f.strip_prefix(bundle).unwrap_or(f));
-        extent_reference(&at_base, &leaf_dir, style).map_err(refused)?;
-    }
+    // A disk that is there already: the very copy New Leaf will write (its names in the base's
+    // code page, or in UTF-8 where they cannot be); one still to be written: its names.
+    let copy = match disk.opened {
+        Some(opened) => {
+            let at_base = store.join(opened.path().strip_prefix(bundle).unwrap_or(opened.path()));
+            Some(parent_copy_from(opened, &at_base, &leaf_dir, style).map_err(refused)?)
+        }
+        None => {
+            for f in &disk.extent_files {
+                let at_base = store.join(f.strip_prefix(bundle).unwrap_or(f));
+                extent_reference(&at_base, &leaf_dir, style).map_err(refused)?;
+            }
+            None
+        }
+    };
     // The delta depends on the parent copy only through its CID and extent sizes, which are
     // the base disk's own.
     let file_name = disk.rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
-    check_delta(&leaf_dir.join(delta_name(file_name)), file_name, disk.descriptor, disk.disk_type).map_err(refused)
+    let parent = copy.as_ref().unwrap_or(disk.descriptor);
+    check_delta(&leaf_dir.join(delta_name(file_name)), file_name, parent, disk.disk_type).map_err(refused)
 }
 
 /// [`check_leaves_can_be_made`] for the disk a chain is flattened into: its own files first.
@@ -499,7 +531,7 @@ fn check_flattened_leaves_can_be_made(
     })?;
     let files = if disk_type.is_split() { &f.files[1..] } else { &f.files[..] };
     let extent_files = files.iter().map(|r| bundle.join(r)).collect();
-    let planned = Planned { rel: &f.target, extent_files, descriptor: &descriptor, disk_type };
+    let planned = Planned { rel: &f.target, opened: None, extent_files, descriptor: &descriptor, disk_type };
     check_leaves_can_be_made(lib, name, bundle, &at, planned, style)
 }
 
@@ -559,6 +591,22 @@ fn refuse_open_for_writing(entries: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Where disk `entry` of the `.vmx` is: under the bytes of its name in the `.vmx`'s code page,
+/// else under its name in UTF-8 (a bundle copied from Windows); `\` separates folders in a
+/// `.vmx` made on Windows.
+fn disk_path(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path, entry: &vmx::DiskEntry) -> Result<PathBuf> {
+    disk::find(env, bundle, &dict.name(&entry.file_name)).ok_or_else(|| {
+        Error::refused(
+            vmx,
+            format!(
+                "disk {} ({}) is on a drive of the Windows machine the VM was made on, outside the bundle",
+                entry.node, entry.file_name
+            ),
+        )
+        .fix("move the disk into the VM bundle (VMware can do it), then drop the VM again")
+    })
+}
+
 /// Plans the new disk a snapshot chain becomes: `<top>-base.vmdk`, split like the top.
 fn plan_flatten(bundle: &Path, top: &Path, node: &str, chain: &Disk, index: usize) -> Result<(DiskRecord, Flatten)> {
     let target = flattened_name(top);
@@ -608,11 +656,7 @@ fn repoint_parent_copies(
         let final_dir = final_dir.parent().unwrap_or(&lib.bases_dir()).to_path_buf();
         let new = repoint(&copy, &base_disk.extent_files(), &final_dir, opts.path_style)?;
         if new != copy {
-            out.push(Repointed {
-                path: PathBuf::from(&d.parent_copy),
-                original: copy.to_string(),
-                new: new.to_string(),
-            });
+            out.push(Repointed { path: PathBuf::from(&d.parent_copy), original: copy.to_bytes(), new: new.to_bytes() });
         }
     }
     Ok(out)
@@ -678,7 +722,7 @@ fn complete_record(plan: &Plan, staging: &Path, env: &Arc<dyn Env>) -> Result<Ba
         for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
             let Some(file) = file else { continue };
             let size = fs::metadata(&file).at(&file, "cannot stat")?.len();
-            let rel = file.strip_prefix(staging).unwrap_or(&file).to_string_lossy().into_owned();
+            let rel = file.strip_prefix(staging).unwrap_or(&file).to_path_buf();
             d.extents.push(ExtentRecord { index, file: rel, sectors, size });
         }
     }
@@ -809,7 +853,7 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
     durable::rename_noreplace(&staging.join(&plan.vmx), &staging.join(&plan.record.vmx))?;
     step("vmx-renamed");
     for r in &plan.repointed {
-        durable::write_atomic(&staging.join(&r.path), r.new.as_bytes())?;
+        durable::write_atomic(&staging.join(&r.path), &r.new)?;
     }
     let record = complete_record(plan, &staging, &opts.env())?;
     records::write_base(&staging, &record)?;
@@ -1030,8 +1074,8 @@ fn roll_back(ctx: &Ctx, plan: &Plan) -> Result<()> {
     }
     for r in &plan.repointed {
         let p = staging.join(&r.path);
-        if fs::read(&p).is_ok_and(|now| now != r.original.as_bytes()) {
-            durable::write_atomic(&p, r.original.as_bytes())?;
+        if fs::read(&p).is_ok_and(|now| now != r.original) {
+            durable::write_atomic(&p, &r.original)?;
         }
     }
     records::remove_base(&staging)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use leafd_formats::clone::{create_delta, delta_name, parent_copy};
 use leafd_formats::dict::Dict;
-use leafd_formats::disk::{Disk, resolve};
+use leafd_formats::disk::{self, Disk, resolve};
 use leafd_formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use serde::{Deserialize, Serialize};
 
@@ -264,7 +264,7 @@ fn build_files(
         let final_dir =
             places.target.join(&rel).parent().map(Path::to_path_buf).unwrap_or_else(|| places.target.clone());
         let copy = parent_copy(disk, &final_dir, opts.path_style)?;
-        durable::write_new(&copy_path, copy.to_string().as_bytes())?;
+        durable::write_new(&copy_path, &copy.to_bytes())?;
         let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk").to_string();
         let delta_rel = rel.with_file_name(delta_name(&file_name));
         disks.push((d.node.clone(), rel, delta_rel, copy, file_name, disk.disk_type));
@@ -353,7 +353,8 @@ fn build_files(
 fn copy_nvram(base_vmx: &Dict, base: &Base, staging: &Path, name: &str, opts: &Options) -> Result<()> {
     let stem = base.record.vmx.trim_end_matches(super::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
     let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
-    let from = resolve(&base.dir, &nvram);
+    // Named like the disks: in the .vmx's code page, or in UTF-8 after a copy from Windows.
+    let Some(from) = disk::find(&opts.env(), &base.dir, &base_vmx.name(&nvram)) else { return Ok(()) };
     if from.is_file() {
         durable::copy_file(&from, &staging.join(format!("{name}.nvram")), &opts.cancel)?;
     }

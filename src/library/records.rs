@@ -40,6 +40,50 @@ fn format2() -> u32 {
     FORMAT
 }
 
+/// Bytes in JSON: a string when they are UTF-8 (every record written so far), else an array of
+/// numbers, so that no file name is lost whatever its bytes.
+pub mod text_or_bytes {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(b) {
+            Ok(t) => s.serialize_str(t),
+            Err(_) => s.collect_seq(b),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(match Either::deserialize(d)? {
+            Either::Text(t) => t.into_bytes(),
+            Either::Bytes(b) => b,
+        })
+    }
+
+    /// The same for a path.
+    pub mod path {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(p.as_os_str().as_bytes(), s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+            super::deserialize(d).map(|b| PathBuf::from(OsString::from_vec(b)))
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseRecord {
     #[serde(default = "format2")]
@@ -76,8 +120,10 @@ pub struct DiskRecord {
 pub struct ExtentRecord {
     /// Place among the disk's extents, `ZERO` ones included.
     pub index: usize,
-    /// The extent file, relative to the base store.
-    pub file: String,
+    /// The extent file, relative to the base store: its name's bytes, which need not be UTF-8
+    /// (a descriptor in a legacy code page names its extents in it).
+    #[serde(with = "text_or_bytes::path")]
+    pub file: PathBuf,
     pub sectors: u64,
     /// File size in bytes when the base was made: a shorter file was truncated.
     pub size: u64,
@@ -496,7 +542,12 @@ fn read_v1_base(store: &Path, raw: &[u8]) -> Result<BaseRecord> {
             extents: extents
                 .iter()
                 .filter(|e| e.disk == d.descriptor)
-                .map(|e| ExtentRecord { index: e.index, file: e.file.clone(), sectors: e.sectors, size: e.size })
+                .map(|e| ExtentRecord {
+                    index: e.index,
+                    file: PathBuf::from(&e.file),
+                    sectors: e.sectors,
+                    size: e.size,
+                })
                 .collect(),
             node: d.node,
             descriptor: d.descriptor,

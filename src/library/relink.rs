@@ -148,7 +148,8 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
         }
         let from = path.parent().unwrap_or(&leaf.dir);
         let new = repoint(copy, &base_disk.extent_files(), from, style)?;
-        plans.push((path.clone(), copy.to_string(), new.to_string()));
+        // As bytes: a copy of a descriptor in a legacy code page keeps it.
+        plans.push((path.clone(), copy.to_bytes(), new.to_bytes()));
     }
     // Not journaled: from here on a failure puts back what was changed, so the leaf is as it was
     // or relinked, never half of each.
@@ -157,7 +158,7 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
     let relinked = (|| {
         for (path, _, text) in &plans {
             changed.push(Changed::file(path)?);
-            durable::write_atomic(path, text.as_bytes())?;
+            durable::write_atomic(path, text)?;
         }
         // Every chain must open now, or the old parent copies go back.
         for d in &leaf.record.disks {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use leafd_formats::Env;
 use leafd_formats::descriptor::NO_PARENT;
-use leafd_formats::disk::{Disk, read_descriptor, resolve};
+use leafd_formats::disk::{self, Disk, read_descriptor, resolve};
 use leafd_formats::{ErrorKind, vmx};
 use serde::Serialize;
 
@@ -180,7 +180,9 @@ fn rebuild_base(env: &Arc<dyn Env>, dir: &Path, leaves: &[Leaf]) -> Result<Base>
     let mut disks = Vec::new();
     let mut id = None;
     for entry in vmx::disks(&dict) {
-        let mut path = resolve(dir, &entry.file_name);
+        // Found as Make Base found it: through the .vmx's code page and Windows separators.
+        let mut path =
+            disk::find(env, dir, &dict.name(&entry.file_name)).unwrap_or_else(|| resolve(dir, &entry.file_name));
         // The .vmx of a base made from a snapshot chain still names the chain (it is kept as it
         // was); the base's disk is the flattened one beside it.
         if read_descriptor(env, &path).is_ok_and(|(d, _)| d.parent_cid().is_ok_and(|p| p != NO_PARENT)) {
@@ -226,7 +228,7 @@ fn extents_now(dir: &Path, disk: &Disk) -> Result<Vec<ExtentRecord>> {
     for (index, (sectors, file)) in disk.extent_layout().into_iter().enumerate() {
         let Some(file) = file else { continue };
         let size = fs::metadata(&file).map_err(|e| Error::io(&file, "cannot stat", e))?.len();
-        let rel = file.strip_prefix(dir).unwrap_or(&file).to_string_lossy().into_owned();
+        let rel = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
         out.push(ExtentRecord { index, file: rel, sectors, size });
     }
     Ok(out)

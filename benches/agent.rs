@@ -143,7 +143,7 @@ fn make_base_latency(root: &Path, settle: Duration, runs: usize) -> Vec<Duration
         runs,
         |i| {
             let disk = leafd_formats::disk::DiskType::MonolithicSparse;
-            leafd::sample::SampleVm::single(&format!("VM {i}"), disk, 1 << 20).build(&outside).unwrap();
+            leafd::testing::sample::SampleVm::single(&format!("VM {i}"), disk, 1 << 20).build(&outside).unwrap();
         },
         |i| {
             let name = format!("VM {i}");

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use common::*;
 use leafd::library::Options;
-use leafd::sample::{Pattern, SampleVm};
+use leafd::testing::sample::{Pattern, SampleVm};
 use leafd_formats::clone::{PathStyle, create_delta, parent_copy};
 use leafd_formats::disk::{Disk, DiskType};
 

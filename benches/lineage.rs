@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use common::*;
 use leafd::library::Options;
-use leafd::sample::{Pattern, SampleVm};
+use leafd::testing::sample::{Pattern, SampleVm};
 use leafd_formats::disk::{Disk, DiskType};
 use leafd_formats::flatten::flatten;
 

@@ -9,10 +9,8 @@ use leafd_formats::clone::PathStyle;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::library::{
-    Library, Options, SnapshotBackend, forget, journal, make_base, new_leaf, promote, recovery, relink, remove_base,
-    status, verify,
-};
+use crate::library::ops::{forget, make_base, new_leaf, promote, relink, remove_base, status, verify};
+use crate::library::{Library, Options, SnapshotBackend, journal, recovery};
 use crate::{agent, demo, logging, platform, service};
 
 #[derive(Parser)]

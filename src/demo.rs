@@ -11,9 +11,10 @@ use leafd_formats::disk::{Disk, DiskType};
 
 use crate::child;
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::library::ops::{status, verify};
 use crate::library::records;
-use crate::library::{Library, Options, status, verify};
-use crate::sample::SampleVm;
+use crate::library::{Library, Options};
+use crate::testing::sample::SampleVm;
 
 const SETTLE_SECS: &str = "1";
 const WAIT: Duration = Duration::from_secs(30);

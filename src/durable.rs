@@ -12,7 +12,7 @@
 //!
 //! With `LEAFD_IO_TRACE=FILE` each call appends one JSON line (its number, the operation, the
 //! path, device and inode) for the ordering tests; with `LEAFD_FAULT=io:N` the Nth call after
-//! [`arm`] fails with `EIO` (see [`crate::fault`]).
+//! [`arm`] fails with `EIO` (see [`crate::testing::fault`]).
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -25,8 +25,8 @@ use std::sync::{Mutex, OnceLock};
 use serde_json::{Value, json};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fault;
 use crate::platform;
+use crate::testing::fault;
 
 pub use crate::platform::Flush;
 

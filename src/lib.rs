@@ -12,13 +12,12 @@ pub mod config;
 pub mod demo;
 pub mod durable;
 pub mod error;
-pub mod fault;
 pub mod formats_env;
 pub mod fsutil;
 pub mod library;
 pub mod logging;
 pub mod platform;
-pub mod sample;
 pub mod service;
+pub mod testing;
 
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
 //! Crash safety: every step of both operations is interrupted with SIGKILL (the fault injection
-//! in `leafd::fault`), then recovery runs; the library must hold either the untouched source or
+//! in `leafd::testing::fault`), then recovery runs; the library must hold either the untouched source or
 //! the complete result, nothing lost, nothing duplicated, no staging left, the base unchanged.
 
 mod common;
@@ -7,8 +7,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use leafd::library::{make_base, new_leaf};
-use leafd::sample::{SampleDisk, SampleVm};
+use leafd::library::ops::{make_base, new_leaf};
+use leafd::testing::sample::{SampleDisk, SampleVm};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;

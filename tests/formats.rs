@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use leafd::sample::{Pattern, SampleDisk, SampleVm, standard_patterns};
+use leafd::testing::sample::{Pattern, SampleDisk, SampleVm, standard_patterns};
 use leafd_formats::clone::{PathStyle, create_delta, delta_name, parent_copy};
 use leafd_formats::descriptor::Descriptor;
 use leafd_formats::disk::{Disk, DiskType};
@@ -353,6 +353,6 @@ fn a_one_gib_vmx_is_refused_without_being_read() {
     let f = std::fs::File::create(&v).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b".encoding = \"UTF-8\"\n", 0).unwrap();
     f.set_len(1 << 30).unwrap();
-    let err = leafd::library::common::read_small(&v).unwrap_err().to_string();
+    let err = leafd::library::ops::common::read_small(&v).unwrap_err().to_string();
     assert!(err.contains("huge.vmx") && err.contains("too large"), "{err}");
 }

@@ -13,7 +13,8 @@ use std::thread::JoinHandle;
 use super::Msg;
 use super::items::{Request, requested_name};
 use crate::error::{Error, Kind};
-use crate::library::{Library, Options, make_base, new_leaf, recovery};
+use crate::library::ops::{make_base, new_leaf};
+use crate::library::{Library, Options, recovery};
 
 /// Jobs running at once, at most.
 pub const PARALLEL: usize = 4;

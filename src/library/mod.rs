@@ -13,18 +13,10 @@
 //! [`journal`] for how an interrupted one is finished or undone, and [`records`] for the lineage
 //! records kept in every base store and leaf.
 
-pub mod common;
-pub mod forget;
 pub mod journal;
-pub mod make_base;
-pub mod new_leaf;
-pub mod promote;
+pub mod ops;
 pub mod records;
 pub mod recovery;
-pub mod relink;
-pub mod remove_base;
-pub mod status;
-pub mod verify;
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
@@ -394,11 +386,11 @@ impl Library {
         let dir = if arg.is_dir() {
             arg.to_path_buf()
         } else if let Some(l) =
-            self.leaves()?.into_iter().find(|l| same_name(&l.record.name, common::bundle_stem(&name)))
+            self.leaves()?.into_iter().find(|l| same_name(&l.record.name, ops::common::bundle_stem(&name)))
         {
             return Ok(l);
         } else {
-            self.leaf_path(common::bundle_stem(&name))
+            self.leaf_path(ops::common::bundle_stem(&name))
         };
         let dir = dir.canonicalize().map_err(|e| {
             Error::io(&dir, "no leaf here", e).fix("give the leaf's path, or the name of a leaf in the library")

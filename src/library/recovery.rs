@@ -11,8 +11,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::journal::{self, Claimed, Ctx, LPath};
+use super::ops::{make_base, new_leaf, promote, remove_base};
 use super::records::{BaseRecord, DiskRecord, FORMAT, LeafRef};
-use super::{Library, Options, make_base, new_leaf, promote, remove_base};
+use super::{Library, Options};
 use crate::error::{Error, Kind, Result};
 
 /// What recovery did with one interrupted operation.

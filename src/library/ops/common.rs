@@ -10,8 +10,8 @@ use std::time::Duration;
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::Disk;
 
-use super::BUNDLE_EXT;
 use crate::error::{Error, IoContext, Result};
+use crate::library::BUNDLE_EXT;
 
 /// `40.0 GiB`, `512 KiB`, `12 B`.
 pub fn human_bytes(n: u64) -> String {

@@ -15,14 +15,15 @@ use leafd_formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use super::common::{cid_hex, disk_cid, human_bytes, human_duration, read_dict};
-use super::journal::{self, Ctx, Journal, LPath};
-use super::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
-use super::{Base, Library, Options, SnapshotBackend, validate_name};
+use crate::child;
 use crate::durable::{self, Flush};
 use crate::error::{Error, Kind, Result};
 use crate::fsutil;
+use crate::library::journal::{self, Ctx, Journal, LPath};
+use crate::library::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
+use crate::library::{Base, Library, Options, SnapshotBackend, validate_name};
 use crate::platform::{self, Tag};
-use crate::{child, fault};
+use crate::testing::fault;
 
 pub const OP: &str = "new-leaf";
 
@@ -351,7 +352,7 @@ fn build_files(
 
 /// Copies the base's `.nvram` (EFI boot entries) under the leaf's name, when the base has one.
 fn copy_nvram(base_vmx: &Dict, base: &Base, staging: &Path, name: &str, opts: &Options) -> Result<()> {
-    let stem = base.record.vmx.trim_end_matches(super::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
+    let stem = base.record.vmx.trim_end_matches(crate::library::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
     let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
     let from = resolve(&base.dir, &nvram);
     if from.is_file() {

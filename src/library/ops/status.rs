@@ -7,9 +7,9 @@ use leafd_formats::disk::Disk;
 use serde::Serialize;
 
 use super::common::{human_bytes, own_bytes};
-use super::{Library, NOTE_SUFFIX, Options, journal, note_path};
 use crate::error::Result;
 use crate::fsutil;
+use crate::library::{Library, NOTE_SUFFIX, Options, journal, note_path};
 
 #[derive(Debug, Serialize)]
 pub struct Status {

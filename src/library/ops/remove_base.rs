@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::common::human_bytes;
-use super::journal::{self, Ctx, Journal};
-use super::records::Listed;
-use super::{Library, validate_name};
 use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Result};
-use crate::fault;
 use crate::fsutil;
+use crate::library::journal::{self, Ctx, Journal};
+use crate::library::records::Listed;
+use crate::library::{Library, validate_name};
 use crate::platform;
+use crate::testing::fault;
 
 pub const OP: &str = "remove-base";
 
@@ -196,7 +196,7 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
 pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let places = Places::of(ctx.lib, plan)?;
     if !places.hidden.exists() {
-        let still_there = super::base_at(&places.dir, &plan.id).unwrap_or(false);
+        let still_there = crate::library::base_at(&places.dir, &plan.id).unwrap_or(false);
         if still_there {
             journal::unstamp(&places.dir, &ctx.id)?;
             return Ok(format!(

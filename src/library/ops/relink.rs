@@ -10,11 +10,11 @@ use leafd_formats::descriptor::Descriptor;
 use leafd_formats::disk::{Disk, read_descriptor};
 
 use super::common::{extent_keys, read_dict};
-use super::records;
-use super::{Base, Leaf, Library, Options};
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::library::records;
+use crate::library::{Base, Leaf, Library, Options};
 
 /// What relink did.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> 
             .fix("move every base but the original out of Bases, relink, then put them back"));
         }
     }
-    let named = bases.iter().find(|b| super::same_name(&b.record.name, &leaf.record.base_name));
+    let named = bases.iter().find(|b| crate::library::same_name(&b.record.name, &leaf.record.base_name));
     Err(match named {
         Some(b) => Error::refused(
             &b.dir,

@@ -17,10 +17,10 @@ use leafd_formats::{ErrorKind, vmx};
 use serde::Serialize;
 
 use super::common::{cid_hex, disk_cid, extent_keys, flattened_name, read_dict};
-use super::records::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, Listed};
-use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, journal, same_name};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::library::records::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, Listed};
+use crate::library::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, journal, same_name};
 use crate::platform;
 
 #[derive(Debug, Clone, Serialize)]

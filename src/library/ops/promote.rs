@@ -14,14 +14,14 @@ use leafd_formats::flatten::flatten;
 use serde::{Deserialize, Serialize};
 
 use super::common::{free_space, human_bytes, human_duration, read_dict, refuse_unsafe_state};
-use super::journal::{self, Ctx, Journal, LPath};
-use super::records::{self, LeafRecord};
-use super::{Leaf, Library, Options};
 use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::fault;
 use crate::fsutil;
+use crate::library::journal::{self, Ctx, Journal, LPath};
+use crate::library::records::{self, LeafRecord};
+use crate::library::{Leaf, Library, Options};
 use crate::platform::Tag;
+use crate::testing::fault;
 
 pub const OP: &str = "promote";
 

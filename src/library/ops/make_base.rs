@@ -25,14 +25,14 @@ use leafd_formats::{Env, ErrorKind, vmx};
 use serde::{Deserialize, Serialize};
 
 use super::common::{self, cid_hex, disk_cid, flattened_name, human_bytes, human_duration, plain_entries, read_dict};
-use super::journal::{self, Ctx, Journal, LPath};
-use super::records::{self, BaseRecord, DiskRecord, ExtentRecord};
-use super::{BASE_VMX_SUFFIX, Base, Library, Options, validate_name};
 use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::fault;
 use crate::fsutil;
+use crate::library::journal::{self, Ctx, Journal, LPath};
+use crate::library::records::{self, BaseRecord, DiskRecord, ExtentRecord};
+use crate::library::{BASE_VMX_SUFFIX, Base, Library, Options, validate_name};
 use crate::platform::{self, Tag};
+use crate::testing::fault;
 
 pub const OP: &str = "make-base";
 
@@ -1057,7 +1057,7 @@ fn roll_back(ctx: &Ctx, plan: &Plan) -> Result<()> {
 
 /// Whether the base is in place (the publish rename happened).
 fn published(lib: &Library, plan: &Plan) -> bool {
-    plan.target(lib).is_ok_and(|t| super::base_at(&t, &plan.id).unwrap_or(false))
+    plan.target(lib).is_ok_and(|t| crate::library::base_at(&t, &plan.id).unwrap_or(false))
 }
 
 /// Finishes or undoes a Make Base that was interrupted.
@@ -1120,7 +1120,7 @@ pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::{SampleDisk, SampleVm};
+    use crate::testing::sample::{SampleDisk, SampleVm};
     use std::io::Write;
 
     #[test]

@@ -143,7 +143,7 @@ fn make_base_latency(root: &Path, settle: Duration, runs: usize) -> Vec<Duration
         runs,
         |i| {
             let disk = leafd_formats::disk::DiskType::MonolithicSparse;
-            leafd::testing::sample::SampleVm::single(&format!("VM {i}"), disk, 1 << 20).build(&outside).unwrap();
+            leafd::testing::SampleVm::single(&format!("VM {i}"), disk, 1 << 20).build(&outside).unwrap();
         },
         |i| {
             let name = format!("VM {i}");
@@ -163,7 +163,7 @@ fn row(what: &str, times: &[Duration]) {
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
 
-    let quiet = Duration::from_millis(leafd::config::DEFAULT_NEW_LEAF_QUIET_MS);
+    let quiet = Duration::from_millis(leafd::testing::DEFAULT_NEW_LEAF_QUIET_MS);
     let runs = 20;
     println!("New Leaf, default settings: \"untitled folder\" renamed until the leaf is ready ({runs} runs):");
     let total = new_leaf_latency(&tmp.path().join("new-leaf"), runs);

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use leafd::library::Options;
-use leafd::testing::sample::{Pattern, SampleVm};
+
+use leafd::testing::{Pattern, SampleVm};
 use leafd_formats::disk::{Disk, DiskType};
 use leafd_formats::flatten::flatten;
 
@@ -52,7 +52,7 @@ fn main() {
     println!("flattening a leaf of a 2 GiB base (256 MiB of base data, 64 MiB written in the leaf), 5 runs each:");
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let env = Options::default().env();
+    let env = leafd::testing::env();
     let chain = Disk::open(&env, &delta).unwrap();
     let ours = measure(
         5,
@@ -114,7 +114,7 @@ fn main() {
         5,
         |_| {},
         |_| {
-            leafd::fsutil::fingerprint(&files, &Default::default()).unwrap();
+            leafd::testing::fingerprint(&files).unwrap();
         },
     );
     report("leafd fingerprint (BLAKE3 over 64 KiB chunks)", &ours);

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::*;
-use leafd::testing::sample::SampleVm;
+use leafd::testing::SampleVm;
 use leafd_formats::disk::DiskType;
 
 fn main() {

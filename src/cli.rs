@@ -15,7 +15,7 @@ use crate::{agent, demo, logging, platform, service};
 
 #[derive(Parser)]
 #[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The library folder (default: LEAFD_ROOT, then config.toml, then the platform's VM folder)
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,

@@ -44,7 +44,7 @@ fn step(n: usize, what: &str) {
 }
 
 /// Runs the demo in `dir` (a new temporary folder when `None`).
-pub fn run(dir: Option<&Path>) -> Result<()> {
+pub(crate) fn run(dir: Option<&Path>) -> Result<()> {
     let dir = match dir {
         Some(d) => {
             if d.read_dir().is_ok_and(|mut r| r.next().is_some()) {

@@ -37,12 +37,12 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn new(kind: Kind, path: impl Into<Option<PathBuf>>, message: impl Into<String>) -> Error {
+    pub(crate) fn new(kind: Kind, path: impl Into<Option<PathBuf>>, message: impl Into<String>) -> Error {
         Error { kind, path: path.into(), message: message.into(), fix: None, source: None }
     }
 
     /// An I/O failure while doing `what` on `path`.
-    pub fn io(path: &Path, what: &str, source: io::Error) -> Error {
+    pub(crate) fn io(path: &Path, what: &str, source: io::Error) -> Error {
         Error {
             kind: Kind::Io,
             path: Some(path.to_path_buf()),
@@ -53,26 +53,26 @@ impl Error {
     }
 
     /// A file that does not read as its format says; `message` may be a parse error of its text.
-    pub fn format(path: &Path, message: impl fmt::Display) -> Error {
+    pub(crate) fn format(path: &Path, message: impl fmt::Display) -> Error {
         Error::new(Kind::Format, path.to_path_buf(), message.to_string())
     }
 
-    pub fn unsupported(path: &Path, message: impl Into<String>) -> Error {
+    pub(crate) fn unsupported(path: &Path, message: impl Into<String>) -> Error {
         Error::new(Kind::Unsupported, path.to_path_buf(), message)
     }
 
-    pub fn refused(path: &Path, message: impl Into<String>) -> Error {
+    pub(crate) fn refused(path: &Path, message: impl Into<String>) -> Error {
         Error::new(Kind::Refused, path.to_path_buf(), message)
     }
 
     /// Adds the advice shown after the message.
-    pub fn fix(mut self, fix: impl Into<String>) -> Error {
+    pub(crate) fn fix(mut self, fix: impl Into<String>) -> Error {
         self.fix = Some(fix.into());
         self
     }
 
     /// The first line: file and problem, without the advice.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         match &self.path {
             Some(p) => format!("{}: {}", p.display(), self.message),
             None => self.message.clone(),
@@ -115,7 +115,7 @@ impl std::error::Error for Error {
 }
 
 /// Attaches the path to an `io::Result`, so no I/O error ever reaches the user without its file.
-pub trait IoContext<T> {
+pub(crate) trait IoContext<T> {
     fn at(self, path: &Path, what: &str) -> Result<T>;
 }
 

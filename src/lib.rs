@@ -1,23 +1,26 @@
 //! leafd: VMware linked clones as easy as making a folder.
 //!
-//! Data flows one way: the [`agent`] turns file-system events into drop items, the [`library`]
-//! operations turn items into bases and leaves, using the VMware formats crate
-//! ([`leafd_formats`], which reaches files through [`formats_env`]) and recording [`lineage`].
-//! [`platform`] holds everything that differs between macOS and Linux.
+//! Data flows one way (docs/architecture.md): the `agent` turns file-system events into drop
+//! items, the `library` operations turn items into bases and leaves, and results are logged
+//! and shown where the user looks. The VMware formats are the crate `leafd_formats`, which
+//! reaches files through `formats_env`; `platform` holds everything that differs between macOS
+//! and Linux. Every module is private to the crate: the binary runs [`main`], and tests, benches
+//! and the demo use [`testing`].
 
-pub mod agent;
-pub mod child;
-pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod durable;
-pub mod error;
-pub mod formats_env;
-pub mod fsutil;
-pub mod library;
-pub mod logging;
-pub mod platform;
-pub mod service;
+mod agent;
+mod child;
+mod cli;
+mod config;
+mod demo;
+mod durable;
+mod error;
+mod formats_env;
+mod fsutil;
+mod library;
+mod logging;
+mod platform;
+mod service;
+#[doc(hidden)]
 pub mod testing;
 
-pub use error::{Error, Result};
+pub use cli::main;

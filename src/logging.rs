@@ -23,9 +23,9 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::error::{IoContext, Result};
 
 /// The stable name to open: a link to today's file.
-pub const CURRENT: &str = "leafd.log";
+pub(crate) const CURRENT: &str = "leafd.log";
 /// Days of logs kept.
-pub const KEEP_DAYS: usize = 30;
+pub(crate) const KEEP_DAYS: usize = 30;
 
 /// `2026-11-28 10:42:03 base "Ubuntu" made ...`, with the level for anything but outcomes.
 struct LineFormat;
@@ -100,7 +100,7 @@ fn link_current(dir: &Path, name: &str) {
 
 /// Starts logging to `dir` (and to stderr too when `echo` is set, for the agent, whose stderr
 /// launchd and systemd keep).
-pub fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
+pub(crate) fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
     fs::create_dir_all(dir).at(dir, "cannot create the log folder")?;
     let file = DailyFile::open(dir, chrono::Local::now().date_naive()).at(dir, "cannot open the log")?;
     let (writer, guard) = NonBlockingBuilder::default().lossy(false).thread_name("leafd-log").finish(file);
@@ -130,7 +130,7 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The last `n` lines of the log.
-pub fn tail(dir: &Path, n: usize) -> Result<Vec<String>> {
+pub(crate) fn tail(dir: &Path, n: usize) -> Result<Vec<String>> {
     let mut lines: Vec<String> = Vec::new();
     for f in log_files(dir).iter().rev() {
         let text = fs::read_to_string(f).at(f, "cannot read the log")?;
@@ -146,7 +146,7 @@ pub fn tail(dir: &Path, n: usize) -> Result<Vec<String>> {
 }
 
 /// Prints the last `n` lines, then (with `follow`) new lines as they come, across rotations.
-pub fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Result<()> {
+pub(crate) fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Result<()> {
     for l in tail(dir, n)? {
         writeln!(out, "{l}").at(dir, "cannot print")?;
     }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    leafd::cli::main()
+    leafd::main()
 }

@@ -86,7 +86,7 @@ fn step(args: &[&str]) -> Step {
 
 impl Context {
     /// This user's, on this platform.
-    pub fn current() -> Context {
+    pub(crate) fn current() -> Context {
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
         Context {
@@ -98,7 +98,7 @@ impl Context {
     }
 
     /// Where the service's definition lives.
-    pub fn definition(&self) -> PathBuf {
+    pub(crate) fn definition(&self) -> PathBuf {
         match self.kind {
             ServiceKind::Launchd => self.service_dir.join(format!("{LABEL}.plist")),
             ServiceKind::Systemd => self.service_dir.join(UNIT),
@@ -106,7 +106,7 @@ impl Context {
     }
 
     /// Where `brew services start leafd` puts its own definition of the same agent.
-    pub fn homebrew_definition(&self) -> PathBuf {
+    pub(crate) fn homebrew_definition(&self) -> PathBuf {
         self.service_dir.join(match self.kind {
             ServiceKind::Launchd => "homebrew.mxcl.leafd.plist",
             ServiceKind::Systemd => "homebrew.leafd.service",
@@ -138,7 +138,7 @@ impl Context {
 
 impl Program {
     /// The running leafd, with `--root` as given.
-    pub fn current(root: Option<&Path>) -> Result<Program> {
+    pub(crate) fn current(root: Option<&Path>) -> Result<Program> {
         let exe = std::env::current_exe().at(Path::new("leafd"), "cannot find the running program")?;
         let exe = exe.canonicalize().at(&exe, "cannot resolve the running program")?;
         let exe = homebrew_opt(&exe).filter(|p| p.is_file()).unwrap_or(exe);
@@ -400,7 +400,7 @@ fn run(s: &Step, plan: &Plan) -> Result<String> {
 }
 
 /// Warnings worth seeing before installing: settings the service would not share.
-pub fn install_warnings(ctx: &Context, program: &Program) -> Vec<String> {
+pub(crate) fn install_warnings(ctx: &Context, program: &Program) -> Vec<String> {
     let mut warnings = Vec::new();
     if program.root.is_none() && std::env::var_os("LEAFD_ROOT").is_some_and(|v| !v.is_empty()) {
         warnings.push(format!(
@@ -422,15 +422,15 @@ pub fn install_warnings(ctx: &Context, program: &Program) -> Vec<String> {
 
 /// Whether the service is installed, and running (when that can be asked).
 #[derive(Debug, Serialize)]
-pub struct State {
-    pub kind: ServiceKind,
-    pub definition: String,
-    pub installed: bool,
+pub(crate) struct State {
+    pub(crate) kind: ServiceKind,
+    pub(crate) definition: String,
+    pub(crate) installed: bool,
     /// `None` when `launchctl`/`systemctl` could not be asked.
-    pub running: Option<bool>,
+    pub(crate) running: Option<bool>,
 }
 
-pub fn state(ctx: &Context) -> State {
+pub(crate) fn state(ctx: &Context) -> State {
     let definition = ctx.definition();
     let probe = match ctx.kind {
         ServiceKind::Launchd => vec!["launchctl".to_string(), "print".into(), ctx.launchd_job()],
@@ -451,7 +451,7 @@ pub fn state(ctx: &Context) -> State {
 
 impl State {
     /// One line for `leafd status`.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let what = match self.kind {
             ServiceKind::Launchd => "LaunchAgent",
             ServiceKind::Systemd => "systemd user unit",

@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd::testing::sample::SampleVm;
+use leafd::testing::SampleVm;
 use leafd_formats::disk::DiskType;
 use notify::Watcher;
 
@@ -532,7 +532,7 @@ fn sigterm_during_a_long_copy_rolls_it_back_and_exits_in_time() {
     let volume = OtherVolume::at(&lib.make_base_dir());
     let agent = Agent::start(&lib);
     let mut vm = SampleVm::single("Big", DiskType::MonolithicFlat, 400 * MIB);
-    vm.disks[0].patterns = vec![leafd::testing::sample::Pattern { offset: 0, len: 400 * MIB, byte: 0x5a }];
+    vm.disks[0].patterns = vec![leafd::testing::Pattern { offset: 0, len: 400 * MIB, byte: 0x5a }];
     let hidden = volume.path().join(".building");
     fs::create_dir(&hidden).unwrap();
     let built = vm.build(&hidden).unwrap();

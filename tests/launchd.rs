@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use leafd::service::{Context, Program, ServiceKind, execute, install_plan, uninstall_plan};
+use leafd::testing::service::{Context, Program, ServiceKind, execute, install_plan, uninstall_plan};
 
 /// `launchctl` stand-in: records its arguments; `bootout` fails as when nothing was loaded, and
 /// `bootstrap` fails twice (launchd still tearing the old job down) before it works.

@@ -7,8 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use leafd::library::ops::promote;
-use leafd::testing::sample::{SampleDisk, SampleVm};
+use leafd::testing::promote;
+use leafd::testing::{SampleDisk, SampleVm};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
@@ -695,7 +695,7 @@ fn remove_base_only_when_nothing_depends_on_it() {
 
 #[test]
 fn remove_base_survives_a_kill_at_every_step() {
-    for &step in leafd::library::ops::remove_base::STEPS {
+    for &step in leafd::testing::remove_base::STEPS {
         let (lib, _) = setup(&[]);
         let o = lib
             .command(&["remove-base", "Ubuntu", "--yes"])

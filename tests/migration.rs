@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use leafd::testing::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
 use leafd_formats::disk::DiskType;
 use serde::Serialize;
 use serde_json::Value;

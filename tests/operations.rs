@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::*;
-use leafd::testing::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::{Disk, DiskType};
 use leafd_formats::vmx;

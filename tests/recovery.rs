@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use leafd::library::ops::{make_base, new_leaf, promote, remove_base};
-use leafd::testing::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
+use leafd::testing::{make_base, new_leaf, promote, remove_base};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;

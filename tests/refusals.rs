@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd::testing::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
 use leafd_formats::clone::create_delta;
 use leafd_formats::disk::{DiskType, read_descriptor};
 

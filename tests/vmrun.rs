@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd::testing::sample::SampleVm;
+use leafd::testing::SampleVm;
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::DiskType;
 

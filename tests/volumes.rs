@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use common::*;
-use leafd::testing::sample::{Pattern, SampleDisk, SampleVm, write_disk};
+use leafd::testing::{Pattern, SampleDisk, SampleVm, write_disk};
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::DiskType;
 use leafd_formats::vmx;

@@ -17,10 +17,10 @@ use crate::library::ops::{make_base, new_leaf};
 use crate::library::{Library, Options, recovery};
 
 /// Jobs running at once, at most.
-pub const PARALLEL: usize = 4;
+pub(crate) const PARALLEL: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Job {
+pub(crate) enum Job {
     /// The operation a drop item asks for (never a misplaced one: that is only told).
     Item { item: PathBuf, request: Request },
     /// Finish or undo the operations a killed leafd left behind.
@@ -45,7 +45,7 @@ impl Job {
     }
 
     /// The drop item the job is for.
-    pub fn item(&self) -> Option<&Path> {
+    pub(crate) fn item(&self) -> Option<&Path> {
         match self {
             Job::Item { item, .. } => Some(item),
             Job::Recover => None,
@@ -55,36 +55,36 @@ impl Job {
 
 /// A finished job: what it did, or why it failed.
 #[derive(Debug)]
-pub struct Finished {
-    pub job: Job,
-    pub result: Result<Done, Error>,
+pub(crate) struct Finished {
+    pub(crate) job: Job,
+    pub(crate) result: Result<Done, Error>,
 }
 
 #[derive(Debug)]
-pub struct Done {
+pub(crate) struct Done {
     /// The outcome line for the log.
-    pub line: String,
-    pub warnings: Vec<String>,
+    pub(crate) line: String,
+    pub(crate) warnings: Vec<String>,
     /// For Make Base: the new base's name.
-    pub base: Option<String>,
+    pub(crate) base: Option<String>,
 }
 
 /// Which jobs run: at most [`PARALLEL`], never two with the same key; the others wait in order.
 #[derive(Debug, Default)]
-pub struct Queue {
+pub(crate) struct Queue {
     waiting: VecDeque<Job>,
     busy: HashSet<Key>,
 }
 
 impl Queue {
     /// Queues `job`; returns the jobs to start now.
-    pub fn submit(&mut self, job: Job) -> Vec<Job> {
+    pub(crate) fn submit(&mut self, job: Job) -> Vec<Job> {
         self.waiting.push_back(job);
         self.startable()
     }
 
     /// A job reported back: its base is free again. Returns the jobs to start now.
-    pub fn finished(&mut self, job: &Job) -> Vec<Job> {
+    pub(crate) fn finished(&mut self, job: &Job) -> Vec<Job> {
         self.busy.remove(&job.key());
         self.startable()
     }
@@ -104,23 +104,23 @@ impl Queue {
     }
 
     /// Jobs running.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.busy.len()
     }
 
     /// True when `job` (or one of its key) is running or waiting.
-    pub fn holds(&self, job: &Job) -> bool {
+    pub(crate) fn holds(&self, job: &Job) -> bool {
         self.busy.contains(&job.key()) || self.waiting.iter().any(|j| j.key() == job.key())
     }
 
     /// Forgets the waiting jobs (at shutdown: their items are still there at the next start).
-    pub fn forget_waiting(&mut self) {
+    pub(crate) fn forget_waiting(&mut self) {
         self.waiting.clear();
     }
 }
 
 /// Starts `job` on a thread of its own, which sends `Msg::Done` when it has finished.
-pub fn spawn(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) -> std::io::Result<JoinHandle<()>> {
+pub(crate) fn spawn(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) -> std::io::Result<JoinHandle<()>> {
     let (lib, opts, tx) = (lib.clone(), opts.clone(), tx.clone());
     std::thread::Builder::new().name("leafd-job".into()).spawn(move || run(&lib, &opts, job, &tx))
 }

@@ -7,10 +7,10 @@
 //! it: it sleeps until an event, a job's result, a signal or the core's next due time (idle, it
 //! uses no CPU), hands each to the core, and carries out the actions the core returns.
 
-pub mod items;
-pub mod jobs;
-pub mod machine;
-pub mod report;
+pub(crate) mod items;
+pub(crate) mod jobs;
+pub(crate) mod machine;
+pub(crate) mod report;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use crate::error::{Error, IoContext, Kind, Result};
 use crate::library::{Library, Options};
 
 /// What wakes the loop.
-pub enum Msg {
+pub(crate) enum Msg {
     Event(notify::Result<notify::Event>),
     Done(Finished),
     Stop,
@@ -38,19 +38,19 @@ pub enum Msg {
 /// copy's stream of write events costs one check per batch, not one per event.
 const BATCH: usize = 256;
 
-pub struct Settings {
-    pub settle: Duration,
+pub(crate) struct Settings {
+    pub(crate) settle: Duration,
     /// How long a failed item waits before it is tried again although nothing about it changed
     /// (its cause may lie elsewhere: a leaf of the same name deleted, space freed).
-    pub retry: Duration,
+    pub(crate) retry: Duration,
     /// The quiet period of an empty New Leaf request folder.
-    pub new_leaf_quiet: Duration,
-    pub notifications: bool,
-    pub opts: Options,
+    pub(crate) new_leaf_quiet: Duration,
+    pub(crate) notifications: bool,
+    pub(crate) opts: Options,
 }
 
 /// Runs the agent on `root` until SIGTERM or SIGINT.
-pub fn run(root: &Path, settings: Settings) -> Result<()> {
+pub(crate) fn run(root: &Path, settings: Settings) -> Result<()> {
     let lib = Library::open(root)?;
     let _instance = lib.try_lock("agent").map_err(|e| match e.kind {
         Kind::Busy => Error::refused(lib.root(), "another leafd agent is already watching this library")

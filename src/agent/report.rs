@@ -8,7 +8,7 @@ use crate::library::note_path;
 use crate::platform::{self, Tag};
 
 /// Marks `item` as failed: red tag, note beside it, notification (when `notify`).
-pub fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
+pub(crate) fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
     let name = item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let fix = err.fix.clone().unwrap_or_else(|| "see the log (`leafd log`) for details".into());
     let note = format!(
@@ -27,7 +27,7 @@ pub fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
 }
 
 /// A copy into `Make Base/` marked in progress that has not moved for a long time.
-pub fn stalled(item: &Path) {
+pub(crate) fn stalled(item: &Path) {
     let name = item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     write_note(
         item,
@@ -46,7 +46,7 @@ fn write_note(item: &Path, text: &str) {
 }
 
 /// Removes leafd's note and red tag from `item` (which may be gone).
-pub fn clear(item: &Path) {
+pub(crate) fn clear(item: &Path) {
     let note = note_path(item);
     if note.exists()
         && let Err(e) = std::fs::remove_file(&note)
@@ -58,7 +58,7 @@ pub fn clear(item: &Path) {
 
 /// Removes the red tag alone, before an item is tried again: a tag would travel with a bundle
 /// into Bases, while the note beside it stays until the outcome is known.
-pub fn untag(item: &Path) {
+pub(crate) fn untag(item: &Path) {
     if item.exists() {
         let _ = crate::durable::set_tag(item, Tag::Failed, false);
     }

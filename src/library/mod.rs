@@ -13,10 +13,10 @@
 //! [`journal`] for how an interrupted one is finished or undone, and [`records`] for the lineage
 //! records kept in every base store and leaf.
 
-pub mod journal;
-pub mod ops;
-pub mod records;
-pub mod recovery;
+pub(crate) mod journal;
+pub(crate) mod ops;
+pub(crate) mod records;
+pub(crate) mod recovery;
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
@@ -31,18 +31,18 @@ use crate::durable;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fsutil::Cancel;
 
-pub const MAKE_BASE: &str = "Make Base";
-pub const NEW_LEAF: &str = "New Leaf";
-pub const BASES: &str = "Bases";
-pub const STATE: &str = ".leafd";
+pub(crate) const MAKE_BASE: &str = "Make Base";
+pub(crate) const NEW_LEAF: &str = "New Leaf";
+pub(crate) const BASES: &str = "Bases";
+pub(crate) const STATE: &str = ".leafd";
 /// Suffix of a base's `.vmx`: Fusion opens `.vmx` files, not `.vmx.base` ones.
-pub const BASE_VMX_SUFFIX: &str = ".base";
-pub const BUNDLE_EXT: &str = "vmwarevm";
+pub(crate) const BASE_VMX_SUFFIX: &str = ".base";
+pub(crate) const BUNDLE_EXT: &str = "vmwarevm";
 /// Ends the name of the note leafd leaves beside a drop it could not act on.
-pub const NOTE_SUFFIX: &str = " - leafd error.txt";
+pub(crate) const NOTE_SUFFIX: &str = " - leafd error.txt";
 
 /// The note file beside a drop item.
-pub fn note_path(item: &Path) -> PathBuf {
+pub(crate) fn note_path(item: &Path) -> PathBuf {
     let name = item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     item.with_file_name(format!("{name}{NOTE_SUFFIX}"))
 }
@@ -51,7 +51,7 @@ pub fn note_path(item: &Path) -> PathBuf {
 /// alike, is `Auto`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum SnapshotBackend {
+pub(crate) enum SnapshotBackend {
     /// VMware's `vmrun` when it is installed, else (or when it fails) leafd's own writer.
     #[default]
     Auto,
@@ -63,23 +63,23 @@ pub enum SnapshotBackend {
 
 /// Settings the operations follow.
 #[derive(Clone)]
-pub struct Options {
-    pub path_style: PathStyle,
-    pub snapshot: SnapshotBackend,
+pub(crate) struct Options {
+    pub(crate) path_style: PathStyle,
+    pub(crate) snapshot: SnapshotBackend,
     /// `vmrun` to use; found in the usual places when `None`.
-    pub vmrun: Option<PathBuf>,
+    pub(crate) vmrun: Option<PathBuf>,
     /// Set when leafd is stopping: long copies stop and roll back.
-    pub cancel: Arc<Cancel>,
+    pub(crate) cancel: Arc<Cancel>,
 }
 
 impl Options {
     /// The file system the formats crate works through for these operations.
-    pub fn env(&self) -> Arc<dyn leafd_formats::Env> {
+    pub(crate) fn env(&self) -> Arc<dyn leafd_formats::Env> {
         crate::formats_env::LeafdEnv::shared(self.cancel.clone())
     }
 
     /// The same, opening files only beneath `folders` (a dropped bundle is read through this).
-    pub fn env_beneath(&self, folders: &[PathBuf]) -> Result<Arc<dyn leafd_formats::Env>> {
+    pub(crate) fn env_beneath(&self, folders: &[PathBuf]) -> Result<Arc<dyn leafd_formats::Env>> {
         crate::formats_env::LeafdEnv::beneath(self.cancel.clone(), folders)
             .at(folders.first().map_or(Path::new("."), PathBuf::as_path), "cannot open the folder")
     }
@@ -98,31 +98,31 @@ impl Default for Options {
 
 /// An open library.
 #[derive(Debug, Clone)]
-pub struct Library {
+pub(crate) struct Library {
     root: PathBuf,
 }
 
 /// A base store with its record.
 #[derive(Debug, Clone)]
-pub struct Base {
-    pub dir: PathBuf,
-    pub record: BaseRecord,
+pub(crate) struct Base {
+    pub(crate) dir: PathBuf,
+    pub(crate) record: BaseRecord,
 }
 
 /// A leaf bundle with its record.
 #[derive(Debug, Clone)]
-pub struct Leaf {
-    pub dir: PathBuf,
-    pub record: LeafRecord,
+pub(crate) struct Leaf {
+    pub(crate) dir: PathBuf,
+    pub(crate) record: LeafRecord,
 }
 
 impl Leaf {
-    pub fn vmx_path(&self) -> PathBuf {
+    pub(crate) fn vmx_path(&self) -> PathBuf {
         self.dir.join(&self.record.vmx)
     }
 
     /// This leaf's entry in its base's list.
-    pub fn listing(&self) -> LeafRef {
+    pub(crate) fn listing(&self) -> LeafRef {
         LeafRef {
             format: records::FORMAT,
             id: self.record.id.clone(),
@@ -134,13 +134,13 @@ impl Leaf {
 }
 
 /// Compares names the way a person reads them: `é` typed either way is the same letter.
-pub fn same_name(a: &str, b: &str) -> bool {
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
     a == b || a.nfc().eq(b.nfc())
 }
 
 /// Checks that `name` can be a file name everywhere leafd puts it (`<name>.vmwarevm` too). A
 /// base's name also goes into its leaves' disk descriptors, which cannot hold a double quote.
-pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
+pub(crate) fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::refused(path, format!("{what} name {name:?} {why}"))
             .fix("rename it to a plain name such as \"Web Server\""))
@@ -200,7 +200,7 @@ fn private_dir(dir: &Path) -> Result<()> {
 
 impl Library {
     /// Opens the library at `root`, creating it and its folders if needed.
-    pub fn open(root: &Path) -> Result<Library> {
+    pub(crate) fn open(root: &Path) -> Result<Library> {
         if root.symlink_metadata().is_ok_and(|m| !m.is_dir()) && !root.is_dir() {
             return Err(Error::refused(root, "is not a folder").fix("give --root the library's folder"));
         }
@@ -217,7 +217,7 @@ impl Library {
     }
 
     /// Opens an existing library without creating anything (for read-only commands).
-    pub fn open_existing(root: &Path) -> Result<Library> {
+    pub(crate) fn open_existing(root: &Path) -> Result<Library> {
         let root = root.canonicalize().map_err(|e| {
             Error::io(root, "no library here", e)
                 .fix("check --root, or make one by running `leafd agent` or `leafd make-base`")
@@ -230,7 +230,7 @@ impl Library {
 
     /// Writes the record files of bases and leaves that have only the attributes an older leafd
     /// wrote (docs/records.md). Run before a command changes the library.
-    pub fn migrate(&self) -> Result<()> {
+    pub(crate) fn migrate(&self) -> Result<()> {
         for (dir, _) in self.stores()? {
             records::migrate_store(&dir)?;
         }
@@ -240,47 +240,47 @@ impl Library {
         Ok(())
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn make_base_dir(&self) -> PathBuf {
+    pub(crate) fn make_base_dir(&self) -> PathBuf {
         self.root.join(MAKE_BASE)
     }
 
-    pub fn new_leaf_dir(&self) -> PathBuf {
+    pub(crate) fn new_leaf_dir(&self) -> PathBuf {
         self.root.join(NEW_LEAF)
     }
 
-    pub fn bases_dir(&self) -> PathBuf {
+    pub(crate) fn bases_dir(&self) -> PathBuf {
         self.root.join(BASES)
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.root.join(STATE)
     }
 
-    pub fn journal_dir(&self) -> PathBuf {
+    pub(crate) fn journal_dir(&self) -> PathBuf {
         self.state_dir().join("journal")
     }
 
-    pub fn locks_dir(&self) -> PathBuf {
+    pub(crate) fn locks_dir(&self) -> PathBuf {
         self.state_dir().join("locks")
     }
 
     /// Where the leaf named `name` lives.
-    pub fn leaf_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn leaf_path(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.{BUNDLE_EXT}"))
     }
 
     /// `path` shown relative to the root when inside it (as the log shows places).
-    pub fn display(&self, path: &Path) -> String {
+    pub(crate) fn display(&self, path: &Path) -> String {
         path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
     }
 
     /// Every folder in `Bases/` (hidden ones aside) with its record: `None` when it has none,
     /// an error when it cannot be read.
-    pub fn stores(&self) -> Result<Vec<(PathBuf, Result<Option<BaseRecord>>)>> {
+    pub(crate) fn stores(&self) -> Result<Vec<(PathBuf, Result<Option<BaseRecord>>)>> {
         let dir = self.bases_dir();
         let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
@@ -297,7 +297,7 @@ impl Library {
     }
 
     /// Every base store with a readable record, sorted by name.
-    pub fn bases(&self) -> Result<Vec<Base>> {
+    pub(crate) fn bases(&self) -> Result<Vec<Base>> {
         let mut out: Vec<Base> = self
             .stores()?
             .into_iter()
@@ -309,7 +309,7 @@ impl Library {
 
     /// The base named `name`, or a refusal that says why: its record is damaged, or there is no
     /// such base (listing the bases there are).
-    pub fn base(&self, name: &str) -> Result<Base> {
+    pub(crate) fn base(&self, name: &str) -> Result<Base> {
         let stores = self.stores()?;
         let mut known = Vec::new();
         for (dir, record) in stores {
@@ -331,7 +331,7 @@ impl Library {
 
     /// Every leaf: the bundles in the root, and those wherever a base's list says a leaf lives
     /// (a leaf relinked from another folder, or from a folder inside the library), sorted by name.
-    pub fn leaves(&self) -> Result<Vec<Leaf>> {
+    pub(crate) fn leaves(&self) -> Result<Vec<Leaf>> {
         let mut out = Vec::new();
         let add = |dir: PathBuf, out: &mut Vec<Leaf>| {
             if out.iter().any(|l: &Leaf| l.dir == dir) {
@@ -362,13 +362,13 @@ impl Library {
     }
 
     /// The leaf with record id `id`, wherever the library finds leaves.
-    pub fn leaf_with_id(&self, id: &str) -> Result<Option<Leaf>> {
+    pub(crate) fn leaf_with_id(&self, id: &str) -> Result<Option<Leaf>> {
         Ok(self.leaves()?.into_iter().find(|l| l.record.id == id))
     }
 
     /// Refuses to take leaf `id` off a base's list while a leaf with that id exists (other than
     /// at `but`): deleting or hand-editing a journal must never be a way to lose a base.
-    pub fn refuse_if_leaf_exists(&self, id: &str, but: Option<&Path>, journal: &str) -> Result<()> {
+    pub(crate) fn refuse_if_leaf_exists(&self, id: &str, but: Option<&Path>, journal: &str) -> Result<()> {
         match self.leaf_with_id(id)? {
             Some(l) if Some(l.dir.as_path()) != but => Err(Error::refused(
                 &l.dir,
@@ -381,7 +381,7 @@ impl Library {
 
     /// The leaf `arg` names: a path to its bundle, or the name of a leaf (found wherever its
     /// record says it lives, inside the library or not).
-    pub fn find_leaf(&self, arg: &Path) -> Result<Leaf> {
+    pub(crate) fn find_leaf(&self, arg: &Path) -> Result<Leaf> {
         let name = arg.to_string_lossy();
         let dir = if arg.is_dir() {
             arg.to_path_buf()
@@ -407,7 +407,7 @@ impl Library {
     }
 
     /// Takes the lock named `name` (waiting for it); held until the file is dropped.
-    pub fn lock(&self, name: &str) -> Result<File> {
+    pub(crate) fn lock(&self, name: &str) -> Result<File> {
         let path = self.lock_path(name);
         let f = durable::lock_file(&path)?;
         f.lock().at(&path, "cannot take lock")?;
@@ -415,12 +415,12 @@ impl Library {
     }
 
     /// Takes the lock that serializes changes to base `id`: its records and its list of leaves.
-    pub fn lock_base(&self, id: &str) -> Result<File> {
+    pub(crate) fn lock_base(&self, id: &str) -> Result<File> {
         self.lock(&format!("base-{id}"))
     }
 
     /// Takes the lock named `name` if free; `Busy` when another process holds it.
-    pub fn try_lock(&self, name: &str) -> Result<File> {
+    pub(crate) fn try_lock(&self, name: &str) -> Result<File> {
         let path = self.lock_path(name);
         let f = durable::lock_file(&path)?;
         match f.try_lock() {
@@ -452,7 +452,7 @@ pub(crate) fn base_at(dir: &Path, id: &str) -> Result<bool> {
 impl Base {
     /// Takes this base's lock, then checks that its folder still holds this base: while waiting,
     /// it may have been removed, and another base may have taken its name.
-    pub fn lock(&self, lib: &Library) -> Result<File> {
+    pub(crate) fn lock(&self, lib: &Library) -> Result<File> {
         let lock = lib.lock_base(&self.record.id)?;
         if !base_at(&self.dir, &self.record.id)? {
             return Err(Error::new(Kind::Busy, self.dir.clone(), "the base changed while waiting for it (removed?)"));
@@ -460,21 +460,21 @@ impl Base {
         Ok(lock)
     }
 
-    pub fn descriptor_path(&self, disk: &DiskRecord) -> PathBuf {
+    pub(crate) fn descriptor_path(&self, disk: &DiskRecord) -> PathBuf {
         self.dir.join(&disk.descriptor)
     }
 
-    pub fn vmx_path(&self) -> PathBuf {
+    pub(crate) fn vmx_path(&self) -> PathBuf {
         self.dir.join(&self.record.vmx)
     }
 
     /// The leaves recorded as made from this base (and markers whose record is damaged).
-    pub fn leaf_refs(&self) -> Result<Vec<Listed>> {
+    pub(crate) fn leaf_refs(&self) -> Result<Vec<Listed>> {
         records::leaf_refs(&self.dir)
     }
 
     /// The readable entries of this base's list of leaves.
-    pub fn leaves_listed(&self) -> Result<Vec<LeafRef>> {
+    pub(crate) fn leaves_listed(&self) -> Result<Vec<LeafRef>> {
         Ok(self
             .leaf_refs()?
             .into_iter()

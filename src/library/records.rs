@@ -23,9 +23,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::platform::xattr_name;
 
 /// The record format this leafd writes.
-pub const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 2;
 /// The folder holding a store's or a leaf's records.
-pub const DIR: &str = ".leafd";
+pub(crate) const DIR: &str = ".leafd";
 const BASE_FILE: &str = "base.json";
 const LEAF_FILE: &str = "leaf.json";
 const LEAVES: &str = "leaves";
@@ -41,91 +41,91 @@ fn format2() -> u32 {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BaseRecord {
+pub(crate) struct BaseRecord {
     #[serde(default = "format2")]
-    pub format: u32,
-    pub id: String,
-    pub name: String,
+    pub(crate) format: u32,
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// Where the VM bundle was before it became the base.
-    pub source: String,
+    pub(crate) source: String,
     /// RFC 3339.
-    pub created: String,
+    pub(crate) created: String,
     /// The base's `.vmx`, renamed so VMware does not open it.
-    pub vmx: String,
-    pub disks: Vec<DiskRecord>,
+    pub(crate) vmx: String,
+    pub(crate) disks: Vec<DiskRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskRecord {
+pub(crate) struct DiskRecord {
     /// Device node in the `.vmx` (`scsi0:0`).
-    pub node: String,
+    pub(crate) node: String,
     /// The disk's `.vmdk`, relative to the base store.
-    pub descriptor: String,
+    pub(crate) descriptor: String,
     /// 8 hex digits, exactly as in the descriptor.
-    pub cid: String,
+    pub(crate) cid: String,
     /// Sectors.
-    pub capacity: u64,
-    pub create_type: String,
+    pub(crate) capacity: u64,
+    pub(crate) create_type: String,
     /// The disk's file-backed extents (`ZERO` extents have no file).
-    pub extents: Vec<ExtentRecord>,
+    pub(crate) extents: Vec<ExtentRecord>,
     /// Content fingerprint of the extents ([`crate::fsutil::fingerprint`]); `None` until computed.
-    pub fingerprint: Option<String>,
+    pub(crate) fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExtentRecord {
+pub(crate) struct ExtentRecord {
     /// Place among the disk's extents, `ZERO` ones included.
-    pub index: usize,
+    pub(crate) index: usize,
     /// The extent file, relative to the base store.
-    pub file: String,
-    pub sectors: u64,
+    pub(crate) file: String,
+    pub(crate) sectors: u64,
     /// File size in bytes when the base was made: a shorter file was truncated.
-    pub size: u64,
+    pub(crate) size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeafRef {
+pub(crate) struct LeafRef {
     #[serde(default = "format2")]
-    pub format: u32,
-    pub id: String,
-    pub name: String,
+    pub(crate) format: u32,
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// The leaf bundle's path when it was made or last relinked.
-    pub path: String,
-    pub created: String,
+    pub(crate) path: String,
+    pub(crate) created: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeafRecord {
+pub(crate) struct LeafRecord {
     #[serde(default = "format2")]
-    pub format: u32,
-    pub id: String,
-    pub base_id: String,
-    pub base_name: String,
-    pub name: String,
-    pub path: String,
+    pub(crate) format: u32,
+    pub(crate) id: String,
+    pub(crate) base_id: String,
+    pub(crate) base_name: String,
+    pub(crate) name: String,
+    pub(crate) path: String,
     /// The leaf's `.vmx`, relative to the bundle.
-    pub vmx: String,
-    pub created: String,
+    pub(crate) vmx: String,
+    pub(crate) created: String,
     /// `native` or `vmrun`: who took the snapshot.
-    pub snapshot: String,
-    pub disks: Vec<LeafDisk>,
+    pub(crate) snapshot: String,
+    pub(crate) disks: Vec<LeafDisk>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeafDisk {
-    pub node: String,
+pub(crate) struct LeafDisk {
+    pub(crate) node: String,
     /// The leaf's copy of the base descriptor, relative to the leaf bundle.
-    pub parent_copy: String,
+    pub(crate) parent_copy: String,
     /// The leaf's own delta, relative to the leaf bundle.
-    pub delta: String,
-    pub parent_cid: String,
+    pub(crate) delta: String,
+    pub(crate) parent_cid: String,
 }
 
-pub fn base_file(store: &Path) -> PathBuf {
+pub(crate) fn base_file(store: &Path) -> PathBuf {
     store.join(DIR).join(BASE_FILE)
 }
 
-pub fn leaf_file(bundle: &Path) -> PathBuf {
+pub(crate) fn leaf_file(bundle: &Path) -> PathBuf {
     bundle.join(DIR).join(LEAF_FILE)
 }
 
@@ -236,7 +236,7 @@ fn write_record<T: Serialize>(file: &Path, dir: &Path, attr_name: Option<&str>, 
 }
 
 /// The record of the base store `store`: its file, else its mirror, else format 1's attributes.
-pub fn read_base(store: &Path) -> Result<Option<BaseRecord>> {
+pub(crate) fn read_base(store: &Path) -> Result<Option<BaseRecord>> {
     let file = base_file(store);
     if let Some(r) = read_file(&file, "base")? {
         return Ok(Some(r));
@@ -249,7 +249,7 @@ pub fn read_base(store: &Path) -> Result<Option<BaseRecord>> {
 }
 
 /// The mirror of a store's record (format 2), to restore a damaged file from.
-pub fn read_base_mirror(store: &Path) -> Option<BaseRecord> {
+pub(crate) fn read_base_mirror(store: &Path) -> Option<BaseRecord> {
     let raw = attr(store, BASE_ATTR)?;
     has_format(&raw).then(|| parse::<BaseRecord>(&raw, store, "base").ok()).flatten()
 }
@@ -260,12 +260,12 @@ fn has_format(raw: &[u8]) -> bool {
 }
 
 /// Writes the base record into `store` (and its mirror).
-pub fn write_base(store: &Path, record: &BaseRecord) -> Result<()> {
+pub(crate) fn write_base(store: &Path, record: &BaseRecord) -> Result<()> {
     write_record(&base_file(store), store, Some(BASE_ATTR), record)
 }
 
 /// Removes the base record from `store` (an undone Make Base), and its folder once empty.
-pub fn remove_base(store: &Path) -> Result<()> {
+pub(crate) fn remove_base(store: &Path) -> Result<()> {
     remove_record(store, &base_file(store), BASE_ATTR)
 }
 
@@ -283,7 +283,7 @@ fn remove_record(dir: &Path, file: &Path, attr_name: &str) -> Result<()> {
 }
 
 /// The record of the leaf bundle `bundle`: its file, else its mirror (either format).
-pub fn read_leaf(bundle: &Path) -> Result<Option<LeafRecord>> {
+pub(crate) fn read_leaf(bundle: &Path) -> Result<Option<LeafRecord>> {
     if let Some(r) = read_file(&leaf_file(bundle), "leaf")? {
         return Ok(Some(r));
     }
@@ -296,12 +296,12 @@ pub fn read_leaf(bundle: &Path) -> Result<Option<LeafRecord>> {
 }
 
 /// Writes the leaf record into `bundle` (and its mirror).
-pub fn write_leaf(bundle: &Path, record: &LeafRecord) -> Result<()> {
+pub(crate) fn write_leaf(bundle: &Path, record: &LeafRecord) -> Result<()> {
     write_record(&leaf_file(bundle), bundle, Some(LEAF_ATTR), record)
 }
 
 /// Removes the leaf record of `bundle` (it became a base, or a standalone VM).
-pub fn remove_leaf(bundle: &Path) -> Result<()> {
+pub(crate) fn remove_leaf(bundle: &Path) -> Result<()> {
     remove_record(bundle, &leaf_file(bundle), LEAF_ATTR)
 }
 
@@ -316,14 +316,14 @@ fn ignore_unsupported(e: std::io::Error) -> std::io::Result<()> {
 
 /// A leaf's entry in the list of its base: readable, or damaged (kept, never deleted for it).
 #[derive(Debug, Clone)]
-pub enum Listed {
+pub(crate) enum Listed {
     Leaf(LeafRef),
     /// The marker whose record cannot be read, and why.
     Damaged(PathBuf, String),
 }
 
 /// The leaves the base in `store` lists, in either format.
-pub fn leaf_refs(store: &Path) -> Result<Vec<Listed>> {
+pub(crate) fn leaf_refs(store: &Path) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     let dir = leaves_dir(store);
     for p in list(&dir)? {
@@ -387,13 +387,13 @@ fn check_leaf_id(store: &Path, id: &str) -> Result<()> {
 }
 
 /// Records `leaf` in the list of the base in `store` (the caller holds the base's lock).
-pub fn link_leaf(store: &Path, leaf: &LeafRef) -> Result<()> {
+pub(crate) fn link_leaf(store: &Path, leaf: &LeafRef) -> Result<()> {
     check_leaf_id(store, &leaf.id)?;
     write_record(&leaf_ref_file(store, &leaf.id), store, None, leaf)
 }
 
 /// Removes leaf `id` from the list of the base in `store` (the caller holds the base's lock).
-pub fn unlink_leaf(store: &Path, id: &str) -> Result<()> {
+pub(crate) fn unlink_leaf(store: &Path, id: &str) -> Result<()> {
     check_leaf_id(store, id)?;
     let file = leaf_ref_file(store, id);
     let v1 = store.join(V1_LEAVES_DIR).join(id);
@@ -408,7 +408,7 @@ pub fn unlink_leaf(store: &Path, id: &str) -> Result<()> {
 
 /// Writes the files of a store's records found only in format 1's attributes, and moves its
 /// old leaf markers into the new list. Idempotent; nothing is lost if it is interrupted.
-pub fn migrate_store(store: &Path) -> Result<()> {
+pub(crate) fn migrate_store(store: &Path) -> Result<()> {
     if base_file(store).symlink_metadata().is_err()
         && let Some(record) = read_base(store)?
     {
@@ -439,7 +439,7 @@ pub fn migrate_store(store: &Path) -> Result<()> {
 }
 
 /// Writes the record file of a leaf found only in an attribute. Idempotent.
-pub fn migrate_leaf(bundle: &Path) -> Result<()> {
+pub(crate) fn migrate_leaf(bundle: &Path) -> Result<()> {
     if leaf_file(bundle).symlink_metadata().is_err()
         && let Some(record) = read_leaf(bundle)?
     {
@@ -548,11 +548,11 @@ impl From<V1Leaf> for LeafRecord {
 }
 
 /// Now, as recorded in lineage.
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
 
 /// A new random id.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }

@@ -18,15 +18,15 @@ use crate::error::{Error, Kind, Result};
 
 /// What recovery did with one interrupted operation.
 #[derive(Debug)]
-pub struct Recovered {
-    pub id: String,
+pub(crate) struct Recovered {
+    pub(crate) id: String,
     /// What was done; or why it could not be, in which case the journal is kept.
-    pub result: Result<String, Error>,
+    pub(crate) result: Result<String, Error>,
 }
 
 impl Recovered {
     /// Logs the outcome (and echoes it on stderr when `echo`); true when it went through.
-    pub fn report(&self, echo: bool) -> bool {
+    pub(crate) fn report(&self, echo: bool) -> bool {
         match &self.result {
             Ok(m) => {
                 tracing::info!("{m}");
@@ -51,7 +51,7 @@ impl Recovered {
 
 /// Finishes or undoes every operation whose process is gone. Operations still running in
 /// another process are left alone.
-pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
+pub(crate) fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
     for claimed in journal::claim(lib)? {
         // One operation that cannot be finished must not stop the others, nor leafd: not even
@@ -73,7 +73,7 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
 
 /// Recovers and logs each outcome, or why it could not look: for callers that go on either way
 /// (the agent's timer, and after an operation that panicked).
-pub fn recover_and_log(lib: &Library, opts: &Options) {
+pub(crate) fn recover_and_log(lib: &Library, opts: &Options) {
     match recover(lib, opts) {
         Ok(done) => {
             for r in &done {
@@ -119,7 +119,7 @@ fn unknown(path: &Path, op: &str) -> Error {
 }
 
 /// One line per interrupted or running operation, for `leafd recover --list`.
-pub fn list(lib: &Library) -> Result<Vec<String>> {
+pub(crate) fn list(lib: &Library) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for (id, path, running) in journal::list(lib)? {
         let value: Value =
@@ -132,7 +132,7 @@ pub fn list(lib: &Library) -> Result<Vec<String>> {
 }
 
 /// The journal `id` for a person: its text, then each path it names and whether it is there.
-pub fn show(lib: &Library, id: &str) -> Result<String> {
+pub(crate) fn show(lib: &Library, id: &str) -> Result<String> {
     let text = journal::show(lib, id)?;
     let mut out = text.clone();
     out.push_str("\npaths it names, as they are now:\n");
@@ -177,7 +177,7 @@ fn collect_paths(v: &Value, out: &mut Vec<PathBuf>) {
 
 /// Forgets the interrupted operation `id` without touching the files it names (a person put
 /// them right). Refused while the operation runs.
-pub fn discard(lib: &Library, id: &str) -> Result<String> {
+pub(crate) fn discard(lib: &Library, id: &str) -> Result<String> {
     let shown = show(lib, id)?;
     let claimed = journal::claim_one(lib, id)?.ok_or_else(|| {
         Error::new(Kind::Busy, lib.journal_dir().join(format!("{id}.json")), "the operation is running now")

@@ -12,18 +12,18 @@ use super::Flush;
 use super::open::{Want, escapes, explain, kind};
 
 /// errno for "no such attribute".
-pub const NO_ATTR: i32 = Errno::NODATA.raw_os_error();
+pub(crate) const NO_ATTR: i32 = Errno::NODATA.raw_os_error();
 
 /// Whether files have a user-settable Locked (immutable) flag.
-pub const HAS_LOCKED_FLAG: bool = false;
+pub(crate) const HAS_LOCKED_FLAG: bool = false;
 
-pub const XATTR_PREFIX: &str = "user.";
+pub(crate) const XATTR_PREFIX: &str = "user.";
 
 /// The freedesktop.org tag attribute (comma-separated), which file managers such as Dolphin show.
-pub const TAGS_XATTR: &str = "user.xdg.tags";
+pub(crate) const TAGS_XATTR: &str = "user.xdg.tags";
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything.
-pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Err(Errno::INVAL) => rename_noreplace_without_flag(from, to),
         r => Ok(r?),
@@ -54,23 +54,23 @@ fn rename_noreplace_without_flag(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Linux has no user-settable immutable flag (chattr +i needs root), so permissions alone protect.
-pub fn set_locked(_path: &Path, _locked: bool) -> io::Result<()> {
+pub(crate) fn set_locked(_path: &Path, _locked: bool) -> io::Result<()> {
     Ok(())
 }
 
-pub fn set_locked_fd(_file: &File, _locked: bool) -> io::Result<()> {
+pub(crate) fn set_locked_fd(_file: &File, _locked: bool) -> io::Result<()> {
     Ok(())
 }
 
-pub fn is_locked(_path: &Path) -> io::Result<bool> {
+pub(crate) fn is_locked(_path: &Path) -> io::Result<bool> {
     Ok(false)
 }
 
-pub fn is_locked_fd(_file: &File) -> io::Result<bool> {
+pub(crate) fn is_locked_fd(_file: &File) -> io::Result<bool> {
     Ok(false)
 }
 
-pub fn read_tags(path: &Path) -> io::Result<Vec<String>> {
+pub(crate) fn read_tags(path: &Path) -> io::Result<Vec<String>> {
     match xattr::get(path, TAGS_XATTR)? {
         Some(v) => Ok(String::from_utf8_lossy(&v).split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()),
         None => Ok(Vec::new()),
@@ -78,33 +78,33 @@ pub fn read_tags(path: &Path) -> io::Result<Vec<String>> {
 }
 
 /// The attribute value for `tags`; `None` when there are none (the attribute goes).
-pub fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
     Ok((!tags.is_empty()).then(|| tags.join(",").into_bytes()))
 }
 
 /// Linux file managers leave no marker on a file being copied; size checks do the work.
-pub fn copy_in_progress(_path: &Path) -> bool {
+pub(crate) fn copy_in_progress(_path: &Path) -> bool {
     false
 }
 
 /// Posts a desktop notification through `notify-send` (libnotify) when it is on the PATH, best
 /// effort: never blocks, never fails the caller. Without it, the log and the note tell the user.
-pub fn notify_user(title: &str, message: &str) {
+pub(crate) fn notify_user(title: &str, message: &str) {
     let mut notify_send = std::process::Command::new("notify-send");
     notify_send.args(["--app-name=leafd", "--", title, message]);
     crate::child::run_detached(notify_send);
 }
 
 /// `fsync` for both kinds: on Linux it reaches stable storage (the drive's cache included).
-pub fn flush(file: &File, _kind: Flush) -> io::Result<Option<i32>> {
+pub(crate) fn flush(file: &File, _kind: Flush) -> io::Result<Option<i32>> {
     file.sync_all().map(|()| None)
 }
 
-pub fn default_root(home: &Path) -> PathBuf {
+pub(crate) fn default_root(home: &Path) -> PathBuf {
     home.join("vmware")
 }
 
-pub fn log_dir(home: &Path) -> PathBuf {
+pub(crate) fn log_dir(home: &Path) -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -119,38 +119,38 @@ fn xdg_config_home(home: &Path) -> PathBuf {
         .unwrap_or_else(|| home.join(".config"))
 }
 
-pub fn config_dir(home: &Path) -> PathBuf {
+pub(crate) fn config_dir(home: &Path) -> PathBuf {
     xdg_config_home(home).join("leafd")
 }
 
 /// systemd's folder for the user's own units.
-pub fn service_dir(home: &Path) -> PathBuf {
+pub(crate) fn service_dir(home: &Path) -> PathBuf {
     xdg_config_home(home).join("systemd/user")
 }
 
 /// Asks the kernel to forget cached pages of `file`, so a comparison reads what reached the disk.
-pub fn drop_cache(file: &File) {
+pub(crate) fn drop_cache(file: &File) {
     // Advice only: a kernel that ignores it costs a slower comparison, nothing more.
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// `vmrun -T` host type for VMware Workstation.
-pub const VMRUN_HOST_TYPE: &str = "ws";
+pub(crate) const VMRUN_HOST_TYPE: &str = "ws";
 
 /// Where VMware Workstation puts `vmrun`: on the PATH.
-pub fn vmrun_candidates() -> Vec<PathBuf> {
+pub(crate) fn vmrun_candidates() -> Vec<PathBuf> {
     std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("vmrun")).collect()).unwrap_or_default()
 }
 
 /// Linux desktops have no Trash leafd can rely on: removal deletes, after confirmation.
-pub const HAS_TRASH: bool = false;
+pub(crate) const HAS_TRASH: bool = false;
 
-pub fn trash(_path: &Path, _name: &str) -> io::Result<PathBuf> {
+pub(crate) fn trash(_path: &Path, _name: &str) -> io::Result<PathBuf> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no Trash on this platform"))
 }
 
 /// The login service on Linux: a systemd user unit.
-pub const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Systemd;
+pub(crate) const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Systemd;
 
 /// How the walk beneath a folder opens the folders on its way: `O_PATH` needs only search
 /// permission, as the kernel's own resolution does.
@@ -183,7 +183,7 @@ pub(super) fn openat2_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> Op
 /// system (a bind mount shares its `st_dev` with its source, yet `rename` across it fails with
 /// `EXDEV`). `a` and `b` themselves, a link not followed: a rename moves the link. Compares the
 /// `statx` mount ids; where the kernel has none (before 5.8), the devices.
-pub fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
+pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
     let mount = |p: &Path| rustix::fs::statx(CWD, p, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID);
     let (x, y) = match (mount(a), mount(b)) {
         (Ok(x), Ok(y)) => (x, y),
@@ -217,7 +217,7 @@ const REMOTE_FILE_SYSTEMS: [u32; 13] = [
 ];
 
 /// See `platform::open_for_writing`.
-pub fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
+pub(crate) fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
     // The magic is a `long` holding a 32-bit value.
     if REMOTE_FILE_SYSTEMS.contains(&(rustix::fs::fstatfs(file)?.f_type as u32)) {
         return Ok(None);

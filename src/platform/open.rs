@@ -51,7 +51,7 @@ impl Want {
 /// VM's files use [`open_beneath`]. A device node is refused only after its driver's open ran
 /// (nonblocking, so a serial line does not wait for a carrier); making one needs root. An open
 /// that would have to wait for another process's lease fails with `WouldBlock` instead.
-pub fn open_regular(path: &Path, write: bool) -> io::Result<File> {
+pub(crate) fn open_regular(path: &Path, write: bool) -> io::Result<File> {
     let want = Want::File { write };
     let fd = rustix::fs::open(path, want.flags() | OFlags::NOFOLLOW, Mode::empty())
         .map_err(|e| explain(e, rustix::fs::lstat(path).map(|s| kind(&s)), want))?;
@@ -60,7 +60,7 @@ pub fn open_regular(path: &Path, write: bool) -> io::Result<File> {
 
 /// Opens the folder `path` (following links, as its path names it), for [`open_beneath`],
 /// `fsync` or the `*_fd` changes. Anything else is refused (`NotADirectory`, saying what it is).
-pub fn open_dir(path: &Path) -> io::Result<File> {
+pub(crate) fn open_dir(path: &Path) -> io::Result<File> {
     let fd = rustix::fs::open(path, Want::Dir.flags(), Mode::empty())
         .map_err(|e| explain(e, rustix::fs::stat(path).map(|s| kind(&s)), Want::Dir))?;
     finish(fd, Want::Dir)
@@ -82,14 +82,9 @@ pub fn open_dir(path: &Path) -> io::Result<File> {
 ///   `dir`. With no link followed this is the kernel's own resolution: leafd opens the very file
 ///   VMware would, or none. (One walk rather than a lexical check and `O_NOFOLLOW_ANY`: a
 ///   lexical `a/..` would skip `a`, which VMware resolves, and the walk is tested on Linux.)
-pub fn open_beneath(dir: impl AsFd, rel: &Path, write: bool) -> io::Result<File> {
+pub(crate) fn open_beneath(dir: impl AsFd, rel: &Path, write: bool) -> io::Result<File> {
     let want = Want::File { write };
     finish(resolve_beneath(dir.as_fd(), rel, want)?, want)
-}
-
-/// [`open_beneath`] for a folder.
-pub fn open_dir_beneath(dir: impl AsFd, rel: &Path) -> io::Result<File> {
-    finish(resolve_beneath(dir.as_fd(), rel, Want::Dir)?, Want::Dir)
 }
 
 fn resolve_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> io::Result<OwnedFd> {
@@ -318,7 +313,7 @@ mod tests {
         let walked = walk_beneath(dir.as_fd(), rel, want).and_then(|fd| finish(fd, want));
         let opened = match want {
             Want::File { write } => open_beneath(dir, rel, write),
-            Want::Dir => open_dir_beneath(dir, rel),
+            Want::Dir => resolve_beneath(dir.as_fd(), rel, want).and_then(|fd| finish(fd, want)),
         };
         vec![opened, walked]
     }

@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-pub const ENV: &str = "LEAFD_FAULT";
+pub(crate) const ENV: &str = "LEAFD_FAULT";
 
 fn targets() -> &'static [String] {
     static TARGETS: OnceLock<Vec<String>> = OnceLock::new();
@@ -23,7 +23,7 @@ fn targets() -> &'static [String] {
 
 /// Marks that `op` has just completed `step`. `steps` is the operation's declared list: a step
 /// missing from it is a programming error, caught in debug builds.
-pub fn point(op: &str, steps: &[&str], step: &str) {
+pub(crate) fn point(op: &str, steps: &[&str], step: &str) {
     debug_assert!(steps.contains(&step), "fault step {op}:{step} is not declared");
     for t in targets() {
         let (at, panic) = match t.strip_suffix(":panic") {
@@ -40,11 +40,11 @@ pub fn point(op: &str, steps: &[&str], step: &str) {
 }
 
 /// The armed durable call that must fail (`io:<N>`), counted from 1.
-pub fn io_call() -> Option<u64> {
+pub(crate) fn io_call() -> Option<u64> {
     targets().iter().find_map(|t| t.strip_prefix("io:")?.parse().ok())
 }
 
 /// Whether extended attributes are to look unsupported (`xattr:unsupported`).
-pub fn xattrs_unsupported() -> bool {
+pub(crate) fn xattrs_unsupported() -> bool {
     targets().iter().any(|t| t == "xattr:unsupported")
 }

@@ -65,59 +65,59 @@ const MAX_EXTENTS: usize = 8192;
 
 /// The journal's record of a Make Base.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub id: String,
-    pub name: String,
-    pub source: LPath,
+pub(crate) struct Plan {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) source: LPath,
     /// Copy across volumes (else rename).
-    pub copy: bool,
+    pub(crate) copy: bool,
     /// The `.vmx`, relative to the bundle.
-    pub vmx: PathBuf,
+    pub(crate) vmx: PathBuf,
     /// Disk files relative to the bundle, with their protection before Make Base.
-    pub disk_files: Vec<DiskFile>,
+    pub(crate) disk_files: Vec<DiskFile>,
     /// Snapshot chains flattened into new base disks (their current state).
-    pub flatten: Vec<Flatten>,
+    pub(crate) flatten: Vec<Flatten>,
     /// When the VM was a leaf: its base, to take it off that base's list once it is a base.
-    pub from_leaf: Option<FromLeaf>,
+    pub(crate) from_leaf: Option<FromLeaf>,
     /// Parent copies of a leaf, rewritten to reach its base from their new place.
-    pub repointed: Vec<Repointed>,
-    pub record: BaseRecord,
+    pub(crate) repointed: Vec<Repointed>,
+    pub(crate) record: BaseRecord,
 }
 
 /// A disk file of the bundle and how it was protected before, to put back on an undo.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiskFile {
-    pub path: PathBuf,
-    pub mode: u32,
-    pub locked: bool,
+pub(crate) struct DiskFile {
+    pub(crate) path: PathBuf,
+    pub(crate) mode: u32,
+    pub(crate) locked: bool,
 }
 
 /// A disk whose chain becomes one new disk of the base; the chain's own files are kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Flatten {
+pub(crate) struct Flatten {
     /// Index of the disk in the base record.
-    pub disk: usize,
+    pub(crate) disk: usize,
     /// The chain's top, relative to the bundle.
-    pub top: PathBuf,
+    pub(crate) top: PathBuf,
     /// The new disk, relative to the bundle, and every file it is made of.
-    pub target: PathBuf,
-    pub files: Vec<PathBuf>,
+    pub(crate) target: PathBuf,
+    pub(crate) files: Vec<PathBuf>,
     /// Extent sizes when split like the chain's top.
-    pub split: Option<Vec<u64>>,
+    pub(crate) split: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FromLeaf {
-    pub base: LPath,
-    pub leaf_id: String,
+pub(crate) struct FromLeaf {
+    pub(crate) base: LPath,
+    pub(crate) leaf_id: String,
 }
 
 /// A leaf's parent copy (relative to the bundle) as it was, and as it is in the base.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Repointed {
-    pub path: PathBuf,
-    pub original: String,
-    pub new: String,
+pub(crate) struct Repointed {
+    pub(crate) path: PathBuf,
+    pub(crate) original: String,
+    pub(crate) new: String,
 }
 
 impl Plan {
@@ -138,16 +138,16 @@ impl Plan {
 
 /// What Make Base did.
 #[derive(Debug, Clone)]
-pub struct MadeBase {
-    pub name: String,
+pub(crate) struct MadeBase {
+    pub(crate) name: String,
     /// The bundle, as the user knows it (relative to the root when inside it).
-    pub source: String,
-    pub disks: usize,
-    pub capacity_bytes: u64,
-    pub copied: bool,
-    pub elapsed: Duration,
+    pub(crate) source: String,
+    pub(crate) disks: usize,
+    pub(crate) capacity_bytes: u64,
+    pub(crate) copied: bool,
+    pub(crate) elapsed: Duration,
     /// Things that went wrong after the base was made (it is usable).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl std::fmt::Display for MadeBase {
@@ -688,7 +688,7 @@ fn complete_record(plan: &Plan, staging: &Path, env: &Arc<dyn Env>) -> Result<Ba
 /// Makes a base from `bundle`. On any failure before the base is in place, everything is put
 /// back as it was and the error says why. The base is usable when this returns; the caller then
 /// completes the fingerprints.
-pub fn make_base(
+pub(crate) fn make_base(
     lib: &Library,
     bundle: &Path,
     name: Option<&str>,
@@ -765,15 +765,15 @@ pub fn make_base(
 /// The last part of Make Base, which may run after the base is in use: fingerprinting its disks.
 /// The operation's journal stays until it is done, so a crash meanwhile is finished by recovery.
 #[must_use = "call finish() to record the fingerprints (recovery does it otherwise)"]
-pub struct Fingerprinting {
+pub(crate) struct Fingerprinting {
     journal: Journal,
-    pub base: Base,
+    pub(crate) base: Base,
     /// What stopped the steps after the publish: reported here, and the journal kept.
     unfinished: Option<Error>,
 }
 
 impl Fingerprinting {
-    pub fn finish(self, lib: &Library, opts: &Options) -> Result<()> {
+    pub(crate) fn finish(self, lib: &Library, opts: &Options) -> Result<()> {
         complete_fingerprints(lib, &self.base, opts)?;
         match self.unfinished {
             Some(e) => Err(e),
@@ -1061,7 +1061,7 @@ fn published(lib: &Library, plan: &Plan) -> bool {
 }
 
 /// Finishes or undoes a Make Base that was interrupted.
-pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
+pub(crate) fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
     let lib = ctx.lib;
     // Every file the plan names is in the bundle: a journal naming one elsewhere (`../..`) would
     // have recovery change or delete it.
@@ -1097,7 +1097,7 @@ pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
 
 /// Computes and records the fingerprints a base does not have yet (they are computed after the
 /// base is usable, so a big disk does not delay it).
-pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Result<()> {
+pub(crate) fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Result<()> {
     let current = records::read_base(&base.dir)?.unwrap_or_else(|| base.record.clone());
     if current.disks.iter().all(|d| d.fingerprint.is_some()) {
         return Ok(());

@@ -4,12 +4,12 @@
 //! and the helpers in [`common`]; it never imports from another operation. Recovery
 //! ([`super::recovery`]) sits above them all, since it finishes or undoes each of them.
 
-pub mod common;
-pub mod forget;
-pub mod make_base;
-pub mod new_leaf;
-pub mod promote;
-pub mod relink;
-pub mod remove_base;
-pub mod status;
-pub mod verify;
+pub(crate) mod common;
+pub(crate) mod forget;
+pub(crate) mod make_base;
+pub(crate) mod new_leaf;
+pub(crate) mod promote;
+pub(crate) mod relink;
+pub(crate) mod remove_base;
+pub(crate) mod status;
+pub(crate) mod verify;

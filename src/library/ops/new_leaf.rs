@@ -46,15 +46,15 @@ fn step(name: &str) {
 
 /// The journal's record of a New Leaf.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub id: String,
+pub(crate) struct Plan {
+    pub(crate) id: String,
     /// The base's folder.
-    pub base: LPath,
-    pub base_id: String,
-    pub name: String,
+    pub(crate) base: LPath,
+    pub(crate) base_id: String,
+    pub(crate) name: String,
     /// The `New Leaf/<base>/<name>` folder that asked for the leaf, removed at the end.
-    pub request: Option<LPath>,
-    pub leaf_ref: LeafRef,
+    pub(crate) request: Option<LPath>,
+    pub(crate) leaf_ref: LeafRef,
 }
 
 impl Plan {
@@ -77,15 +77,15 @@ struct Places {
 
 /// What New Leaf did.
 #[derive(Debug, Clone)]
-pub struct MadeLeaf {
-    pub name: String,
-    pub base: String,
-    pub disks: usize,
+pub(crate) struct MadeLeaf {
+    pub(crate) name: String,
+    pub(crate) base: String,
+    pub(crate) disks: usize,
     /// Bytes the leaf's own files take.
-    pub own_bytes: u64,
-    pub snapshot: &'static str,
-    pub elapsed: Duration,
-    pub warnings: Vec<String>,
+    pub(crate) own_bytes: u64,
+    pub(crate) snapshot: &'static str,
+    pub(crate) elapsed: Duration,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl std::fmt::Display for MadeLeaf {
@@ -108,7 +108,7 @@ impl std::fmt::Display for MadeLeaf {
 }
 
 /// Makes leaf `name` from base `base_name`. `request` is the drop folder that asked for it.
-pub fn new_leaf(
+pub(crate) fn new_leaf(
     lib: &Library,
     base_name: &str,
     name: &str,
@@ -427,7 +427,7 @@ fn published(plan: &Plan, places: &Places) -> bool {
 }
 
 /// Finishes or undoes a New Leaf that was interrupted.
-pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
+pub(crate) fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let lib = ctx.lib;
     let _lock = lib.lock_base(&plan.base_id)?;
     let places =

@@ -33,12 +33,12 @@ fn step(name: &str) {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub id: String,
-    pub leaf: LPath,
+pub(crate) struct Plan {
+    pub(crate) id: String,
+    pub(crate) leaf: LPath,
     /// The base's folder and id, to take the leaf off its list.
-    pub base: Option<(LPath, String)>,
-    pub leaf_id: String,
+    pub(crate) base: Option<(LPath, String)>,
+    pub(crate) leaf_id: String,
 }
 
 /// Where a promotion works, beside the leaf.
@@ -62,11 +62,11 @@ impl Places {
 }
 
 #[derive(Debug)]
-pub struct Promoted {
-    pub name: String,
-    pub base: String,
-    pub bytes: u64,
-    pub elapsed: Duration,
+pub(crate) struct Promoted {
+    pub(crate) name: String,
+    pub(crate) base: String,
+    pub(crate) bytes: u64,
+    pub(crate) elapsed: Duration,
 }
 
 impl std::fmt::Display for Promoted {
@@ -125,7 +125,7 @@ fn refuse_own_snapshots(leaf: &Leaf) -> Result<()> {
 }
 
 /// Promotes the leaf `arg` (a path, or a leaf name in the library).
-pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
+pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
     let start = Instant::now();
     let leaf = lib.find_leaf(arg)?;
     let record = leaf.record.clone();
@@ -300,7 +300,7 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
 /// Finishes or undoes an interrupted Promote. Once the leaf was set aside the promoted bundle
 /// (complete by then) takes its place; before that the staging is dropped and the leaf is as it
 /// was.
-pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
+pub(crate) fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let places = Places::of(ctx, plan)?;
     let shown = places.leaf.display();
     if places.aside.exists() {

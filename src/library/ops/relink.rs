@@ -18,11 +18,11 @@ use crate::library::{Base, Leaf, Library, Options};
 
 /// What relink did.
 #[derive(Debug)]
-pub struct Relinked {
-    pub leaf: String,
-    pub base: String,
+pub(crate) struct Relinked {
+    pub(crate) leaf: String,
+    pub(crate) base: String,
     /// Parent copies rewritten (0: the leaf already reached its base).
-    pub rewritten: usize,
+    pub(crate) rewritten: usize,
 }
 
 impl std::fmt::Display for Relinked {
@@ -99,7 +99,7 @@ fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> 
 }
 
 /// Points `leaf`'s parent copies at its base in `lib`.
-pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
+pub(crate) fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
     let env = opts.env();
     let leaf = lib.find_leaf(arg)?;
     let copies: Vec<(PathBuf, Descriptor)> = leaf

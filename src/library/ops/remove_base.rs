@@ -27,10 +27,10 @@ fn step(name: &str) {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The base's id: only that base is ever hidden or removed.
-    pub id: String,
-    pub name: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
 }
 
 /// Where a removal works.
@@ -57,11 +57,11 @@ fn journal_id(id: &str) -> String {
 }
 
 #[derive(Debug)]
-pub struct Removed {
-    pub name: String,
-    pub bytes: u64,
+pub(crate) struct Removed {
+    pub(crate) name: String,
+    pub(crate) bytes: u64,
     /// Where it went: the Trash, or `None` when deleted.
-    pub trashed_to: Option<PathBuf>,
+    pub(crate) trashed_to: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Removed {
@@ -78,7 +78,7 @@ impl std::fmt::Display for Removed {
 /// What stands in the way of removing base `name`: its leaves, by name and place, wherever they
 /// are; a leaf the base lists but that cannot be found still counts, since deleting a leaf must
 /// never be a way to lose its base. Only `leafd forget` takes a leaf off the list.
-pub fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
+pub(crate) fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
     let base = lib.base(name)?;
     let leaves = lib.leaves()?;
     let mut out: Vec<String> = leaves
@@ -103,7 +103,7 @@ pub fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
 }
 
 /// Removes base `name`. `confirmed` must be true where removal is final (no Trash).
-pub fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed> {
+pub(crate) fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed> {
     let base = lib.base(name)?;
     // Held from the check to the hide: no New Leaf can start on the base in between.
     let _lock = base.lock(lib)?;
@@ -193,7 +193,7 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
 
 /// An interrupted removal: finished once the base was hidden (it was out of the library and
 /// asked for); before that nothing had changed, and the base stays.
-pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
+pub(crate) fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let places = Places::of(ctx.lib, plan)?;
     if !places.hidden.exists() {
         let still_there = crate::library::base_at(&places.dir, &plan.id).unwrap_or(false);

@@ -12,51 +12,51 @@ use crate::fsutil;
 use crate::library::{Library, NOTE_SUFFIX, Options, journal, note_path};
 
 #[derive(Debug, Serialize)]
-pub struct Status {
-    pub root: String,
-    pub bases: Vec<BaseStatus>,
+pub(crate) struct Status {
+    pub(crate) root: String,
+    pub(crate) bases: Vec<BaseStatus>,
     /// Drops not acted on yet (waiting to settle, or not yet seen by the agent).
-    pub pending: Vec<String>,
+    pub(crate) pending: Vec<String>,
     /// Drops that failed, with what is wrong (from their note).
-    pub failed: Vec<Failed>,
+    pub(crate) failed: Vec<Failed>,
     /// Operations interrupted and not yet finished or undone.
-    pub interrupted: usize,
+    pub(crate) interrupted: usize,
 }
 
 #[derive(Debug, Serialize)]
-pub struct BaseStatus {
-    pub name: String,
-    pub id: String,
-    pub disks: usize,
+pub(crate) struct BaseStatus {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) disks: usize,
     /// Virtual size of all disks.
-    pub capacity_bytes: u64,
+    pub(crate) capacity_bytes: u64,
     /// What the base's disks occupy on disk: shared by every leaf.
-    pub shared_bytes: u64,
-    pub leaves: Vec<LeafStatus>,
+    pub(crate) shared_bytes: u64,
+    pub(crate) leaves: Vec<LeafStatus>,
     /// What the base plus one full copy per leaf would occupy.
-    pub full_copies_bytes: u64,
+    pub(crate) full_copies_bytes: u64,
     /// What the base and its leaves occupy.
-    pub used_bytes: u64,
-    pub saved_bytes: u64,
+    pub(crate) used_bytes: u64,
+    pub(crate) saved_bytes: u64,
     /// Freed by removing the base (possible only once no leaf depends on it).
-    pub reclaimable_bytes: u64,
-    pub fingerprinted: bool,
+    pub(crate) reclaimable_bytes: u64,
+    pub(crate) fingerprinted: bool,
 }
 
 #[derive(Debug, Serialize)]
-pub struct LeafStatus {
-    pub name: String,
-    pub path: String,
+pub(crate) struct LeafStatus {
+    pub(crate) name: String,
+    pub(crate) path: String,
     /// False when the leaf is no longer where it was made.
-    pub present: bool,
+    pub(crate) present: bool,
     /// Allocated bytes of its deltas.
-    pub own_bytes: u64,
+    pub(crate) own_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Failed {
-    pub item: String,
-    pub reason: String,
+pub(crate) struct Failed {
+    pub(crate) item: String,
+    pub(crate) reason: String,
 }
 
 fn allocated_of_disk(path: &Path) -> u64 {
@@ -66,7 +66,7 @@ fn allocated_of_disk(path: &Path) -> u64 {
 }
 
 /// Gathers the status of `lib`; reads only.
-pub fn status(lib: &Library) -> Result<Status> {
+pub(crate) fn status(lib: &Library) -> Result<Status> {
     let leaves = lib.leaves()?;
     let mut bases = Vec::new();
     for base in lib.bases()? {
@@ -156,7 +156,7 @@ fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
 }
 
 /// The status as a table a person reads.
-pub fn render(s: &Status) -> String {
+pub(crate) fn render(s: &Status) -> String {
     let mut out = format!("library: {}\n", s.root);
     if s.bases.is_empty() {
         out.push_str("no bases yet: drop a powered-off VM into \"Make Base\"\n");

@@ -24,18 +24,18 @@ use crate::library::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, 
 use crate::platform;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub path: String,
-    pub what: String,
-    pub fix: String,
+pub(crate) struct Finding {
+    pub(crate) path: String,
+    pub(crate) what: String,
+    pub(crate) fix: String,
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub bases: usize,
-    pub leaves: usize,
-    pub problems: Vec<Finding>,
-    pub repaired: Vec<Finding>,
+pub(crate) struct Report {
+    pub(crate) bases: usize,
+    pub(crate) leaves: usize,
+    pub(crate) problems: Vec<Finding>,
+    pub(crate) repaired: Vec<Finding>,
 }
 
 impl Report {
@@ -57,7 +57,7 @@ impl Report {
     }
 
     /// The report for a person: one line per problem and repair.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         for r in &self.repaired {
             out.push_str(&format!("repaired: {}: {}\n", r.path, r.what));
@@ -82,7 +82,7 @@ impl Report {
 }
 
 /// Verifies the library, or only the bases and leaves `names` (empty: everything).
-pub fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Result<Report> {
+pub(crate) fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Result<Report> {
     let mut report = Report::default();
     let pending = journal::pending(lib);
     if pending > 0 {

@@ -34,30 +34,27 @@ use crate::library::{BASE_VMX_SUFFIX, Base, Library, Options, validate_name};
 use crate::platform::{self, Tag};
 use crate::testing::fault;
 
-pub const OP: &str = "make-base";
-
-/// Every step at which a crash test kills Make Base. `flattened` happens only for a VM whose
-/// disks are snapshot chains (a leaf, say); `moved` on one volume only; `copying`, `copied`,
-/// `source-removing` and `source-removed` across volumes only.
-pub const STEPS: &[&str] = &[
-    "journaled",
-    "flattened",
-    "moved",
-    "copying",
-    "copied",
-    "vmx-renamed",
-    "lineage-written",
-    "protected",
-    "published",
-    "drop-folder-created",
-    "source-removing",
-    "source-removed",
-    "fingerprinted",
-];
-
-fn step(name: &str) {
-    fault::point(OP, STEPS, name);
-}
+fault::steps!("make-base" {
+    Journaled = "journaled",
+    /// Only for a VM whose disks are snapshot chains (a leaf, say).
+    Flattened = "flattened",
+    /// On one volume only.
+    Moved = "moved",
+    /// Across volumes only.
+    Copying = "copying",
+    /// Across volumes only.
+    Copied = "copied",
+    VmxRenamed = "vmx-renamed",
+    LineageWritten = "lineage-written",
+    Protected = "protected",
+    Published = "published",
+    DropFolderCreated = "drop-folder-created",
+    /// Across volumes only.
+    SourceRemoving = "source-removing",
+    /// Across volumes only.
+    SourceRemoved = "source-removed",
+    Fingerprinted = "fingerprinted",
+});
 
 /// A disk has at most this many extents (a 2 TiB disk split at 2 GiB has 1,025): each becomes a
 /// file of every leaf.
@@ -736,7 +733,7 @@ pub(crate) fn make_base(
         },
     };
     let journal = Journal::begin(lib, &id, OP, &plan)?;
-    step("journaled");
+    step(Step::Journaled);
     let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
     if let Err(e) = build(&ctx, &plan, &found, &target, opts) {
         // Published but not flushed (the folder's flush failed after the rename): the journal
@@ -788,16 +785,16 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
     let staging = plan.staging(lib);
     if !plan.flatten.is_empty() {
         write_flattened(ctx, plan, &found.bundle, opts)?;
-        step("flattened");
+        step(Step::Flattened);
     }
     if plan.copy {
         copy_into(&found.bundle, &staging, &plan.id, opts)?;
         found.refuse_if_changed()?;
-        step("copied");
+        step(Step::Copied);
     } else {
         found.refuse_if_changed()?;
         durable::rename_noreplace(&found.bundle, &staging)?;
-        step("moved");
+        step(Step::Moved);
     }
     let flatten_dir = plan.flatten_dir(lib);
     for f in &plan.flatten {
@@ -807,14 +804,14 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
     }
     journal::remove_work_dir(ctx, &flatten_dir)?;
     durable::rename_noreplace(&staging.join(&plan.vmx), &staging.join(&plan.record.vmx))?;
-    step("vmx-renamed");
+    step(Step::VmxRenamed);
     for r in &plan.repointed {
         durable::write_atomic(&staging.join(&r.path), r.new.as_bytes())?;
     }
     let record = complete_record(plan, &staging, &opts.env())?;
     records::write_base(&staging, &record)?;
     tag(&staging, Tag::Base, true);
-    step("lineage-written");
+    step(Step::LineageWritten);
     let dir = platform::open_dir(&staging).at(&staging, "cannot open")?;
     for rel in plan.disk_files.iter().map(|d| &d.path).chain(plan.flatten.iter().flat_map(|f| &f.files)) {
         // Through the descriptor opened beneath the staging folder: nothing can be swapped in
@@ -823,10 +820,10 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
         let file = platform::open_beneath(&dir, rel, false).at(&p, "cannot open to write-protect")?;
         durable::protect_open(&file, &p)?;
     }
-    step("protected");
+    step(Step::Protected);
     durable::flush_tree(&staging, Flush::Order)?;
     durable::rename_noreplace(&staging, target)?;
-    step("published");
+    step(Step::Published);
     Ok(())
 }
 
@@ -845,7 +842,7 @@ fn copy_into(bundle: &Path, staging: &Path, id: &str, opts: &Options) -> Result<
             durable::copy_file(src, &dst, &opts.cancel)?;
         }
         if i == 0 {
-            step("copying");
+            step(Step::Copying);
         }
     }
     for src in &entries {
@@ -895,7 +892,7 @@ fn finish_steps(ctx: &Ctx, plan: &Plan, opts: &Options, warnings: &mut Vec<Strin
     let target = plan.target(lib)?;
     let drop_folder = lib.new_leaf_dir().join(&plan.name);
     durable::create_dir_all(&drop_folder).and_then(|()| durable::flush_parent(&drop_folder, Flush::Order))?;
-    step("drop-folder-created");
+    step(Step::DropFolderCreated);
     if let Some(from) = &plan.from_leaf {
         // The leaf is now a base: it is no leaf of its old base any more.
         // The tag first: removing the record flushes the folder, tags and all.
@@ -922,7 +919,7 @@ fn finish_steps(ctx: &Ctx, plan: &Plan, opts: &Options, warnings: &mut Vec<Strin
                 ));
             }
         }
-        step("source-removed");
+        step(Step::SourceRemoved);
     }
     journal::unstamp(&target, &plan.id)
 }
@@ -987,7 +984,7 @@ fn remove_copied_source(source: &Path, target: &Path, plan: &Plan, opts: &Option
             durable::remove_file(src)?;
         }
         if i == 0 {
-            step("source-removing");
+            step(Step::SourceRemoving);
         }
     }
     durable::remove_dir(source)?;
@@ -1113,7 +1110,7 @@ pub(crate) fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) 
     for (d, fp) in record.disks.iter_mut().zip(prints) {
         d.fingerprint.get_or_insert(fp);
     }
-    step("fingerprinted");
+    step(Step::Fingerprinted);
     records::write_base(&base.dir, &record)
 }
 

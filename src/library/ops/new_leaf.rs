@@ -25,24 +25,17 @@ use crate::library::{Base, Library, Options, SnapshotBackend, validate_name};
 use crate::platform::{self, Tag};
 use crate::testing::fault;
 
-pub const OP: &str = "new-leaf";
-
-/// Every step at which a crash test kills New Leaf.
-pub const STEPS: &[&str] = &[
-    "journaled",
-    "parent-copies-written",
-    "deltas-written",
-    "vmx-written",
-    "vmsd-written",
-    "lineage-written",
-    "published",
-    "base-linked",
-    "request-removed",
-];
-
-fn step(name: &str) {
-    fault::point(OP, STEPS, name);
-}
+fault::steps!("new-leaf" {
+    Journaled = "journaled",
+    ParentCopiesWritten = "parent-copies-written",
+    DeltasWritten = "deltas-written",
+    VmxWritten = "vmx-written",
+    VmsdWritten = "vmsd-written",
+    LineageWritten = "lineage-written",
+    Published = "published",
+    BaseLinked = "base-linked",
+    RequestRemoved = "request-removed",
+});
 
 /// The journal's record of a New Leaf.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,7 +151,7 @@ pub(crate) fn new_leaf(
         },
     };
     let journal = Journal::begin(lib, &id, OP, &plan)?;
-    step("journaled");
+    step(Step::Journaled);
     let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
     let places = Places { staging: plan.staging(lib), target: target.clone(), request: request.map(Path::to_path_buf) };
     let built = build(&ctx, &plan, &places, &base, &base_disks, opts);
@@ -239,7 +232,7 @@ fn build(
     }
     durable::flush_tree(staging, Flush::Order)?;
     durable::rename_noreplace(staging, &places.target)?;
-    step("published");
+    step(Step::Published);
     Ok((record, warnings))
 }
 
@@ -270,7 +263,7 @@ fn build_files(
         let delta_rel = rel.with_file_name(delta_name(&file_name));
         disks.push((d.node.clone(), rel, delta_rel, copy, file_name, disk.disk_type));
     }
-    step("parent-copies-written");
+    step(Step::ParentCopiesWritten);
     let base_vmx = read_dict(&base.vmx_path())?;
     copy_nvram(&base_vmx, base, staging, &plan.name, opts)?;
     let vmx_path = staging.join(format!("{}.vmx", plan.name));
@@ -280,7 +273,7 @@ fn build_files(
         let on_copies: Vec<(String, String)> =
             disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
         durable::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes())?;
-        step("vmx-written");
+        step(Step::VmxWritten);
         run_vmrun(vmrun, &vmx_path, &opts.cancel)?;
         // vmrun must have pointed every disk at a new delta over our parent copy.
         let after = read_dict(&vmx_path)?;
@@ -295,20 +288,20 @@ fn build_files(
             }
             *delta_rel = PathBuf::from(now);
         }
-        step("deltas-written");
+        step(Step::DeltasWritten);
         let mut vmsd = read_dict(&vmsd_path)?;
         add_clone_keys(&mut vmsd, base, &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>());
         durable::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
-        step("vmsd-written");
+        step(Step::VmsdWritten);
     } else {
         for (_, _, delta_rel, copy, file_name, base_type) in &disks {
             create_delta(&opts.env(), &staging.join(delta_rel), file_name, copy, *base_type)?;
         }
-        step("deltas-written");
+        step(Step::DeltasWritten);
         let deltas: Vec<(String, String)> =
             disks.iter().map(|(node, _, delta, ..)| (node.clone(), str_of(delta))).collect();
         durable::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes())?;
-        step("vmx-written");
+        step(Step::VmxWritten);
         let at_snapshot: Vec<(String, String)> =
             disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
         let own: Vec<String> = disks.iter().map(|d| str_of(&d.2)).collect();
@@ -320,7 +313,7 @@ fn build_files(
             created: SystemTime::now(),
         });
         durable::write_new(&vmsd_path, &vmsd.to_bytes())?;
-        step("vmsd-written");
+        step(Step::VmsdWritten);
     }
     let record = LeafRecord {
         format: records::FORMAT,
@@ -346,7 +339,7 @@ fn build_files(
     if let Err(e) = durable::set_tag(staging, Tag::LinkedClone, true) {
         tracing::debug!("cannot tag {}: {e}", staging.display());
     }
-    step("lineage-written");
+    step(Step::LineageWritten);
     Ok(record)
 }
 
@@ -405,7 +398,7 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     journal::unstamp(&places.target, &plan.id)?;
     records::link_leaf(&ctx.path(&plan.base)?, &plan.leaf_ref)?;
-    step("base-linked");
+    step(Step::BaseLinked);
     if let Some(request) = &places.request {
         let _ = durable::remove_file(&request.join(".DS_Store"));
         if request.symlink_metadata().is_ok() {
@@ -417,7 +410,7 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Vec<String>> {
             }
         }
     }
-    step("request-removed");
+    step(Step::RequestRemoved);
     Ok(warnings)
 }
 

@@ -23,14 +23,15 @@ use crate::library::{Leaf, Library, Options};
 use crate::platform::Tag;
 use crate::testing::fault;
 
-pub const OP: &str = "promote";
-
-/// Every step at which a crash test kills Promote.
-pub const STEPS: &[&str] = &["journaled", "flattened", "staged", "set-aside", "swapped", "unlinked", "cleaned"];
-
-fn step(name: &str) {
-    fault::point(OP, STEPS, name);
-}
+fault::steps!("promote" {
+    Journaled = "journaled",
+    Flattened = "flattened",
+    Staged = "staged",
+    SetAside = "set-aside",
+    Swapped = "swapped",
+    Unlinked = "unlinked",
+    Cleaned = "cleaned",
+});
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Plan {
@@ -160,7 +161,7 @@ pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promo
         leaf_id: record.id.clone(),
     };
     let journal = Journal::begin(lib, &id, OP, &plan)?;
-    step("journaled");
+    step(Step::Journaled);
     let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
     let places = Places::of(&ctx, &plan)?;
     let bytes = match stage(&plan, &places, &leaf, &chains, opts) {
@@ -209,7 +210,7 @@ fn stage(plan: &Plan, places: &Places, leaf: &Leaf, chains: &[Disk], opts: &Opti
         }
         renamed.push((d.node.clone(), d.parent_copy.clone()));
     }
-    step("flattened");
+    step(Step::Flattened);
     let skip = chain_files(dir, record, opts)?;
     for p in fsutil::walk(dir)? {
         let rel = p.strip_prefix(dir).unwrap_or(&p).to_path_buf();
@@ -243,7 +244,7 @@ fn stage(plan: &Plan, places: &Places, leaf: &Leaf, chains: &[Disk], opts: &Opti
         return Err(Error::refused(dir, "the leaf changed while it was being promoted")
             .fix("shut the VM down and promote it again"));
     }
-    step("staged");
+    step(Step::Staged);
     Ok(bytes)
 }
 
@@ -254,7 +255,7 @@ fn swap(plan: &Plan, places: &Places) -> Result<()> {
         journal::stamp(&places.leaf, &plan.id, "promoted")?;
         durable::rename_noreplace(&places.leaf, &places.aside)?;
     }
-    step("set-aside");
+    step(Step::SetAside);
     if places.staging.exists() {
         // Never over something that took the leaf's place meanwhile: the journal stays, and
         // both bundles wait where the message says.
@@ -267,7 +268,7 @@ fn swap(plan: &Plan, places: &Places) -> Result<()> {
             ))
         })?;
     }
-    step("swapped");
+    step(Step::Swapped);
     Ok(())
 }
 
@@ -281,7 +282,7 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
     // The tag first: removing the record flushes the folder, tags and all.
     let _ = durable::set_tag(&places.leaf, Tag::LinkedClone, false);
     records::remove_leaf(&places.leaf)?;
-    step("unlinked");
+    step(Step::Unlinked);
     // The old leaf goes only once the promoted one is in its place.
     if places.staging.exists() || !places.leaf.exists() {
         return Err(Error::new(Kind::Io, places.aside.clone(), "kept: the promoted VM is not in the leaf's place")
@@ -293,7 +294,7 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
     }
     journal::unstamp(&places.leaf, &plan.id)?;
     journal::remove_work_dir(ctx, &places.aside)?;
-    step("cleaned");
+    step(Step::Cleaned);
     Ok(())
 }
 

@@ -18,13 +18,12 @@ use crate::library::{Library, validate_name};
 use crate::platform;
 use crate::testing::fault;
 
-pub const OP: &str = "remove-base";
-
-pub const STEPS: &[&str] = &["journaled", "hidden", "unlocked", "removed"];
-
-fn step(name: &str) {
-    fault::point(OP, STEPS, name);
-}
+fault::steps!("remove-base" {
+    Journaled = "journaled",
+    Hidden = "hidden",
+    Unlocked = "unlocked",
+    Removed = "removed",
+});
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Plan {
@@ -128,7 +127,7 @@ pub(crate) fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<
     let plan = Plan { id: base.record.id.clone(), name: base.record.name.clone() };
     let jid = journal_id(&plan.id);
     let journal = Journal::begin(lib, &jid, OP, &plan)?;
-    step("journaled");
+    step(Step::Journaled);
     let ctx = Ctx { lib, id: jid.clone(), same_library: true, format: journal::FORMAT };
     let places = Places::of(lib, &plan)?;
     let hidden = journal::stamp(&places.dir, &jid, "removing")
@@ -142,7 +141,7 @@ pub(crate) fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<
         }
         return Err(e);
     }
-    step("hidden");
+    step(Step::Hidden);
     let trashed_to = finish(&ctx, &places, &plan)?;
     journal.finish()?;
     Ok(Removed { name: plan.name, bytes, trashed_to })
@@ -166,7 +165,7 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
                 durable::unprotect(&p, (mode | 0o200) & 0o7777)?;
             }
         }
-        step("unlocked");
+        step(Step::Unlocked);
         if platform::HAS_TRASH {
             // The stamp goes with it and is taken off in the Trash: a crash in between must
             // leave a hidden base that recovery still knows as this removal's.
@@ -177,7 +176,7 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
         } else {
             journal::remove_work_dir(ctx, &places.hidden)?;
         }
-        step("removed");
+        step(Step::Removed);
     }
     // The drop folder goes too, unless someone put something in it. Any other failure stops
     // here, and recovery tries again.

@@ -543,8 +543,9 @@ pub(crate) fn flush_for_formats(file: &File, path: &Path) -> io::Result<()> {
 }
 
 fn into_io(e: Error) -> io::Error {
-    match e.source {
-        Some(source) => source,
+    match e.source.map(|s| s.downcast::<io::Error>()) {
+        Some(Ok(source)) => *source,
+        Some(Err(other)) => io::Error::other(other),
         None => io::Error::other(e.message),
     }
 }

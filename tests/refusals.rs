@@ -689,6 +689,14 @@ const CASES: &[Case] = &[
         exit: 2,
         says: &["frobnicate"],
     },
+    Case {
+        // A value clap takes (negative numbers are allowed) but leafd's own check refuses: bad
+        // usage too, said by leafd, not "unexpected argument".
+        name: "usage: a negative settle period",
+        setup: |lib| (vec!["agent".into(), "--settle".into(), "-1".into()], vec![lib.root.clone()]),
+        exit: 2,
+        says: &["a settle period of -1 s makes no sense", "fix: give seconds between 0 and 3600"],
+    },
 ];
 
 #[test]

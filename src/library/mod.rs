@@ -49,7 +49,7 @@ pub(crate) fn note_path(item: &Path) -> PathBuf {
 
 /// Who takes a leaf's snapshot. The default, for the command line, the agent and the library
 /// alike, is `Auto`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum SnapshotBackend {
     /// VMware's `vmrun` when it is installed, else (or when it fails) leafd's own writer.

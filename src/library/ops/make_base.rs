@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{self, cid_hex, disk_cid, flattened_name, human_bytes, human_duration, plain_entries, read_dict};
 use crate::durable::{self, Flush};
-use crate::error::{Error, IoContext, Kind, Result};
+use crate::error::{Error, IoContext, Kind, Result, undo_after};
 use crate::fsutil;
 use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, BaseRecord, DiskRecord, ExtentRecord};
@@ -197,8 +197,7 @@ fn damaged(e: Error) -> Error {
         return e;
     }
     let leads_out = e
-        .source
-        .as_ref()
+        .io_error()
         .is_some_and(|s| matches!(s.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::PermissionDenied));
     if leads_out {
         return e.fix("keep every file of the VM's disks inside the bundle as a regular file (no link out of it), then drop the VM again");
@@ -738,13 +737,10 @@ pub(crate) fn make_base(
     if let Err(e) = build(&ctx, &plan, &found, &target, opts) {
         // Published but not flushed (the folder's flush failed after the rename): the journal
         // stays, and recovery finishes the base.
-        if !published(lib, &plan) {
-            roll_back(&ctx, &plan).map_err(|re| {
-                Error::new(re.kind, re.path.clone(), format!("{} (while undoing after: {e})", re.message))
-            })?;
-            journal.finish()?;
+        if published(lib, &plan) {
+            return Err(e);
         }
-        return Err(e);
+        return Err(undo_after(e, || roll_back(&ctx, &plan).and_then(|()| journal.finish())));
     }
     let Finished { warnings, unfinished } = finish(&ctx, &plan, opts);
     let made = MadeBase {

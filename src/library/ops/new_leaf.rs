@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::common::{cid_hex, disk_cid, human_bytes, human_duration, read_dict};
 use crate::child;
 use crate::durable::{self, Flush};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Kind, Result, undo_after};
 use crate::fsutil;
 use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
@@ -157,13 +157,12 @@ pub(crate) fn new_leaf(
     let built = build(&ctx, &plan, &places, &base, &base_disks, opts);
     let (record, mut warnings) = match built {
         Ok(r) => r,
+        // Published but not flushed: the journal stays, and recovery finishes the leaf.
+        Err(e) if published(&plan, &places) => return Err(e),
         Err(e) => {
-            // Published but not flushed: the journal stays, and recovery finishes the leaf.
-            if !published(&plan, &places) {
-                journal::remove_work_dir(&ctx, &places.staging)?;
-                journal.finish()?;
-            }
-            return Err(e);
+            return Err(undo_after(e, || {
+                journal::remove_work_dir(&ctx, &places.staging).and_then(|()| journal.finish())
+            }));
         }
     };
     warnings.extend(finish(&ctx, &plan, &places)?);

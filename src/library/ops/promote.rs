@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{free_space, human_bytes, human_duration, read_dict, refuse_unsafe_state};
 use crate::durable::{self, Flush};
-use crate::error::{Error, IoContext, Kind, Result};
+use crate::error::{Error, IoContext, Kind, Result, undo_after};
 use crate::fsutil;
 use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, LeafRecord};
@@ -167,21 +167,23 @@ pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promo
     let bytes = match stage(&plan, &places, &leaf, &chains, opts) {
         Ok(b) => b,
         Err(e) => {
-            journal::remove_work_dir(&ctx, &places.staging)?;
-            journal.finish()?;
-            return Err(e);
+            return Err(undo_after(e, || {
+                journal::remove_work_dir(&ctx, &places.staging).and_then(|()| journal.finish())
+            }));
         }
     };
     drop(chains);
     if let Err(e) = swap(&plan, &places) {
         // Set aside: the promoted bundle is complete, and recovery finishes the swap. Not set
         // aside: the leaf is as it was, and the promotion is undone here.
-        if !places.aside.exists() {
+        if places.aside.exists() {
+            return Err(e);
+        }
+        return Err(undo_after(e, || {
             journal::remove_work_dir(&ctx, &places.staging)?;
             journal::unstamp(&places.leaf, &plan.id)?;
-            journal.finish()?;
-        }
-        return Err(e);
+            journal.finish()
+        }));
     }
     finish(&ctx, &plan, &places)?;
     journal.finish()?;

@@ -11,7 +11,7 @@ use leafd_formats::disk::{Disk, read_descriptor};
 
 use super::common::{extent_keys, read_dict};
 use crate::durable;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, undo_after};
 use crate::fsutil;
 use crate::library::records;
 use crate::library::{Base, Leaf, Library, Options};
@@ -166,12 +166,7 @@ pub(crate) fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relink
         update_records(&leaf, &base, &mut changed)
     })();
     if let Err(e) = relinked {
-        for c in changed.iter().rev() {
-            c.undo(&leaf).map_err(|u| {
-                Error::new(u.kind, u.path.clone(), format!("{} (while putting the leaf back after: {e})", u.message))
-            })?;
-        }
-        return Err(e);
+        return Err(undo_after(e, || changed.iter().rev().try_for_each(|c| c.undo(&leaf))));
     }
     Ok(Relinked { leaf: leaf.record.name.clone(), base: base.record.name.clone(), rewritten: plans.len() })
 }

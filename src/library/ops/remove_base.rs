@@ -6,11 +6,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::common::human_bytes;
 use crate::durable::{self, Flush};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, undo_after};
 use crate::fsutil;
 use crate::library::journal::{self, Ctx, Journal};
 use crate::library::records::Listed;
@@ -135,11 +136,10 @@ pub(crate) fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<
     if let Err(e) = hidden {
         // Hidden but not flushed: the journal stays, and recovery finishes the removal. Not
         // hidden: nothing happened, and the base stays as it was.
-        if !places.hidden.exists() {
-            journal::unstamp(&places.dir, &jid)?;
-            journal.finish()?;
+        if places.hidden.exists() {
+            return Err(e);
         }
-        return Err(e);
+        return Err(undo_after(e, || journal::unstamp(&places.dir, &jid).and_then(|()| journal.finish())));
     }
     step(Step::Hidden);
     let trashed_to = finish(&ctx, &places, &plan)?;
@@ -184,7 +184,9 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
     match durable::remove_dir(&places.drop_folder) {
         Ok(()) => durable::flush_parent(&places.drop_folder, Flush::Order)?,
         Err(e)
-            if e.source.as_ref().is_some_and(|s| matches!(s.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST))) => {}
+            if e.io_error()
+                .and_then(Errno::from_io_error)
+                .is_some_and(|n| n == Errno::NOTEMPTY || n == Errno::EXIST) => {}
         Err(e) => return Err(e),
     }
     Ok(trashed_to)

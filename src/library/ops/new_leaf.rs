@@ -9,8 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use leafd_formats::clone::{create_delta, delta_name, parent_copy};
+use leafd_formats::descriptor::Descriptor;
 use leafd_formats::dict::Dict;
-use leafd_formats::disk::{Disk, resolve};
+use leafd_formats::disk::{Disk, DiskType, resolve};
 use leafd_formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use serde::{Deserialize, Serialize};
 
@@ -247,7 +248,7 @@ fn build_files(
 ) -> Result<LeafRecord> {
     let staging = &places.staging;
     journal::create_work_dir(staging, &plan.id, "staging")?;
-    let mut disks = Vec::new();
+    let mut disks: Vec<Staged> = Vec::new();
     for (d, disk) in base_disks {
         let rel = PathBuf::from(&d.descriptor);
         let copy_path = staging.join(&rel);
@@ -265,55 +266,11 @@ fn build_files(
     step(Step::ParentCopiesWritten);
     let base_vmx = read_dict(&base.vmx_path())?;
     copy_nvram(&base_vmx, base, staging, &plan.name, opts)?;
-    let vmx_path = staging.join(format!("{}.vmx", plan.name));
-    let vmsd_path = staging.join(format!("{}.vmsd", plan.name));
-    let str_of = |p: &Path| p.to_string_lossy().into_owned();
-    if let Some(vmrun) = vmrun {
-        let on_copies: Vec<(String, String)> =
-            disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
-        durable::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes())?;
-        step(Step::VmxWritten);
-        run_vmrun(vmrun, &vmx_path, &opts.cancel)?;
-        // vmrun must have pointed every disk at a new delta over our parent copy.
-        let after = read_dict(&vmx_path)?;
-        for (node, rel, delta_rel, ..) in &mut disks {
-            let now = after.get(&format!("{node}.fileName")).unwrap_or_default().to_string();
-            let delta = Disk::open(&opts.env(), &resolve(staging, &now))?;
-            if now == str_of(rel) || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel)) {
-                return Err(Error::format(
-                    &vmx_path,
-                    format!("vmrun reported success but disk {node} has no snapshot over {}", rel.display()),
-                ));
-            }
-            *delta_rel = PathBuf::from(now);
-        }
-        step(Step::DeltasWritten);
-        let mut vmsd = read_dict(&vmsd_path)?;
-        add_clone_keys(&mut vmsd, base, &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>());
-        durable::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
-        step(Step::VmsdWritten);
-    } else {
-        for (_, _, delta_rel, copy, file_name, base_type) in &disks {
-            create_delta(&opts.env(), &staging.join(delta_rel), file_name, copy, *base_type)?;
-        }
-        step(Step::DeltasWritten);
-        let deltas: Vec<(String, String)> =
-            disks.iter().map(|(node, _, delta, ..)| (node.clone(), str_of(delta))).collect();
-        durable::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes())?;
-        step(Step::VmxWritten);
-        let at_snapshot: Vec<(String, String)> =
-            disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
-        let own: Vec<String> = disks.iter().map(|d| str_of(&d.2)).collect();
-        let vmsd = vmx::leaf_vmsd(&Snapshot {
-            leaf_name: &plan.name,
-            disks: &at_snapshot,
-            own_disks: &own,
-            clone_of: &str_of(&base.vmx_path()),
-            created: SystemTime::now(),
-        });
-        durable::write_new(&vmsd_path, &vmsd.to_bytes())?;
-        step(Step::VmsdWritten);
+    match vmrun {
+        Some(vmrun) => snapshot_by_vmrun(vmrun, plan, base, &base_vmx, staging, &mut disks, opts)?,
+        None => snapshot_natively(plan, base, &base_vmx, staging, &disks, opts)?,
     }
+    let str_of = |p: &Path| p.to_string_lossy().into_owned();
     let record = LeafRecord {
         format: records::FORMAT,
         id: plan.id.clone(),
@@ -340,6 +297,85 @@ fn build_files(
     }
     step(Step::LineageWritten);
     Ok(record)
+}
+
+/// A disk of the leaf as staged: its node, its parent copy (relative to the bundle), its delta,
+/// the parent copy's descriptor, the copy's file name, and the base disk's type.
+type Staged = (String, PathBuf, PathBuf, Descriptor, String, DiskType);
+
+/// `vmrun` snapshots a `.vmx` on the parent copies: it writes the deltas, which must lead to the
+/// copies, and the `.vmsd`, which gets the clone keys.
+fn snapshot_by_vmrun(
+    vmrun: &Path,
+    plan: &Plan,
+    base: &Base,
+    base_vmx: &Dict,
+    staging: &Path,
+    disks: &mut [Staged],
+    opts: &Options,
+) -> Result<()> {
+    let vmx_path = staging.join(format!("{}.vmx", plan.name));
+    let vmsd_path = staging.join(format!("{}.vmsd", plan.name));
+    let str_of = |p: &Path| p.to_string_lossy().into_owned();
+    let on_copies: Vec<(String, String)> = disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
+    durable::write_new(&vmx_path, &vmx::leaf_vmx(base_vmx, &plan.name, &on_copies).to_bytes())?;
+    step(Step::VmxWritten);
+    run_vmrun(vmrun, &vmx_path, &opts.cancel)?;
+    // vmrun must have pointed every disk at a new delta over our parent copy.
+    let after = read_dict(&vmx_path)?;
+    for (node, rel, delta_rel, ..) in disks.iter_mut() {
+        let now = after.get(&format!("{node}.fileName")).unwrap_or_default().to_string();
+        let delta = Disk::open(&opts.env(), &resolve(staging, &now))?;
+        if now == str_of(rel) || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel)) {
+            return Err(Error::format(
+                &vmx_path,
+                format!("vmrun reported success but disk {node} has no snapshot over {}", rel.display()),
+            ));
+        }
+        *delta_rel = PathBuf::from(now);
+    }
+    step(Step::DeltasWritten);
+    let mut vmsd = read_dict(&vmsd_path)?;
+    add_clone_keys(&mut vmsd, base, &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>());
+    durable::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
+    step(Step::VmsdWritten);
+    Ok(())
+}
+
+/// leafd's own writer: a delta over each parent copy, the `.vmx` on the deltas, and a `.vmsd`
+/// showing the snapshot "Base".
+fn snapshot_natively(
+    plan: &Plan,
+    base: &Base,
+    base_vmx: &Dict,
+    staging: &Path,
+    disks: &[Staged],
+    opts: &Options,
+) -> Result<()> {
+    let str_of = |p: &Path| p.to_string_lossy().into_owned();
+    for (_, _, delta_rel, copy, file_name, base_type) in disks {
+        create_delta(&opts.env(), &staging.join(delta_rel), file_name, copy, *base_type)?;
+    }
+    step(Step::DeltasWritten);
+    let deltas: Vec<(String, String)> =
+        disks.iter().map(|(node, _, delta, ..)| (node.clone(), str_of(delta))).collect();
+    durable::write_new(
+        &staging.join(format!("{}.vmx", plan.name)),
+        &vmx::leaf_vmx(base_vmx, &plan.name, &deltas).to_bytes(),
+    )?;
+    step(Step::VmxWritten);
+    let at_snapshot: Vec<(String, String)> = disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
+    let own: Vec<String> = disks.iter().map(|d| str_of(&d.2)).collect();
+    let vmsd = vmx::leaf_vmsd(&Snapshot {
+        leaf_name: &plan.name,
+        disks: &at_snapshot,
+        own_disks: &own,
+        clone_of: &str_of(&base.vmx_path()),
+        created: SystemTime::now(),
+    });
+    durable::write_new(&staging.join(format!("{}.vmsd", plan.name)), &vmsd.to_bytes())?;
+    step(Step::VmsdWritten);
+    Ok(())
 }
 
 /// Copies the base's `.nvram` (EFI boot entries) under the leaf's name, when the base has one.

@@ -318,6 +318,8 @@ fn forget_record(dir: &Path) -> String {
     }
 }
 
+/// A base: each disk's identity, protection and extents (and, `deep`, its content), its `.vmx`
+/// kept under the name that cannot be booted; fingerprints it lacks are recorded (`deep`).
 fn check_base(
     lib: &Library,
     env: &Arc<dyn Env>,
@@ -336,44 +338,7 @@ fn check_base(
                 continue;
             }
         };
-        let cid = disk_cid(&disk)?;
-        if cid != d.cid {
-            report.problem(
-                &path,
-                format!("the base disk changed since the base was made (CID {cid}, recorded {}): it was opened for writing, perhaps booted", d.cid),
-                "every leaf of this base now fails with VMware error 18; restore the base's disk files from a backup",
-            );
-        }
-        if disk.capacity() != d.capacity {
-            report.problem(
-                &path,
-                format!("capacity is {} sectors, recorded {}", disk.capacity(), d.capacity),
-                "restore the base's disk files from a backup",
-            );
-        }
-        for f in disk.files() {
-            if !platform::is_protected(&f).unwrap_or(false) {
-                report.problem(
-                    &f,
-                    "the base disk file is not write-protected",
-                    format!("protect it again: {}", platform::protect_command(&f)),
-                );
-            }
-        }
-        // A fingerprint is recorded only from content whose sizes check out.
-        let mut suspect = false;
-        for e in &d.extents {
-            let file = base.dir.join(&e.file);
-            let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            if size != e.size {
-                suspect = true;
-                report.problem(
-                    &file,
-                    format!("extent is {size} bytes, {} when the base was made: truncated or changed", e.size),
-                    "restore the base's disk files from a backup",
-                );
-            }
-        }
+        let extents_hold = check_base_disk(base, d, &disk, report)?;
         if deep {
             if let Err(e) = disk.check_extents() {
                 report.error(&e.into());
@@ -386,7 +351,7 @@ fn check_base(
                     "restore the base's disk files from a backup",
                 ),
                 Some(_) => {}
-                None if suspect => report.problem(
+                None if !extents_hold => report.problem(
                     &path,
                     "the base has no content fingerprint, and its extents do not check out against their records",
                     "restore the base's disk files from a backup, or make the base again from the original VM",
@@ -397,18 +362,68 @@ fn check_base(
     }
     check_base_vmx(base, report);
     if !prints.is_empty() {
-        // Re-read under the lock: Make Base may be recording a fingerprint meanwhile.
-        let _lock = lib.lock_base(&base.record.id)?;
-        let mut record = records::read_base(&base.dir)?.unwrap_or_else(|| base.record.clone());
-        for (descriptor, print) in prints {
-            if let Some(d) = record.disks.iter_mut().find(|d| d.descriptor == descriptor && d.fingerprint.is_none()) {
-                d.fingerprint = Some(print);
-                report.repaired(&base.descriptor_path(d), "fingerprint recorded");
-            }
-        }
-        records::write_base(&base.dir, &record)?;
+        record_fingerprints(lib, base, prints, report)?;
     }
     Ok(())
+}
+
+/// One disk of a base as recorded: its CID and capacity, every file write-protected, every
+/// extent of its recorded size. Returns whether the extents hold (a fingerprint is recorded only
+/// from content whose sizes check out).
+fn check_base_disk(base: &Base, d: &DiskRecord, disk: &Disk, report: &mut Report) -> Result<bool> {
+    let path = base.descriptor_path(d);
+    let cid = disk_cid(disk)?;
+    if cid != d.cid {
+        report.problem(
+            &path,
+            format!("the base disk changed since the base was made (CID {cid}, recorded {}): it was opened for writing, perhaps booted", d.cid),
+            "every leaf of this base now fails with VMware error 18; restore the base's disk files from a backup",
+        );
+    }
+    if disk.capacity() != d.capacity {
+        report.problem(
+            &path,
+            format!("capacity is {} sectors, recorded {}", disk.capacity(), d.capacity),
+            "restore the base's disk files from a backup",
+        );
+    }
+    for f in disk.files() {
+        if !platform::is_protected(&f).unwrap_or(false) {
+            report.problem(
+                &f,
+                "the base disk file is not write-protected",
+                format!("protect it again: {}", platform::protect_command(&f)),
+            );
+        }
+    }
+    let mut hold = true;
+    for e in &d.extents {
+        let file = base.dir.join(&e.file);
+        let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        if size != e.size {
+            hold = false;
+            report.problem(
+                &file,
+                format!("extent is {size} bytes, {} when the base was made: truncated or changed", e.size),
+                "restore the base's disk files from a backup",
+            );
+        }
+    }
+    Ok(hold)
+}
+
+/// Records the fingerprints `deep` computed for disks that had none: `(descriptor, print)`.
+fn record_fingerprints(lib: &Library, base: &Base, prints: Vec<(String, String)>, report: &mut Report) -> Result<()> {
+    // Re-read under the lock: Make Base may be recording a fingerprint meanwhile.
+    let _lock = lib.lock_base(&base.record.id)?;
+    let mut record = records::read_base(&base.dir)?.unwrap_or_else(|| base.record.clone());
+    for (descriptor, print) in prints {
+        if let Some(d) = record.disks.iter_mut().find(|d| d.descriptor == descriptor && d.fingerprint.is_none()) {
+            d.fingerprint = Some(print);
+            report.repaired(&base.descriptor_path(d), "fingerprint recorded");
+        }
+    }
+    records::write_base(&base.dir, &record)
 }
 
 /// The base keeps its `.vmx` under a name VMware does not open by double-click: a plain `.vmx`

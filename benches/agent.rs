@@ -7,6 +7,9 @@
 //! - idle CPU: what the agent costs while nothing happens, on that big library;
 //! - the demo: `leafd demo` from start to "All checks passed", which must take under a minute.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every bench binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot set up or run stops there
+
 mod common;
 
 use std::fs;

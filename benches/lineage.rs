@@ -4,6 +4,9 @@
 //! - `verify --deep` fingerprinting against `sha256sum` on the same files;
 //! - `leafd verify` (without --deep) on a library of 100 bases and 1,000 leaves.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every bench binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot set up or run stops there
+
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,9 @@
 //!   then records the content fingerprint, is shown beside it);
 //! - New Leaf against `qemu-img create -f vmdk -b` on the same base.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every bench binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot set up or run stops there
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -24,3 +24,8 @@ mod service;
 pub mod testing;
 
 pub use cli::main;
+
+// A dev-dependency of the integration tests (the LaunchAgent they read), which the unit tests
+// build with too.
+#[cfg(test)]
+use plist as _;

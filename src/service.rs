@@ -21,21 +21,26 @@ pub const LABEL: &str = "org.leafd.agent";
 /// The systemd user unit's name.
 pub const UNIT: &str = "leafd.service";
 
+/// Which service manager runs the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
+    /// macOS: a LaunchAgent.
     Launchd,
+    /// Linux: a systemd user unit.
     Systemd,
 }
 
 /// Where the service lives for this user.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// The service manager.
     pub kind: ServiceKind,
     /// `~/Library/LaunchAgents`, or systemd's user unit folder.
     pub service_dir: PathBuf,
     /// Where the agent's output goes (the LaunchAgent's stdout and stderr files).
     pub log_dir: PathBuf,
+    /// The user's id (launchd's `gui/<uid>` domain).
     pub uid: u32,
 }
 
@@ -53,14 +58,18 @@ pub struct Program {
 pub enum Action {
     /// A folder the service needs (its log folder); kept on uninstall, as the logs are.
     MakeDir(PathBuf),
+    /// A file and its bytes (the service's definition).
     Write(PathBuf, Vec<u8>),
+    /// A file to remove; one already gone is fine.
     Remove(PathBuf),
+    /// A command to run.
     Run(Step),
 }
 
 /// A command of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// The program and its arguments.
     pub args: Vec<String>,
     /// Why a failure is fine (unloading what was not loaded); `None`: a failure stops the plan.
     pub fine_if_fails: Option<&'static str>,
@@ -73,6 +82,7 @@ pub struct Step {
 pub struct Plan {
     /// The service definition the plan is about (its errors name it).
     pub definition: PathBuf,
+    /// What is done, in order.
     pub actions: Vec<Action>,
     /// The advice when a command fails.
     pub fix: String,

@@ -6,6 +6,9 @@
 //! sleeping; the few fixed pauses (a person typing, a copy pausing) go through [`pause`], which
 //! keeps this binary under [`PAUSE_BUDGET`] of sleep in all and prints the total at exit.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::ffi::OsStr;

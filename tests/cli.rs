@@ -1,5 +1,8 @@
 //! The command line around the operations: the demo, the log, the configuration file.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::fs;

@@ -2,6 +2,9 @@
 //! in src/testing/fault.rs), then recovery runs; the library must hold either the untouched
 //! source or the complete result, nothing lost, nothing duplicated, no staging left, the base unchanged.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::path::Path;

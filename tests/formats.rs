@@ -1,5 +1,8 @@
 //! The format core checked against independent readers: QEMU (`qemu-img`, `qemu-io`) and libvmdk.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

@@ -2,6 +2,9 @@
 //! for `launchctl`, which cannot exist here. A test binary of its own: it puts the stand-in first
 //! on this process's PATH, which no other test may share.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

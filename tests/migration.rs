@@ -4,6 +4,9 @@
 //! left alone by the second; hand-made copies are told apart; and no repair of `verify` ever
 //! touches a base's files.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -5,6 +5,9 @@
 //! Everything goes through the real binary on real files; disks are checked with QEMU
 //! (`qemu-io -r`, `qemu-img compare`), which knows nothing of leafd.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! Bad input: every refusal exits 1 (2 for bad usage), names the file and the fix, and leaves
 //! the input, and the library, exactly as they were.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::any::Any;
@@ -72,10 +75,10 @@ fn mkfifo(p: &Path) {
 
 /// A process holding `path` open for writing (as a copy still being written would) until it is
 /// dropped; returned once the file is open.
-pub struct Writer(Child);
+struct Writer(Child);
 
 impl Writer {
-    pub fn new(path: &Path) -> Writer {
+    fn new(path: &Path) -> Writer {
         use std::io::Read;
         let mut child = Command::new("bash")
             .arg("-c")

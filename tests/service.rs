@@ -3,6 +3,9 @@
 //! checked by `systemd-analyze verify`; the packaged LaunchAgent template, the Homebrew formula
 //! and the packaging scripts against what `leafd install` does.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::os::unix::ffi::OsStrExt;

@@ -2,6 +2,9 @@
 //! here) that record their arguments: one that fails, one that claims success and does nothing,
 //! and one that takes the snapshot the way VMware does (a delta over the disk, the .vmx edited).
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -100,7 +100,7 @@ impl Context {
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
         Context {
-            kind: platform::SERVICE_KIND,
+            kind: if cfg!(target_os = "macos") { ServiceKind::Launchd } else { ServiceKind::Systemd },
             service_dir: platform::service_dir(),
             log_dir: platform::log_dir(),
             uid,

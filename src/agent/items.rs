@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use unicode_normalization::UnicodeNormalization;
 
-use crate::library::{BUNDLE_EXT, NOTE_SUFFIX};
+use crate::library::ignored_name;
 use crate::platform;
 
 /// What a drop asks for.
@@ -36,10 +36,9 @@ pub(crate) struct DropFolders {
     pub(crate) new_leaf: PathBuf,
 }
 
-/// Names leafd never treats as drops: hidden files, Finder's `.DS_Store`, leafd's own notes.
+/// Names leafd never treats as drops (see [`ignored_name`]).
 fn ignored(name: &OsStr) -> bool {
-    let name = name.to_string_lossy();
-    name.starts_with('.') || name.ends_with(NOTE_SUFFIX)
+    ignored_name(&name.to_string_lossy())
 }
 
 /// A name as compared with base names: `é` typed either way is the same letter.
@@ -121,14 +120,6 @@ pub(crate) fn is_default_name(name: &str) -> bool {
         _ => n,
     };
     DEFAULT_FOLDER_NAMES.iter().any(|d| d.nfc().eq(stem.chars()))
-}
-
-/// The name a drop asks for ("Web.vmwarevm" asks for "Web").
-pub(crate) fn requested_name(folder: &str) -> &str {
-    match folder.rsplit_once('.') {
-        Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) && !stem.is_empty() => stem,
-        _ => folder,
-    }
 }
 
 /// What an item looked like: every entry with its size, time and permissions, and whether a copy
@@ -506,9 +497,9 @@ mod tests {
         for n in ["Web Server", "untitled folder server", "folder 2", "untitled"] {
             assert!(!is_default_name(n), "{n}");
         }
-        assert_eq!(requested_name("Web.vmwarevm"), "Web");
-        assert_eq!(requested_name("Web"), "Web");
-        assert_eq!(requested_name(".vmwarevm"), ".vmwarevm");
+        assert_eq!(crate::library::bundle_stem("Web.vmwarevm"), "Web");
+        assert_eq!(crate::library::bundle_stem("Web"), "Web");
+        assert_eq!(crate::library::bundle_stem(".vmwarevm"), ".vmwarevm");
     }
 
     const QUIET: Duration = Duration::from_millis(400);

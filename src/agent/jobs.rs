@@ -7,14 +7,12 @@ use std::any::Any;
 use std::collections::{HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
-use super::Msg;
-use super::items::{Request, requested_name};
+use super::items::Request;
 use crate::error::{Error, Kind};
 use crate::library::ops::{make_base, new_leaf};
-use crate::library::{Library, Options, recovery};
+use crate::library::{Library, Options, bundle_stem, recovery};
 
 /// Jobs running at once, at most.
 pub(crate) const PARALLEL: usize = 4;
@@ -40,7 +38,7 @@ impl Job {
         match self {
             Job::Recover => Key::Recovery,
             Job::Item { request: Request::NewLeaf { base }, .. } => Key::Base(base.clone()),
-            Job::Item { item, .. } => Key::Base(requested_name(&file_name(item)).to_string()),
+            Job::Item { item, .. } => Key::Base(bundle_stem(&file_name(item)).to_string()),
         }
     }
 
@@ -119,13 +117,18 @@ impl Queue {
     }
 }
 
-/// Starts `job` on a thread of its own, which sends `Msg::Done` when it has finished.
-pub(crate) fn spawn(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) -> std::io::Result<JoinHandle<()>> {
-    let (lib, opts, tx) = (lib.clone(), opts.clone(), tx.clone());
-    std::thread::Builder::new().name("leafd-job".into()).spawn(move || run(&lib, &opts, job, &tx))
+/// Starts `job` on a thread of its own, which hands what it did to `done` when it has finished.
+pub(crate) fn spawn(
+    lib: &Library,
+    opts: &Options,
+    job: Job,
+    done: impl FnOnce(Finished) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let (lib, opts) = (lib.clone(), opts.clone());
+    std::thread::Builder::new().name("leafd-job".into()).spawn(move || run(&lib, &opts, job, done))
 }
 
-fn run(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) {
+fn run(lib: &Library, opts: &Options, job: Job, done: impl FnOnce(Finished)) {
     // A bug must not leave the item and its base busy for good: a panic becomes the item's
     // failure, and what the operation had begun is undone at once by recovery.
     let (result, fingerprinting) = match catch_unwind(AssertUnwindSafe(|| operate(lib, opts, &job))) {
@@ -133,7 +136,7 @@ fn run(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) {
         Err(panic) => (Err(panicked(lib, opts, &job, panic)), None),
     };
     // A new base is usable now: free it for leaves, then fingerprint it in this thread.
-    let _ = tx.send(Msg::Done(Finished { job, result }));
+    done(Finished { job, result });
     if let Some((name, fingerprinting)) = fingerprinting {
         match catch_unwind(AssertUnwindSafe(|| fingerprinting.finish(lib, opts))) {
             Ok(Ok(())) => tracing::debug!("fingerprinted base {name:?}"),
@@ -159,7 +162,7 @@ fn operate(lib: &Library, opts: &Options, job: &Job) -> Outcome {
         },
         Job::Item { item, request: Request::NewLeaf { base } } => {
             let folder = file_name(item);
-            let result = new_leaf::new_leaf(lib, base, requested_name(&folder), Some(item), opts).map(|made| Done {
+            let result = new_leaf::new_leaf(lib, base, bundle_stem(&folder), Some(item), opts).map(|made| Done {
                 line: made.to_string(),
                 warnings: made.warnings.clone(),
                 base: None,

@@ -201,7 +201,12 @@ impl Shell {
     /// base (the item is tried again when it changes).
     fn start(&mut self, job: Job) -> Option<Input> {
         self.threads.retain(|t| !t.is_finished());
-        match jobs::spawn(&self.lib, &self.opts, job.clone(), &self.tx) {
+        let tx = self.tx.clone();
+        let done = move |finished| {
+            // The loop is gone only when the agent has stopped.
+            let _ = tx.send(Msg::Done(finished));
+        };
+        match jobs::spawn(&self.lib, &self.opts, job.clone(), done) {
             Ok(thread) => {
                 self.threads.push(thread);
                 None

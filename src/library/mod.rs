@@ -47,6 +47,38 @@ pub(crate) fn note_path(item: &Path) -> PathBuf {
     item.with_file_name(format!("{name}{NOTE_SUFFIX}"))
 }
 
+/// Where a failure note says what is wrong: the line after this one.
+const NOTE_WRONG: &str = "What is wrong:";
+
+/// The note beside the drop item `name` that leafd could not `what` ("make a base from"): what
+/// is wrong, and how to fix it.
+pub(crate) fn failure_note(what: &str, name: &str, wrong: &str, fix: &str) -> String {
+    format!(
+        "leafd could not {what} \"{name}\".\n\n{NOTE_WRONG}\n  {wrong}\n\nHow to fix it:\n  {fix}\n\n\
+         leafd tries again by itself as soon as \"{name}\" changes; this note and the red tag go away when it works.\n"
+    )
+}
+
+/// What a note says is wrong: the reason of a [`failure_note`], else its first line.
+pub(crate) fn note_reason(note: &str) -> &str {
+    let first = note.lines().next().unwrap_or_default();
+    note.lines().skip_while(|l| l.trim() != NOTE_WRONG).nth(1).map_or(first, str::trim)
+}
+
+/// Names leafd never takes for drops: hidden files (Finder's `.DS_Store`), and its own notes.
+pub(crate) fn ignored_name(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(NOTE_SUFFIX)
+}
+
+/// A bundle's name without `.vmwarevm` ("Web.vmwarevm" is "Web"): the name of the base or leaf
+/// it stands for.
+pub(crate) fn bundle_stem(name: &str) -> &str {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) && !stem.is_empty() => stem,
+        _ => name,
+    }
+}
+
 /// Who takes a leaf's snapshot. The default, for the command line, the agent and the library
 /// alike, is `Auto`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -385,12 +417,10 @@ impl Library {
         let name = arg.to_string_lossy();
         let dir = if arg.is_dir() {
             arg.to_path_buf()
-        } else if let Some(l) =
-            self.leaves()?.into_iter().find(|l| same_name(&l.record.name, ops::common::bundle_stem(&name)))
-        {
+        } else if let Some(l) = self.leaves()?.into_iter().find(|l| same_name(&l.record.name, bundle_stem(&name))) {
             return Ok(l);
         } else {
-            self.leaf_path(ops::common::bundle_stem(&name))
+            self.leaf_path(bundle_stem(&name))
         };
         let dir = dir.canonicalize().map_err(|e| {
             Error::io(&dir, "no leaf here", e).fix("give the leaf's path, or the name of a leaf in the library")

@@ -2,14 +2,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags, ResolveFlags, StatxFlags};
+use rustix::fs::{AtFlags, CWD, RenameFlags, StatxFlags};
 use rustix::io::Errno;
-
-use super::Flush;
-use super::open::{Want, escapes, explain, kind};
 
 /// errno for "no such attribute".
 pub(crate) const NO_ATTR: i32 = Errno::NODATA.raw_os_error();
@@ -87,16 +84,22 @@ pub(crate) fn copy_in_progress(_path: &Path) -> bool {
     false
 }
 
-/// Posts a desktop notification through `notify-send` (libnotify) when it is on the PATH, best
-/// effort: never blocks, never fails the caller. Without it, the log and the note tell the user.
-pub(crate) fn notify_user(title: &str, message: &str) {
+/// The command that posts a desktop notification: `notify-send` (libnotify), when it is on the
+/// PATH. Without it, the log and the note tell the user.
+pub(crate) fn notification(title: &str, message: &str) -> std::process::Command {
     let mut notify_send = std::process::Command::new("notify-send");
     notify_send.args(["--app-name=leafd", "--", title, message]);
-    crate::child::run_detached(notify_send);
+    notify_send
 }
 
-/// `fsync` for both kinds: on Linux it reaches stable storage (the drive's cache included).
-pub(crate) fn flush(file: &File, _kind: Flush) -> io::Result<Option<i32>> {
+/// `fsync`: on Linux it reaches stable storage (the drive's cache included), so it serves both
+/// kinds of flush, and no volume refuses it.
+pub(crate) fn flush_ordered(file: &File) -> io::Result<Option<i32>> {
+    file.sync_all().map(|()| None)
+}
+
+/// See [`flush_ordered`].
+pub(crate) fn flush_full(file: &File) -> io::Result<Option<i32>> {
     file.sync_all().map(|()| None)
 }
 
@@ -145,56 +148,27 @@ pub(crate) fn vmrun_candidates() -> Vec<PathBuf> {
 /// Linux desktops have no Trash leafd can rely on: removal deletes, after confirmation.
 pub(crate) const HAS_TRASH: bool = false;
 
-pub(crate) fn trash(_path: &Path, _name: &str) -> io::Result<PathBuf> {
+pub(crate) fn trash(_path: &Path, _name: &str, _home: &Path) -> io::Result<PathBuf> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no Trash on this platform"))
-}
-
-/// The login service on Linux: a systemd user unit.
-pub(crate) const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Systemd;
-
-/// How the walk beneath a folder opens the folders on its way: `O_PATH` needs only search
-/// permission, as the kernel's own resolution does.
-pub(super) const SEARCH_FLAGS: OFlags = OFlags::PATH;
-
-/// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (see `open_beneath`); `None` where
-/// the kernel has none (before 5.6, or a seccomp filter), so the caller walks instead.
-pub(super) fn openat2_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> Option<io::Result<OwnedFd>> {
-    let how = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    // EAGAIN: a rename or mount raced with the resolution, and the kernel asks to be retried.
-    for _ in 0..8 {
-        match rustix::fs::openat2(dir, rel, want.flags(), Mode::empty(), how) {
-            Ok(fd) => return Some(Ok(fd)),
-            Err(Errno::NOSYS) => return None,
-            Err(Errno::XDEV) => return Some(Err(escapes())),
-            Err(Errno::AGAIN) => continue,
-            Err(e) => {
-                // What the path is, without opening it (`O_PATH`), resolved the same way.
-                let found = rustix::fs::openat2(dir, rel, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), how)
-                    .and_then(rustix::fs::fstat)
-                    .map(|s| kind(&s));
-                return Some(Err(explain(e, found, want)));
-            }
-        }
-    }
-    Some(Err(Errno::AGAIN.into()))
 }
 
 /// Whether a rename between `a` and `b` can work: the same mount, not merely the same file
 /// system (a bind mount shares its `st_dev` with its source, yet `rename` across it fails with
 /// `EXDEV`). `a` and `b` themselves, a link not followed: a rename moves the link. Compares the
-/// `statx` mount ids; where the kernel has none (before 5.8), the devices.
-pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
+/// `statx` mount ids; where the kernel has none (before 5.8), the devices; `None` where it has no
+/// `statx` at all.
+pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<Option<bool>> {
     let mount = |p: &Path| rustix::fs::statx(CWD, p, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID);
     let (x, y) = match (mount(a), mount(b)) {
         (Ok(x), Ok(y)) => (x, y),
-        (Err(Errno::NOSYS), _) | (_, Err(Errno::NOSYS)) => return super::same_device(a, b),
+        (Err(Errno::NOSYS), _) | (_, Err(Errno::NOSYS)) => return Ok(None),
         (Err(e), _) | (_, Err(e)) => return Err(e.into()),
     };
     let has_id = |s: &rustix::fs::Statx| StatxFlags::from_bits_retain(s.stx_mask).contains(StatxFlags::MNT_ID);
     if has_id(&x) && has_id(&y) {
-        Ok(x.stx_mnt_id == y.stx_mnt_id)
+        Ok(Some(x.stx_mnt_id == y.stx_mnt_id))
     } else {
-        Ok((x.stx_dev_major, x.stx_dev_minor) == (y.stx_dev_major, y.stx_dev_minor))
+        Ok(Some((x.stx_dev_major, x.stx_dev_minor) == (y.stx_dev_major, y.stx_dev_minor)))
     }
 }
 
@@ -325,6 +299,7 @@ mod tests {
         assert!(super::super::same_device(&src.join("f"), &on).unwrap());
         let e = std::fs::rename(src.join("f"), on.join("g")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+        let same_mount = super::super::same_mount;
         assert!(!same_mount(&src.join("f"), &on).unwrap());
         assert!(!same_mount(&on.join("f"), &t.path().join("src/sub")).unwrap());
         assert!(same_mount(&src.join("f"), &src.join("sub")).unwrap());

@@ -7,10 +7,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, OFlags, RenameFlags, Stat};
+use rustix::fs::{CWD, RenameFlags, Stat};
 use rustix::io::Errno;
-
-use super::Flush;
 
 /// errno for "no such attribute".
 pub(crate) const NO_ATTR: i32 = Errno::NOATTR.raw_os_error();
@@ -109,28 +107,34 @@ pub(crate) fn copy_in_progress(path: &Path) -> bool {
     matches!(xattr::get(path, FINDER_INFO_XATTR), Ok(Some(info)) if info.len() >= 8 && &info[0..4] == b"brok" && &info[4..8] == b"MACS")
 }
 
-/// Posts a notification through `osascript`, best effort: never blocks, never fails the caller.
-pub(crate) fn notify_user(title: &str, message: &str) {
+/// The command that posts a notification: `osascript`.
+pub(crate) fn notification(title: &str, message: &str) -> std::process::Command {
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let script = format!("display notification \"{}\" with title \"{}\"", quote(message), quote(title));
     let mut osascript = std::process::Command::new("/usr/bin/osascript");
     osascript.args(["-e", &script]);
-    crate::child::run_detached(osascript);
+    osascript
 }
 
-/// `fsync` on macOS leaves the data in the drive's cache, in any order: `F_FULLFSYNC` empties
-/// the cache, `F_BARRIERFSYNC` only keeps the order. A volume that refuses them (exFAT, SMB)
-/// gets `fsync`, and the answer it gave is returned; any other failure is an error.
-pub(crate) fn flush(file: &File, kind: Flush) -> io::Result<Option<i32>> {
-    let asked = match kind {
-        Flush::Commit => rustix::fs::fcntl_fullfsync(file),
-        Flush::Order => {
-            // SAFETY: fcntl without argument on a descriptor `file` keeps open (rustix has no
-            // F_BARRIERFSYNC).
-            let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_BARRIERFSYNC) };
-            if r == -1 { Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO)) } else { Ok(()) }
-        }
-    };
+/// `fsync` on macOS leaves the data in the drive's cache, in any order: `F_BARRIERFSYNC` keeps
+/// the order. A volume that refuses it (exFAT, SMB) gets `fsync`, and the answer it gave is
+/// returned; any other failure is an error.
+pub(crate) fn flush_ordered(file: &File) -> io::Result<Option<i32>> {
+    // SAFETY: fcntl without argument on a descriptor `file` keeps open (rustix has no
+    // F_BARRIERFSYNC).
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_BARRIERFSYNC) };
+    let asked =
+        if r == -1 { Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO)) } else { Ok(()) };
+    or_fsync(file, asked)
+}
+
+/// [`flush_ordered`] with `F_FULLFSYNC`, which empties the drive's cache.
+pub(crate) fn flush_full(file: &File) -> io::Result<Option<i32>> {
+    or_fsync(file, rustix::fs::fcntl_fullfsync(file))
+}
+
+/// `fsync` where the volume refused the flush asked for (`asked`), returning its answer.
+fn or_fsync(file: &File, asked: rustix::io::Result<()>) -> io::Result<Option<i32>> {
     match asked {
         Ok(()) => Ok(None),
         Err(e @ (Errno::NOTSUP | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOTTY)) => {
@@ -175,11 +179,11 @@ pub(crate) fn vmrun_candidates() -> Vec<PathBuf> {
 
 pub(crate) const HAS_TRASH: bool = true;
 
-/// Moves `path` to the Trash as `name` (with a number if taken): the user's `~/.Trash` on the
-/// startup volume, else the volume's own `.Trashes/<uid>`, as Finder does.
-pub(crate) fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
+/// Moves `path` to the Trash as `name` (with a number if taken): the user's `~/.Trash` (in
+/// `home`) on the startup volume, else the volume's own `.Trashes/<uid>`, as Finder does.
+pub(crate) fn trash(path: &Path, name: &str, home: &Path) -> io::Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let home_trash = super::home().join(".Trash");
+    let home_trash = home.join(".Trash");
     let dev = std::fs::metadata(path)?.dev();
     let trash = if std::fs::metadata(&home_trash).is_ok_and(|m| m.dev() == dev) {
         home_trash
@@ -207,15 +211,9 @@ pub(crate) fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
     Err(io::Error::new(io::ErrorKind::AlreadyExists, "too many items of that name in the Trash"))
 }
 
-/// The login service on macOS: a LaunchAgent.
-pub(crate) const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Launchd;
-
-/// How the walk beneath a folder opens the folders on its way (macOS has no `O_PATH`).
-pub(super) const SEARCH_FLAGS: OFlags = OFlags::RDONLY;
-
-/// A rename works within one volume; macOS has no bind mounts.
-pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
-    super::same_device(a, b)
+/// A rename works within one volume, and macOS has no bind mounts: the devices tell (`None`).
+pub(crate) fn same_mount(_a: &Path, _b: &Path) -> io::Result<Option<bool>> {
+    Ok(None)
 }
 
 // <sys/proc_info.h> and <sys/fcntl.h> items the libc crate lacks.

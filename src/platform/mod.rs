@@ -29,8 +29,8 @@ mod open;
 
 pub(crate) use open::{open_beneath, open_dir, open_regular};
 pub(crate) use os::{
-    HAS_TRASH, SERVICE_KIND, TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked,
-    is_locked_fd, notify_user, rename_noreplace, same_mount, set_locked, set_locked_fd, trash, vmrun_candidates,
+    HAS_TRASH, TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd,
+    notification, rename_noreplace, set_locked, set_locked_fd, vmrun_candidates,
 };
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
@@ -97,7 +97,11 @@ impl fmt::Display for FlushFallback {
 /// only; Linux always `fsync`s and returns `None`), falls back to `fsync` and returns what
 /// happened the first time per volume and kind; any other failure is an error.
 pub(crate) fn flush(file: &File, kind: Flush) -> io::Result<Option<FlushFallback>> {
-    match os::flush(file, kind)? {
+    let refused = match kind {
+        Flush::Order => os::flush_ordered(file)?,
+        Flush::Commit => os::flush_full(file)?,
+    };
+    match refused {
         None => Ok(None),
         Some(errno) => Ok(first_fallback(file.metadata()?.dev(), FlushFallback { kind, errno })),
     }
@@ -130,6 +134,17 @@ pub(crate) fn link_count(file: &File) -> io::Result<u64> {
 /// perhaps not the same mount (see [`same_mount`]).
 fn same_device(a: &Path, b: &Path) -> io::Result<bool> {
     Ok(std::fs::symlink_metadata(a)?.dev() == std::fs::symlink_metadata(b)?.dev())
+}
+
+/// Whether a rename from `a` to `b` (links not followed) can work: the same mount (Linux tells
+/// a bind mount apart; elsewhere, and on kernels without `statx`, the same device).
+pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
+    os::same_mount(a, b)?.map_or_else(|| same_device(a, b), Ok)
+}
+
+/// Moves `path` to the Trash as `name` (macOS; see [`HAS_TRASH`]).
+pub(crate) fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
+    os::trash(path, name, &home())
 }
 
 /// Whether another process has `file` open for writing, where the system can tell; `file` must be

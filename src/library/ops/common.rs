@@ -10,7 +10,7 @@ use leafd_formats::dict::Dict;
 use leafd_formats::disk::Disk;
 
 use crate::error::{Error, IoContext, Result};
-use crate::library::BUNDLE_EXT;
+use crate::library::bundle_stem;
 
 /// `40.0 GiB`, `512 KiB`, `12 B`.
 pub(crate) fn human_bytes(n: u64) -> String {
@@ -52,14 +52,6 @@ pub fn read_small(path: &Path) -> Result<Vec<u8>> {
 /// Reads and parses a `.vmx` or `.vmsd`.
 pub(crate) fn read_dict(path: &Path) -> Result<Dict> {
     Dict::parse(&read_small(path)?).map_err(|m| Error::format(path, m))
-}
-
-/// A bundle's name without `.vmwarevm` ("Web.vmwarevm" is "Web").
-pub(crate) fn bundle_stem(name: &str) -> &str {
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) && !stem.is_empty() => stem,
-        _ => name,
-    }
 }
 
 /// The base name for a bundle: its folder name without `.vmwarevm`.

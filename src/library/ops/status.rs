@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::common::{human_bytes, own_bytes};
 use crate::error::Result;
 use crate::fsutil;
-use crate::library::{Library, NOTE_SUFFIX, Options, journal, note_path};
+use crate::library::{Library, Options, ignored_name, journal, note_path, note_reason};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Status {
@@ -133,22 +133,11 @@ fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
     let mut failed = Vec::new();
     for item in items {
         let name = item.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with('.') || name.ends_with(NOTE_SUFFIX) {
+        if ignored_name(name) {
             continue;
         }
         match fs::read_to_string(note_path(&item)) {
-            Ok(note) => {
-                // The agent's note says what is wrong on the line after "What is wrong:".
-                let mut lines = note.lines();
-                let first = lines.next().unwrap_or_default();
-                let reason = note
-                    .lines()
-                    .skip_while(|l| l.trim() != "What is wrong:")
-                    .nth(1)
-                    .map_or(first, str::trim)
-                    .to_string();
-                failed.push(Failed { item: lib.display(&item), reason })
-            }
+            Ok(note) => failed.push(Failed { item: lib.display(&item), reason: note_reason(&note).to_string() }),
             Err(_) => pending.push(lib.display(&item)),
         }
     }

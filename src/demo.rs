@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use leafd_formats::disk::{Disk, DiskType};
 
-use crate::child;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::library::ops::{status, verify};
 use crate::library::records;
 use crate::library::{Library, Options};
 use crate::testing::sample::SampleVm;
+use crate::{child, fsutil};
 
 const SETTLE_SECS: &str = "1";
 const WAIT: Duration = Duration::from_secs(30);
@@ -47,7 +47,7 @@ fn step(n: usize, what: &str) {
 pub(crate) fn run(dir: Option<&Path>) -> Result<()> {
     let dir = match dir {
         Some(d) => {
-            if d.read_dir().is_ok_and(|mut r| r.next().is_some()) {
+            if fsutil::entries(d).is_ok_and(|e| !e.is_empty()) {
                 return Err(Error::refused(d, "is not empty").fix("give an empty or new folder for the demo"));
             }
             std::fs::create_dir_all(d).at(d, "cannot create the demo folder")?;

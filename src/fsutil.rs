@@ -27,18 +27,30 @@ pub(crate) fn check(cancel: &Cancel, path: &Path) -> Result<()> {
     }
 }
 
-/// Every entry under `dir` (not following symlinks), parents before children, sorted.
+/// The entries of the folder `dir` (not `.` and `..`), sorted by name: the one listing of a
+/// folder in leafd.
+pub(crate) fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = fs::read_dir(dir)
+        .at(dir, "cannot list folder")?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<PathBuf>>>()
+        .at(dir, "cannot list folder")?;
+    out.sort();
+    Ok(out)
+}
+
+/// Whether `dir` is a folder that holds nothing.
+pub(crate) fn is_empty_dir(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Every entry under `dir` (not following symlinks), parents before children, sorted: the one
+/// walk of a tree in leafd.
 pub(crate) fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let mut entries: Vec<PathBuf> = fs::read_dir(&d)
-            .at(&d, "cannot list folder")?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()
-            .at(&d, "cannot list folder")?;
-        entries.sort();
-        for p in entries.into_iter().rev() {
+        for p in entries(&d)?.into_iter().rev() {
             if p.symlink_metadata().at(&p, "cannot stat")?.is_dir() {
                 stack.push(p.clone());
             }

@@ -21,6 +21,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::error::{IoContext, Result};
+use crate::fsutil;
 
 /// The stable name to open: a link to today's file.
 pub(crate) const CURRENT: &str = "leafd.log";
@@ -121,11 +122,9 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
             .and_then(|n| n.to_str()?.strip_prefix("leafd.")?.strip_suffix(".log"))
             .is_some_and(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok())
     };
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| dated(p) && !p.is_symlink()).collect())
-        .unwrap_or_default();
-    // The name carries the date, so name order is time order.
-    files.sort();
+    // Sorted by name, which carries the date: name order is time order.
+    let mut files = fsutil::entries(dir).unwrap_or_default();
+    files.retain(|p| dated(p) && !p.is_symlink());
     files
 }
 

@@ -25,6 +25,7 @@ use self::items::{DropFolders, Look, Timing};
 use self::jobs::{Finished, Job};
 use self::machine::{Action, Core, FolderId, Input, Report, Scan};
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::fsutil;
 use crate::library::{Library, Options};
 
 /// What wakes the loop.
@@ -235,13 +236,15 @@ impl Shell {
         for name in bases.iter().flatten() {
             let _ = std::fs::create_dir_all(self.folders.new_leaf.join(name));
         }
-        let top = children(&self.folders.new_leaf);
+        // A folder that cannot be listed lists nothing: its items wait for the next scan.
+        let listed = |dir: &Path| fsutil::entries(dir).unwrap_or_default();
+        let top = listed(&self.folders.new_leaf);
         let base_dirs: Vec<PathBuf> = match &bases {
             Some(names) => names.iter().map(|n| self.folders.new_leaf.join(n)).collect(),
             None => top.iter().filter(|p| p.is_dir()).cloned().collect(),
         };
-        let mut entries = children(&self.folders.make_base);
-        entries.extend(base_dirs.iter().flat_map(|d| children(d)));
+        let mut entries = listed(&self.folders.make_base);
+        entries.extend(base_dirs.iter().flat_map(|d| listed(d)));
         entries.extend(top);
         Scan { bases, entries, folders: self.folders.dirs().map(folder_id) }
     }
@@ -308,9 +311,4 @@ fn input(msg: Msg) -> Input {
 fn folder_id(dir: &Path) -> Option<FolderId> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
-}
-
-/// Entries of a folder (empty when it cannot be read).
-fn children(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
 }

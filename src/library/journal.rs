@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::Library;
 use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::fsutil;
 
 /// The journal format this leafd writes.
 pub(crate) const FORMAT: u32 = 2;
@@ -149,7 +150,7 @@ pub(crate) fn stamped(dir: &Path, id: &str) -> bool {
 /// stamp (format 1 had none), or it is empty, so nothing in it can be anyone else's (a removal
 /// that took the stamp, last, and failed at the folder itself).
 pub(crate) fn ours(ctx: &Ctx, dir: &Path) -> bool {
-    ctx.format < FORMAT || stamped(dir, &ctx.id) || fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+    ctx.format < FORMAT || stamped(dir, &ctx.id) || fsutil::is_empty_dir(dir)
 }
 
 /// Removes operation `id`'s stamp from `dir`, if it is there.
@@ -291,9 +292,8 @@ pub(crate) fn plan<P: DeserializeOwned>(value: serde_json::Value, path_hint: &Pa
 pub(crate) fn list(lib: &Library) -> Result<Vec<(String, PathBuf, bool)>> {
     let dir = lib.journal_dir();
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
-    for e in rd {
-        let path = e.at(&dir, "cannot list journals")?.path();
+    let Ok(paths) = fsutil::entries(&dir) else { return Ok(out) };
+    for path in paths {
         let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(SUFFIX)) else {
             continue;
         };
@@ -309,9 +309,7 @@ pub(crate) fn list(lib: &Library) -> Result<Vec<(String, PathBuf, bool)>> {
 pub(crate) fn claim(lib: &Library) -> Result<Vec<Claimed>> {
     let dir = lib.journal_dir();
     let _scan = lib.lock("journal")?;
-    let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
-    let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
+    let Ok(paths) = fsutil::entries(&dir) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for path in paths {
         let Ok(file) = File::open(&path) else { continue };

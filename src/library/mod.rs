@@ -29,7 +29,7 @@ use unicode_normalization::UnicodeNormalization;
 use self::records::{BaseRecord, DiskRecord, LeafRecord, LeafRef, Listed};
 use crate::durable;
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::fsutil::Cancel;
+use crate::fsutil::{self, Cancel};
 
 pub(crate) const MAKE_BASE: &str = "Make Base";
 pub(crate) const NEW_LEAF: &str = "New Leaf";
@@ -213,8 +213,7 @@ fn private_dir(dir: &Path) -> Result<()> {
                 durable::flush_path(dir, durable::Flush::Order)?;
             }
             // Files made here under the user's umask (the locks and journals of an older leafd).
-            for e in fs::read_dir(dir).at(dir, "cannot list")? {
-                let p = e.at(dir, "cannot list")?.path();
+            for p in fsutil::entries(dir)? {
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o777 != 0o600) {
                     durable::set_mode(&p, 0o600)?;
                 }
@@ -266,7 +265,7 @@ impl Library {
         for (dir, _) in self.stores()? {
             records::migrate_store(&dir)?;
         }
-        for dir in bundles(&self.root)? {
+        for dir in self.bundles()? {
             records::migrate_leaf(&dir)?;
         }
         Ok(())
@@ -300,6 +299,13 @@ impl Library {
         self.state_dir().join("locks")
     }
 
+    /// The `.vmwarevm` folders directly in the library.
+    pub(crate) fn bundles(&self) -> Result<Vec<PathBuf>> {
+        let mut out = fsutil::entries(&self.root)?;
+        out.retain(|p| p.extension().is_some_and(|x| x == BUNDLE_EXT) && p.is_dir());
+        Ok(out)
+    }
+
     /// Where the leaf named `name` lives.
     pub(crate) fn leaf_path(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.{BUNDLE_EXT}"))
@@ -314,10 +320,9 @@ impl Library {
     /// an error when it cannot be read.
     pub(crate) fn stores(&self) -> Result<Vec<(PathBuf, Result<Option<BaseRecord>>)>> {
         let dir = self.bases_dir();
-        let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
+        let Ok(paths) = fsutil::entries(&dir) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for e in rd {
-            let p = e.at(&dir, "cannot list bases")?.path();
+        for p in paths {
             if p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.')) || !p.is_dir() {
                 continue;
             }
@@ -373,7 +378,7 @@ impl Library {
                 out.push(Leaf { dir, record });
             }
         };
-        for dir in bundles(&self.root)? {
+        for dir in self.bundles()? {
             add(dir, &mut out);
         }
         for base in self.bases()? {
@@ -459,19 +464,6 @@ impl Library {
             Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, "cannot take lock", e)),
         }
     }
-}
-
-/// The `.vmwarevm` folders directly in `dir`.
-fn bundles(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).at(dir, "cannot list the library")? {
-        let p = e.at(dir, "cannot list the library")?.path();
-        if p.extension().is_some_and(|x| x == BUNDLE_EXT) && p.is_dir() {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Whether the folder `dir` holds the base with id `id` (its record says so).

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
 use crate::platform::xattr_name;
 
 /// The record format this leafd writes.
@@ -272,7 +273,7 @@ pub(crate) fn remove_base(store: &Path) -> Result<()> {
 fn remove_record(dir: &Path, file: &Path, attr_name: &str) -> Result<()> {
     durable::remove_file(file)?;
     let records = dir.join(DIR);
-    if fs::read_dir(&records).is_ok_and(|mut d| d.next().is_none()) {
+    if fsutil::is_empty_dir(&records) {
         durable::remove_dir(&records)?;
     } else if records.is_dir() {
         // The file's removal, from the folder that stays (a base's other records).
@@ -364,15 +365,10 @@ fn listed_key(l: &Listed) -> &str {
 
 /// Entries of `dir`, sorted; none when it does not exist.
 fn list(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(dir, "cannot list", e)),
-    };
-    let mut out: Vec<PathBuf> =
-        rd.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().at(dir, "cannot list")?;
-    out.sort();
-    Ok(out)
+    match fsutil::entries(dir) {
+        Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => Ok(Vec::new()),
+        r => r,
+    }
 }
 
 /// A leaf id names a file in a base's list: it must be a plain name (ids come from records and
@@ -448,9 +444,10 @@ pub(crate) fn migrate_leaf(bundle: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Format 1's base record: extents were counted here and recorded on each extent file.
+/// Format 1's base record (in its store's attribute, and in format 1 journals): extents were
+/// counted apart and recorded on each extent file.
 #[derive(Deserialize)]
-struct V1Base {
+pub(crate) struct V1Base {
     id: String,
     name: String,
     source: String,
@@ -467,6 +464,34 @@ struct V1Disk {
     capacity: u64,
     create_type: String,
     fingerprint: Option<String>,
+}
+
+impl V1Base {
+    /// The record in this format, each disk with the extents `extents` gives for its descriptor.
+    pub(crate) fn into_record(self, extents: impl Fn(&str) -> Vec<ExtentRecord>) -> BaseRecord {
+        let disks = self
+            .disks
+            .into_iter()
+            .map(|d| DiskRecord {
+                extents: extents(&d.descriptor),
+                node: d.node,
+                descriptor: d.descriptor,
+                cid: d.cid,
+                capacity: d.capacity,
+                create_type: d.create_type,
+                fingerprint: d.fingerprint,
+            })
+            .collect();
+        BaseRecord {
+            format: FORMAT,
+            id: self.id,
+            name: self.name,
+            source: self.source,
+            created: self.created,
+            vmx: self.vmx,
+            disks,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -489,32 +514,13 @@ fn read_v1_base(store: &Path, raw: &[u8]) -> Result<BaseRecord> {
         }
     }
     extents.sort_by_key(|e| e.index);
-    let disks = v1
-        .disks
-        .into_iter()
-        .map(|d| DiskRecord {
-            extents: extents
-                .iter()
-                .filter(|e| e.disk == d.descriptor)
-                .map(|e| ExtentRecord { index: e.index, file: e.file.clone(), sectors: e.sectors, size: e.size })
-                .collect(),
-            node: d.node,
-            descriptor: d.descriptor,
-            cid: d.cid,
-            capacity: d.capacity,
-            create_type: d.create_type,
-            fingerprint: d.fingerprint,
-        })
-        .collect();
-    Ok(BaseRecord {
-        format: FORMAT,
-        id: v1.id,
-        name: v1.name,
-        source: v1.source,
-        created: v1.created,
-        vmx: v1.vmx,
-        disks,
-    })
+    Ok(v1.into_record(|descriptor| {
+        extents
+            .iter()
+            .filter(|e| e.disk == descriptor)
+            .map(|e| ExtentRecord { index: e.index, file: e.file.clone(), sectors: e.sectors, size: e.size })
+            .collect()
+    }))
 }
 
 /// Format 1's leaf record: the `.vmx` was always `<name>.vmx`.

@@ -12,9 +12,10 @@ use serde_json::Value;
 
 use super::journal::{self, Claimed, Ctx, LPath};
 use super::ops::{make_base, new_leaf, promote, remove_base};
-use super::records::{BaseRecord, DiskRecord, FORMAT, LeafRef};
+use super::records::{FORMAT, LeafRef, V1Base};
 use super::{Library, Options};
 use crate::error::{Error, Kind, Result};
+use crate::fsutil;
 
 /// What recovery did with one interrupted operation.
 #[derive(Debug)]
@@ -155,10 +156,10 @@ pub(crate) fn show(lib: &Library, id: &str) -> Result<String> {
         }
     }
     for dir in dirs {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
+        for p in fsutil::entries(&dir).unwrap_or_default() {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if name.starts_with(".leafd-") && name.ends_with(id.trim_start_matches("remove-")) {
-                out.push_str(&format!("  working folder: {}\n", e.path().display()));
+                out.push_str(&format!("  working folder: {}\n", p.display()));
             }
         }
     }
@@ -271,32 +272,11 @@ struct V1MakeBase {
     disk_files: Vec<make_base::DiskFile>,
     flatten: Vec<make_base::Flatten>,
     from_leaf: Option<(PathBuf, String)>,
-    record: V1BaseRecord,
-}
-
-#[derive(Deserialize)]
-struct V1BaseRecord {
-    id: String,
-    name: String,
-    source: String,
-    created: String,
-    vmx: String,
-    disks: Vec<V1Disk>,
-}
-
-#[derive(Deserialize)]
-struct V1Disk {
-    node: String,
-    descriptor: String,
-    cid: String,
-    capacity: u64,
-    create_type: String,
-    fingerprint: Option<String>,
+    record: V1Base,
 }
 
 impl V1MakeBase {
     fn into_plan(self, root: &Path) -> make_base::Plan {
-        let r = self.record;
         make_base::Plan {
             id: self.id,
             name: self.name,
@@ -309,28 +289,8 @@ impl V1MakeBase {
                 .from_leaf
                 .map(|(dir, leaf_id)| make_base::FromLeaf { base: LPath::new(root, &dir), leaf_id }),
             repointed: Vec::new(),
-            record: BaseRecord {
-                format: FORMAT,
-                id: r.id,
-                name: r.name,
-                source: r.source,
-                created: r.created,
-                vmx: r.vmx,
-                // Format 1 kept extents on the files themselves; its store is read as it is.
-                disks: r
-                    .disks
-                    .into_iter()
-                    .map(|d| DiskRecord {
-                        node: d.node,
-                        descriptor: d.descriptor,
-                        cid: d.cid,
-                        capacity: d.capacity,
-                        create_type: d.create_type,
-                        extents: Vec::new(),
-                        fingerprint: d.fingerprint,
-                    })
-                    .collect(),
-            },
+            // Format 1 kept extents on the files themselves; its store is read as it is.
+            record: self.record.into_record(|_| Vec::new()),
         }
     }
 }

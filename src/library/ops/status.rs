@@ -119,12 +119,7 @@ pub(crate) fn status(lib: &Library) -> Result<Status> {
 /// Items in the drop folders: those with a failure note, and the others.
 fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
     let mut items = Vec::new();
-    let list = |dir: &Path| -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> =
-            fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-        v.sort();
-        v
-    };
+    let list = |dir: &Path| fsutil::entries(dir).unwrap_or_default();
     items.extend(list(&lib.make_base_dir()));
     for base_dir in list(&lib.new_leaf_dir()).into_iter().filter(|p| p.is_dir()) {
         items.extend(list(&base_dir).into_iter().filter(|p| p.is_dir()));

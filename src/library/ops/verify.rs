@@ -20,7 +20,7 @@ use super::common::{cid_hex, disk_cid, extent_keys, flattened_name, read_dict};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::library::records::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, Listed};
-use crate::library::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, journal, same_name};
+use crate::library::{BASE_VMX_SUFFIX, Base, Leaf, Library, Options, journal, same_name};
 use crate::platform;
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,9 +171,9 @@ fn bases_with_records(lib: &Library, env: &Arc<dyn Env>, leaves: &[Leaf], report
 /// Rebuilds a base's record from its `.vmx.base` and disks. Its id is the one its leaves
 /// remember, so they stay linked.
 fn rebuild_base(env: &Arc<dyn Env>, dir: &Path, leaves: &[Leaf]) -> Result<Base> {
-    let vmx_name = fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, "cannot list", e))?
-        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+    let vmx_name = fsutil::entries(dir)?
+        .into_iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
         .find(|n| n.ends_with(&format!(".vmx{BASE_VMX_SUFFIX}")))
         .ok_or_else(|| Error::format(dir, "no .vmx.base"))?;
     let dict = read_dict(&dir.join(&vmx_name))?;
@@ -598,10 +598,8 @@ fn adopt_unrecorded_leaves(
     leaves: &mut Vec<Leaf>,
     report: &mut Report,
 ) -> Result<()> {
-    let Ok(rd) = fs::read_dir(lib.root()) else { return Ok(()) };
-    for e in rd.filter_map(|e| e.ok()) {
-        let dir = e.path();
-        if dir.extension().is_none_or(|x| x != BUNDLE_EXT) || !dir.is_dir() || leaves.iter().any(|l| l.dir == dir) {
+    for dir in lib.bundles()? {
+        if leaves.iter().any(|l| l.dir == dir) {
             continue;
         }
         let damaged = records::read_leaf(&dir).is_err();
@@ -619,9 +617,10 @@ fn adopt_unrecorded_leaves(
 fn rebuild_leaf(env: &Arc<dyn Env>, dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
     let name = dir.file_stem()?.to_string_lossy().into_owned();
     // Its one .vmx, whatever its name: a bundle renamed (or duplicated) keeps the one it had.
-    let mut vmxs = fs::read_dir(dir)
+    let mut vmxs = fsutil::entries(dir)
         .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .into_iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
         .filter(|n| Path::new(n).extension().is_some_and(|x| x.eq_ignore_ascii_case("vmx")));
     let vmx_name = vmxs.next()?;
     if vmxs.next().is_some() {

@@ -268,6 +268,7 @@ mod footprint {
         // field 3 of proc(5), utime 14, stime 15.
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
         let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf takes a constant and reads nothing of ours.
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Duration::from_secs_f64(ticks as f64 / per_second)
     }

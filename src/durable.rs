@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use rustix::io::Errno;
 use serde_json::{Value, json};
 
 use crate::error::{Error, IoContext, Result};
@@ -60,7 +61,7 @@ fn call(op: &str, path: &Path) -> io::Result<(u64, u64)> {
     let armed = if ARMED.load(Ordering::SeqCst) { ARMED_CALLS.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
     if armed > 0 && fault::io_call() == Some(armed) {
         record((n, armed), "fault", path, || json!({"of": op}));
-        return Err(io::Error::from_raw_os_error(libc::EIO));
+        return Err(Errno::IO.into());
     }
     Ok((n, armed))
 }
@@ -410,7 +411,7 @@ pub(crate) fn set_tag(path: &Path, tag: platform::Tag, on: bool) -> io::Result<(
 pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let c = call("xattr", path)?;
     if fault::xattrs_unsupported() {
-        return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        return Err(Errno::NOTSUP.into());
     }
     xattr::set(path, name, value)?;
     record(c, "xattr", path, || json!({"id": path_id(path), "name": name}));
@@ -421,7 +422,7 @@ pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()>
 pub(crate) fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
     let c = call("rmxattr", path)?;
     if fault::xattrs_unsupported() {
-        return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        return Err(Errno::NOTSUP.into());
     }
     platform::remove_xattr(path, name)?;
     record(c, "rmxattr", path, || json!({"id": path_id(path), "name": name}));

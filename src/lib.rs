@@ -7,6 +7,9 @@
 //! and Linux. Every module is private to the crate: the binary runs [`main`], and tests, benches
 //! and the demo use [`testing`].
 
+// The system calls rustix lacks are made in src/platform/'s linux.rs and macos.rs alone.
+#![deny(unsafe_code)]
+
 mod agent;
 mod child;
 mod cli;

@@ -97,8 +97,7 @@ fn step(args: &[&str]) -> Step {
 impl Context {
     /// This user's, on this platform.
     pub(crate) fn current() -> Context {
-        // SAFETY: getuid cannot fail.
-        let uid = unsafe { libc::getuid() };
+        let uid = rustix::process::getuid().as_raw();
         Context {
             kind: if cfg!(target_os = "macos") { ServiceKind::Launchd } else { ServiceKind::Systemd },
             service_dir: platform::service_dir(),

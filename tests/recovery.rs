@@ -1465,7 +1465,7 @@ fn the_agent_keeps_hostile_journals_and_touches_nothing() {
         assert!(Instant::now() < deadline, "the agent stopped working: {}", log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&agent), rustix::process::Signal::TERM);
     let status = agent.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", log());
     assert_eq!(journals(h.root()), journals_before, "the agent did not keep the journals as they were");

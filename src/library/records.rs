@@ -15,6 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use rustix::io::Errno;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -308,7 +309,7 @@ pub(crate) fn remove_leaf(bundle: &Path) -> Result<()> {
 
 /// The volume keeps no extended attributes (`ENOTSUP`; macOS also says `EOPNOTSUPP`).
 fn unsupported(e: &std::io::Error) -> bool {
-    e.raw_os_error().is_some_and(|c| c == libc::ENOTSUP || c == libc::EOPNOTSUPP)
+    Errno::from_io_error(e).is_some_and(|n| n == Errno::NOTSUP || n == Errno::OPNOTSUPP)
 }
 
 fn ignore_unsupported(e: std::io::Error) -> std::io::Result<()> {

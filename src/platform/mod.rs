@@ -4,7 +4,8 @@
 //! is shared.
 //!
 //! The system calls go through `rustix`; the few it lacks (`chflags`, file leases,
-//! `F_BARRIERFSYNC`, `proc_pidinfo`) are raw `libc` calls in `linux.rs` and `macos.rs`.
+//! `F_BARRIERFSYNC`, `proc_pidinfo`) are raw `libc` calls in `linux.rs` and `macos.rs`, the only
+//! `unsafe` code of leafd (the crate denies it elsewhere), each with its SAFETY note.
 
 use std::fmt;
 use std::fs::File;
@@ -15,12 +16,15 @@ use std::sync::Mutex;
 
 use rustix::fs::{Mode, OFlags};
 
+// The only unsafe code of leafd: the system calls rustix lacks, each with its SAFETY note.
 #[cfg(target_os = "macos")]
+#[allow(unsafe_code)]
 mod macos;
 #[cfg(target_os = "macos")]
 use macos as os;
 
 #[cfg(not(target_os = "macos"))]
+#[allow(unsafe_code)]
 mod linux;
 #[cfg(not(target_os = "macos"))]
 use linux as os;

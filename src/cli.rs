@@ -385,7 +385,7 @@ fn pretty(value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string_pretty(value).map_err(|e| Error::internal(None, format!("cannot show this as JSON: {e}")))
 }
 
-/// Parses the command line, runs it, and exits as [`crate::error`] says: clap's own answers
+/// Parses the command line, runs it, and exits as error.rs says: clap's own answers
 /// (help and version, or bad usage) are printed its way.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

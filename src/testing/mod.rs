@@ -21,17 +21,17 @@ pub mod make_base {
     pub use crate::library::ops::make_base::{OP, STEPS};
 }
 
-/// See [`make_base`](super::make_base).
+/// See [`make_base`](crate::testing::make_base).
 pub mod new_leaf {
     pub use crate::library::ops::new_leaf::{OP, STEPS};
 }
 
-/// See [`make_base`](super::make_base).
+/// See [`make_base`](crate::testing::make_base).
 pub mod promote {
     pub use crate::library::ops::promote::{OP, STEPS};
 }
 
-/// See [`make_base`](super::make_base).
+/// See [`make_base`](crate::testing::make_base).
 pub mod remove_base {
     pub use crate::library::ops::remove_base::{OP, STEPS};
 }

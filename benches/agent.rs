@@ -7,6 +7,9 @@
 //! - idle CPU: what the agent costs while nothing happens, on that big library;
 //! - the demo: `leafd demo` from start to "All checks passed", which must take under a minute.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every bench binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot set up or run stops there
+
 mod common;
 
 use std::fs;
@@ -143,7 +146,7 @@ fn make_base_latency(root: &Path, settle: Duration, runs: usize) -> Vec<Duration
         runs,
         |i| {
             let disk = leafd_formats::disk::DiskType::MonolithicSparse;
-            leafd::sample::SampleVm::single(&format!("VM {i}"), disk, 1 << 20).build(&outside).unwrap();
+            leafd::testing::SampleVm::single(&format!("VM {i}"), disk, 1 << 20).build(&outside).unwrap();
         },
         |i| {
             let name = format!("VM {i}");
@@ -163,7 +166,7 @@ fn row(what: &str, times: &[Duration]) {
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
 
-    let quiet = Duration::from_millis(leafd::config::DEFAULT_NEW_LEAF_QUIET_MS);
+    let quiet = Duration::from_millis(leafd::testing::DEFAULT_NEW_LEAF_QUIET_MS);
     let runs = 20;
     println!("New Leaf, default settings: \"untitled folder\" renamed until the leaf is ready ({runs} runs):");
     let total = new_leaf_latency(&tmp.path().join("new-leaf"), runs);
@@ -265,6 +268,7 @@ mod footprint {
         // field 3 of proc(5), utime 14, stime 15.
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
         let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf takes a constant and reads nothing of ours.
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Duration::from_secs_f64(ticks as f64 / per_second)
     }

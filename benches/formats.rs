@@ -1,12 +1,15 @@
 //! Writing the empty delta for a 64 GiB disk: leafd's writer against `qemu-img create -b`.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every bench binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot set up or run stops there
+
 mod common;
 
 use std::process::Command;
 
 use common::*;
-use leafd::library::Options;
-use leafd::sample::{Pattern, SampleVm};
+
+use leafd::testing::{Pattern, SampleVm};
 use leafd_formats::clone::{PathStyle, create_delta, parent_copy};
 use leafd_formats::disk::{Disk, DiskType};
 
@@ -15,7 +18,7 @@ fn main() {
     let mut vm = SampleVm::single("Big", DiskType::MonolithicSparse, 64 << 30);
     vm.disks[0].patterns = vec![Pattern { offset: 0, len: 65536, byte: 1 }];
     let bundle = vm.build(tmp.path()).unwrap();
-    let env = Options::default().env();
+    let env = leafd::testing::env();
     let base = Disk::open(&env, &bundle.join("Virtual Disk.vmdk")).unwrap();
     // Both writers build on the same parent copy, in the same folder.
     let leaf = tmp.path().join("leaf");

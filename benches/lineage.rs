@@ -4,14 +4,18 @@
 //! - `verify --deep` fingerprinting against `sha256sum` on the same files;
 //! - `leafd verify` (without --deep) on a library of 100 bases and 1,000 leaves.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every bench binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot set up or run stops there
+
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use leafd::library::Options;
-use leafd::sample::{Pattern, SampleVm};
+
+use leafd::testing::{Pattern, SampleVm};
 use leafd_formats::disk::{Disk, DiskType};
 use leafd_formats::flatten::flatten;
 
@@ -34,14 +38,21 @@ fn data_vm(name: &str, t: DiskType, capacity: u64, data: u64) -> SampleVm {
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
+    flattening(tmp.path(), &home);
+    fingerprinting(tmp.path());
+    verifying(tmp.path(), &home);
+    finish();
+}
 
-    // 1. Flatten: a 2 GiB split base with 256 MiB of data, a leaf with 64 MiB written on top.
-    let root = tmp.path().join("flatten");
+/// Flatten: a 2 GiB split base with 256 MiB of data, a leaf with 64 MiB written on top, against
+/// `qemu-img convert`; then promote end to end.
+fn flattening(tmp: &Path, home: &Path) {
+    let root = tmp.join("flatten");
     std::fs::create_dir_all(root.join("Make Base")).unwrap();
     let vm = data_vm("Base", DiskType::SplitSparse, 2048 * MIB, 256 * MIB);
     let bundle = vm.build(&root.join("Make Base")).unwrap();
-    run(&mut leafd(&root, &home, &["make-base", bundle.to_str().unwrap()]));
-    run(&mut leafd(&root, &home, &["new-leaf", "Base", "Leaf", "--snapshot", "native"]));
+    run(&mut leafd(&root, home, &["make-base", bundle.to_str().unwrap()]));
+    run(&mut leafd(&root, home, &["new-leaf", "Base", "Leaf", "--snapshot", "native"]));
     let delta = root.join("Leaf.vmwarevm/Virtual Disk-000001.vmdk");
     let mut writes = Command::new("qemu-io");
     writes.args(["-f", "vmdk"]);
@@ -50,9 +61,9 @@ fn main() {
     }
     run(writes.arg(&delta));
     println!("flattening a leaf of a 2 GiB base (256 MiB of base data, 64 MiB written in the leaf), 5 runs each:");
-    let out = tmp.path().join("out");
+    let out = tmp.join("out");
     std::fs::create_dir(&out).unwrap();
-    let env = Options::default().env();
+    let env = leafd::testing::env();
     let chain = Disk::open(&env, &delta).unwrap();
     let ours = measure(
         5,
@@ -100,11 +111,13 @@ fn main() {
     verdict("leafd flattens at least as fast as qemu-img convert, both flushing", median(&ours), median(&flushed));
     drop(chain);
     let t = Instant::now();
-    run(&mut leafd(&root, &home, &["promote", "Leaf"]));
+    run(&mut leafd(&root, home, &["promote", "Leaf"]));
     println!("  leafd promote end to end (flatten, link, swap, journal): {}\n", ms(t.elapsed()));
+}
 
-    // 2. Fingerprints: a 1 GiB flat disk full of data, hot in the page cache for both tools.
-    let root = tmp.path().join("fingerprint");
+/// Fingerprints: a 1 GiB flat disk full of data, hot in the page cache for both tools.
+fn fingerprinting(tmp: &Path) {
+    let root = tmp.join("fingerprint");
     std::fs::create_dir_all(&root).unwrap();
     let vm = data_vm("Dense", DiskType::MonolithicFlat, 1024 * MIB, 1024 * MIB);
     let bundle = vm.build(&root).unwrap();
@@ -114,7 +127,7 @@ fn main() {
         5,
         |_| {},
         |_| {
-            leafd::fsutil::fingerprint(&files, &Default::default()).unwrap();
+            leafd::testing::fingerprint(&files).unwrap();
         },
     );
     report("leafd fingerprint (BLAKE3 over 64 KiB chunks)", &ours);
@@ -126,17 +139,18 @@ fn main() {
         mb_per_s(1024 * MIB, median(&theirs))
     );
     verdict("leafd fingerprints at least as fast as sha256sum", median(&ours), median(&theirs));
+}
 
-    // 3. verify without --deep on 100 bases and 1,000 leaves.
-    let root = tmp.path().join("big");
+/// `verify` without `--deep` on 100 bases and 1,000 leaves.
+fn verifying(tmp: &Path, home: &Path) {
+    let root = tmp.join("big");
     let t = Instant::now();
     build_library(&root, 100, 10);
     println!(
         "verify of a library with 100 bases and 1,000 leaves (built in {:.1} s), 5 runs:",
         t.elapsed().as_secs_f64()
     );
-    let times = measure(5, |_| {}, |_| run(&mut leafd(&root, &home, &["verify"])));
+    let times = measure(5, |_| {}, |_| run(&mut leafd(&root, home, &["verify"])));
     report("leafd verify", &times);
     claim("well under a second", median(&times).as_millis() < 1000, &ms(median(&times)));
-    finish();
 }

@@ -4,6 +4,9 @@
 //!   then records the content fingerprint, is shown beside it);
 //! - New Leaf against `qemu-img create -f vmdk -b` on the same base.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every bench binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot set up or run stops there
+
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -11,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::*;
-use leafd::sample::SampleVm;
+use leafd::testing::SampleVm;
 use leafd_formats::disk::DiskType;
 
 fn main() {

@@ -24,7 +24,7 @@ use crate::error::Kind;
 use crate::fsutil::Cancel;
 
 /// Bytes of each stream kept in memory; the rest is counted.
-pub const CAP: usize = 64 << 10;
+pub(crate) const CAP: usize = 64 << 10;
 /// How much of each stream an error message quotes.
 const EXCERPT: usize = 500;
 /// How often a running child's cancel flag is looked at.
@@ -33,15 +33,15 @@ const TICK: Duration = Duration::from_millis(50);
 /// its pipes open, and must not hold us.
 const LINGER: Duration = Duration::from_secs(1);
 /// The time limit of [`run_detached`] (notifications).
-pub const DETACHED_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DETACHED_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a [`Running`] program has to stop after SIGTERM (launchd's default exit timeout).
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// What a program printed on one stream: the first [`CAP`] bytes, and how many more there were.
 #[derive(Debug, Default, Clone)]
-pub struct Captured {
-    pub bytes: Vec<u8>,
-    pub dropped: u64,
+pub(crate) struct Captured {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) dropped: u64,
 }
 
 impl Captured {
@@ -52,7 +52,7 @@ impl Captured {
     }
 
     /// The kept bytes as text, without surrounding white space.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).trim().to_string()
     }
 
@@ -75,16 +75,16 @@ impl Captured {
     }
 }
 
-/// What a program that succeeded printed.
+/// What a program that succeeded printed on stdout (its stderr is read, and dropped: only a
+/// failure's is shown).
 #[derive(Debug, Default)]
-pub struct Output {
-    pub stdout: Captured,
-    pub stderr: Captured,
+pub(crate) struct Output {
+    pub(crate) stdout: Captured,
 }
 
 /// Why a program did not succeed.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// It could not be started (or waited for).
     Io(io::Error),
     /// It ran past its time limit and was killed, with its process group.
@@ -97,16 +97,16 @@ pub enum Failure {
 
 /// A program that did not succeed, with what it printed.
 #[derive(Debug)]
-pub struct Error {
-    pub program: PathBuf,
-    pub failure: Failure,
-    pub stdout: Captured,
-    pub stderr: Captured,
+pub(crate) struct Error {
+    pub(crate) program: PathBuf,
+    pub(crate) failure: Failure,
+    pub(crate) stdout: Captured,
+    pub(crate) stderr: Captured,
 }
 
 impl Error {
     /// The exit code, when the program ended by itself with one.
-    pub fn exit_code(&self) -> Option<i32> {
+    pub(crate) fn exit_code(&self) -> Option<i32> {
         match self.failure {
             Failure::Exited(s) => s.code(),
             _ => None,
@@ -114,12 +114,12 @@ impl Error {
     }
 
     /// True when the program was not found (not installed, not on the PATH).
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(&self.failure, Failure::Io(e) if e.kind() == io::ErrorKind::NotFound)
     }
 
     /// The kind of leafd error this is: a shutdown is `Cancelled` (undone, not reported).
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         match self.failure {
             Failure::Cancelled => Kind::Cancelled,
             _ => Kind::Io,
@@ -214,7 +214,7 @@ fn read_ready(streams: &mut [Stream; 2], buf: &mut [u8], wait: Duration) {
 
 /// Runs `cmd` to its end, within `timeout`, stopping it when `cancel` is set. Its stdin is
 /// empty; its stdout and stderr are captured. Success is an exit status of 0.
-pub fn run(cmd: &mut Command, timeout: Duration, cancel: Option<&Cancel>) -> Result<Output, Error> {
+pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancel: Option<&Cancel>) -> Result<Output, Error> {
     let program = PathBuf::from(cmd.get_program());
     let failed = |failure, streams: [Stream; 2]| {
         let [stdout, stderr] = streams;
@@ -243,8 +243,8 @@ pub fn run(cmd: &mut Command, timeout: Duration, cancel: Option<&Cancel>) -> Res
                 read_ready(&mut streams, &mut buf, until.saturating_duration_since(Instant::now()));
             }
             if status.success() {
-                let [stdout, stderr] = streams;
-                return Ok(Output { stdout: stdout.got, stderr: stderr.got });
+                let [stdout, _] = streams;
+                return Ok(Output { stdout: stdout.got });
             }
             return failed(Failure::Exited(status), streams);
         }
@@ -264,7 +264,7 @@ pub fn run(cmd: &mut Command, timeout: Duration, cancel: Option<&Cancel>) -> Res
 /// Runs `cmd` on a thread of its own, as [`run`] with [`DETACHED_TIMEOUT`], for a program whose
 /// outcome nobody waits for (a notification): it is still reaped, or killed and reaped. A
 /// failure is only a debug line in the log.
-pub fn run_detached(mut cmd: Command) {
+pub(crate) fn run_detached(mut cmd: Command) {
     let started = std::thread::Builder::new().name("leafd-detached".into()).spawn(move || {
         if let Err(e) = run(&mut cmd, DETACHED_TIMEOUT, None) {
             tracing::debug!("{e}");
@@ -279,10 +279,10 @@ pub fn run_detached(mut cmd: Command) {
 /// has not stopped within 20 s, SIGKILL; either way it is reaped. Unlike [`run`], it stays in
 /// leafd's own process group, so a Ctrl-C in the terminal stops it too (it is the demo's agent,
 /// which stops what it started itself).
-pub struct Running(Option<Child>);
+pub(crate) struct Running(Option<Child>);
 
 /// Starts `cmd` in the background, its stdin, stdout and stderr on `/dev/null`.
-pub fn start(cmd: &mut Command) -> io::Result<Running> {
+pub(crate) fn start(cmd: &mut Command) -> io::Result<Running> {
     let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     Ok(Running(Some(child)))
 }
@@ -329,11 +329,11 @@ mod tests {
     fn both_pipes_are_drained_and_capped() {
         let start = Instant::now();
         let out = run(
-            &mut sh("head -c 1048576 /dev/zero | tr '\\0' o; head -c 1048576 /dev/zero | tr '\\0' e >&2"),
+            &mut sh("head -c 1048576 /dev/zero | tr '\\0' o; head -c 1048576 /dev/zero | tr '\\0' e >&2; exit 1"),
             Duration::from_secs(20),
             None,
         )
-        .unwrap();
+        .unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
         for (c, byte) in [(&out.stdout, b'o'), (&out.stderr, b'e')] {
             assert_eq!(c.bytes.len(), CAP);

@@ -1,23 +1,23 @@
-//! The command line (SPEC §6). Exit 0 on success, 1 when an operation is refused or fails (the
-//! reason on stderr), 2 on bad usage.
+//! The command line (SPEC §6): parses, calls the library, the agent or the service, and prints.
+//! How it exits is decided in [`crate::error`] (0 ok, 1 refused, failed or problems found, 2 bad
+//! usage).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use leafd_formats::clone::PathStyle;
 
 use crate::config::Config;
-use crate::error::Result;
-use crate::library::{
-    Library, Options, SnapshotBackend, forget, journal, make_base, new_leaf, promote, recovery, relink, remove_base,
-    status, verify,
-};
+use crate::error::{Error, Exit, Result};
+use crate::library::ops::{forget, make_base, new_leaf, promote, relink, remove_base, status, verify};
+use crate::library::{Library, Options, SnapshotBackend, journal, recovery};
 use crate::{agent, demo, logging, platform, service};
 
 #[derive(Parser)]
 #[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The library folder (default: LEAFD_ROOT, then config.toml, then the platform's VM folder)
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
@@ -30,7 +30,7 @@ enum Command {
     /// Watch the drop folders (what the login service runs)
     Agent {
         /// Seconds an item must be quiet before leafd acts on it (default: config, else 3)
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         settle: Option<f64>,
     },
     /// Convert a powered-off VM bundle into a write-protected base, as a drop would
@@ -47,7 +47,7 @@ enum Command {
         name: String,
         /// Who takes the snapshot (default: config, else auto)
         #[arg(long, value_enum)]
-        snapshot: Option<SnapshotBackend>,
+        snapshot: Option<Snapshot>,
     },
     /// Bases, their leaves, space used and saved, pending and failed drops
     Status {
@@ -127,6 +127,27 @@ enum Command {
     },
 }
 
+/// `--snapshot`: [`SnapshotBackend`] as the command line names it.
+#[derive(Clone, Copy, ValueEnum)]
+enum Snapshot {
+    /// VMware's `vmrun` when it is installed, else (or when it fails) leafd's own writer.
+    Auto,
+    /// leafd's own writer (always available; the tested path).
+    Native,
+    /// VMware's `vmrun` only.
+    Vmrun,
+}
+
+impl From<Snapshot> for SnapshotBackend {
+    fn from(s: Snapshot) -> SnapshotBackend {
+        match s {
+            Snapshot::Auto => SnapshotBackend::Auto,
+            Snapshot::Native => SnapshotBackend::Native,
+            Snapshot::Vmrun => SnapshotBackend::Vmrun,
+        }
+    }
+}
+
 /// Options for the operations from the configuration (and flags).
 fn options(config: &Config, snapshot: Option<SnapshotBackend>) -> Options {
     Options {
@@ -153,14 +174,14 @@ fn change(
     root: &Path,
     opts: Options,
     op: impl FnOnce(&Library, &Options) -> Result<(String, Vec<String>)>,
-) -> Result<()> {
+) -> Result<Exit> {
     let _log = start_log(false);
     let lib = open_for_change(root, &opts)?;
     let (line, warnings) = op(&lib, &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
     tracing::info!("{line}");
     println!("{line}");
     warn_all(&warnings);
-    Ok(())
+    Ok(Exit::Success)
 }
 
 /// Asks on the terminal; false when there is none to ask on.
@@ -187,165 +208,198 @@ fn start_log(echo: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> 
     logging::init(&platform::log_dir(), echo).inspect_err(|e| eprintln!("leafd: warning: {e}")).ok()
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli) -> Result<Exit> {
     let config = Config::load()?;
     let root = config.root(cli.root.as_deref());
     match cli.command {
-        Command::Agent { settle } => {
-            let _log = start_log(true);
-            let settle = settle.or(config.settle_seconds).unwrap_or(3.0);
-            if !(settle.is_finite() && (0.0..=3600.0).contains(&settle)) {
-                return Err(crate::error::Error::new(
-                    crate::error::Kind::Refused,
-                    None,
-                    format!("a settle period of {settle} s makes no sense"),
-                )
-                .fix("give seconds between 0 and 3600"));
-            }
-            let retry = config.retry_seconds.unwrap_or(300.0);
-            if !(retry.is_finite() && (1.0..=86400.0).contains(&retry)) {
-                return Err(crate::error::Error::new(
-                    crate::error::Kind::Refused,
-                    Some(crate::config::path()),
-                    format!("retry_seconds = {retry} makes no sense"),
-                )
-                .fix("give seconds between 1 and 86400"));
-            }
-            let settings = agent::Settings {
-                settle: std::time::Duration::from_secs_f64(settle),
-                retry: std::time::Duration::from_secs_f64(retry),
-                new_leaf_quiet: config.new_leaf_quiet()?,
-                notifications: config.notifications.unwrap_or(cfg!(target_os = "macos")),
-                opts: options(&config, None),
-            };
-            agent::run(&root, settings).inspect_err(|e| tracing::error!("{}", e.summary()))?;
-        }
-        Command::MakeBase { bundle, name } => {
-            let _log = start_log(false);
-            let opts = options(&config, None);
-            let lib = open_for_change(&root, &opts)?;
-            let (made, fingerprinting) = make_base::make_base(&lib, &bundle, name.as_deref(), &opts)
-                .inspect_err(|e| tracing::warn!("{}", e.summary()))?;
-            tracing::info!("{made}");
-            println!("{made}");
-            warn_all(&made.warnings);
-            fingerprinting.finish(&lib, &opts)?;
-        }
+        Command::Agent { settle } => run_agent(&root, &config, settle),
+        Command::MakeBase { bundle, name } => make_base(&root, &config, &bundle, name.as_deref()),
         Command::NewLeaf { base, name, snapshot } => {
-            change(&root, options(&config, snapshot), |lib, opts| {
+            change(&root, options(&config, snapshot.map(Into::into)), |lib, opts| {
                 new_leaf::new_leaf(lib, &base, &name, None, opts).map(|m| (m.to_string(), m.warnings))
-            })?;
+            })
         }
-        Command::Status { json } => {
-            let s = Library::open_existing(&root).and_then(|lib| status::status(&lib));
-            let service = service::state(&service::Context::current());
-            // The service is reported even without a library: the agent may be what makes it.
-            if json {
-                let mut v = match &s {
-                    Ok(s) => serde_json::to_value(s).expect("status serializes"),
-                    Err(_) => serde_json::json!({}),
-                };
-                v["service"] = serde_json::to_value(&service).expect("state serializes");
-                println!("{}", serde_json::to_string_pretty(&v).expect("status serializes"));
-            } else {
-                if let Ok(s) = &s {
-                    println!("{}", status::render(s));
-                }
-                println!("{}", service.render());
-            }
-            s?;
-        }
+        Command::Status { json } => show_status(&root, json),
         Command::Install { dry_run } => {
             let ctx = service::Context::current();
             let program = service::Program::current(cli.root.as_deref())?;
             warn_all(&service::install_warnings(&ctx, &program));
             service::execute(&service::install_plan(&ctx, &program)?, dry_run, &mut std::io::stdout())?;
+            Ok(Exit::Success)
         }
         Command::Uninstall { dry_run } => {
             service::execute(&service::uninstall_plan(&service::Context::current()), dry_run, &mut std::io::stdout())?;
+            Ok(Exit::Success)
         }
-        Command::Verify { json, deep, names } => {
-            let _log = start_log(false);
-            let opts = options(&config, None);
-            let lib = Library::open_existing(&root)?;
-            let report = verify::verify(&lib, &names, deep, &opts)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize"));
-            } else {
-                print!("{}", report.render());
-            }
-            for r in &report.repaired {
-                tracing::info!("verify repaired {}: {}", r.path, r.what);
-            }
-            if !report.problems.is_empty() {
-                tracing::warn!("verify found {} problem(s)", report.problems.len());
-                return Ok(ExitCode::from(1));
-            }
-        }
-        Command::Relink { leaf } => {
-            change(&root, options(&config, None), |lib, opts| {
-                relink::relink(lib, &leaf, opts).map(|d| (d.to_string(), Vec::new()))
-            })?;
-        }
-        Command::Promote { leaf } => {
-            change(&root, options(&config, None), |lib, opts| {
-                promote::promote(lib, &leaf, opts).map(|d| (d.to_string(), Vec::new()))
-            })?;
-        }
+        Command::Verify { json, deep, names } => verify(&root, &config, json, deep, &names),
+        Command::Relink { leaf } => change(&root, options(&config, None), |lib, opts| {
+            relink::relink(lib, &leaf, opts).map(|d| (d.to_string(), Vec::new()))
+        }),
+        Command::Promote { leaf } => change(&root, options(&config, None), |lib, opts| {
+            promote::promote(lib, &leaf, opts).map(|d| (d.to_string(), Vec::new()))
+        }),
         Command::RemoveBase { name, yes } => {
             let confirmed = yes || (!platform::HAS_TRASH && confirm(&format!("Delete base {name:?} for good? [y/N] ")));
             change(&root, options(&config, None), |lib, _| {
                 remove_base::remove_base(lib, &name, confirmed).map(|d| (d.to_string(), Vec::new()))
-            })?;
+            })
         }
-        Command::Demo { dir } => demo::run(dir.as_deref())?,
-        Command::Recover { list: true, .. } => {
-            let lib = Library::open_existing(&root)?;
-            let lines = recovery::list(&lib)?;
-            if lines.is_empty() {
-                println!("no interrupted operations");
-            }
-            for l in lines {
-                println!("{l}");
-            }
-        }
-        Command::Recover { show: Some(id), .. } => {
-            print!("{}", recovery::show(&Library::open_existing(&root)?, &id)?);
-        }
-        Command::Recover { discard: Some(id), .. } => {
-            let _log = start_log(false);
-            let shown = recovery::discard(&Library::open_existing(&root)?, &id)?;
-            print!("{shown}");
-            println!("discarded {id}: nothing was moved or deleted; the places above are as they are");
-        }
-        Command::Recover { .. } => {
-            let _log = start_log(false);
-            let opts = options(&config, None);
-            let lib = open_for_change(&root, &opts)?;
-            let left = journal::pending(&lib);
-            println!("{left} interrupted operation(s) left");
-            if left > 0 {
-                return Ok(ExitCode::from(1));
-            }
-        }
+        Command::Demo { dir } => demo::run(dir.as_deref()).map(|()| Exit::Success),
+        Command::Recover { list, show, discard } => recover(&root, &config, list, show, discard),
         Command::Forget { leaf } => {
-            change(&root, options(&config, None), |lib, _| forget::forget(lib, &leaf).map(|m| (m, Vec::new())))?;
+            change(&root, options(&config, None), |lib, _| forget::forget(lib, &leaf).map(|m| (m, Vec::new())))
         }
         Command::Log { follow, lines } => {
             logging::show(&platform::log_dir(), lines, follow, &mut std::io::stdout())?;
+            Ok(Exit::Success)
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
-/// Parses the command line, runs it, and maps the result to the exit code.
+/// `leafd agent`: the settings checked (a bad `--settle` is bad usage; a bad value in the file
+/// is refused, naming it), then the agent runs until it is stopped.
+fn run_agent(root: &Path, config: &Config, flag: Option<f64>) -> Result<Exit> {
+    let settle = match flag {
+        Some(settle) => seconds(settle, 0.0..=3600.0)
+            .ok_or_else(|| Error::usage(format!("a settle period of {settle} s makes no sense"))),
+        None => {
+            let settle = config.settle_seconds.unwrap_or(3.0);
+            seconds(settle, 0.0..=3600.0).ok_or_else(|| {
+                Error::refused(&crate::config::path(), format!("settle_seconds = {settle} makes no sense"))
+            })
+        }
+    }
+    .map_err(|e| e.fix("give seconds between 0 and 3600"))?;
+    let retry = config.retry_seconds.unwrap_or(300.0);
+    let retry = seconds(retry, 1.0..=86400.0).ok_or_else(|| {
+        Error::refused(&crate::config::path(), format!("retry_seconds = {retry} makes no sense"))
+            .fix("give seconds between 1 and 86400")
+    })?;
+    let settings = agent::Settings {
+        settle,
+        retry,
+        new_leaf_quiet: config.new_leaf_quiet()?,
+        notifications: config.notifications.unwrap_or(cfg!(target_os = "macos")),
+        opts: options(config, None),
+    };
+    let _log = start_log(true);
+    agent::run(root, settings).inspect_err(|e| tracing::error!("{}", e.summary()))?;
+    Ok(Exit::Success)
+}
+
+/// `seconds` as a duration, when it is a number in `range`.
+fn seconds(seconds: f64, range: std::ops::RangeInclusive<f64>) -> Option<Duration> {
+    (seconds.is_finite() && range.contains(&seconds)).then(|| Duration::from_secs_f64(seconds))
+}
+
+/// `leafd make-base`: the base is usable (and said so) before its fingerprint is recorded.
+fn make_base(root: &Path, config: &Config, bundle: &Path, name: Option<&str>) -> Result<Exit> {
+    let _log = start_log(false);
+    let opts = options(config, None);
+    let lib = open_for_change(root, &opts)?;
+    let (made, fingerprinting) =
+        make_base::make_base(&lib, bundle, name, &opts).inspect_err(|e| tracing::warn!("{}", e.summary()))?;
+    tracing::info!("{made}");
+    println!("{made}");
+    warn_all(&made.warnings);
+    fingerprinting.finish(&lib, &opts)?;
+    Ok(Exit::Success)
+}
+
+/// `leafd status`: the service is reported even without a library (the agent may be what
+/// makes it).
+fn show_status(root: &Path, json: bool) -> Result<Exit> {
+    let s = Library::open_existing(root).and_then(|lib| status::status(&lib));
+    let service = service::state(&service::Context::current());
+    if json {
+        let mut v = match &s {
+            Ok(s) => to_json(s)?,
+            Err(_) => serde_json::json!({}),
+        };
+        v["service"] = to_json(&service)?;
+        println!("{}", pretty(&v)?);
+    } else {
+        if let Ok(s) = &s {
+            println!("{}", status::render(s));
+        }
+        println!("{}", service.render());
+    }
+    s.map(|_| Exit::Success)
+}
+
+/// `leafd verify`: problems found exit 1.
+fn verify(root: &Path, config: &Config, json: bool, deep: bool, names: &[String]) -> Result<Exit> {
+    let _log = start_log(false);
+    let opts = options(config, None);
+    let lib = Library::open_existing(root)?;
+    let report = verify::verify(&lib, names, deep, &opts)?;
+    if json {
+        println!("{}", pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    for r in &report.repaired {
+        tracing::info!("verify repaired {}: {}", r.path, r.what);
+    }
+    if report.problems.is_empty() {
+        return Ok(Exit::Success);
+    }
+    tracing::warn!("verify found {} problem(s)", report.problems.len());
+    Ok(Exit::Failed)
+}
+
+/// `leafd recover` and its `--list`, `--show` and `--discard`: operations left exit 1.
+fn recover(root: &Path, config: &Config, list: bool, show: Option<String>, discard: Option<String>) -> Result<Exit> {
+    if list {
+        let lines = recovery::list(&Library::open_existing(root)?)?;
+        if lines.is_empty() {
+            println!("no interrupted operations");
+        }
+        for l in lines {
+            println!("{l}");
+        }
+    } else if let Some(id) = show {
+        print!("{}", recovery::show(&Library::open_existing(root)?, &id)?);
+    } else if let Some(id) = discard {
+        let _log = start_log(false);
+        let shown = recovery::discard(&Library::open_existing(root)?, &id)?;
+        print!("{shown}");
+        println!("discarded {id}: nothing was moved or deleted; the places above are as they are");
+    } else {
+        let _log = start_log(false);
+        let lib = open_for_change(root, &options(config, None))?;
+        let left = journal::pending(&lib);
+        println!("{left} interrupted operation(s) left");
+        if left > 0 {
+            return Ok(Exit::Failed);
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| Error::internal(None, format!("cannot show this as JSON: {e}")))
+}
+
+fn pretty(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::internal(None, format!("cannot show this as JSON: {e}")))
+}
+
+/// Parses the command line, runs it, and exits as error.rs says: clap's own answers
+/// (help and version, or bad usage) are printed its way.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { Exit::Usage } else { Exit::Success }.into();
+        }
+    };
     match run(cli) {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("leafd: {e}");
-            ExitCode::from(1)
+            e.kind.exit().into()
         }
     }
 }

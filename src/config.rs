@@ -23,15 +23,15 @@ use crate::platform;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
-    pub root: Option<PathBuf>,
-    pub settle_seconds: Option<f64>,
-    pub new_leaf_quiet_ms: Option<u64>,
-    pub retry_seconds: Option<f64>,
-    pub snapshot_backend: Option<SnapshotBackend>,
-    pub path_style: Option<PathStyle>,
-    pub notifications: Option<bool>,
-    pub vmrun: Option<PathBuf>,
+pub(crate) struct Config {
+    pub(crate) root: Option<PathBuf>,
+    pub(crate) settle_seconds: Option<f64>,
+    pub(crate) new_leaf_quiet_ms: Option<u64>,
+    pub(crate) retry_seconds: Option<f64>,
+    pub(crate) snapshot_backend: Option<SnapshotBackend>,
+    pub(crate) path_style: Option<PathStyle>,
+    pub(crate) notifications: Option<bool>,
+    pub(crate) vmrun: Option<PathBuf>,
 }
 
 /// The quiet period of an empty New Leaf request folder when the file sets none: short, since
@@ -39,7 +39,7 @@ pub struct Config {
 pub const DEFAULT_NEW_LEAF_QUIET_MS: u64 = 400;
 
 /// `LEAFD_CONFIG`, else the platform's configuration folder.
-pub fn path() -> PathBuf {
+pub(crate) fn path() -> PathBuf {
     std::env::var_os("LEAFD_CONFIG").map(PathBuf::from).unwrap_or_else(|| platform::config_dir().join("config.toml"))
 }
 
@@ -52,11 +52,11 @@ fn expand_home(p: PathBuf) -> PathBuf {
 
 impl Config {
     /// Reads the configuration; a missing file means defaults, a malformed one is an error.
-    pub fn load() -> Result<Config> {
+    pub(crate) fn load() -> Result<Config> {
         Self::load_from(&path())
     }
 
-    pub fn load_from(path: &Path) -> Result<Config> {
+    pub(crate) fn load_from(path: &Path) -> Result<Config> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
@@ -72,7 +72,7 @@ impl Config {
     }
 
     /// The library root: `--root`, then `LEAFD_ROOT`, then the file, then the platform default.
-    pub fn root(&self, flag: Option<&Path>) -> PathBuf {
+    pub(crate) fn root(&self, flag: Option<&Path>) -> PathBuf {
         flag.map(Path::to_path_buf)
             .or_else(|| std::env::var_os("LEAFD_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from))
             .or_else(|| self.root.clone())
@@ -80,7 +80,7 @@ impl Config {
     }
 
     /// How long an empty New Leaf request folder must be quiet before its leaf is made.
-    pub fn new_leaf_quiet(&self) -> Result<Duration> {
+    pub(crate) fn new_leaf_quiet(&self) -> Result<Duration> {
         let ms = self.new_leaf_quiet_ms.unwrap_or(DEFAULT_NEW_LEAF_QUIET_MS);
         if ms > 10_000 {
             return Err(Error::new(Kind::Refused, Some(path()), format!("new_leaf_quiet_ms = {ms} makes no sense"))

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use leafd_formats::disk::{Disk, DiskType};
 
-use crate::child;
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::library::ops::{status, verify};
 use crate::library::records;
-use crate::library::{Library, Options, status, verify};
-use crate::sample::SampleVm;
+use crate::library::{Library, Options};
+use crate::testing::sample::SampleVm;
+use crate::{child, fsutil};
 
 const SETTLE_SECS: &str = "1";
 const WAIT: Duration = Duration::from_secs(30);
@@ -42,22 +43,27 @@ fn step(n: usize, what: &str) {
     println!("\n[{n}/6] {what}");
 }
 
-/// Runs the demo in `dir` (a new temporary folder when `None`).
-pub fn run(dir: Option<&Path>) -> Result<()> {
-    let dir = match dir {
+/// The folder the demo runs in: `dir`, which must be empty or new, else a new temporary one.
+fn demo_dir(dir: Option<&Path>) -> Result<PathBuf> {
+    match dir {
         Some(d) => {
-            if d.read_dir().is_ok_and(|mut r| r.next().is_some()) {
+            if fsutil::entries(d).is_ok_and(|e| !e.is_empty()) {
                 return Err(Error::refused(d, "is not empty").fix("give an empty or new folder for the demo"));
             }
             std::fs::create_dir_all(d).at(d, "cannot create the demo folder")?;
-            d.canonicalize().at(d, "cannot resolve the demo folder")?
+            d.canonicalize().at(d, "cannot resolve the demo folder")
         }
         None => {
             let d = std::env::temp_dir().join(format!("leafd-demo-{}", std::process::id()));
             std::fs::create_dir_all(&d).at(&d, "cannot create the demo folder")?;
-            d
+            Ok(d)
         }
-    };
+    }
+}
+
+/// Runs the demo in `dir` (a new temporary folder when `None`).
+pub(crate) fn run(dir: Option<&Path>) -> Result<()> {
+    let dir = demo_dir(dir)?;
     let root = dir.join("library");
     let logs = dir.join("logs");
     let lib = Library::open(&root)?;

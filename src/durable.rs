@@ -12,7 +12,7 @@
 //!
 //! With `LEAFD_IO_TRACE=FILE` each call appends one JSON line (its number, the operation, the
 //! path, device and inode) for the ordering tests; with `LEAFD_FAULT=io:N` the Nth call after
-//! [`arm`] fails with `EIO` (see [`crate::fault`]).
+//! [`arm`] fails with `EIO` (see [`crate::testing::fault`]).
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -22,13 +22,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use rustix::io::Errno;
 use serde_json::{Value, json};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fault;
 use crate::platform;
+use crate::testing::fault;
 
-pub use crate::platform::Flush;
+pub(crate) use crate::platform::Flush;
 
 const TRACE_ENV: &str = "LEAFD_IO_TRACE";
 
@@ -48,7 +49,7 @@ fn trace_file() -> Option<&'static Mutex<File>> {
 
 /// Starts counting calls for `LEAFD_FAULT=io:N`: an operation's journal is written, so from here
 /// on every failure must leave the untouched source or the finished result.
-pub fn arm() {
+pub(crate) fn arm() {
     ARMED.store(true, Ordering::SeqCst);
 }
 
@@ -60,7 +61,7 @@ fn call(op: &str, path: &Path) -> io::Result<(u64, u64)> {
     let armed = if ARMED.load(Ordering::SeqCst) { ARMED_CALLS.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
     if armed > 0 && fault::io_call() == Some(armed) {
         record((n, armed), "fault", path, || json!({"of": op}));
-        return Err(io::Error::from_raw_os_error(libc::EIO));
+        return Err(Errno::IO.into());
     }
     Ok((n, armed))
 }
@@ -95,57 +96,53 @@ fn record((n, armed): (u64, u64), op: &str, path: &Path, fields: impl FnOnce() -
 
 /// A file leafd writes: every change to it goes through here.
 #[derive(Debug)]
-pub struct Written {
+pub(crate) struct Written {
     file: File,
     path: PathBuf,
 }
 
 impl Written {
-    pub fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &File {
         &self.file
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn id(&self) -> Option<[u64; 2]> {
         self.file.metadata().ok().map(|m| id_of(&m))
     }
 
-    pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
+    pub(crate) fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
         let c = call("write", &self.path).at(&self.path, "cannot write")?;
         self.file.write_all_at(bytes, offset).at(&self.path, "cannot write")?;
         record(c, "write", &self.path, || json!({"id": self.id(), "offset": offset, "len": bytes.len()}));
         Ok(())
     }
 
-    pub fn set_len(&self, len: u64) -> Result<()> {
+    pub(crate) fn set_len(&self, len: u64) -> Result<()> {
         let c = call("truncate", &self.path).at(&self.path, "cannot set the length of")?;
         self.file.set_len(len).at(&self.path, "cannot set the length of")?;
         record(c, "truncate", &self.path, || json!({"id": self.id(), "len": len}));
         Ok(())
     }
 
-    pub fn set_mode(&self, mode: u32) -> Result<()> {
+    pub(crate) fn set_mode(&self, mode: u32) -> Result<()> {
         let c = call("chmod", &self.path).at(&self.path, "cannot set permissions")?;
         platform::set_mode_fd(&self.file, mode).at(&self.path, "cannot set permissions")?;
         record(c, "chmod", &self.path, || json!({"id": self.id(), "mode": mode}));
         Ok(())
     }
 
-    pub fn set_modified(&self, time: std::time::SystemTime) -> Result<()> {
+    pub(crate) fn set_modified(&self, time: std::time::SystemTime) -> Result<()> {
         let c = call("times", &self.path).at(&self.path, "cannot set the time of")?;
         self.file.set_modified(time).at(&self.path, "cannot set the time of")?;
         record(c, "times", &self.path, || json!({"id": self.id()}));
         Ok(())
     }
 
-    pub fn flush(&self, kind: Flush) -> Result<()> {
+    pub(crate) fn flush(&self, kind: Flush) -> Result<()> {
         flush_open(&self.file, &self.path, kind)
     }
 
-    pub fn into_file(self) -> File {
+    pub(crate) fn into_file(self) -> File {
         self.file
     }
 }
@@ -169,12 +166,12 @@ fn created(c: (u64, u64), op: &str, path: &Path) {
 }
 
 /// Creates `path`, which must not exist, for writing (the user's umask applies).
-pub fn create_new(path: &Path) -> Result<Written> {
+pub(crate) fn create_new(path: &Path) -> Result<Written> {
     create_with_mode(path, 0o666)
 }
 
 /// Creates `path`, which must not exist, readable and writable by its owner only (`.leafd/`).
-pub fn create_private(path: &Path) -> Result<Written> {
+pub(crate) fn create_private(path: &Path) -> Result<Written> {
     let w = create_with_mode(path, 0o600)?;
     // The umask can only take bits away: 0600 exactly, whatever it is.
     w.set_mode(0o600)?;
@@ -189,16 +186,8 @@ fn create_with_mode(path: &Path, mode: u32) -> Result<Written> {
     Ok(Written { file, path: path.to_path_buf() })
 }
 
-/// Opens an existing regular file of leafd's own for writing (never a base's).
-pub fn open_write(path: &Path) -> Result<Written> {
-    let c = call("open-write", path).at(path, "cannot open for writing")?;
-    let file = platform::open_regular(path, true).at(path, "cannot open for writing")?;
-    record(c, "open-write", path, || json!({"id": path_id(path)}));
-    Ok(Written { file, path: path.to_path_buf() })
-}
-
 /// Creates `path`, which must not exist, holding `bytes`, flushed.
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     let w = create_new(path)?;
     w.write_at(bytes, 0)?;
     w.flush(Flush::Order)
@@ -220,19 +209,10 @@ fn temporary(path: &Path) -> PathBuf {
 
 /// Replaces `path` with `bytes` atomically: a crash leaves the old file or the new one, never a
 /// torn one. The temporary file goes when anything fails.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, bytes, false)
-}
-
-/// [`write_atomic`] for leafd's private state (`.leafd/`): owner-only.
-pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, bytes, true)
-}
-
-fn write_atomic_with(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary(path);
     let written = (|| {
-        let w = if private { create_private(&tmp)? } else { create_new(&tmp)? };
+        let w = create_new(&tmp)?;
         w.write_at(bytes, 0)?;
         w.flush(Flush::Order)
     })();
@@ -250,12 +230,12 @@ fn write_atomic_with(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
 }
 
 /// Makes the folder `path` (its parent must exist).
-pub fn create_dir(path: &Path) -> Result<()> {
+pub(crate) fn create_dir(path: &Path) -> Result<()> {
     create_dir_with(path, None)
 }
 
 /// Makes the folder `path` for leafd's private state: owner-only (0700) whatever the umask.
-pub fn create_dir_private(path: &Path) -> Result<()> {
+pub(crate) fn create_dir_private(path: &Path) -> Result<()> {
     create_dir_with(path, Some(0o700))
 }
 
@@ -271,7 +251,7 @@ fn create_dir_with(path: &Path, mode: Option<u32>) -> Result<()> {
 
 /// Makes `path` and any missing folders above it, each flushed into its parent (these are
 /// made outside a staging folder, which would be flushed as a whole).
-pub fn create_dir_all(path: &Path) -> Result<()> {
+pub(crate) fn create_dir_all(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Ok(());
     }
@@ -287,7 +267,7 @@ pub fn create_dir_all(path: &Path) -> Result<()> {
 }
 
 /// Renames `from` to `to` without ever replacing an existing `to`, and flushes both folders.
-pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     let c = call("rename", from).at(from, &format!("cannot move to {}", to.display()))?;
     platform::rename_noreplace(from, to).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
@@ -305,7 +285,7 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Makes `to` a second name of the file `from` (which must be a file).
-pub fn hard_link(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn hard_link(from: &Path, to: &Path) -> Result<()> {
     let c = call("link", to).at(to, "cannot link")?;
     fs::hard_link(from, to).at(to, "cannot link")?;
     created(c, "link", to);
@@ -313,7 +293,7 @@ pub fn hard_link(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Makes the symbolic link `at` pointing to `target`.
-pub fn symlink(target: &Path, at: &Path) -> Result<()> {
+pub(crate) fn symlink(target: &Path, at: &Path) -> Result<()> {
     let c = call("symlink", at).at(at, "cannot make link")?;
     std::os::unix::fs::symlink(target, at).at(at, "cannot make link")?;
     created(c, "symlink", at);
@@ -321,12 +301,12 @@ pub fn symlink(target: &Path, at: &Path) -> Result<()> {
 }
 
 /// Removes the file (or link) `path`; one already gone is fine.
-pub fn remove_file(path: &Path) -> Result<()> {
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
     remove_entry(path, false)
 }
 
 /// Removes the empty folder `path`; one already gone is fine.
-pub fn remove_dir(path: &Path) -> Result<()> {
+pub(crate) fn remove_dir(path: &Path) -> Result<()> {
     remove_entry(path, true)
 }
 
@@ -347,7 +327,7 @@ fn remove_entry(path: &Path, dir: bool) -> Result<()> {
 /// the folder it was in. `last`, a file in it (a working folder's stamp), goes after everything
 /// else: a removal cut short leaves the folder still known by it. Callers decide whether the
 /// tree is theirs to remove.
-pub fn remove_tree(dir: &Path, last: Option<&Path>) -> Result<()> {
+pub(crate) fn remove_tree(dir: &Path, last: Option<&Path>) -> Result<()> {
     if dir.symlink_metadata().is_err() {
         return Ok(());
     }
@@ -373,7 +353,7 @@ pub fn remove_tree(dir: &Path, last: Option<&Path>) -> Result<()> {
 }
 
 /// Sets the permission bits of `path` (a file or folder; never follows a link).
-pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     let c = call("chmod", path).at(path, "cannot set permissions")?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path, "cannot set permissions")?;
     record(c, "chmod", path, || json!({"id": path_id(path), "mode": mode}));
@@ -381,24 +361,15 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
 }
 
 /// Sets or clears the Finder's Locked flag (macOS; nothing on Linux).
-pub fn set_locked(path: &Path, locked: bool) -> Result<()> {
+pub(crate) fn set_locked(path: &Path, locked: bool) -> Result<()> {
     let c = call("lock", path).at(path, "cannot change the Locked flag of")?;
     platform::set_locked(path, locked).at(path, "cannot change the Locked flag of")?;
     record(c, "lock", path, || json!({"id": path_id(path), "on": locked}));
     Ok(())
 }
 
-/// Write-protects a base file: no write permission for anyone, then the Locked flag (macOS),
-/// which unlike permissions also stops deletion and renaming. Not flushed: the caller flushes
-/// before it publishes.
-pub fn protect(path: &Path) -> Result<()> {
-    let mode = fs::symlink_metadata(path).at(path, "cannot stat")?.permissions().mode();
-    set_mode(path, mode & 0o7777 & !0o222)?;
-    set_locked(path, true)
-}
-
 /// Lifts the protection and sets the permission bits to `mode`.
-pub fn unprotect(path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn unprotect(path: &Path, mode: u32) -> Result<()> {
     if platform::is_locked(path).at(path, "cannot stat")? {
         set_locked(path, false)?;
     }
@@ -407,7 +378,7 @@ pub fn unprotect(path: &Path, mode: u32) -> Result<()> {
 
 /// Write-protects the base file open as `file` (at `path`): mode and flags changed through the
 /// descriptor, then flushed, so the file checked is the file changed.
-pub fn protect_open(file: &File, path: &Path) -> Result<()> {
+pub(crate) fn protect_open(file: &File, path: &Path) -> Result<()> {
     let mode = file.metadata().at(path, "cannot stat")?.permissions().mode() & 0o7777;
     let id = || file.metadata().ok().map(|m| id_of(&m));
     let c = call("chmod", path).at(path, "cannot write-protect")?;
@@ -420,7 +391,7 @@ pub fn protect_open(file: &File, path: &Path) -> Result<()> {
 }
 
 /// Adds or removes one of leafd's Finder tags, keeping the user's others.
-pub fn set_tag(path: &Path, tag: platform::Tag, on: bool) -> io::Result<()> {
+pub(crate) fn set_tag(path: &Path, tag: platform::Tag, on: bool) -> io::Result<()> {
     let mut tags = platform::tags(path)?;
     if tags.iter().any(|t| t == tag.name()) == on {
         return Ok(());
@@ -437,10 +408,10 @@ pub fn set_tag(path: &Path, tag: platform::Tag, on: bool) -> io::Result<()> {
 }
 
 /// Sets extended attribute `name` of `path`. Fails with `ENOTSUP` on a volume without them.
-pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let c = call("xattr", path)?;
     if fault::xattrs_unsupported() {
-        return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        return Err(Errno::NOTSUP.into());
     }
     xattr::set(path, name, value)?;
     record(c, "xattr", path, || json!({"id": path_id(path), "name": name}));
@@ -448,10 +419,10 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
 }
 
 /// Removes extended attribute `name` of `path`; an absent one is fine.
-pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
+pub(crate) fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
     let c = call("rmxattr", path)?;
     if fault::xattrs_unsupported() {
-        return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        return Err(Errno::NOTSUP.into());
     }
     platform::remove_xattr(path, name)?;
     record(c, "rmxattr", path, || json!({"id": path_id(path), "name": name}));
@@ -459,19 +430,19 @@ pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
 }
 
 /// Flushes the file or folder at `path`.
-pub fn flush_path(path: &Path, kind: Flush) -> Result<()> {
+pub(crate) fn flush_path(path: &Path, kind: Flush) -> Result<()> {
     let file = File::open(path).at(path, "cannot open to flush")?;
     flush_open(&file, path, kind)
 }
 
 /// Flushes the folder holding `path`.
-pub fn flush_parent(path: &Path, kind: Flush) -> Result<()> {
+pub(crate) fn flush_parent(path: &Path, kind: Flush) -> Result<()> {
     flush_path(path.parent().unwrap_or(Path::new(".")), kind)
 }
 
 /// Flushes every file and folder under `dir`, and `dir` itself: everything leafd made in a
 /// staging folder, before it publishes it.
-pub fn flush_tree(dir: &Path, kind: Flush) -> Result<()> {
+pub(crate) fn flush_tree(dir: &Path, kind: Flush) -> Result<()> {
     for p in crate::fsutil::walk(dir)? {
         let m = fs::symlink_metadata(&p).at(&p, "cannot stat")?;
         if m.is_file() || m.is_dir() {
@@ -483,7 +454,7 @@ pub fn flush_tree(dir: &Path, kind: Flush) -> Result<()> {
 
 /// Copies one regular file, keeping holes, permissions, times and extended attributes, and
 /// flushes it. `dst` must not exist.
-pub fn copy_file(src: &Path, dst: &Path, cancel: &crate::fsutil::Cancel) -> Result<()> {
+pub(crate) fn copy_file(src: &Path, dst: &Path, cancel: &crate::fsutil::Cancel) -> Result<()> {
     let from = platform::open_regular(src, false).at(src, "cannot open for copying")?;
     let meta = from.metadata().at(src, "cannot stat")?;
     let to = create_private(dst)?;
@@ -514,7 +485,7 @@ pub fn copy_file(src: &Path, dst: &Path, cancel: &crate::fsutil::Cancel) -> Resu
 }
 
 /// Takes an advisory lock file of leafd's (`.leafd/locks/<name>.lock`), made owner-only.
-pub fn lock_file(path: &Path) -> Result<File> {
+pub(crate) fn lock_file(path: &Path) -> Result<File> {
     match create_private(path) {
         Ok(w) => Ok(w.file),
         Err(e) if path.is_file() => {
@@ -527,7 +498,7 @@ pub fn lock_file(path: &Path) -> Result<File> {
 
 /// A change the formats crate is about to make to a file it writes (through leafd's `Env`):
 /// numbered, traced, and failed on purpose like every other call here.
-pub fn changing(file: &File, path: &Path, change: leafd_formats::Change) -> io::Result<()> {
+pub(crate) fn changing(file: &File, path: &Path, change: leafd_formats::Change) -> io::Result<()> {
     let c = call(
         match change {
             leafd_formats::Change::Write { .. } => "write",
@@ -546,12 +517,12 @@ pub fn changing(file: &File, path: &Path, change: leafd_formats::Change) -> io::
 }
 
 /// Creates a new file for the formats crate (traced like [`create_new`]).
-pub fn create_for_formats(path: &Path) -> io::Result<File> {
+pub(crate) fn create_for_formats(path: &Path) -> io::Result<File> {
     create_new(path).map(Written::into_file).map_err(into_io)
 }
 
 /// Opens an existing file for the formats crate; one opened for writing is traced (rule 4).
-pub fn open_for_formats(path: &Path, write: bool, open: impl FnOnce() -> io::Result<File>) -> io::Result<File> {
+pub(crate) fn open_for_formats(path: &Path, write: bool, open: impl FnOnce() -> io::Result<File>) -> io::Result<File> {
     if !write {
         return open();
     }
@@ -563,18 +534,19 @@ pub fn open_for_formats(path: &Path, write: bool, open: impl FnOnce() -> io::Res
 
 /// Removes a file the formats crate made (a disk it could not finish), traced like
 /// [`remove_file`].
-pub fn remove_for_formats(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_for_formats(path: &Path) -> io::Result<()> {
     remove_file(path).map_err(into_io)
 }
 
 /// Flushes a file the formats crate wrote.
-pub fn flush_for_formats(file: &File, path: &Path) -> io::Result<()> {
+pub(crate) fn flush_for_formats(file: &File, path: &Path) -> io::Result<()> {
     flush_open(file, path, Flush::Order).map_err(into_io)
 }
 
 fn into_io(e: Error) -> io::Error {
-    match e.source {
-        Some(source) => source,
+    match e.source.map(|s| s.downcast::<io::Error>()) {
+        Some(Ok(source)) => *source,
+        Some(Err(other)) => io::Error::other(other),
         None => io::Error::other(e.message),
     }
 }

@@ -15,7 +15,7 @@ use crate::fsutil::Cancel;
 use crate::platform;
 
 /// leafd's [`Env`].
-pub struct LeafdEnv {
+pub(crate) struct LeafdEnv {
     cancel: Arc<Cancel>,
     /// When set, files are opened only beneath one of these folders (each with its descriptor),
     /// never following a link out of it.
@@ -24,13 +24,13 @@ pub struct LeafdEnv {
 
 impl LeafdEnv {
     /// An env that is cancelled once `cancel` is set.
-    pub fn shared(cancel: Arc<Cancel>) -> Arc<dyn Env> {
+    pub(crate) fn shared(cancel: Arc<Cancel>) -> Arc<dyn Env> {
         Arc::new(LeafdEnv { cancel, beneath: None })
     }
 
     /// An env that opens files only beneath `folders` (a dropped bundle, and the base a leaf
     /// dropped into Make Base still reads from).
-    pub fn beneath(cancel: Arc<Cancel>, folders: &[PathBuf]) -> io::Result<Arc<dyn Env>> {
+    pub(crate) fn beneath(cancel: Arc<Cancel>, folders: &[PathBuf]) -> io::Result<Arc<dyn Env>> {
         let beneath = folders.iter().map(|f| Ok((f.clone(), platform::open_dir(f)?))).collect::<io::Result<_>>()?;
         Ok(Arc::new(LeafdEnv { cancel, beneath: Some(beneath) }))
     }

@@ -13,13 +13,13 @@ use std::time::SystemTime;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::platform;
 
-pub const CHUNK: u64 = 64 << 10;
+pub(crate) const CHUNK: u64 = 64 << 10;
 
 /// Set when the agent is asked to stop; long loops check it between chunks.
-pub type Cancel = AtomicBool;
+pub(crate) type Cancel = AtomicBool;
 
 /// `Cancelled` once the agent was asked to stop.
-pub fn check(cancel: &Cancel, path: &Path) -> Result<()> {
+pub(crate) fn check(cancel: &Cancel, path: &Path) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
         Err(Error::new(Kind::Cancelled, path.to_path_buf(), "stopped before finishing (leafd is shutting down)"))
     } else {
@@ -27,18 +27,30 @@ pub fn check(cancel: &Cancel, path: &Path) -> Result<()> {
     }
 }
 
-/// Every entry under `dir` (not following symlinks), parents before children, sorted.
-pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The entries of the folder `dir` (not `.` and `..`), sorted by name: the one listing of a
+/// folder in leafd.
+pub(crate) fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = fs::read_dir(dir)
+        .at(dir, "cannot list folder")?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<PathBuf>>>()
+        .at(dir, "cannot list folder")?;
+    out.sort();
+    Ok(out)
+}
+
+/// Whether `dir` is a folder that holds nothing.
+pub(crate) fn is_empty_dir(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Every entry under `dir` (not following symlinks), parents before children, sorted: the one
+/// walk of a tree in leafd.
+pub(crate) fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let mut entries: Vec<PathBuf> = fs::read_dir(&d)
-            .at(&d, "cannot list folder")?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()
-            .at(&d, "cannot list folder")?;
-        entries.sort();
-        for p in entries.into_iter().rev() {
+        for p in entries(&d)?.into_iter().rev() {
             if p.symlink_metadata().at(&p, "cannot stat")?.is_dir() {
                 stack.push(p.clone());
             }
@@ -50,11 +62,11 @@ pub fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Every entry under a folder, with each file's size and modification time.
-pub type TreeState = Vec<(PathBuf, u64, Option<SystemTime>)>;
+pub(crate) type TreeState = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 /// What `dir` holds now. Two equal states mean nothing was added, removed or written in between:
 /// a VM that was started meanwhile shows as a new lock folder or a changed disk.
-pub fn tree_state(dir: &Path) -> Result<TreeState> {
+pub(crate) fn tree_state(dir: &Path) -> Result<TreeState> {
     walk(dir)?
         .into_iter()
         .map(|p| {
@@ -87,7 +99,7 @@ fn data_ranges(file: &File, len: u64) -> Vec<(u64, u64)> {
 }
 
 /// The chunks of a file that overlap its data, in order.
-pub fn data_chunks(file: &File, len: u64) -> Vec<u64> {
+pub(crate) fn data_chunks(file: &File, len: u64) -> Vec<u64> {
     let mut chunks = Vec::new();
     for (start, end) in data_ranges(file, len) {
         let mut c = start / CHUNK;
@@ -105,7 +117,7 @@ pub fn data_chunks(file: &File, len: u64) -> Vec<u64> {
 /// all-zero chunk counts as one marker byte. It depends only on the bytes, not on how sparse the
 /// files are, so a copy that filled the holes has the same fingerprint; and it skips holes
 /// without reading them.
-pub fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
+pub(crate) fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
     let mut outer = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK as usize];
     for path in files {
@@ -135,12 +147,12 @@ pub fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
 }
 
 /// Bytes a file actually occupies on disk.
-pub fn allocated(path: &Path) -> u64 {
+pub(crate) fn allocated(path: &Path) -> u64 {
     fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
 /// True when both files hold the same bytes, read back from the disk where the platform allows.
-pub fn same_content(a: &Path, b: &Path, cancel: &Cancel) -> Result<bool> {
+pub(crate) fn same_content(a: &Path, b: &Path, cancel: &Cancel) -> Result<bool> {
     let fa = File::open(a).at(a, "cannot open for comparing")?;
     let fb = File::open(b).at(b, "cannot open for comparing")?;
     let len = fa.metadata().at(a, "cannot stat")?.len();

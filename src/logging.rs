@@ -21,11 +21,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::error::{IoContext, Result};
+use crate::fsutil;
 
 /// The stable name to open: a link to today's file.
-pub const CURRENT: &str = "leafd.log";
+pub(crate) const CURRENT: &str = "leafd.log";
 /// Days of logs kept.
-pub const KEEP_DAYS: usize = 30;
+pub(crate) const KEEP_DAYS: usize = 30;
 
 /// `2026-11-28 10:42:03 base "Ubuntu" made ...`, with the level for anything but outcomes.
 struct LineFormat;
@@ -100,7 +101,7 @@ fn link_current(dir: &Path, name: &str) {
 
 /// Starts logging to `dir` (and to stderr too when `echo` is set, for the agent, whose stderr
 /// launchd and systemd keep).
-pub fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
+pub(crate) fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
     fs::create_dir_all(dir).at(dir, "cannot create the log folder")?;
     let file = DailyFile::open(dir, chrono::Local::now().date_naive()).at(dir, "cannot open the log")?;
     let (writer, guard) = NonBlockingBuilder::default().lossy(false).thread_name("leafd-log").finish(file);
@@ -121,16 +122,14 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
             .and_then(|n| n.to_str()?.strip_prefix("leafd.")?.strip_suffix(".log"))
             .is_some_and(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok())
     };
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| dated(p) && !p.is_symlink()).collect())
-        .unwrap_or_default();
-    // The name carries the date, so name order is time order.
-    files.sort();
+    // Sorted by name, which carries the date: name order is time order.
+    let mut files = fsutil::entries(dir).unwrap_or_default();
+    files.retain(|p| dated(p) && !p.is_symlink());
     files
 }
 
 /// The last `n` lines of the log.
-pub fn tail(dir: &Path, n: usize) -> Result<Vec<String>> {
+pub(crate) fn tail(dir: &Path, n: usize) -> Result<Vec<String>> {
     let mut lines: Vec<String> = Vec::new();
     for f in log_files(dir).iter().rev() {
         let text = fs::read_to_string(f).at(f, "cannot read the log")?;
@@ -146,7 +145,7 @@ pub fn tail(dir: &Path, n: usize) -> Result<Vec<String>> {
 }
 
 /// Prints the last `n` lines, then (with `follow`) new lines as they come, across rotations.
-pub fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Result<()> {
+pub(crate) fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Result<()> {
     for l in tail(dir, n)? {
         writeln!(out, "{l}").at(dir, "cannot print")?;
     }

@@ -21,21 +21,26 @@ pub const LABEL: &str = "org.leafd.agent";
 /// The systemd user unit's name.
 pub const UNIT: &str = "leafd.service";
 
+/// Which service manager runs the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
+    /// macOS: a LaunchAgent.
     Launchd,
+    /// Linux: a systemd user unit.
     Systemd,
 }
 
 /// Where the service lives for this user.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// The service manager.
     pub kind: ServiceKind,
     /// `~/Library/LaunchAgents`, or systemd's user unit folder.
     pub service_dir: PathBuf,
     /// Where the agent's output goes (the LaunchAgent's stdout and stderr files).
     pub log_dir: PathBuf,
+    /// The user's id (launchd's `gui/<uid>` domain).
     pub uid: u32,
 }
 
@@ -53,14 +58,18 @@ pub struct Program {
 pub enum Action {
     /// A folder the service needs (its log folder); kept on uninstall, as the logs are.
     MakeDir(PathBuf),
+    /// A file and its bytes (the service's definition).
     Write(PathBuf, Vec<u8>),
+    /// A file to remove; one already gone is fine.
     Remove(PathBuf),
+    /// A command to run.
     Run(Step),
 }
 
 /// A command of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// The program and its arguments.
     pub args: Vec<String>,
     /// Why a failure is fine (unloading what was not loaded); `None`: a failure stops the plan.
     pub fine_if_fails: Option<&'static str>,
@@ -73,6 +82,7 @@ pub struct Step {
 pub struct Plan {
     /// The service definition the plan is about (its errors name it).
     pub definition: PathBuf,
+    /// What is done, in order.
     pub actions: Vec<Action>,
     /// The advice when a command fails.
     pub fix: String,
@@ -86,11 +96,10 @@ fn step(args: &[&str]) -> Step {
 
 impl Context {
     /// This user's, on this platform.
-    pub fn current() -> Context {
-        // SAFETY: getuid cannot fail.
-        let uid = unsafe { libc::getuid() };
+    pub(crate) fn current() -> Context {
+        let uid = rustix::process::getuid().as_raw();
         Context {
-            kind: platform::SERVICE_KIND,
+            kind: if cfg!(target_os = "macos") { ServiceKind::Launchd } else { ServiceKind::Systemd },
             service_dir: platform::service_dir(),
             log_dir: platform::log_dir(),
             uid,
@@ -98,7 +107,7 @@ impl Context {
     }
 
     /// Where the service's definition lives.
-    pub fn definition(&self) -> PathBuf {
+    pub(crate) fn definition(&self) -> PathBuf {
         match self.kind {
             ServiceKind::Launchd => self.service_dir.join(format!("{LABEL}.plist")),
             ServiceKind::Systemd => self.service_dir.join(UNIT),
@@ -106,7 +115,7 @@ impl Context {
     }
 
     /// Where `brew services start leafd` puts its own definition of the same agent.
-    pub fn homebrew_definition(&self) -> PathBuf {
+    pub(crate) fn homebrew_definition(&self) -> PathBuf {
         self.service_dir.join(match self.kind {
             ServiceKind::Launchd => "homebrew.mxcl.leafd.plist",
             ServiceKind::Systemd => "homebrew.leafd.service",
@@ -138,7 +147,7 @@ impl Context {
 
 impl Program {
     /// The running leafd, with `--root` as given.
-    pub fn current(root: Option<&Path>) -> Result<Program> {
+    pub(crate) fn current(root: Option<&Path>) -> Result<Program> {
         let exe = std::env::current_exe().at(Path::new("leafd"), "cannot find the running program")?;
         let exe = exe.canonicalize().at(&exe, "cannot resolve the running program")?;
         let exe = homebrew_opt(&exe).filter(|p| p.is_file()).unwrap_or(exe);
@@ -400,7 +409,7 @@ fn run(s: &Step, plan: &Plan) -> Result<String> {
 }
 
 /// Warnings worth seeing before installing: settings the service would not share.
-pub fn install_warnings(ctx: &Context, program: &Program) -> Vec<String> {
+pub(crate) fn install_warnings(ctx: &Context, program: &Program) -> Vec<String> {
     let mut warnings = Vec::new();
     if program.root.is_none() && std::env::var_os("LEAFD_ROOT").is_some_and(|v| !v.is_empty()) {
         warnings.push(format!(
@@ -422,15 +431,15 @@ pub fn install_warnings(ctx: &Context, program: &Program) -> Vec<String> {
 
 /// Whether the service is installed, and running (when that can be asked).
 #[derive(Debug, Serialize)]
-pub struct State {
-    pub kind: ServiceKind,
-    pub definition: String,
-    pub installed: bool,
+pub(crate) struct State {
+    pub(crate) kind: ServiceKind,
+    pub(crate) definition: String,
+    pub(crate) installed: bool,
     /// `None` when `launchctl`/`systemctl` could not be asked.
-    pub running: Option<bool>,
+    pub(crate) running: Option<bool>,
 }
 
-pub fn state(ctx: &Context) -> State {
+pub(crate) fn state(ctx: &Context) -> State {
     let definition = ctx.definition();
     let probe = match ctx.kind {
         ServiceKind::Launchd => vec!["launchctl".to_string(), "print".into(), ctx.launchd_job()],
@@ -451,7 +460,7 @@ pub fn state(ctx: &Context) -> State {
 
 impl State {
     /// One line for `leafd status`.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let what = match self.kind {
             ServiceKind::Launchd => "LaunchAgent",
             ServiceKind::Systemd => "systemd user unit",

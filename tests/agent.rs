@@ -6,8 +6,12 @@
 //! sleeping; the few fixed pauses (a person typing, a copy pausing) go through [`pause`], which
 //! keeps this binary under [`PAUSE_BUDGET`] of sleep in all and prints the total at exit.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, kill_process, waitid};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -19,7 +23,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd::sample::SampleVm;
+use leafd::testing::SampleVm;
 use leafd_formats::disk::DiskType;
 use notify::Watcher;
 
@@ -68,6 +72,7 @@ impl Agent {
 
     fn start_args(lib: &Lib, args: &[&str], env: &[(&str, &str)]) -> Agent {
         static TOTALS: std::sync::Once = std::sync::Once::new();
+        // SAFETY: print_totals is an `extern "C" fn()` that only reads atomics and prints.
         TOTALS.call_once(|| unsafe {
             libc::atexit(print_totals);
         });
@@ -112,17 +117,17 @@ impl Agent {
 
     /// SIGTERM, then the exit status (within launchd's 20 s).
     fn stop(mut self) -> ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = kill_process(Pid::from_child(&self.child), Signal::TERM);
         self.wait_exit(Duration::from_secs(20)).expect("the agent did not stop within 20 s of SIGTERM")
     }
 
     /// Waits for the process to exit (blocked in waitid, not polling).
     fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let pid = self.child.id();
+        let pid = Pid::from_child(&self.child);
         let (tx, exited) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            // Not reaped (NOWAIT): try_wait below collects the status.
+            let _ = waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOWAIT);
             let _ = tx.send(());
         });
         exited.recv_timeout(within).ok()?;
@@ -504,17 +509,20 @@ fn wrong_drops_get_a_note_beside_them_and_nothing_else() {
 
     let note = |p: &Path| p.with_file_name(format!("{} - leafd error.txt", p.file_name().unwrap().to_string_lossy()));
     let notes = [note(&in_request), note(&in_new_leaf), note(&odd)];
-    assert!(agent.wait(Duration::from_secs(20), || notes.iter().all(|n| n.exists())), "{}", log_of(&lib));
+    let lines = [
+        "could not make a leaf of base \"Base\" from New Leaf/Base/Ubuntu.vmwarevm",
+        "could not use New Leaf/Debian.vmwarevm",
+        "could not make a base from Make Base/Caf\u{fffd}.vmwarevm",
+    ];
+    // The log is written by a thread of its own: a line may reach the file after the note.
+    let told = || notes.iter().all(|n| n.exists()) && lines.iter().all(|l| said(&lib, l) > 0);
+    assert!(agent.wait(Duration::from_secs(20), told), "{}", log_of(&lib));
     let text = |i: usize| fs::read_to_string(&notes[i]).unwrap();
     assert!(text(0).contains("holds files") && text(0).contains("Make Base"), "{}", text(0));
     assert!(text(1).contains("one folder per base") && text(1).contains("Make Base"), "{}", text(1));
     assert!(text(2).contains("not valid text (UTF-8)"), "{}", text(2));
     assert_eq!(notes[2].file_name().unwrap().to_str(), Some("Caf\u{fffd}.vmwarevm - leafd error.txt"));
-    for what in [
-        "could not make a leaf of base \"Base\" from New Leaf/Base/Ubuntu.vmwarevm",
-        "could not use New Leaf/Debian.vmwarevm",
-        "could not make a base from Make Base/Caf\u{fffd}.vmwarevm",
-    ] {
+    for what in lines {
         assert_eq!(said(&lib, what), 1, "{what}: {}", log_of(&lib));
     }
     let now: Vec<Vec<String>> =
@@ -532,7 +540,7 @@ fn sigterm_during_a_long_copy_rolls_it_back_and_exits_in_time() {
     let volume = OtherVolume::at(&lib.make_base_dir());
     let agent = Agent::start(&lib);
     let mut vm = SampleVm::single("Big", DiskType::MonolithicFlat, 400 * MIB);
-    vm.disks[0].patterns = vec![leafd::sample::Pattern { offset: 0, len: 400 * MIB, byte: 0x5a }];
+    vm.disks[0].patterns = vec![leafd::testing::Pattern { offset: 0, len: 400 * MIB, byte: 0x5a }];
     let hidden = volume.path().join(".building");
     fs::create_dir(&hidden).unwrap();
     let built = vm.build(&hidden).unwrap();

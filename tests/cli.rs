@@ -1,5 +1,8 @@
 //! The command line around the operations: the demo, the log, the configuration file.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::fs;
@@ -8,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use leafd::sample::SampleVm;
+use leafd::testing::SampleVm;
 use leafd_formats::disk::DiskType;
 
 #[test]

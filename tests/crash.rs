@@ -1,14 +1,17 @@
 //! Crash safety: every step of both operations is interrupted with SIGKILL (the fault injection
-//! in `leafd::fault`), then recovery runs; the library must hold either the untouched source or
-//! the complete result, nothing lost, nothing duplicated, no staging left, the base unchanged.
+//! in src/testing/fault.rs), then recovery runs; the library must hold either the untouched
+//! source or the complete result, nothing lost, nothing duplicated, no staging left, the base unchanged.
+
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
 
 mod common;
 
 use std::path::Path;
 
 use common::*;
-use leafd::library::{make_base, new_leaf};
-use leafd::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
+use leafd::testing::{make_base, new_leaf};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;

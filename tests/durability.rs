@@ -8,6 +8,9 @@
 //!   (`LEAFD_FAULT=io:N`): each fails cleanly, `leafd recover` succeeds, and the library holds the
 //!   untouched source or the finished result.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 #[path = "common/strace.rs"]
 mod strace;
@@ -20,8 +23,8 @@ use std::time::Duration;
 
 use common::trace::{self, Op};
 use common::*;
-use leafd::library::{make_base, new_leaf, promote, remove_base};
-use leafd::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
+use leafd::testing::{make_base, new_leaf, promote, remove_base};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;

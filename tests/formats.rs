@@ -1,12 +1,15 @@
 //! The format core checked against independent readers: QEMU (`qemu-img`, `qemu-io`) and libvmdk.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use leafd::sample::{Pattern, SampleDisk, SampleVm, standard_patterns};
+use leafd::testing::{Pattern, SampleDisk, SampleVm, standard_patterns};
 use leafd_formats::clone::{PathStyle, create_delta, delta_name, parent_copy};
 use leafd_formats::descriptor::Descriptor;
 use leafd_formats::disk::{Disk, DiskType};
@@ -144,7 +147,7 @@ fn make_chain(base: &Path, leaf: &Path) -> (PathBuf, PathBuf) {
     let name = base.file_name().unwrap().to_str().unwrap();
     let copy = parent_copy(&b, leaf, PathStyle::Relative).unwrap();
     let copy_path = leaf.join(name);
-    leafd::durable::write_new(&copy_path, copy.to_string().as_bytes()).unwrap();
+    std::fs::write(&copy_path, copy.to_string()).unwrap();
     let delta = leaf.join(delta_name(name));
     create_delta(&env(), &delta, name, &copy, b.disk_type).unwrap();
     (copy_path, delta)
@@ -353,6 +356,6 @@ fn a_one_gib_vmx_is_refused_without_being_read() {
     let f = std::fs::File::create(&v).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b".encoding = \"UTF-8\"\n", 0).unwrap();
     f.set_len(1 << 30).unwrap();
-    let err = leafd::library::common::read_small(&v).unwrap_err().to_string();
+    let err = leafd::testing::read_small(&v).unwrap_err().to_string();
     assert!(err.contains("huge.vmx") && err.contains("too large"), "{err}");
 }

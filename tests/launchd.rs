@@ -2,10 +2,13 @@
 //! for `launchctl`, which cannot exist here. A test binary of its own: it puts the stand-in first
 //! on this process's PATH, which no other test may share.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use leafd::service::{Context, Program, ServiceKind, execute, install_plan, uninstall_plan};
+use leafd::testing::service::{Context, Program, ServiceKind, execute, install_plan, uninstall_plan};
 
 /// `launchctl` stand-in: records its arguments; `bootout` fails as when nothing was loaded, and
 /// `bootstrap` fails twice (launchd still tearing the old job down) before it works.

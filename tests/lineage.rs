@@ -1,14 +1,17 @@
 //! Keeping lineage healthy: verify, relink, promote, flatten on Make Base, remove-base. Results
 //! are checked with QEMU (`qemu-io -r`, `qemu-img compare`) against the chain as it was.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use leafd::library::promote;
-use leafd::sample::{SampleDisk, SampleVm};
+use leafd::testing::promote;
+use leafd::testing::{SampleDisk, SampleVm};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
@@ -136,105 +139,107 @@ fn a_healthy_library_verifies() {
     assert_eq!(v["problems"].as_array().unwrap().len(), 0);
 }
 
+/// A way to break a library (returning the path verify must name), and what verify must say.
+type Break = (&'static str, fn(&Lib) -> String, &'static str);
+
+const BREAKS: &[Break] = &[
+    (
+        "parent copy CID changed",
+        |lib| {
+            let p = lib.leaf_dir("Web").join("Virtual Disk.vmdk");
+            let t = fs::read_to_string(&p).unwrap();
+            let at = t.find("CID=").unwrap() + 4;
+            let mut t = t.into_bytes();
+            t[at] = if t[at] == b'0' { b'1' } else { b'0' };
+            fs::write(&p, t).unwrap();
+            p.display().to_string()
+        },
+        "CID",
+    ),
+    (
+        "base extent missing",
+        |lib| {
+            let p = lib.base_dir("Ubuntu").join("Virtual Disk-s002.vmdk");
+            fs::remove_file(&p).unwrap();
+            p.display().to_string()
+        },
+        "missing",
+    ),
+    (
+        "base extent truncated",
+        |lib| {
+            let p = lib.base_dir("Ubuntu").join("Virtual Disk-s001.vmdk");
+            let f = fs::File::options().write(true).open(&p).unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len - 4096).unwrap();
+            p.display().to_string()
+        },
+        "truncated",
+    ),
+    (
+        "base unlocked",
+        |lib| {
+            let p = lib.base_dir("Ubuntu").join("Data-flat.vmdk");
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+            p.display().to_string()
+        },
+        "not write-protected",
+    ),
+    (
+        "base deleted",
+        |lib| {
+            fs::rename(lib.base_dir("Ubuntu"), lib.tmp.path().join("gone")).unwrap();
+            lib.leaf_dir("Web").display().to_string()
+        },
+        "is not in the library",
+    ),
+    (
+        "leaf moved out of the library",
+        |lib| {
+            fs::rename(lib.leaf_dir("Web"), lib.tmp.path().join("Web.vmwarevm")).unwrap();
+            lib.leaf_dir("Web").display().to_string()
+        },
+        "is missing (moved, or deleted)",
+    ),
+    (
+        "leaf's .vmx no longer on the delta",
+        |lib| {
+            let p = lib.leaf_dir("Web").join("Web.vmx");
+            let t = fs::read_to_string(&p).unwrap().replace("\"Virtual Disk-000001.vmdk\"", "\"Virtual Disk.vmdk\"");
+            fs::write(&p, t).unwrap();
+            p.display().to_string()
+        },
+        "no longer points at its delta",
+    ),
+    (
+        "base's .vmx renamed so VMware would boot it",
+        |lib| {
+            let (from, to) =
+                (lib.base_dir("Ubuntu").join("Ubuntu.vmx.base"), lib.base_dir("Ubuntu").join("Ubuntu.vmx"));
+            fs::rename(from, &to).unwrap();
+            to.display().to_string()
+        },
+        "the base can be booted",
+    ),
+    (
+        "an extent's recorded size differs",
+        |lib| {
+            let base = lib.base_dir("Ubuntu");
+            let mut rec = record(&base, "base");
+            let e = &mut rec["disks"][0]["extents"][0];
+            e["size"] = (e["size"].as_u64().unwrap() + 512).into();
+            set_record(&base, "base", &rec);
+            base.join("Virtual Disk-s001.vmdk").display().to_string()
+        },
+        "when the base was made",
+    ),
+];
+
 /// Each break, on a fresh library: verify must fail and name the file.
 #[test]
 fn verify_names_every_break() {
-    type Break = fn(&Lib) -> String;
-    let breaks: &[(&str, Break, &str)] = &[
-        (
-            "parent copy CID changed",
-            |lib| {
-                let p = lib.leaf_dir("Web").join("Virtual Disk.vmdk");
-                let t = fs::read_to_string(&p).unwrap();
-                let at = t.find("CID=").unwrap() + 4;
-                let mut t = t.into_bytes();
-                t[at] = if t[at] == b'0' { b'1' } else { b'0' };
-                fs::write(&p, t).unwrap();
-                p.display().to_string()
-            },
-            "CID",
-        ),
-        (
-            "base extent missing",
-            |lib| {
-                let p = lib.base_dir("Ubuntu").join("Virtual Disk-s002.vmdk");
-                fs::remove_file(&p).unwrap();
-                p.display().to_string()
-            },
-            "missing",
-        ),
-        (
-            "base extent truncated",
-            |lib| {
-                let p = lib.base_dir("Ubuntu").join("Virtual Disk-s001.vmdk");
-                let f = fs::File::options().write(true).open(&p).unwrap();
-                let len = f.metadata().unwrap().len();
-                f.set_len(len - 4096).unwrap();
-                p.display().to_string()
-            },
-            "truncated",
-        ),
-        (
-            "base unlocked",
-            |lib| {
-                let p = lib.base_dir("Ubuntu").join("Data-flat.vmdk");
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-                p.display().to_string()
-            },
-            "not write-protected",
-        ),
-        (
-            "base deleted",
-            |lib| {
-                fs::rename(lib.base_dir("Ubuntu"), lib.tmp.path().join("gone")).unwrap();
-                lib.leaf_dir("Web").display().to_string()
-            },
-            "is not in the library",
-        ),
-        (
-            "leaf moved out of the library",
-            |lib| {
-                fs::rename(lib.leaf_dir("Web"), lib.tmp.path().join("Web.vmwarevm")).unwrap();
-                lib.leaf_dir("Web").display().to_string()
-            },
-            "is missing (moved, or deleted)",
-        ),
-        (
-            "leaf's .vmx no longer on the delta",
-            |lib| {
-                let p = lib.leaf_dir("Web").join("Web.vmx");
-                let t =
-                    fs::read_to_string(&p).unwrap().replace("\"Virtual Disk-000001.vmdk\"", "\"Virtual Disk.vmdk\"");
-                fs::write(&p, t).unwrap();
-                p.display().to_string()
-            },
-            "no longer points at its delta",
-        ),
-        (
-            "base's .vmx renamed so VMware would boot it",
-            |lib| {
-                let (from, to) =
-                    (lib.base_dir("Ubuntu").join("Ubuntu.vmx.base"), lib.base_dir("Ubuntu").join("Ubuntu.vmx"));
-                fs::rename(from, &to).unwrap();
-                to.display().to_string()
-            },
-            "the base can be booted",
-        ),
-        (
-            "an extent's recorded size differs",
-            |lib| {
-                let base = lib.base_dir("Ubuntu");
-                let mut rec = record(&base, "base");
-                let e = &mut rec["disks"][0]["extents"][0];
-                e["size"] = (e["size"].as_u64().unwrap() + 512).into();
-                set_record(&base, "base", &rec);
-                base.join("Virtual Disk-s001.vmdk").display().to_string()
-            },
-            "when the base was made",
-        ),
-    ];
-    for (name, break_it, says) in breaks {
+    for (name, break_it, says) in BREAKS {
         let (lib, _) = setup(&["Web"]);
         let path = break_it(&lib);
         let (code, out) = verify(&lib, &[]);
@@ -695,7 +700,7 @@ fn remove_base_only_when_nothing_depends_on_it() {
 
 #[test]
 fn remove_base_survives_a_kill_at_every_step() {
-    for &step in leafd::library::remove_base::STEPS {
+    for &step in leafd::testing::remove_base::STEPS {
         let (lib, _) = setup(&[]);
         let o = lib
             .command(&["remove-base", "Ubuntu", "--yes"])

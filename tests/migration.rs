@@ -4,6 +4,9 @@
 //! left alone by the second; hand-made copies are told apart; and no repair of `verify` ever
 //! touches a base's files.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -12,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use leafd::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
 use leafd_formats::disk::DiskType;
 use serde::Serialize;
 use serde_json::Value;

@@ -1,5 +1,8 @@
 //! Make Base and New Leaf through the real binary, checked with QEMU and libvmdk.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -7,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::*;
-use leafd::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::{Disk, DiskType};
 use leafd_formats::vmx;

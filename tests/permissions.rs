@@ -2,6 +2,9 @@
 //! stop): disks that arrive read-only (`chmod a-w`, as the manual procedure does) still become a
 //! base, and an interrupted Make Base puts them back exactly as they were.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use leafd::sample::SampleVm;
+use leafd::testing::SampleVm;
 use leafd_formats::disk::DiskType;
 
 const NOBODY: u32 = 65534;

@@ -2,6 +2,9 @@
 //! disk shape VMware writes (issue 14). Each fixture folder is copied into a temp dir and the
 //! extents and other binary files its `fixtures.json` entry lists are generated there.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::fs;
@@ -161,7 +164,7 @@ fn serve_bundle(lib: Lib, bundle: &Path, as_name: Option<&str>) -> Served {
     let mut args = vec!["make-base", bundle.to_str().unwrap()];
     args.extend(as_name.iter().flat_map(|n| ["--name", n]));
     lib.ok(&args);
-    let base_name = as_name.map_or_else(|| leafd::library::common::default_name(bundle), str::to_string);
+    let base_name = as_name.map_or_else(|| leafd::testing::default_name(bundle), str::to_string);
     lib.ok(&["new-leaf", &base_name, "Leaf"]);
     let (base, leaf) = (lib.base_dir(&base_name), lib.leaf_dir("Leaf"));
     Served { lib, base, leaf }

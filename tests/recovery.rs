@@ -5,6 +5,9 @@
 //! Everything goes through the real binary on real files; disks are checked with QEMU
 //! (`qemu-io -r`, `qemu-img compare`), which knows nothing of leafd.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -14,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use leafd::library::{make_base, new_leaf, promote, remove_base};
-use leafd::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
+use leafd::testing::{make_base, new_leaf, promote, remove_base};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
@@ -457,92 +460,13 @@ impl Case {
         assert!(stray.is_empty(), "{what}: working folders left: {stray:?}");
         assert!(journal_ids(root).is_empty(), "{what}: journals left: {:?}", journal_ids(root));
         match (self.op.fault_op(), outcome) {
-            ("make-base", Outcome::Undone) => {
-                let source = self.source(root).unwrap();
-                assert_eq!(tree(&source), self.before, "{what}: the source is not as it was");
-                assert!(!root.join("Bases").join(self.new_base_name()).exists(), "{what}: half a base");
-                if self.op == Op::MakeBaseOfLeaf {
-                    assert_eq!(leaf_list(&root.join("Bases").join(BASE)).len(), 1, "{what}: the leaf was forgotten");
-                    for (d, r) in self.vm.disks.iter().zip(&self.refs) {
-                        same_as(r, &source.join(delta_name(&d.file)));
-                    }
-                }
-            }
-            ("make-base", Outcome::Finished) => {
-                let base = root.join("Bases").join(self.new_base_name());
-                let vmx = format!("{}.vmx", self.new_base_name());
-                let now = vm_files(&base);
-                for (f, sum) in &self.sums {
-                    if is_records(&f.to_string_lossy()) {
-                        continue;
-                    }
-                    let name = if *f == Path::new(&vmx) { PathBuf::from(format!("{vmx}.base")) } else { f.clone() };
-                    let repointed =
-                        self.op == Op::MakeBaseOfLeaf && self.vm.disks.iter().any(|d| *f == Path::new(&d.file));
-                    if repointed {
-                        assert!(now.contains_key(&name), "{what}: {} lost", f.display());
-                    } else {
-                        assert_eq!(now.get(&name), Some(sum), "{what}: {} changed or lost", f.display());
-                    }
-                }
-                for (i, d) in self.vm.disks.iter().enumerate() {
-                    if self.op == Op::MakeBaseOfLeaf {
-                        let flat = base.join(format!("{}-000001-base.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
-                        same_as(&self.refs[i], &flat);
-                    } else {
-                        qemu_reads(&base.join(&d.file), d);
-                    }
-                }
-                assert!(root.join("New Leaf").join(self.new_base_name()).is_dir(), "{what}: no drop folder");
-                if self.op != Op::MakeBaseOtherVolume || root == self.root() {
-                    assert!(!self.source(root).unwrap().exists(), "{what}: the source is still there");
-                }
-            }
-            ("new-leaf", Outcome::Undone) => {
-                assert!(!root.join(format!("{LEAF}.vmwarevm")).exists(), "{what}: half a leaf");
-                assert_eq!(leaf_list(&root.join("Bases").join(BASE)).len(), 0, "{what}: a leaf listed");
-            }
-            ("new-leaf", Outcome::Finished) => {
-                let leaf = root.join(format!("{LEAF}.vmwarevm"));
-                let rec = record(&leaf, "leaf");
-                let backend = if self.op == Op::NewLeafVmrun { "vmrun" } else { "native" };
-                assert_eq!(rec["snapshot"], backend, "{what}");
-                assert_eq!(leaf_list(&root.join("Bases").join(BASE)).len(), 1, "{what}: the base does not list it");
-                for d in &self.vm.disks {
-                    let delta = leaf.join(delta_name(&d.file));
-                    qemu_check(&delta);
-                    qemu_reads(&delta, d);
-                }
-            }
-            ("promote", outcome) => {
-                let leaf = self.leaf(root).unwrap();
-                let promoted = !leaf.join(".leafd/leaf.json").exists();
-                assert_eq!(promoted, outcome == Outcome::Finished, "{what}: promoted is {promoted}");
-                for (d, r) in self.vm.disks.iter().zip(&self.refs) {
-                    if promoted {
-                        let disk = leaf.join(&d.file);
-                        assert_eq!(qemu_chain(&disk).len(), 1, "{what}: {} still has a parent", disk.display());
-                        same_as(r, &disk);
-                    } else {
-                        same_as(r, &leaf.join(delta_name(&d.file)));
-                    }
-                }
-                if outcome == Outcome::Undone {
-                    assert_eq!(tree(&leaf), self.before, "{what}: the leaf is not as it was");
-                }
-                let listed = leaf_list(&root.join("Bases").join(BASE)).len();
-                assert_eq!(listed, usize::from(!promoted), "{what}: the base's list of leaves");
-            }
-            ("remove-base", Outcome::Undone) => {
-                let base = root.join("Bases").join(BASE);
-                for d in &self.vm.disks {
-                    qemu_reads(&base.join(&d.file), d);
-                }
-            }
-            ("remove-base", Outcome::Finished) => {
-                assert!(fs::read_dir(root.join("Bases")).unwrap().next().is_none(), "{what}: removal not finished");
-                assert!(!root.join("New Leaf").join(BASE).exists(), "{what}: drop folder left");
-            }
+            ("make-base", Outcome::Undone) => self.check_make_base_undone(root, &what),
+            ("make-base", Outcome::Finished) => self.check_make_base_finished(root, &what),
+            ("new-leaf", Outcome::Undone) => self.check_new_leaf_undone(root, &what),
+            ("new-leaf", Outcome::Finished) => self.check_new_leaf_finished(root, &what),
+            ("promote", outcome) => self.check_promote(root, outcome, &what),
+            ("remove-base", Outcome::Undone) => self.check_remove_base_undone(root),
+            ("remove-base", Outcome::Finished) => self.check_remove_base_finished(root, &what),
             other => unreachable!("{other:?}"),
         }
         let copy = root.file_name().is_some_and(|n| n == "copy");
@@ -557,6 +481,105 @@ impl Case {
         } else {
             verify_ok(&self.lib, root, &what);
         }
+    }
+
+    /// The VM is back where it was, as it was, and no base was made of it.
+    fn check_make_base_undone(&self, root: &Path, what: &str) {
+        let source = self.source(root).unwrap();
+        assert_eq!(tree(&source), self.before, "{what}: the source is not as it was");
+        assert!(!root.join("Bases").join(self.new_base_name()).exists(), "{what}: half a base");
+        if self.op == Op::MakeBaseOfLeaf {
+            assert_eq!(leaf_list(&root.join("Bases").join(BASE)).len(), 1, "{what}: the leaf was forgotten");
+            for (d, r) in self.vm.disks.iter().zip(&self.refs) {
+                same_as(r, &source.join(delta_name(&d.file)));
+            }
+        }
+    }
+
+    /// The base holds the VM's files and reads like it; the drop folder is there and the source gone.
+    fn check_make_base_finished(&self, root: &Path, what: &str) {
+        let base = root.join("Bases").join(self.new_base_name());
+        let vmx = format!("{}.vmx", self.new_base_name());
+        let now = vm_files(&base);
+        for (f, sum) in &self.sums {
+            if is_records(&f.to_string_lossy()) {
+                continue;
+            }
+            let name = if *f == Path::new(&vmx) { PathBuf::from(format!("{vmx}.base")) } else { f.clone() };
+            let repointed = self.op == Op::MakeBaseOfLeaf && self.vm.disks.iter().any(|d| *f == Path::new(&d.file));
+            if repointed {
+                assert!(now.contains_key(&name), "{what}: {} lost", f.display());
+            } else {
+                assert_eq!(now.get(&name), Some(sum), "{what}: {} changed or lost", f.display());
+            }
+        }
+        for (i, d) in self.vm.disks.iter().enumerate() {
+            if self.op == Op::MakeBaseOfLeaf {
+                let flat = base.join(format!("{}-000001-base.vmdk", d.file.strip_suffix(".vmdk").unwrap()));
+                same_as(&self.refs[i], &flat);
+            } else {
+                qemu_reads(&base.join(&d.file), d);
+            }
+        }
+        assert!(root.join("New Leaf").join(self.new_base_name()).is_dir(), "{what}: no drop folder");
+        if self.op != Op::MakeBaseOtherVolume || root == self.root() {
+            assert!(!self.source(root).unwrap().exists(), "{what}: the source is still there");
+        }
+    }
+
+    /// No leaf, and the base lists none.
+    fn check_new_leaf_undone(&self, root: &Path, what: &str) {
+        assert!(!root.join(format!("{LEAF}.vmwarevm")).exists(), "{what}: half a leaf");
+        assert_eq!(leaf_list(&root.join("Bases").join(BASE)).len(), 0, "{what}: a leaf listed");
+    }
+
+    /// The leaf is recorded, listed, and reads like the base through its chain.
+    fn check_new_leaf_finished(&self, root: &Path, what: &str) {
+        let leaf = root.join(format!("{LEAF}.vmwarevm"));
+        let rec = record(&leaf, "leaf");
+        let backend = if self.op == Op::NewLeafVmrun { "vmrun" } else { "native" };
+        assert_eq!(rec["snapshot"], backend, "{what}");
+        assert_eq!(leaf_list(&root.join("Bases").join(BASE)).len(), 1, "{what}: the base does not list it");
+        for d in &self.vm.disks {
+            let delta = leaf.join(delta_name(&d.file));
+            qemu_check(&delta);
+            qemu_reads(&delta, d);
+        }
+    }
+
+    /// The leaf is promoted (standalone, off the base's list) or as it was.
+    fn check_promote(&self, root: &Path, outcome: Outcome, what: &str) {
+        let leaf = self.leaf(root).unwrap();
+        let promoted = !leaf.join(".leafd/leaf.json").exists();
+        assert_eq!(promoted, outcome == Outcome::Finished, "{what}: promoted is {promoted}");
+        for (d, r) in self.vm.disks.iter().zip(&self.refs) {
+            if promoted {
+                let disk = leaf.join(&d.file);
+                assert_eq!(qemu_chain(&disk).len(), 1, "{what}: {} still has a parent", disk.display());
+                same_as(r, &disk);
+            } else {
+                same_as(r, &leaf.join(delta_name(&d.file)));
+            }
+        }
+        if outcome == Outcome::Undone {
+            assert_eq!(tree(&leaf), self.before, "{what}: the leaf is not as it was");
+        }
+        let listed = leaf_list(&root.join("Bases").join(BASE)).len();
+        assert_eq!(listed, usize::from(!promoted), "{what}: the base's list of leaves");
+    }
+
+    /// The base is there and reads as before.
+    fn check_remove_base_undone(&self, root: &Path) {
+        let base = root.join("Bases").join(BASE);
+        for d in &self.vm.disks {
+            qemu_reads(&base.join(&d.file), d);
+        }
+    }
+
+    /// The base and its drop folder are gone.
+    fn check_remove_base_finished(&self, root: &Path, what: &str) {
+        assert!(fs::read_dir(root.join("Bases")).unwrap().next().is_none(), "{what}: removal not finished");
+        assert!(!root.join("New Leaf").join(BASE).exists(), "{what}: drop folder left");
     }
 
     /// The trees recovery must not touch when it keeps a journal: the library and the places
@@ -1173,150 +1196,137 @@ type Writer = fn(&Hostile, &str);
 
 /// Hostile journals: a name, what it is, and whether it is kept (else it is one leafd could have
 /// written, and recovering it touches nothing).
-fn hostile_journals() -> Vec<(&'static str, &'static str, bool, Writer)> {
-    vec![
-        ("nl-derived-escape", "a New Leaf whose id makes its staging folder another folder", true, |h, id| {
-            // .leafd-staging-other-op/../Empty Folder is the user's empty folder.
-            let mut plan = h.new_leaf_plan("other-op/../Empty Folder");
-            plan["leaf_ref"]["id"] = id.into();
-            h.write_v2(id, "new-leaf", plan, None);
-        }),
-        ("nl-stamp-of-another", "a New Leaf whose staging folder carries another operation's stamp", true, |h, id| {
-            let staging = h.root().join(format!(".leafd-staging-{id}"));
-            stamp_of(&staging, "other-op", "staging");
-            fs::write(staging.join("keep.txt"), b"not this journal's").unwrap();
-            h.write_v2(id, "new-leaf", h.new_leaf_plan(id), None);
-        }),
-        ("nl-live-leaf", "a New Leaf with the id of a leaf that exists (outside the library)", true, |h, _| {
-            let id = h.far_id.clone();
-            h.write_v2(&id, "new-leaf", h.new_leaf_plan(&id), None);
-        }),
-        ("nl-request-dotdot", "a New Leaf whose request folder climbs out of the library", true, |h, id| {
-            let mut plan = h.new_leaf_plan(id);
-            plan["request"] = "New Leaf/../../elsewhere/Important".into();
-            h.write_v2(id, "new-leaf", plan, None);
-        }),
-        ("mb-dotdot-files", "a Make Base whose files climb out of its staging folder", true, |h, id| {
-            fs::create_dir(h.root().join(format!("Bases/.leafd-staging-{id}"))).unwrap();
-            let mut plan = h.make_base_plan(id, "Evil", "Make Base/Evil.vmwarevm");
-            let p = "../../Precious.vmwarevm";
-            plan["disk_files"] =
-                serde_json::json!([{"path": format!("{p}/Precious.vmx"), "mode": 511, "locked": false}]);
-            plan["flatten"] = serde_json::json!([{"disk": 0, "top": format!("{p}/Data.vmdk"), "target": format!("{p}/Data-flat.vmdk"), "files": [format!("{p}/Data-flat.vmdk")], "split": null}]);
-            plan["repointed"] =
-                serde_json::json!([{"path": format!("{p}/Precious.vmxf"), "original": "overwritten", "new": "x"}]);
-            plan["vmx"] = "Evil.vmx".into();
-            plan["record"]["vmx"] = format!("{p}/Precious.nvram").into();
-            h.write_v2(id, "make-base", plan, None);
-        }),
-        ("mb-source-dotdot", "a Make Base whose source climbs out of the library", true, |h, id| {
-            fs::create_dir(h.root().join(format!("Bases/.leafd-staging-{id}"))).unwrap();
-            h.write_v2(id, "make-base", h.make_base_plan(id, "Evil", "../elsewhere/Important"), None);
-        }),
-        ("mb-other-library", "a Make Base with an absolute source, claiming another library", true, |h, id| {
-            fs::create_dir(h.root().join(format!("Bases/.leafd-staging-{id}"))).unwrap();
-            let source = h.elsewhere.join("Important");
-            let plan = h.make_base_plan(id, "Evil", source.to_str().unwrap());
-            h.write_v2(
-                id,
-                "make-base",
-                plan,
-                Some(serde_json::json!({"root": "/nonexistent/lib", "dev": 1, "ino": 1})),
-            );
-        }),
-        ("mb-takes-another-staging", "a Make Base whose plan names another operation's id", true, |h, id| {
-            h.write_v2(id, "make-base", h.make_base_plan("other", "Stolen", "Make Base/Stolen.vmwarevm"), None);
-        }),
-        (
-            "mb-removes-a-backup",
-            "a finished cross-volume Make Base naming a backup of the base as its source",
-            false,
-            |h, _| {
-                let id = h.base_id.clone();
-                let mut plan = h.make_base_plan(&id, BASE, h.elsewhere.join("Ubuntu backup").to_str().unwrap());
-                plan["copy"] = true.into();
-                plan["vmx"] = "Ubuntu.vmx.base".into();
-                plan["record"]["vmx"] = "Ubuntu.vmx.base".into();
-                h.write_v2(&id, "make-base", plan, None);
-            },
-        ),
-        ("mb-unlinks-a-leaf", "a finished Make Base of a leaf naming a leaf that exists", true, |h, _| {
+const HOSTILE_JOURNALS: &[(&str, &str, bool, Writer)] = &[
+    ("nl-derived-escape", "a New Leaf whose id makes its staging folder another folder", true, |h, id| {
+        // .leafd-staging-other-op/../Empty Folder is the user's empty folder.
+        let mut plan = h.new_leaf_plan("other-op/../Empty Folder");
+        plan["leaf_ref"]["id"] = id.into();
+        h.write_v2(id, "new-leaf", plan, None);
+    }),
+    ("nl-stamp-of-another", "a New Leaf whose staging folder carries another operation's stamp", true, |h, id| {
+        let staging = h.root().join(format!(".leafd-staging-{id}"));
+        stamp_of(&staging, "other-op", "staging");
+        fs::write(staging.join("keep.txt"), b"not this journal's").unwrap();
+        h.write_v2(id, "new-leaf", h.new_leaf_plan(id), None);
+    }),
+    ("nl-live-leaf", "a New Leaf with the id of a leaf that exists (outside the library)", true, |h, _| {
+        let id = h.far_id.clone();
+        h.write_v2(&id, "new-leaf", h.new_leaf_plan(&id), None);
+    }),
+    ("nl-request-dotdot", "a New Leaf whose request folder climbs out of the library", true, |h, id| {
+        let mut plan = h.new_leaf_plan(id);
+        plan["request"] = "New Leaf/../../elsewhere/Important".into();
+        h.write_v2(id, "new-leaf", plan, None);
+    }),
+    ("mb-dotdot-files", "a Make Base whose files climb out of its staging folder", true, |h, id| {
+        fs::create_dir(h.root().join(format!("Bases/.leafd-staging-{id}"))).unwrap();
+        let mut plan = h.make_base_plan(id, "Evil", "Make Base/Evil.vmwarevm");
+        let p = "../../Precious.vmwarevm";
+        plan["disk_files"] = serde_json::json!([{"path": format!("{p}/Precious.vmx"), "mode": 511, "locked": false}]);
+        plan["flatten"] = serde_json::json!([{"disk": 0, "top": format!("{p}/Data.vmdk"), "target": format!("{p}/Data-flat.vmdk"), "files": [format!("{p}/Data-flat.vmdk")], "split": null}]);
+        plan["repointed"] =
+            serde_json::json!([{"path": format!("{p}/Precious.vmxf"), "original": "overwritten", "new": "x"}]);
+        plan["vmx"] = "Evil.vmx".into();
+        plan["record"]["vmx"] = format!("{p}/Precious.nvram").into();
+        h.write_v2(id, "make-base", plan, None);
+    }),
+    ("mb-source-dotdot", "a Make Base whose source climbs out of the library", true, |h, id| {
+        fs::create_dir(h.root().join(format!("Bases/.leafd-staging-{id}"))).unwrap();
+        h.write_v2(id, "make-base", h.make_base_plan(id, "Evil", "../elsewhere/Important"), None);
+    }),
+    ("mb-other-library", "a Make Base with an absolute source, claiming another library", true, |h, id| {
+        fs::create_dir(h.root().join(format!("Bases/.leafd-staging-{id}"))).unwrap();
+        let source = h.elsewhere.join("Important");
+        let plan = h.make_base_plan(id, "Evil", source.to_str().unwrap());
+        h.write_v2(id, "make-base", plan, Some(serde_json::json!({"root": "/nonexistent/lib", "dev": 1, "ino": 1})));
+    }),
+    ("mb-takes-another-staging", "a Make Base whose plan names another operation's id", true, |h, id| {
+        h.write_v2(id, "make-base", h.make_base_plan("other", "Stolen", "Make Base/Stolen.vmwarevm"), None);
+    }),
+    (
+        "mb-removes-a-backup",
+        "a finished cross-volume Make Base naming a backup of the base as its source",
+        false,
+        |h, _| {
             let id = h.base_id.clone();
-            let mut plan = h.make_base_plan(&id, BASE, "Make Base/Gone.vmwarevm");
-            plan["from_leaf"] = serde_json::json!({"base": "Bases/Ubuntu", "leaf_id": h.far_id});
+            let mut plan = h.make_base_plan(&id, BASE, h.elsewhere.join("Ubuntu backup").to_str().unwrap());
+            plan["copy"] = true.into();
+            plan["vmx"] = "Ubuntu.vmx.base".into();
+            plan["record"]["vmx"] = "Ubuntu.vmx.base".into();
             h.write_v2(&id, "make-base", plan, None);
-        }),
-        (
-            "pr-fake-aside",
-            "a Promote of a live leaf whose set-aside folder carries another operation's stamp",
-            true,
-            |h, id| {
-                let aside = h.root().join(format!(".leafd-promoted-{id}"));
-                stamp_of(&aside, "other-op", "promoted");
-                fs::write(aside.join("keep.txt"), b"not this journal's").unwrap();
-                // (The leaf id is no leaf's: only the stamp stands in the way.)
-                h.write_v2(id, "promote", h.promote_plan(id, "Web 1.vmwarevm", "no-such-leaf"), None);
-            },
-        ),
-        ("pr-live-leaf", "a Promote of a user's VM naming a leaf that exists", true, |h, id| {
-            h.write_v2(id, "promote", h.promote_plan(id, "Precious.vmwarevm", &h.far_id), None);
-        }),
-        ("pr-leaf-id-escape", "a Promote whose leaf id climbs out of the base's list", true, |h, id| {
-            h.write_v2(
-                id,
-                "promote",
-                h.promote_plan(id, "Precious.vmwarevm", "../../../../Precious.vmwarevm/notes"),
-                None,
-            );
-        }),
-        ("pr-other-library", "a Promote of an absolute path, claiming another library", true, |h, id| {
-            let leaf = h.elsewhere.join("Important");
-            let plan = h.promote_plan(id, leaf.to_str().unwrap(), &h.leaf_id);
-            h.write_v2(id, "promote", plan, Some(serde_json::json!({"root": "/nonexistent/lib", "dev": 1, "ino": 1})));
-        }),
-        ("remove-zz", "a removal whose hidden folder carries another operation's stamp", true, |h, id| {
-            let hidden = h.root().join("Bases/.leafd-removing-zz");
-            stamp_of(&hidden, "other-op", "removing");
-            let f = hidden.join("disk-s001.vmdk");
-            fs::write(&f, b"protected").unwrap();
-            fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
-            h.write_v2(id, "remove-base", serde_json::json!({"id": "zz", "name": "Zed"}), None);
-        }),
-        ("remove-not-this-base", "a removal naming a base that is there under another id", true, |h, id| {
-            h.write_v2(id, "remove-base", serde_json::json!({"id": "not-this-base", "name": BASE}), None);
-        }),
-        ("future", "a journal of a format newer than this leafd", true, |h, id| {
-            h.write(id, &serde_json::json!({"format": 3, "id": id, "op": "new-leaf", "plan": {}}));
-        }),
-        ("v1-nl-staging-user", "a format 1 New Leaf naming a user's VM as its staging folder", true, |h, id| {
-            let plan = serde_json::json!({"id": id, "base_dir": h.root().join("Bases/Ubuntu"), "base_id": h.base_id,
-                "name": "Ghost", "staging": h.root().join("Precious.vmwarevm"), "target": h.root().join("Ghost.vmwarevm"),
-                "request": null, "leaf_ref": {"id": id, "name": "Ghost", "path": h.root().join("Ghost.vmwarevm"), "created": "x"}});
-            h.write_v1(id, "new-leaf", plan);
-        }),
-        ("v1-mb-staging-user", "a format 1 Make Base naming a folder outside as its staging folder", true, |h, id| {
-            let root = h.root();
-            let plan = serde_json::json!({"id": id, "name": "Evil", "source": root.join("Make Base/Evil.vmwarevm"),
-                "staging": h.elsewhere.join("Important"), "target": root.join("Bases/Evil"), "copy": true,
-                "vmx": "Evil.vmx", "disk_files": [], "flatten": [], "from_leaf": null,
-                "record": {"id": id, "name": "Evil", "source": "x", "created": "x", "vmx": "Evil.vmx.base", "disks": []}});
-            h.write_v1(id, "make-base", plan);
-        }),
-        ("v1-pr-leaf-id-escape", "a format 1 Promote whose leaf id climbs out of the base's list", true, |h, id| {
-            let root = h.root();
-            let plan = serde_json::json!({"id": id, "leaf": root.join("Precious.vmwarevm"),
-                "staging": root.join(format!(".leafd-staging-{id}")), "aside": root.join(format!(".leafd-promoted-{id}")),
-                "base": [root.join("Bases/Ubuntu"), h.base_id], "leaf_id": "../../../../Precious.vmwarevm/notes"});
-            h.write_v1(id, "promote", plan);
-        }),
-        ("remove-v1", "a format 1 removal naming a user's folder as the hidden base", true, |h, id| {
-            let root = h.root();
-            let plan = serde_json::json!({"id": id.trim_start_matches("remove-"), "name": "Zed", "dir": root.join("Bases/Zed"),
-                "hidden": h.elsewhere.join("Important"), "drop_folder": root.join("New Leaf/Zed")});
-            h.write_v1(id, "remove-base", plan);
-        }),
-    ]
-}
+        },
+    ),
+    ("mb-unlinks-a-leaf", "a finished Make Base of a leaf naming a leaf that exists", true, |h, _| {
+        let id = h.base_id.clone();
+        let mut plan = h.make_base_plan(&id, BASE, "Make Base/Gone.vmwarevm");
+        plan["from_leaf"] = serde_json::json!({"base": "Bases/Ubuntu", "leaf_id": h.far_id});
+        h.write_v2(&id, "make-base", plan, None);
+    }),
+    (
+        "pr-fake-aside",
+        "a Promote of a live leaf whose set-aside folder carries another operation's stamp",
+        true,
+        |h, id| {
+            let aside = h.root().join(format!(".leafd-promoted-{id}"));
+            stamp_of(&aside, "other-op", "promoted");
+            fs::write(aside.join("keep.txt"), b"not this journal's").unwrap();
+            // (The leaf id is no leaf's: only the stamp stands in the way.)
+            h.write_v2(id, "promote", h.promote_plan(id, "Web 1.vmwarevm", "no-such-leaf"), None);
+        },
+    ),
+    ("pr-live-leaf", "a Promote of a user's VM naming a leaf that exists", true, |h, id| {
+        h.write_v2(id, "promote", h.promote_plan(id, "Precious.vmwarevm", &h.far_id), None);
+    }),
+    ("pr-leaf-id-escape", "a Promote whose leaf id climbs out of the base's list", true, |h, id| {
+        h.write_v2(id, "promote", h.promote_plan(id, "Precious.vmwarevm", "../../../../Precious.vmwarevm/notes"), None);
+    }),
+    ("pr-other-library", "a Promote of an absolute path, claiming another library", true, |h, id| {
+        let leaf = h.elsewhere.join("Important");
+        let plan = h.promote_plan(id, leaf.to_str().unwrap(), &h.leaf_id);
+        h.write_v2(id, "promote", plan, Some(serde_json::json!({"root": "/nonexistent/lib", "dev": 1, "ino": 1})));
+    }),
+    ("remove-zz", "a removal whose hidden folder carries another operation's stamp", true, |h, id| {
+        let hidden = h.root().join("Bases/.leafd-removing-zz");
+        stamp_of(&hidden, "other-op", "removing");
+        let f = hidden.join("disk-s001.vmdk");
+        fs::write(&f, b"protected").unwrap();
+        fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+        h.write_v2(id, "remove-base", serde_json::json!({"id": "zz", "name": "Zed"}), None);
+    }),
+    ("remove-not-this-base", "a removal naming a base that is there under another id", true, |h, id| {
+        h.write_v2(id, "remove-base", serde_json::json!({"id": "not-this-base", "name": BASE}), None);
+    }),
+    ("future", "a journal of a format newer than this leafd", true, |h, id| {
+        h.write(id, &serde_json::json!({"format": 3, "id": id, "op": "new-leaf", "plan": {}}));
+    }),
+    ("v1-nl-staging-user", "a format 1 New Leaf naming a user's VM as its staging folder", true, |h, id| {
+        let plan = serde_json::json!({"id": id, "base_dir": h.root().join("Bases/Ubuntu"), "base_id": h.base_id,
+            "name": "Ghost", "staging": h.root().join("Precious.vmwarevm"), "target": h.root().join("Ghost.vmwarevm"),
+            "request": null, "leaf_ref": {"id": id, "name": "Ghost", "path": h.root().join("Ghost.vmwarevm"), "created": "x"}});
+        h.write_v1(id, "new-leaf", plan);
+    }),
+    ("v1-mb-staging-user", "a format 1 Make Base naming a folder outside as its staging folder", true, |h, id| {
+        let root = h.root();
+        let plan = serde_json::json!({"id": id, "name": "Evil", "source": root.join("Make Base/Evil.vmwarevm"),
+            "staging": h.elsewhere.join("Important"), "target": root.join("Bases/Evil"), "copy": true,
+            "vmx": "Evil.vmx", "disk_files": [], "flatten": [], "from_leaf": null,
+            "record": {"id": id, "name": "Evil", "source": "x", "created": "x", "vmx": "Evil.vmx.base", "disks": []}});
+        h.write_v1(id, "make-base", plan);
+    }),
+    ("v1-pr-leaf-id-escape", "a format 1 Promote whose leaf id climbs out of the base's list", true, |h, id| {
+        let root = h.root();
+        let plan = serde_json::json!({"id": id, "leaf": root.join("Precious.vmwarevm"),
+            "staging": root.join(format!(".leafd-staging-{id}")), "aside": root.join(format!(".leafd-promoted-{id}")),
+            "base": [root.join("Bases/Ubuntu"), h.base_id], "leaf_id": "../../../../Precious.vmwarevm/notes"});
+        h.write_v1(id, "promote", plan);
+    }),
+    ("remove-v1", "a format 1 removal naming a user's folder as the hidden base", true, |h, id| {
+        let root = h.root();
+        let plan = serde_json::json!({"id": id.trim_start_matches("remove-"), "name": "Zed", "dir": root.join("Bases/Zed"),
+            "hidden": h.elsewhere.join("Important"), "drop_folder": root.join("New Leaf/Zed")});
+        h.write_v1(id, "remove-base", plan);
+    }),
+];
 
 /// The journal's id as the writer names it (some take the id of what they aim at).
 fn written_id(h: &Hostile, name: &str) -> String {
@@ -1342,7 +1352,7 @@ const MUTATING: &[&[&str]] = &[
 #[test]
 fn hostile_journals_are_kept_and_touch_nothing() {
     let mut failures = Vec::new();
-    for (name, what, kept, write) in hostile_journals() {
+    for &(name, what, kept, write) in HOSTILE_JOURNALS {
         let h = Hostile::new();
         write(&h, name);
         let id = written_id(&h, name);
@@ -1428,7 +1438,7 @@ fn the_agent_keeps_hostile_journals_and_touches_nothing() {
     use std::time::{Duration, Instant};
     let h = Hostile::new();
     let mut ids = Vec::new();
-    for (name, _, kept, write) in hostile_journals() {
+    for &(name, _, kept, write) in HOSTILE_JOURNALS {
         if kept {
             write(&h, name);
             ids.push(written_id(&h, name));
@@ -1455,7 +1465,7 @@ fn the_agent_keeps_hostile_journals_and_touches_nothing() {
         assert!(Instant::now() < deadline, "the agent stopped working: {}", log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&agent), rustix::process::Signal::TERM);
     let status = agent.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", log());
     assert_eq!(journals(h.root()), journals_before, "the agent did not keep the journals as they were");

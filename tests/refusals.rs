@@ -1,6 +1,9 @@
 //! Bad input: every refusal exits 1 (2 for bad usage), names the file and the fix, and leaves
 //! the input, and the library, exactly as they were.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::any::Any;
@@ -11,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd::sample::{SampleDisk, SampleVm};
+use leafd::testing::{SampleDisk, SampleVm};
 use leafd_formats::clone::create_delta;
 use leafd_formats::disk::{DiskType, read_descriptor};
 
@@ -72,10 +75,10 @@ fn mkfifo(p: &Path) {
 
 /// A process holding `path` open for writing (as a copy still being written would) until it is
 /// dropped; returned once the file is open.
-pub struct Writer(Child);
+struct Writer(Child);
 
 impl Writer {
-    pub fn new(path: &Path) -> Writer {
+    fn new(path: &Path) -> Writer {
         use std::io::Read;
         let mut child = Command::new("bash")
             .arg("-c")
@@ -688,6 +691,14 @@ const CASES: &[Case] = &[
         setup: |lib| (vec!["frobnicate".into()], vec![lib.root.clone()]),
         exit: 2,
         says: &["frobnicate"],
+    },
+    Case {
+        // A value clap takes (negative numbers are allowed) but leafd's own check refuses: bad
+        // usage too, said by leafd, not "unexpected argument".
+        name: "usage: a negative settle period",
+        setup: |lib| (vec!["agent".into(), "--settle".into(), "-1".into()], vec![lib.root.clone()]),
+        exit: 2,
+        says: &["a settle period of -1 s makes no sense", "fix: give seconds between 0 and 3600"],
     },
 ];
 

@@ -3,6 +3,9 @@
 //! checked by `systemd-analyze verify`; the packaged LaunchAgent template, the Homebrew formula
 //! and the packaging scripts against what `leafd install` does.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::os::unix::ffi::OsStrExt;
@@ -11,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use leafd::service::{
+use leafd::testing::service::{
     Action, Context, Program, ServiceKind, homebrew_opt, install_plan, launchd_plist, systemd_unit, uninstall_plan,
 };
 
@@ -262,7 +265,7 @@ fn verify_unit(path: &Path) {
 #[test]
 fn install_and_uninstall_on_linux_through_systemctl() {
     let lib = Lib::new();
-    lib.base_from(&leafd::sample::SampleVm::single("Base", leafd_formats::disk::DiskType::MonolithicSparse, 8 << 20));
+    lib.base_from(&leafd::testing::SampleVm::single("Base", leafd_formats::disk::DiskType::MonolithicSparse, 8 << 20));
     let root = lib.root.to_str().unwrap();
     stand_ins(&lib);
     let library_before = fingerprint_tree(&lib.root);

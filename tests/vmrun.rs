@@ -2,12 +2,15 @@
 //! here) that record their arguments: one that fails, one that claims success and does nothing,
 //! and one that takes the snapshot the way VMware does (a delta over the disk, the .vmx edited).
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use leafd::sample::SampleVm;
+use leafd::testing::SampleVm;
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::DiskType;
 

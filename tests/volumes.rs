@@ -6,6 +6,9 @@
 //! with 1 KiB blocks (a loop mount), and a volume refusing extended attributes. Each leaf's disks
 //! are read back by QEMU (`qemu-io -r`), never by leafd itself.
 
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
 mod common;
 
 use std::fs;
@@ -14,7 +17,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use common::*;
-use leafd::sample::{Pattern, SampleDisk, SampleVm, write_disk};
+use leafd::testing::{Pattern, SampleDisk, SampleVm, write_disk};
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::DiskType;
 use leafd_formats::vmx;

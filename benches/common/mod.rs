@@ -84,19 +84,5 @@ pub fn leafd(root: &Path, home: &Path, args: &[&str]) -> Command {
 /// A library at `root` with `bases` bases of a 1 MiB disk and `leaves_per_base` leaves each,
 /// built through the library API rather than one process per operation, to keep set-up short.
 pub fn build_library(root: &Path, bases: usize, leaves_per_base: usize) {
-    use leafd::library::{Library, Options, SnapshotBackend, make_base, new_leaf};
-    let lib = Library::open(root).unwrap();
-    let opts = Options { snapshot: SnapshotBackend::Native, ..Options::default() };
-    for b in 0..bases {
-        let vm = leafd::sample::SampleVm::single(
-            &format!("Base {b:03}"),
-            leafd_formats::disk::DiskType::MonolithicSparse,
-            1 << 20,
-        );
-        let (made, fp) = make_base::make_base(&lib, &vm.build(&lib.make_base_dir()).unwrap(), None, &opts).unwrap();
-        fp.finish(&lib, &opts).unwrap();
-        for l in 0..leaves_per_base {
-            new_leaf::new_leaf(&lib, &made.name, &format!("Leaf {b:03}-{l:02}"), None, &opts).unwrap();
-        }
-    }
+    leafd::testing::build_library(root, bases, leaves_per_base).unwrap();
 }

@@ -58,9 +58,12 @@ fn unescape_in(v: &str, encoding: &'static Encoding) -> String {
     while let Some(i) = rest.find('|') {
         let (before, at) = rest.split_at(i);
         out.extend(text::encode(before, encoding).unwrap_or_else(|| before.as_bytes().to_vec()));
-        match at.get(1..3).filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit())) {
-            Some(hex) => {
-                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+        match at
+            .get(1..3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok().filter(|_| h.bytes().all(|c| c.is_ascii_hexdigit())))
+        {
+            Some(byte) => {
+                out.push(byte);
                 rest = &at[3..];
             }
             None => {

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::env::{self, Env};
 use crate::error::{Error, ErrorKind, IoContext, ParseError, Result};
@@ -107,11 +107,21 @@ impl Layout {
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    let mut bytes = [0; 4];
+    bytes.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(bytes)
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// Locks one of an extent's caches. Each critical section is a single read, insert or update,
+/// so a panic elsewhere while one was held leaves the value as consistent as before.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Header {
@@ -339,7 +349,7 @@ impl SparseExtent {
         let read_dir = |offset: u64| -> Result<Vec<u32>> {
             let mut raw = vec![0u8; (header.num_gts() * 4) as usize];
             file.read_exact_at(&mut raw, offset * SECTOR).at(path, "cannot read grain directory")?;
-            Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+            Ok(raw.chunks_exact(4).map(|c| u32_at(c, 0)).collect())
         };
         let gd = read_dir(header.gd_offset)?;
         let rgd = if header.redundant() { read_dir(header.rgd_offset)? } else { Vec::new() };
@@ -374,7 +384,7 @@ impl SparseExtent {
     }
 
     fn table(&self, gt: u64) -> Result<Option<Arc<Vec<u32>>>> {
-        if let Some(t) = self.tables.lock().expect("table cache").get(&gt) {
+        if let Some(t) = lock(&self.tables).get(&gt) {
             return Ok(Some(t.clone()));
         }
         let sector = self.gd[gt as usize] as u64;
@@ -382,7 +392,7 @@ impl SparseExtent {
             return Ok(None);
         }
         let n = self.header.num_gtes_per_gt as usize;
-        let file_len = *self.file_len.lock().expect("file length");
+        let file_len = *lock(&self.file_len);
         if sector * SECTOR + n as u64 * 4 > file_len {
             return Err(Error::format(
                 &self.path,
@@ -391,9 +401,8 @@ impl SparseExtent {
         }
         let mut raw = vec![0u8; n * 4];
         self.file.read_exact_at(&mut raw, sector * SECTOR).at(&self.path, "cannot read grain table")?;
-        let t: Arc<Vec<u32>> =
-            Arc::new(raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect());
-        self.tables.lock().expect("table cache").insert(gt, t.clone());
+        let t: Arc<Vec<u32>> = Arc::new(raw.chunks_exact(4).map(|c| u32_at(c, 0)).collect());
+        lock(&self.tables).insert(gt, t.clone());
         Ok(Some(t))
     }
 
@@ -417,7 +426,7 @@ impl SparseExtent {
     /// Reads bytes of an allocated grain: `within` is the byte offset inside the grain.
     pub fn read_grain(&self, at_sector: u64, within: u64, buf: &mut [u8]) -> Result<()> {
         let pos = at_sector * SECTOR + within;
-        let file_len = *self.file_len.lock().expect("file length");
+        let file_len = *lock(&self.file_len);
         if pos.saturating_add(buf.len() as u64) > file_len {
             return Err(Error::format(
                 &self.path,
@@ -460,7 +469,7 @@ impl SparseExtent {
         grain[within as usize..within as usize + data.len()].copy_from_slice(data);
         // Data first, then the table entries: a crash in between leaves the grain unallocated.
         let at = {
-            let mut len = self.file_len.lock().expect("file length");
+            let mut len = lock(&self.file_len);
             let at = len.div_ceil(gb) * gb;
             *len = at + gb;
             at
@@ -490,7 +499,7 @@ impl SparseExtent {
                 .at(&self.path, "cannot write grain table")?;
         }
         // Keep the cached table in step with the file.
-        let mut tables = self.tables.lock().expect("table cache");
+        let mut tables = lock(&self.tables);
         if let Some(t) = tables.get_mut(&gt) {
             Arc::make_mut(t)[idx] = value;
         }
@@ -501,7 +510,7 @@ impl SparseExtent {
     /// short (a copy still arriving, a failed transfer) fails here even where its header and
     /// directories survived. Reads each grain table once; the data is not read.
     pub fn check_grains(&self) -> Result<()> {
-        let file_len = *self.file_len.lock().expect("file length");
+        let file_len = *lock(&self.file_len);
         let per_table = self.header.num_gtes_per_gt as u64;
         let table_bytes = per_table * 4;
         // Tables that lie back to back (as writers lay them out) are read together: the check
@@ -534,7 +543,7 @@ impl SparseExtent {
             raw.resize((run * table_bytes) as usize, 0);
             self.file.read_exact_at(&mut raw, start).at(&self.path, "cannot read grain table")?;
             for (i, chunk) in raw.chunks_exact(4).enumerate() {
-                let entry = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+                let entry = u32_at(chunk, 0);
                 let zero = entry == 1 && self.header.zeroed_gte();
                 if entry == 0 || zero {
                     continue;

@@ -2,6 +2,7 @@
 //! name the file and say what kind of failure it is.
 
 #![allow(unused_crate_dependencies)] // every dependency reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
 
 use std::collections::HashSet;
 use std::fs::File;

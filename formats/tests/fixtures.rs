@@ -3,6 +3,7 @@
 //! tests/real_files.rs checks the same shapes end to end with QEMU and libvmdk.
 
 #![allow(unused_crate_dependencies)] // every dependency reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

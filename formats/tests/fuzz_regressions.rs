@@ -1,6 +1,7 @@
 //! Inputs the fuzzers found (fuzz/regressions), replayed through the fuzz targets' own checks.
 
 #![allow(unused_crate_dependencies)] // every dependency reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
 
 #[allow(dead_code)] // SEPARATOR is for the seed writer
 #[path = "../../fuzz/checks.rs"]

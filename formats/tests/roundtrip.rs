@@ -2,6 +2,7 @@
 //! and edits survive a round trip.
 
 #![allow(unused_crate_dependencies)] // every dependency reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
 
 use leafd_formats::descriptor::Descriptor;
 use leafd_formats::dict::{Dict, escape, unescape};

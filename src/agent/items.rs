@@ -15,12 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use unicode_normalization::UnicodeNormalization;
 
-use crate::library::{BUNDLE_EXT, NOTE_SUFFIX};
+use crate::library::ignored_name;
 use crate::platform;
 
 /// What a drop asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Request {
+pub(crate) enum Request {
     /// A VM in `Make Base/`.
     MakeBase,
     /// A folder `New Leaf/<base>/<name>`.
@@ -31,31 +31,30 @@ pub enum Request {
 
 /// Where the drop folders are.
 #[derive(Debug, Clone)]
-pub struct DropFolders {
-    pub make_base: PathBuf,
-    pub new_leaf: PathBuf,
+pub(crate) struct DropFolders {
+    pub(crate) make_base: PathBuf,
+    pub(crate) new_leaf: PathBuf,
 }
 
-/// Names leafd never treats as drops: hidden files, Finder's `.DS_Store`, leafd's own notes.
+/// Names leafd never treats as drops (see [`ignored_name`]).
 fn ignored(name: &OsStr) -> bool {
-    let name = name.to_string_lossy();
-    name.starts_with('.') || name.ends_with(NOTE_SUFFIX)
+    ignored_name(&name.to_string_lossy())
 }
 
 /// A name as compared with base names: `é` typed either way is the same letter.
-pub fn nfc(name: &str) -> String {
+pub(crate) fn nfc(name: &str) -> String {
     name.nfc().collect()
 }
 
 impl DropFolders {
-    pub fn dirs(&self) -> [&Path; 2] {
+    pub(crate) fn dirs(&self) -> [&Path; 2] {
         [&self.make_base, &self.new_leaf]
     }
 
     /// The item an event path concerns, if any. `bases` (in NFC) are the bases whose folders in
     /// `New Leaf/` hold requests. Names that are not UTF-8 are items too: they are told why they
     /// cannot be used.
-    pub fn item_for(&self, path: &Path, bases: &BTreeSet<String>) -> Option<(PathBuf, Request)> {
+    pub(crate) fn item_for(&self, path: &Path, bases: &BTreeSet<String>) -> Option<(PathBuf, Request)> {
         if let Ok(rest) = path.strip_prefix(&self.make_base) {
             let first = rest.components().next()?.as_os_str();
             return (!ignored(first)).then(|| (self.make_base.join(first), Request::MakeBase));
@@ -112,7 +111,7 @@ const DEFAULT_FOLDER_NAMES: &[&str] = &[
 
 /// True for Finder's placeholder names ("untitled folder", "untitled folder 2", localized):
 /// the user has not named the leaf yet.
-pub fn is_default_name(name: &str) -> bool {
+pub(crate) fn is_default_name(name: &str) -> bool {
     let n: String = name.nfc().collect::<String>().to_lowercase();
     let n = n.trim();
     // "untitled folder 2", "untitled folder 12"
@@ -123,21 +122,13 @@ pub fn is_default_name(name: &str) -> bool {
     DEFAULT_FOLDER_NAMES.iter().any(|d| d.nfc().eq(stem.chars()))
 }
 
-/// The name a drop asks for ("Web.vmwarevm" asks for "Web").
-pub fn requested_name(folder: &str) -> &str {
-    match folder.rsplit_once('.') {
-        Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) && !stem.is_empty() => stem,
-        _ => folder,
-    }
-}
-
 /// What an item looked like: every entry with its size, time and permissions, and whether a copy
 /// is marked in progress. Two equal looks a moment apart mean nothing is arriving; a failed item
 /// whose look changes is tried again (permissions count: `chmod` or unlocking may be the fix).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Look {
+pub(crate) struct Look {
     entries: Vec<Entry>,
-    pub copying: bool,
+    pub(crate) copying: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +143,7 @@ struct Entry {
 
 impl Look {
     /// Looks at `item`; `None` when it is gone.
-    pub fn take(item: &Path) -> Option<Look> {
+    pub(crate) fn take(item: &Path) -> Option<Look> {
         let meta = std::fs::symlink_metadata(item).ok()?;
         // The item's own size, time and access change with its entries and with our tag.
         let mut entries =
@@ -179,12 +170,12 @@ impl Look {
         Some(Look { entries, copying })
     }
 
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         self.entries[0].dir
     }
 
     /// A folder holding nothing but hidden files (Finder's `.DS_Store`, say).
-    pub fn is_empty_folder(&self) -> bool {
+    pub(crate) fn is_empty_folder(&self) -> bool {
         self.is_dir()
             && self.entries[1..]
                 .iter()
@@ -193,7 +184,7 @@ impl Look {
 
     /// A look for tests: a folder (or a file, `dir` false) with these entries and sizes.
     #[cfg(test)]
-    pub fn fake(dir: bool, files: &[(&str, u64)], copying: bool) -> Look {
+    pub(crate) fn fake(dir: bool, files: &[(&str, u64)], copying: bool) -> Look {
         let root = Entry { path: PathBuf::new(), dir, len: 0, time: None, access: (0, false) };
         let entries = files.iter().map(|(p, len)| Entry {
             path: p.into(),
@@ -208,23 +199,23 @@ impl Look {
 
 /// Timing of readiness.
 #[derive(Debug, Clone, Copy)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// Quiet time needed after the last change.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// Time between the two looks that must agree.
-    pub second_look: Duration,
+    pub(crate) second_look: Duration,
     /// A marked copy that has not changed for this long is reported (and still waited for).
-    pub stall: Duration,
+    pub(crate) stall: Duration,
     /// A failed item unchanged for this long is tried again; the wait doubles after each
     /// failure, up to 16 times.
-    pub retry: Duration,
+    pub(crate) retry: Duration,
     /// Quiet time needed by an empty New Leaf request: nothing is copied into it, and every
     /// rename or change of it comes as an event, so one look after this is enough.
-    pub new_leaf_quiet: Duration,
+    pub(crate) new_leaf_quiet: Duration,
 }
 
 impl Timing {
-    pub fn new(settle: Duration, new_leaf_quiet: Duration) -> Timing {
+    pub(crate) fn new(settle: Duration, new_leaf_quiet: Duration) -> Timing {
         Timing {
             settle,
             second_look: (settle / 3).clamp(Duration::from_millis(200), Duration::from_secs(2)),
@@ -237,7 +228,7 @@ impl Timing {
 
 /// Where an item stands.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Arriving or changing: waiting for quiet.
     Settling,
     /// Its operation is running.
@@ -253,9 +244,9 @@ pub enum Phase {
 
 /// What to do with an item now.
 #[derive(Debug, PartialEq)]
-pub enum Verdict {
-    /// Look again at this instant.
-    Wait(Instant),
+pub(crate) enum Verdict {
+    /// Not ready yet: look again when [`Item::due`] says.
+    Wait,
     /// Run its operation.
     Ready,
     /// Nothing to do until something happens to it.
@@ -263,33 +254,33 @@ pub enum Verdict {
     /// It is gone.
     Gone,
     /// A copy is marked in progress but has not changed for a long time.
-    Stalled(Instant),
+    Stalled,
 }
 
 /// One drop item and what is known of it.
 #[derive(Debug)]
-pub struct Item {
-    pub path: PathBuf,
-    pub request: Request,
-    pub phase: Phase,
+pub(crate) struct Item {
+    pub(crate) path: PathBuf,
+    pub(crate) request: Request,
+    pub(crate) phase: Phase,
     /// Last event or change seen.
-    pub changed: Instant,
+    pub(crate) changed: Instant,
     /// The last look, and when it was taken.
-    pub last_look: Option<(Look, Instant)>,
+    pub(crate) last_look: Option<(Look, Instant)>,
     /// An event came while the operation ran: look again afterwards.
-    pub dirty: bool,
+    pub(crate) dirty: bool,
     /// A stalled copy was reported (report once).
-    pub stall_reported: bool,
+    pub(crate) stall_reported: bool,
     /// Failures in a row, the last one's message, and when the timer tries it again.
-    pub failures: u32,
-    pub last_error: Option<String>,
+    pub(crate) failures: u32,
+    pub(crate) last_error: Option<String>,
     retry_at: Option<Instant>,
     /// This attempt came from the timer, not from a change.
-    pub retrying: bool,
+    pub(crate) retrying: bool,
 }
 
 impl Item {
-    pub fn new(path: PathBuf, request: Request, now: Instant) -> Item {
+    pub(crate) fn new(path: PathBuf, request: Request, now: Instant) -> Item {
         Item {
             path,
             request,
@@ -307,7 +298,7 @@ impl Item {
 
     /// The operation failed on the item as it looks now: wait for a change, or (`timer`) for the
     /// retry timer too.
-    pub fn failed(&mut self, look: Look, error: String, timer: bool, now: Instant, t: &Timing) {
+    pub(crate) fn failed(&mut self, look: Look, error: String, timer: bool, now: Instant, t: &Timing) {
         self.failures += 1;
         self.retry_at = timer.then(|| now + t.retry * (1 << (self.failures - 1).min(4)));
         self.last_error = Some(error);
@@ -317,7 +308,7 @@ impl Item {
     }
 
     /// Something happened under the item (seen at `when`).
-    pub fn touch(&mut self, when: Instant) {
+    pub(crate) fn touch(&mut self, when: Instant) {
         self.changed = self.changed.max(when);
         if self.phase == Phase::Running {
             self.dirty = true;
@@ -325,7 +316,7 @@ impl Item {
     }
 
     /// Starts waiting for the item afresh.
-    pub fn reset(&mut self, now: Instant) {
+    pub(crate) fn reset(&mut self, now: Instant) {
         self.phase = Phase::Settling;
         self.dirty = false;
         self.last_look = None;
@@ -342,7 +333,7 @@ impl Item {
     /// looks that must agree comes `second_look` before the settle period ends and the second
     /// when it ends, so an item that stays quiet is ready just as the settle period is over; an
     /// empty New Leaf request gets its one look when its quiet period ends.
-    pub fn due(&self, t: &Timing) -> Option<Instant> {
+    pub(crate) fn due(&self, t: &Timing) -> Option<Instant> {
         let looked = self.last_look.as_ref().map(|(_, at)| *at).filter(|at| *at >= self.changed);
         match &self.phase {
             Phase::Running | Phase::Failing { .. } => None,
@@ -361,7 +352,7 @@ impl Item {
     }
 
     /// Decides, given a fresh `look` (None: gone) taken at `now`.
-    pub fn decide(&mut self, look: Option<Look>, now: Instant, t: &Timing) -> Verdict {
+    pub(crate) fn decide(&mut self, look: Option<Look>, now: Instant, t: &Timing) -> Verdict {
         let Some(look) = look else { return Verdict::Gone };
         if let Request::NewLeaf { .. } = self.request {
             let name = self.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -395,16 +386,16 @@ impl Item {
             self.last_look = Some((look, now));
             if now.duration_since(self.changed) >= t.stall && !self.stall_reported {
                 self.stall_reported = true;
-                return Verdict::Stalled(now + t.settle);
+                return Verdict::Stalled;
             }
-            return Verdict::Wait(now + t.settle);
+            return Verdict::Wait;
         }
         if matches!(self.request, Request::NewLeaf { .. }) && look.is_empty_folder() {
             let end = self.changed + t.new_leaf_quiet;
             self.last_look = Some((look, now));
             if now < end {
                 self.phase = Phase::Settling;
-                return Verdict::Wait(end);
+                return Verdict::Wait;
             }
             self.phase = Phase::Running;
             self.dirty = false;
@@ -423,7 +414,7 @@ impl Item {
             Some((p, at)) if agrees => (p, at),
             _ => (look, now),
         });
-        Verdict::Wait((now + t.second_look).max(end))
+        Verdict::Wait
     }
 }
 
@@ -506,9 +497,9 @@ mod tests {
         for n in ["Web Server", "untitled folder server", "folder 2", "untitled"] {
             assert!(!is_default_name(n), "{n}");
         }
-        assert_eq!(requested_name("Web.vmwarevm"), "Web");
-        assert_eq!(requested_name("Web"), "Web");
-        assert_eq!(requested_name(".vmwarevm"), ".vmwarevm");
+        assert_eq!(crate::library::bundle_stem("Web.vmwarevm"), "Web");
+        assert_eq!(crate::library::bundle_stem("Web"), "Web");
+        assert_eq!(crate::library::bundle_stem(".vmwarevm"), ".vmwarevm");
     }
 
     const QUIET: Duration = Duration::from_millis(400);
@@ -527,7 +518,7 @@ mod tests {
         let end = t0 + t.settle;
         // First look a moment before the end, second at the end: ready exactly then.
         assert_eq!(item.due(&t), Some(end - t.second_look));
-        assert_eq!(item.decide(Some(look(&[1], false)), end - t.second_look, &t), Verdict::Wait(end));
+        assert_eq!(item.decide(Some(look(&[1], false)), end - t.second_look, &t), Verdict::Wait);
         assert_eq!(item.due(&t), Some(end));
         assert_eq!(item.decide(Some(look(&[1], false)), end, &t), Verdict::Ready);
         assert_eq!(item.phase, Phase::Running);
@@ -542,7 +533,8 @@ mod tests {
         let end = t0 + t.settle;
         item.decide(Some(look(&[1], false)), end - t.second_look, &t);
         // Grew without an event reaching us: the looks disagree.
-        assert_eq!(item.decide(Some(look(&[2], false)), end, &t), Verdict::Wait(end + t.second_look));
+        assert_eq!(item.decide(Some(look(&[2], false)), end, &t), Verdict::Wait);
+        assert_eq!(item.due(&t), Some(end + t.second_look));
         assert_eq!(item.decide(Some(look(&[2], false)), end + t.second_look, &t), Verdict::Ready);
     }
 
@@ -557,7 +549,7 @@ mod tests {
         item.touch(event);
         assert_eq!(item.due(&t), Some(event + t.settle - t.second_look));
         // Equal looks, but not quiet long enough since the event.
-        assert!(matches!(item.decide(Some(look(&[1], false)), t0 + t.settle, &t), Verdict::Wait(_)));
+        assert!(matches!(item.decide(Some(look(&[1], false)), t0 + t.settle, &t), Verdict::Wait));
         // Events arrive late; an older time never moves the clock back.
         item.touch(t0);
         assert_eq!(item.changed, event);
@@ -573,14 +565,14 @@ mod tests {
         for _ in 0..200 {
             match item.decide(Some(look(&[5], true)), now, &t) {
                 Verdict::Ready => panic!("a copy in progress was treated as ready"),
-                Verdict::Stalled(_) => stalls += 1,
+                Verdict::Stalled => stalls += 1,
                 _ => {}
             }
             now += t.settle;
         }
         assert_eq!(stalls, 1);
         // The copy finishes: the marker goes, and the item becomes ready.
-        assert!(matches!(item.decide(Some(look(&[9], false)), now, &t), Verdict::Wait(_)));
+        assert!(matches!(item.decide(Some(look(&[9], false)), now, &t), Verdict::Wait));
         assert_eq!(item.decide(Some(look(&[9], false)), now + t.second_look, &t), Verdict::Ready);
     }
 
@@ -603,7 +595,7 @@ mod tests {
         assert_eq!(no_timer.due(&t), None, "a failure that is not a refusal waits for a change");
         item.touch(t1 + Duration::from_secs(1));
         let t2 = t1 + Duration::from_secs(1) + t.settle;
-        assert!(matches!(item.decide(Some(look(&[2], false)), t2, &t), Verdict::Wait(_)));
+        assert!(matches!(item.decide(Some(look(&[2], false)), t2, &t), Verdict::Wait));
         assert_eq!(item.decide(Some(look(&[2], false)), t2 + t.second_look, &t), Verdict::Ready);
         assert_eq!(item.decide(None, t2, &t), Verdict::Gone);
     }

@@ -7,19 +7,18 @@ use std::any::Any;
 use std::collections::{HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
-use super::Msg;
-use super::items::{Request, requested_name};
+use super::items::Request;
 use crate::error::{Error, Kind};
-use crate::library::{Library, Options, make_base, new_leaf, recovery};
+use crate::library::ops::{make_base, new_leaf};
+use crate::library::{Library, Options, bundle_stem, recovery};
 
 /// Jobs running at once, at most.
-pub const PARALLEL: usize = 4;
+pub(crate) const PARALLEL: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Job {
+pub(crate) enum Job {
     /// The operation a drop item asks for (never a misplaced one: that is only told).
     Item { item: PathBuf, request: Request },
     /// Finish or undo the operations a killed leafd left behind.
@@ -39,12 +38,12 @@ impl Job {
         match self {
             Job::Recover => Key::Recovery,
             Job::Item { request: Request::NewLeaf { base }, .. } => Key::Base(base.clone()),
-            Job::Item { item, .. } => Key::Base(requested_name(&file_name(item)).to_string()),
+            Job::Item { item, .. } => Key::Base(bundle_stem(&file_name(item)).to_string()),
         }
     }
 
     /// The drop item the job is for.
-    pub fn item(&self) -> Option<&Path> {
+    pub(crate) fn item(&self) -> Option<&Path> {
         match self {
             Job::Item { item, .. } => Some(item),
             Job::Recover => None,
@@ -54,36 +53,36 @@ impl Job {
 
 /// A finished job: what it did, or why it failed.
 #[derive(Debug)]
-pub struct Finished {
-    pub job: Job,
-    pub result: Result<Done, Error>,
+pub(crate) struct Finished {
+    pub(crate) job: Job,
+    pub(crate) result: Result<Done, Error>,
 }
 
 #[derive(Debug)]
-pub struct Done {
+pub(crate) struct Done {
     /// The outcome line for the log.
-    pub line: String,
-    pub warnings: Vec<String>,
+    pub(crate) line: String,
+    pub(crate) warnings: Vec<String>,
     /// For Make Base: the new base's name.
-    pub base: Option<String>,
+    pub(crate) base: Option<String>,
 }
 
 /// Which jobs run: at most [`PARALLEL`], never two with the same key; the others wait in order.
 #[derive(Debug, Default)]
-pub struct Queue {
+pub(crate) struct Queue {
     waiting: VecDeque<Job>,
     busy: HashSet<Key>,
 }
 
 impl Queue {
     /// Queues `job`; returns the jobs to start now.
-    pub fn submit(&mut self, job: Job) -> Vec<Job> {
+    pub(crate) fn submit(&mut self, job: Job) -> Vec<Job> {
         self.waiting.push_back(job);
         self.startable()
     }
 
     /// A job reported back: its base is free again. Returns the jobs to start now.
-    pub fn finished(&mut self, job: &Job) -> Vec<Job> {
+    pub(crate) fn finished(&mut self, job: &Job) -> Vec<Job> {
         self.busy.remove(&job.key());
         self.startable()
     }
@@ -103,28 +102,33 @@ impl Queue {
     }
 
     /// Jobs running.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.busy.len()
     }
 
     /// True when `job` (or one of its key) is running or waiting.
-    pub fn holds(&self, job: &Job) -> bool {
+    pub(crate) fn holds(&self, job: &Job) -> bool {
         self.busy.contains(&job.key()) || self.waiting.iter().any(|j| j.key() == job.key())
     }
 
     /// Forgets the waiting jobs (at shutdown: their items are still there at the next start).
-    pub fn forget_waiting(&mut self) {
+    pub(crate) fn forget_waiting(&mut self) {
         self.waiting.clear();
     }
 }
 
-/// Starts `job` on a thread of its own, which sends `Msg::Done` when it has finished.
-pub fn spawn(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) -> std::io::Result<JoinHandle<()>> {
-    let (lib, opts, tx) = (lib.clone(), opts.clone(), tx.clone());
-    std::thread::Builder::new().name("leafd-job".into()).spawn(move || run(&lib, &opts, job, &tx))
+/// Starts `job` on a thread of its own, which hands what it did to `done` when it has finished.
+pub(crate) fn spawn(
+    lib: &Library,
+    opts: &Options,
+    job: Job,
+    done: impl FnOnce(Finished) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let (lib, opts) = (lib.clone(), opts.clone());
+    std::thread::Builder::new().name("leafd-job".into()).spawn(move || run(&lib, &opts, job, done))
 }
 
-fn run(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) {
+fn run(lib: &Library, opts: &Options, job: Job, done: impl FnOnce(Finished)) {
     // A bug must not leave the item and its base busy for good: a panic becomes the item's
     // failure, and what the operation had begun is undone at once by recovery.
     let (result, fingerprinting) = match catch_unwind(AssertUnwindSafe(|| operate(lib, opts, &job))) {
@@ -132,7 +136,7 @@ fn run(lib: &Library, opts: &Options, job: Job, tx: &Sender<Msg>) {
         Err(panic) => (Err(panicked(lib, opts, &job, panic)), None),
     };
     // A new base is usable now: free it for leaves, then fingerprint it in this thread.
-    let _ = tx.send(Msg::Done(Finished { job, result }));
+    done(Finished { job, result });
     if let Some((name, fingerprinting)) = fingerprinting {
         match catch_unwind(AssertUnwindSafe(|| fingerprinting.finish(lib, opts))) {
             Ok(Ok(())) => tracing::debug!("fingerprinted base {name:?}"),
@@ -158,7 +162,7 @@ fn operate(lib: &Library, opts: &Options, job: &Job) -> Outcome {
         },
         Job::Item { item, request: Request::NewLeaf { base } } => {
             let folder = file_name(item);
-            let result = new_leaf::new_leaf(lib, base, requested_name(&folder), Some(item), opts).map(|made| Done {
+            let result = new_leaf::new_leaf(lib, base, bundle_stem(&folder), Some(item), opts).map(|made| Done {
                 line: made.to_string(),
                 warnings: made.warnings.clone(),
                 base: None,

@@ -17,19 +17,19 @@ use crate::library::{NOTE_SUFFIX, note_path};
 
 /// A recovery and a full rescan this often: a CLI command killed meanwhile left its journal, or
 /// the watcher missed something.
-pub const RESCAN: Duration = Duration::from_secs(300);
+pub(crate) const RESCAN: Duration = Duration::from_secs(300);
 /// How long shutdown waits for running jobs (launchd allows 20 s).
-pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+pub(crate) const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 /// The watcher watches a new folder only after it has passed on the folder's creation: what is
 /// made in a new base's folder meanwhile comes without an event. A second scan this long after
 /// the base's folder appeared finds it.
-pub const WATCH_GAP: Duration = Duration::from_millis(250);
+pub(crate) const WATCH_GAP: Duration = Duration::from_millis(250);
 
 /// Which folder is at a path (device and inode): a drop folder made anew needs a new watch.
-pub type FolderId = (u64, u64);
+pub(crate) type FolderId = (u64, u64);
 
 #[derive(Debug)]
-pub enum Input {
+pub(crate) enum Input {
     /// The drop folders are watched: recover, then scan.
     Start,
     /// A raw event from the watcher.
@@ -58,17 +58,17 @@ pub enum Input {
 
 /// What the drop folders hold, listed by the `Scan` action.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(crate) struct Scan {
     /// The bases' names (`None`: they could not be read, the last known stand).
-    pub bases: Option<Vec<String>>,
+    pub(crate) bases: Option<Vec<String>>,
     /// Everything in `Make Base/`, in `New Leaf/`, and in each base's folder in `New Leaf/`.
-    pub entries: Vec<PathBuf>,
+    pub(crate) entries: Vec<PathBuf>,
     /// The drop folders, made again if they were missing.
-    pub folders: [Option<FolderId>; 2],
+    pub(crate) folders: [Option<FolderId>; 2],
 }
 
 #[derive(Debug)]
-pub enum Action {
+pub(crate) enum Action {
     /// Look at an item, and answer with `Looked`.
     Look(PathBuf),
     /// Start a job on a thread; it answers with `Finished`.
@@ -90,16 +90,16 @@ pub enum Action {
 }
 
 #[derive(Debug)]
-pub struct Report {
-    pub item: PathBuf,
+pub(crate) struct Report {
+    pub(crate) item: PathBuf,
     /// "make a base from", …: what could not be done with it.
-    pub what: String,
-    pub error: Error,
+    pub(crate) what: String,
+    pub(crate) error: Error,
     /// False for a retry by the timer failing as before: logged quietly, no notification.
-    pub first: bool,
+    pub(crate) first: bool,
 }
 
-pub struct Core {
+pub(crate) struct Core {
     folders: DropFolders,
     timing: Timing,
     items: HashMap<PathBuf, Item>,
@@ -121,7 +121,7 @@ pub struct Core {
 
 impl Core {
     /// A core for drop folders watched as `watched` at `now`.
-    pub fn new(folders: DropFolders, timing: Timing, watched: [Option<FolderId>; 2], now: Instant) -> Core {
+    pub(crate) fn new(folders: DropFolders, timing: Timing, watched: [Option<FolderId>; 2], now: Instant) -> Core {
         Core {
             folders,
             timing,
@@ -138,7 +138,7 @@ impl Core {
     }
 
     /// Takes one input seen at `now`; returns what to do, in order.
-    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+    pub(crate) fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
         if let Some(by) = self.stopping {
             return self.while_stopping(input, by, now);
         }
@@ -166,7 +166,7 @@ impl Core {
     }
 
     /// When the next input is due without any event (`None`: only an event or a job wakes it).
-    pub fn next_wake(&self) -> Option<Instant> {
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
         if let Some(by) = self.stopping {
             return Some(by);
         }
@@ -354,7 +354,7 @@ impl Core {
         match item.decide(look, now, &self.timing) {
             Verdict::Gone => self.gone(path),
             Verdict::Ready => self.ready(path, now),
-            Verdict::Stalled(_) => {
+            Verdict::Stalled => {
                 tracing::warn!("the copy of {} has not progressed for a long time; still waiting", self.shown(&path));
                 vec![Action::Stalled(path)]
             }
@@ -362,7 +362,7 @@ impl Core {
                 tracing::debug!("{} has Finder's placeholder name: waiting for its real name", self.shown(&path));
                 Vec::new()
             }
-            Verdict::Wait(_) | Verdict::Idle => Vec::new(),
+            Verdict::Wait | Verdict::Idle => Vec::new(),
         }
     }
 

@@ -7,10 +7,10 @@
 //! it: it sleeps until an event, a job's result, a signal or the core's next due time (idle, it
 //! uses no CPU), hands each to the core, and carries out the actions the core returns.
 
-pub mod items;
-pub mod jobs;
-pub mod machine;
-pub mod report;
+pub(crate) mod items;
+pub(crate) mod jobs;
+pub(crate) mod machine;
+pub(crate) mod report;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -25,10 +25,11 @@ use self::items::{DropFolders, Look, Timing};
 use self::jobs::{Finished, Job};
 use self::machine::{Action, Core, FolderId, Input, Report, Scan};
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::fsutil;
 use crate::library::{Library, Options};
 
 /// What wakes the loop.
-pub enum Msg {
+pub(crate) enum Msg {
     Event(notify::Result<notify::Event>),
     Done(Finished),
     Stop,
@@ -38,19 +39,19 @@ pub enum Msg {
 /// copy's stream of write events costs one check per batch, not one per event.
 const BATCH: usize = 256;
 
-pub struct Settings {
-    pub settle: Duration,
+pub(crate) struct Settings {
+    pub(crate) settle: Duration,
     /// How long a failed item waits before it is tried again although nothing about it changed
     /// (its cause may lie elsewhere: a leaf of the same name deleted, space freed).
-    pub retry: Duration,
+    pub(crate) retry: Duration,
     /// The quiet period of an empty New Leaf request folder.
-    pub new_leaf_quiet: Duration,
-    pub notifications: bool,
-    pub opts: Options,
+    pub(crate) new_leaf_quiet: Duration,
+    pub(crate) notifications: bool,
+    pub(crate) opts: Options,
 }
 
 /// Runs the agent on `root` until SIGTERM or SIGINT.
-pub fn run(root: &Path, settings: Settings) -> Result<()> {
+pub(crate) fn run(root: &Path, settings: Settings) -> Result<()> {
     let lib = Library::open(root)?;
     let _instance = lib.try_lock("agent").map_err(|e| match e.kind {
         Kind::Busy => Error::refused(lib.root(), "another leafd agent is already watching this library")
@@ -201,7 +202,12 @@ impl Shell {
     /// base (the item is tried again when it changes).
     fn start(&mut self, job: Job) -> Option<Input> {
         self.threads.retain(|t| !t.is_finished());
-        match jobs::spawn(&self.lib, &self.opts, job.clone(), &self.tx) {
+        let tx = self.tx.clone();
+        let done = move |finished| {
+            // The loop is gone only when the agent has stopped.
+            let _ = tx.send(Msg::Done(finished));
+        };
+        match jobs::spawn(&self.lib, &self.opts, job.clone(), done) {
             Ok(thread) => {
                 self.threads.push(thread);
                 None
@@ -230,13 +236,15 @@ impl Shell {
         for name in bases.iter().flatten() {
             let _ = std::fs::create_dir_all(self.folders.new_leaf.join(name));
         }
-        let top = children(&self.folders.new_leaf);
+        // A folder that cannot be listed lists nothing: its items wait for the next scan.
+        let listed = |dir: &Path| fsutil::entries(dir).unwrap_or_default();
+        let top = listed(&self.folders.new_leaf);
         let base_dirs: Vec<PathBuf> = match &bases {
             Some(names) => names.iter().map(|n| self.folders.new_leaf.join(n)).collect(),
             None => top.iter().filter(|p| p.is_dir()).cloned().collect(),
         };
-        let mut entries = children(&self.folders.make_base);
-        entries.extend(base_dirs.iter().flat_map(|d| children(d)));
+        let mut entries = listed(&self.folders.make_base);
+        entries.extend(base_dirs.iter().flat_map(|d| listed(d)));
         entries.extend(top);
         Scan { bases, entries, folders: self.folders.dirs().map(folder_id) }
     }
@@ -303,9 +311,4 @@ fn input(msg: Msg) -> Input {
 fn folder_id(dir: &Path) -> Option<FolderId> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
-}
-
-/// Entries of a folder (empty when it cannot be read).
-fn children(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
 }

@@ -3,31 +3,29 @@
 
 use std::path::Path;
 
+use crate::child;
 use crate::error::Error;
-use crate::library::note_path;
+use crate::library::{failure_note, note_path};
 use crate::platform::{self, Tag};
 
 /// Marks `item` as failed: red tag, note beside it, notification (when `notify`).
-pub fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
+pub(crate) fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
     let name = item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let fix = err.fix.clone().unwrap_or_else(|| "see the log (`leafd log`) for details".into());
-    let note = format!(
-        "leafd could not {what} \"{name}\".\n\nWhat is wrong:\n  {}\n\nHow to fix it:\n  {fix}\n\n\
-         leafd tries again by itself as soon as \"{name}\" changes; this note and the red tag go away when it works.\n",
-        err.summary()
-    );
+    let note = failure_note(what, &name, &err.summary(), &fix);
     // Tagged first: once the note is there, so is the tag.
     if let Err(e) = crate::durable::set_tag(item, Tag::Failed, true) {
         tracing::debug!("cannot tag {}: {e}", item.display());
     }
     write_note(item, &note);
     if notify {
-        platform::notify_user("leafd", &format!("Could not {what} \"{name}\": {}", err.message));
+        // Best effort: never waited for, never failing the caller.
+        child::run_detached(platform::notification("leafd", &format!("Could not {what} \"{name}\": {}", err.message)));
     }
 }
 
 /// A copy into `Make Base/` marked in progress that has not moved for a long time.
-pub fn stalled(item: &Path) {
+pub(crate) fn stalled(item: &Path) {
     let name = item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     write_note(
         item,
@@ -46,7 +44,7 @@ fn write_note(item: &Path, text: &str) {
 }
 
 /// Removes leafd's note and red tag from `item` (which may be gone).
-pub fn clear(item: &Path) {
+pub(crate) fn clear(item: &Path) {
     let note = note_path(item);
     if note.exists()
         && let Err(e) = std::fs::remove_file(&note)
@@ -58,7 +56,7 @@ pub fn clear(item: &Path) {
 
 /// Removes the red tag alone, before an item is tried again: a tag would travel with a bundle
 /// into Bases, while the note beside it stays until the outcome is known.
-pub fn untag(item: &Path) {
+pub(crate) fn untag(item: &Path) {
     if item.exists() {
         let _ = crate::durable::set_tag(item, Tag::Failed, false);
     }

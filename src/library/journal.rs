@@ -19,23 +19,24 @@ use serde::{Deserialize, Serialize};
 use super::Library;
 use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::fsutil;
 
 /// The journal format this leafd writes.
-pub const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 2;
 /// The stamp file in every working folder an operation makes.
-pub const STAMP: &str = ".leafd-stamp";
+pub(crate) const STAMP: &str = ".leafd-stamp";
 const SUFFIX: &str = ".json";
 
 /// Which library a journal was written in: a copy has another inode, a move another path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LibraryId {
-    pub root: PathBuf,
-    pub dev: u64,
-    pub ino: u64,
+pub(crate) struct LibraryId {
+    pub(crate) root: PathBuf,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
 }
 
 impl LibraryId {
-    pub fn of(lib: &Library) -> Result<LibraryId> {
+    pub(crate) fn of(lib: &Library) -> Result<LibraryId> {
         let m = fs::metadata(lib.root()).at(lib.root(), "cannot stat the library")?;
         Ok(LibraryId { root: lib.root().to_path_buf(), dev: m.dev(), ino: m.ino() })
     }
@@ -45,42 +46,42 @@ impl LibraryId {
 /// is), absolute means outside it (acted on only in the library the journal was written in).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct LPath(PathBuf);
+pub(crate) struct LPath(PathBuf);
 
 impl LPath {
     /// `path` (absolute) as a plan records it for the library at `root`.
-    pub fn new(root: &Path, path: &Path) -> LPath {
+    pub(crate) fn new(root: &Path, path: &Path) -> LPath {
         match path.strip_prefix(root) {
             Ok(rel) if !rel.as_os_str().is_empty() => LPath(rel.to_path_buf()),
             _ => LPath(path.to_path_buf()),
         }
     }
 
-    pub fn is_outside(&self) -> bool {
+    pub(crate) fn is_outside(&self) -> bool {
         self.0.is_absolute()
     }
 
     /// The path as recorded (relative to the library's root when inside it).
-    pub fn as_path(&self) -> &Path {
+    pub(crate) fn as_path(&self) -> &Path {
         &self.0
     }
 }
 
 /// What recovery of one journal may act on.
-pub struct Ctx<'a> {
-    pub lib: &'a Library,
+pub(crate) struct Ctx<'a> {
+    pub(crate) lib: &'a Library,
     /// The journal's id (also in its working folders' names and stamps).
-    pub id: String,
+    pub(crate) id: String,
     /// The journal was written in this very library (not a copy, not moved).
-    pub same_library: bool,
+    pub(crate) same_library: bool,
     /// The journal's format: format 1 working folders carry no stamp.
-    pub format: u32,
+    pub(crate) format: u32,
 }
 
 impl Ctx<'_> {
     /// Where `p` is now; an error (the journal is kept) for a path outside a moved or copied
     /// library, or one that climbs out of the library.
-    pub fn path(&self, p: &LPath) -> Result<PathBuf> {
+    pub(crate) fn path(&self, p: &LPath) -> Result<PathBuf> {
         if p.is_outside() {
             if !self.same_library {
                 return Err(Error::refused(
@@ -100,7 +101,7 @@ impl Ctx<'_> {
 
     /// Checks that `p`, relative to a folder the operation works in (the library, a bundle),
     /// stays inside it: no `..`, no root, nothing but names.
-    pub fn inside(&self, p: &Path, why: &str) -> Result<()> {
+    pub(crate) fn inside(&self, p: &Path, why: &str) -> Result<()> {
         if p.as_os_str().is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
             return Err(Error::refused(p, why)
                 .fix(format!("the journal is not one leafd wrote; `leafd recover --discard {}`", self.id)));
@@ -109,7 +110,7 @@ impl Ctx<'_> {
     }
 
     /// Like [`Ctx::path`] for an optional path.
-    pub fn path_opt(&self, p: &Option<LPath>) -> Result<Option<PathBuf>> {
+    pub(crate) fn path_opt(&self, p: &Option<LPath>) -> Result<Option<PathBuf>> {
         p.as_ref().map(|p| self.path(p)).transpose()
     }
 }
@@ -123,37 +124,37 @@ struct Stamp {
 
 /// The name of operation `id`'s working folder of `kind` (`staging`, `flatten`, `promoted`,
 /// `removing`): `.leafd-<kind>-<id>`.
-pub fn work_name(kind: &str, id: &str) -> String {
+pub(crate) fn work_name(kind: &str, id: &str) -> String {
     format!(".leafd-{kind}-{id}")
 }
 
 /// Makes a working folder and stamps it with the operation's id.
-pub fn create_work_dir(dir: &Path, id: &str, kind: &str) -> Result<()> {
+pub(crate) fn create_work_dir(dir: &Path, id: &str, kind: &str) -> Result<()> {
     durable::create_dir(dir)?;
     stamp(dir, id, kind)
 }
 
 /// Stamps a folder (a user's folder about to be set aside) as operation `id`'s.
-pub fn stamp(dir: &Path, id: &str, kind: &str) -> Result<()> {
+pub(crate) fn stamp(dir: &Path, id: &str, kind: &str) -> Result<()> {
     let json = serde_json::to_vec(&Stamp { op: id.to_string(), kind: kind.to_string() })
         .map_err(|e| Error::new(Kind::Internal, dir.to_path_buf(), format!("cannot write a stamp: {e}")))?;
     durable::write_atomic(&dir.join(STAMP), &json)
 }
 
 /// Whether `dir` carries operation `id`'s stamp.
-pub fn stamped(dir: &Path, id: &str) -> bool {
+pub(crate) fn stamped(dir: &Path, id: &str) -> bool {
     fs::read(dir.join(STAMP)).ok().and_then(|b| serde_json::from_slice::<Stamp>(&b).ok()).is_some_and(|s| s.op == id)
 }
 
 /// Whether recovery of `ctx` may act on the working folder `dir`: it carries the operation's
 /// stamp (format 1 had none), or it is empty, so nothing in it can be anyone else's (a removal
 /// that took the stamp, last, and failed at the folder itself).
-pub fn ours(ctx: &Ctx, dir: &Path) -> bool {
-    ctx.format < FORMAT || stamped(dir, &ctx.id) || fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+pub(crate) fn ours(ctx: &Ctx, dir: &Path) -> bool {
+    ctx.format < FORMAT || stamped(dir, &ctx.id) || fsutil::is_empty_dir(dir)
 }
 
 /// Removes operation `id`'s stamp from `dir`, if it is there.
-pub fn unstamp(dir: &Path, id: &str) -> Result<()> {
+pub(crate) fn unstamp(dir: &Path, id: &str) -> Result<()> {
     if stamped(dir, id) {
         durable::remove_file(&dir.join(STAMP))?;
         durable::flush_path(dir, Flush::Order)?;
@@ -164,7 +165,7 @@ pub fn unstamp(dir: &Path, id: &str) -> Result<()> {
 /// Removes the working folder `dir` (a path the operation derives, never one read from its
 /// journal): only when it carries the operation's stamp (format 1 had none), or is empty.
 /// Anything else is kept, and the journal with it.
-pub fn remove_work_dir(ctx: &Ctx, dir: &Path) -> Result<()> {
+pub(crate) fn remove_work_dir(ctx: &Ctx, dir: &Path) -> Result<()> {
     if dir.symlink_metadata().is_err() {
         return Ok(());
     }
@@ -189,7 +190,7 @@ struct Envelope<P> {
 }
 
 /// An operation's plan on disk, locked by the running operation.
-pub struct Journal {
+pub(crate) struct Journal {
     path: PathBuf,
     _lock: File,
 }
@@ -197,7 +198,7 @@ pub struct Journal {
 impl Journal {
     /// Records `plan` (of operation kind `op`) durably, locked before it becomes visible, so
     /// recovery in another process never mistakes a starting operation for an abandoned one.
-    pub fn begin<P: Serialize>(lib: &Library, id: &str, op: &str, plan: &P) -> Result<Journal> {
+    pub(crate) fn begin<P: Serialize>(lib: &Library, id: &str, op: &str, plan: &P) -> Result<Journal> {
         let dir = lib.journal_dir();
         let path = dir.join(format!("{id}{SUFFIX}"));
         let tmp = dir.join(format!("{id}{SUFFIX}.tmp"));
@@ -223,7 +224,7 @@ impl Journal {
     }
 
     /// The operation is complete (or fully undone): forget it.
-    pub fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         remove(&self.path)
     }
 }
@@ -234,16 +235,16 @@ fn remove(path: &Path) -> Result<()> {
 }
 
 /// A journal whose operation's process is gone, claimed for recovery (its lock held).
-pub struct Claimed {
-    pub id: String,
-    pub path: PathBuf,
+pub(crate) struct Claimed {
+    pub(crate) id: String,
+    pub(crate) path: PathBuf,
     _lock: File,
 }
 
 impl Claimed {
     /// Reads the journal: its operation kind, its plan as JSON, and what recovery may act on.
     /// Format 1 journals (no `format` key) come back as format 1 with the whole file as plan.
-    pub fn read<'a>(&self, lib: &'a Library) -> Result<(String, serde_json::Value, Ctx<'a>)> {
+    pub(crate) fn read<'a>(&self, lib: &'a Library) -> Result<(String, serde_json::Value, Ctx<'a>)> {
         let value = read_json(&self.path)?;
         let damaged = |why: &str| {
             Error::format(&self.path, format!("journal is damaged: {why}"))
@@ -269,7 +270,7 @@ impl Claimed {
     }
 
     /// The journal is dealt with: forget it.
-    pub fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         remove(&self.path)
     }
 }
@@ -283,17 +284,16 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Parses a plan of type `P` from its JSON.
-pub fn plan<P: DeserializeOwned>(value: serde_json::Value, path_hint: &Path) -> Result<P> {
+pub(crate) fn plan<P: DeserializeOwned>(value: serde_json::Value, path_hint: &Path) -> Result<P> {
     serde_json::from_value(value).map_err(|e| Error::format(path_hint, format!("journal is damaged: {e}")))
 }
 
 /// The ids of journals in `lib` and whether their operation is still running elsewhere.
-pub fn list(lib: &Library) -> Result<Vec<(String, PathBuf, bool)>> {
+pub(crate) fn list(lib: &Library) -> Result<Vec<(String, PathBuf, bool)>> {
     let dir = lib.journal_dir();
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
-    for e in rd {
-        let path = e.at(&dir, "cannot list journals")?.path();
+    let Ok(paths) = fsutil::entries(&dir) else { return Ok(out) };
+    for path in paths {
         let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(SUFFIX)) else {
             continue;
         };
@@ -306,12 +306,10 @@ pub fn list(lib: &Library) -> Result<Vec<(String, PathBuf, bool)>> {
 
 /// Claims every journal whose process is gone. Plans killed before they were published (the
 /// `.tmp` of [`Journal::begin`]) had changed nothing and are removed.
-pub fn claim(lib: &Library) -> Result<Vec<Claimed>> {
+pub(crate) fn claim(lib: &Library) -> Result<Vec<Claimed>> {
     let dir = lib.journal_dir();
     let _scan = lib.lock("journal")?;
-    let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
-    let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
+    let Ok(paths) = fsutil::entries(&dir) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for path in paths {
         let Ok(file) = File::open(&path) else { continue };
@@ -331,12 +329,12 @@ pub fn claim(lib: &Library) -> Result<Vec<Claimed>> {
 }
 
 /// One journal, claimed if its process is gone (`None` while it runs or when there is none).
-pub fn claim_one(lib: &Library, id: &str) -> Result<Option<Claimed>> {
+pub(crate) fn claim_one(lib: &Library, id: &str) -> Result<Option<Claimed>> {
     Ok(claim(lib)?.into_iter().find(|c| c.id == id))
 }
 
 /// The journal of `id` as text, for a person.
-pub fn show(lib: &Library, id: &str) -> Result<String> {
+pub(crate) fn show(lib: &Library, id: &str) -> Result<String> {
     let path = lib.journal_dir().join(format!("{id}{SUFFIX}"));
     fs::read_to_string(&path).map_err(|e| {
         Error::io(&path, "no such interrupted operation", e).fix("`leafd recover --list` shows the ones there are")
@@ -344,6 +342,6 @@ pub fn show(lib: &Library, id: &str) -> Result<String> {
 }
 
 /// Operations interrupted and not yet finished or undone (those still running do not count).
-pub fn pending(lib: &Library) -> usize {
+pub(crate) fn pending(lib: &Library) -> usize {
     list(lib).map(|l| l.iter().filter(|(.., running)| !running).count()).unwrap_or(0)
 }

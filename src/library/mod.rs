@@ -13,18 +13,10 @@
 //! [`journal`] for how an interrupted one is finished or undone, and [`records`] for the lineage
 //! records kept in every base store and leaf.
 
-pub mod common;
-pub mod forget;
-pub mod journal;
-pub mod make_base;
-pub mod new_leaf;
-pub mod promote;
-pub mod records;
-pub mod recovery;
-pub mod relink;
-pub mod remove_base;
-pub mod status;
-pub mod verify;
+pub(crate) mod journal;
+pub(crate) mod ops;
+pub(crate) mod records;
+pub(crate) mod recovery;
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
@@ -37,29 +29,61 @@ use unicode_normalization::UnicodeNormalization;
 use self::records::{BaseRecord, DiskRecord, LeafRecord, LeafRef, Listed};
 use crate::durable;
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::fsutil::Cancel;
+use crate::fsutil::{self, Cancel};
 
-pub const MAKE_BASE: &str = "Make Base";
-pub const NEW_LEAF: &str = "New Leaf";
-pub const BASES: &str = "Bases";
-pub const STATE: &str = ".leafd";
+pub(crate) const MAKE_BASE: &str = "Make Base";
+pub(crate) const NEW_LEAF: &str = "New Leaf";
+pub(crate) const BASES: &str = "Bases";
+pub(crate) const STATE: &str = ".leafd";
 /// Suffix of a base's `.vmx`: Fusion opens `.vmx` files, not `.vmx.base` ones.
-pub const BASE_VMX_SUFFIX: &str = ".base";
-pub const BUNDLE_EXT: &str = "vmwarevm";
+pub(crate) const BASE_VMX_SUFFIX: &str = ".base";
+pub(crate) const BUNDLE_EXT: &str = "vmwarevm";
 /// Ends the name of the note leafd leaves beside a drop it could not act on.
-pub const NOTE_SUFFIX: &str = " - leafd error.txt";
+pub(crate) const NOTE_SUFFIX: &str = " - leafd error.txt";
 
 /// The note file beside a drop item.
-pub fn note_path(item: &Path) -> PathBuf {
+pub(crate) fn note_path(item: &Path) -> PathBuf {
     let name = item.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     item.with_file_name(format!("{name}{NOTE_SUFFIX}"))
 }
 
+/// Where a failure note says what is wrong: the line after this one.
+const NOTE_WRONG: &str = "What is wrong:";
+
+/// The note beside the drop item `name` that leafd could not `what` ("make a base from"): what
+/// is wrong, and how to fix it.
+pub(crate) fn failure_note(what: &str, name: &str, wrong: &str, fix: &str) -> String {
+    format!(
+        "leafd could not {what} \"{name}\".\n\n{NOTE_WRONG}\n  {wrong}\n\nHow to fix it:\n  {fix}\n\n\
+         leafd tries again by itself as soon as \"{name}\" changes; this note and the red tag go away when it works.\n"
+    )
+}
+
+/// What a note says is wrong: the reason of a [`failure_note`], else its first line.
+pub(crate) fn note_reason(note: &str) -> &str {
+    let first = note.lines().next().unwrap_or_default();
+    note.lines().skip_while(|l| l.trim() != NOTE_WRONG).nth(1).map_or(first, str::trim)
+}
+
+/// Names leafd never takes for drops: hidden files (Finder's `.DS_Store`), and its own notes.
+pub(crate) fn ignored_name(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(NOTE_SUFFIX)
+}
+
+/// A bundle's name without `.vmwarevm` ("Web.vmwarevm" is "Web"): the name of the base or leaf
+/// it stands for.
+pub(crate) fn bundle_stem(name: &str) -> &str {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) && !stem.is_empty() => stem,
+        _ => name,
+    }
+}
+
 /// Who takes a leaf's snapshot. The default, for the command line, the agent and the library
 /// alike, is `Auto`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SnapshotBackend {
+pub(crate) enum SnapshotBackend {
     /// VMware's `vmrun` when it is installed, else (or when it fails) leafd's own writer.
     #[default]
     Auto,
@@ -71,23 +95,23 @@ pub enum SnapshotBackend {
 
 /// Settings the operations follow.
 #[derive(Clone)]
-pub struct Options {
-    pub path_style: PathStyle,
-    pub snapshot: SnapshotBackend,
+pub(crate) struct Options {
+    pub(crate) path_style: PathStyle,
+    pub(crate) snapshot: SnapshotBackend,
     /// `vmrun` to use; found in the usual places when `None`.
-    pub vmrun: Option<PathBuf>,
+    pub(crate) vmrun: Option<PathBuf>,
     /// Set when leafd is stopping: long copies stop and roll back.
-    pub cancel: Arc<Cancel>,
+    pub(crate) cancel: Arc<Cancel>,
 }
 
 impl Options {
     /// The file system the formats crate works through for these operations.
-    pub fn env(&self) -> Arc<dyn leafd_formats::Env> {
+    pub(crate) fn env(&self) -> Arc<dyn leafd_formats::Env> {
         crate::formats_env::LeafdEnv::shared(self.cancel.clone())
     }
 
     /// The same, opening files only beneath `folders` (a dropped bundle is read through this).
-    pub fn env_beneath(&self, folders: &[PathBuf]) -> Result<Arc<dyn leafd_formats::Env>> {
+    pub(crate) fn env_beneath(&self, folders: &[PathBuf]) -> Result<Arc<dyn leafd_formats::Env>> {
         crate::formats_env::LeafdEnv::beneath(self.cancel.clone(), folders)
             .at(folders.first().map_or(Path::new("."), PathBuf::as_path), "cannot open the folder")
     }
@@ -106,31 +130,31 @@ impl Default for Options {
 
 /// An open library.
 #[derive(Debug, Clone)]
-pub struct Library {
+pub(crate) struct Library {
     root: PathBuf,
 }
 
 /// A base store with its record.
 #[derive(Debug, Clone)]
-pub struct Base {
-    pub dir: PathBuf,
-    pub record: BaseRecord,
+pub(crate) struct Base {
+    pub(crate) dir: PathBuf,
+    pub(crate) record: BaseRecord,
 }
 
 /// A leaf bundle with its record.
 #[derive(Debug, Clone)]
-pub struct Leaf {
-    pub dir: PathBuf,
-    pub record: LeafRecord,
+pub(crate) struct Leaf {
+    pub(crate) dir: PathBuf,
+    pub(crate) record: LeafRecord,
 }
 
 impl Leaf {
-    pub fn vmx_path(&self) -> PathBuf {
+    pub(crate) fn vmx_path(&self) -> PathBuf {
         self.dir.join(&self.record.vmx)
     }
 
     /// This leaf's entry in its base's list.
-    pub fn listing(&self) -> LeafRef {
+    pub(crate) fn listing(&self) -> LeafRef {
         LeafRef {
             format: records::FORMAT,
             id: self.record.id.clone(),
@@ -142,13 +166,13 @@ impl Leaf {
 }
 
 /// Compares names the way a person reads them: `é` typed either way is the same letter.
-pub fn same_name(a: &str, b: &str) -> bool {
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
     a == b || a.nfc().eq(b.nfc())
 }
 
 /// Checks that `name` can be a file name everywhere leafd puts it (`<name>.vmwarevm` too). A
 /// base's name also goes into its leaves' disk descriptors, which cannot hold a double quote.
-pub fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
+pub(crate) fn validate_name(name: &str, what: &str, path: &Path) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::refused(path, format!("{what} name {name:?} {why}"))
             .fix("rename it to a plain name such as \"Web Server\""))
@@ -189,8 +213,7 @@ fn private_dir(dir: &Path) -> Result<()> {
                 durable::flush_path(dir, durable::Flush::Order)?;
             }
             // Files made here under the user's umask (the locks and journals of an older leafd).
-            for e in fs::read_dir(dir).at(dir, "cannot list")? {
-                let p = e.at(dir, "cannot list")?.path();
+            for p in fsutil::entries(dir)? {
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o777 != 0o600) {
                     durable::set_mode(&p, 0o600)?;
                 }
@@ -208,7 +231,7 @@ fn private_dir(dir: &Path) -> Result<()> {
 
 impl Library {
     /// Opens the library at `root`, creating it and its folders if needed.
-    pub fn open(root: &Path) -> Result<Library> {
+    pub(crate) fn open(root: &Path) -> Result<Library> {
         if root.symlink_metadata().is_ok_and(|m| !m.is_dir()) && !root.is_dir() {
             return Err(Error::refused(root, "is not a folder").fix("give --root the library's folder"));
         }
@@ -225,7 +248,7 @@ impl Library {
     }
 
     /// Opens an existing library without creating anything (for read-only commands).
-    pub fn open_existing(root: &Path) -> Result<Library> {
+    pub(crate) fn open_existing(root: &Path) -> Result<Library> {
         let root = root.canonicalize().map_err(|e| {
             Error::io(root, "no library here", e)
                 .fix("check --root, or make one by running `leafd agent` or `leafd make-base`")
@@ -238,62 +261,68 @@ impl Library {
 
     /// Writes the record files of bases and leaves that have only the attributes an older leafd
     /// wrote (docs/records.md). Run before a command changes the library.
-    pub fn migrate(&self) -> Result<()> {
+    pub(crate) fn migrate(&self) -> Result<()> {
         for (dir, _) in self.stores()? {
             records::migrate_store(&dir)?;
         }
-        for dir in bundles(&self.root)? {
+        for dir in self.bundles()? {
             records::migrate_leaf(&dir)?;
         }
         Ok(())
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn make_base_dir(&self) -> PathBuf {
+    pub(crate) fn make_base_dir(&self) -> PathBuf {
         self.root.join(MAKE_BASE)
     }
 
-    pub fn new_leaf_dir(&self) -> PathBuf {
+    pub(crate) fn new_leaf_dir(&self) -> PathBuf {
         self.root.join(NEW_LEAF)
     }
 
-    pub fn bases_dir(&self) -> PathBuf {
+    pub(crate) fn bases_dir(&self) -> PathBuf {
         self.root.join(BASES)
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.root.join(STATE)
     }
 
-    pub fn journal_dir(&self) -> PathBuf {
+    pub(crate) fn journal_dir(&self) -> PathBuf {
         self.state_dir().join("journal")
     }
 
-    pub fn locks_dir(&self) -> PathBuf {
+    pub(crate) fn locks_dir(&self) -> PathBuf {
         self.state_dir().join("locks")
     }
 
+    /// The `.vmwarevm` folders directly in the library.
+    pub(crate) fn bundles(&self) -> Result<Vec<PathBuf>> {
+        let mut out = fsutil::entries(&self.root)?;
+        out.retain(|p| p.extension().is_some_and(|x| x == BUNDLE_EXT) && p.is_dir());
+        Ok(out)
+    }
+
     /// Where the leaf named `name` lives.
-    pub fn leaf_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn leaf_path(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.{BUNDLE_EXT}"))
     }
 
     /// `path` shown relative to the root when inside it (as the log shows places).
-    pub fn display(&self, path: &Path) -> String {
+    pub(crate) fn display(&self, path: &Path) -> String {
         path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
     }
 
     /// Every folder in `Bases/` (hidden ones aside) with its record: `None` when it has none,
     /// an error when it cannot be read.
-    pub fn stores(&self) -> Result<Vec<(PathBuf, Result<Option<BaseRecord>>)>> {
+    pub(crate) fn stores(&self) -> Result<Vec<(PathBuf, Result<Option<BaseRecord>>)>> {
         let dir = self.bases_dir();
-        let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
+        let Ok(paths) = fsutil::entries(&dir) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for e in rd {
-            let p = e.at(&dir, "cannot list bases")?.path();
+        for p in paths {
             if p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.')) || !p.is_dir() {
                 continue;
             }
@@ -305,7 +334,7 @@ impl Library {
     }
 
     /// Every base store with a readable record, sorted by name.
-    pub fn bases(&self) -> Result<Vec<Base>> {
+    pub(crate) fn bases(&self) -> Result<Vec<Base>> {
         let mut out: Vec<Base> = self
             .stores()?
             .into_iter()
@@ -317,7 +346,7 @@ impl Library {
 
     /// The base named `name`, or a refusal that says why: its record is damaged, or there is no
     /// such base (listing the bases there are).
-    pub fn base(&self, name: &str) -> Result<Base> {
+    pub(crate) fn base(&self, name: &str) -> Result<Base> {
         let stores = self.stores()?;
         let mut known = Vec::new();
         for (dir, record) in stores {
@@ -339,7 +368,7 @@ impl Library {
 
     /// Every leaf: the bundles in the root, and those wherever a base's list says a leaf lives
     /// (a leaf relinked from another folder, or from a folder inside the library), sorted by name.
-    pub fn leaves(&self) -> Result<Vec<Leaf>> {
+    pub(crate) fn leaves(&self) -> Result<Vec<Leaf>> {
         let mut out = Vec::new();
         let add = |dir: PathBuf, out: &mut Vec<Leaf>| {
             if out.iter().any(|l: &Leaf| l.dir == dir) {
@@ -349,7 +378,7 @@ impl Library {
                 out.push(Leaf { dir, record });
             }
         };
-        for dir in bundles(&self.root)? {
+        for dir in self.bundles()? {
             add(dir, &mut out);
         }
         for base in self.bases()? {
@@ -370,13 +399,13 @@ impl Library {
     }
 
     /// The leaf with record id `id`, wherever the library finds leaves.
-    pub fn leaf_with_id(&self, id: &str) -> Result<Option<Leaf>> {
+    pub(crate) fn leaf_with_id(&self, id: &str) -> Result<Option<Leaf>> {
         Ok(self.leaves()?.into_iter().find(|l| l.record.id == id))
     }
 
     /// Refuses to take leaf `id` off a base's list while a leaf with that id exists (other than
     /// at `but`): deleting or hand-editing a journal must never be a way to lose a base.
-    pub fn refuse_if_leaf_exists(&self, id: &str, but: Option<&Path>, journal: &str) -> Result<()> {
+    pub(crate) fn refuse_if_leaf_exists(&self, id: &str, but: Option<&Path>, journal: &str) -> Result<()> {
         match self.leaf_with_id(id)? {
             Some(l) if Some(l.dir.as_path()) != but => Err(Error::refused(
                 &l.dir,
@@ -389,16 +418,14 @@ impl Library {
 
     /// The leaf `arg` names: a path to its bundle, or the name of a leaf (found wherever its
     /// record says it lives, inside the library or not).
-    pub fn find_leaf(&self, arg: &Path) -> Result<Leaf> {
+    pub(crate) fn find_leaf(&self, arg: &Path) -> Result<Leaf> {
         let name = arg.to_string_lossy();
         let dir = if arg.is_dir() {
             arg.to_path_buf()
-        } else if let Some(l) =
-            self.leaves()?.into_iter().find(|l| same_name(&l.record.name, common::bundle_stem(&name)))
-        {
+        } else if let Some(l) = self.leaves()?.into_iter().find(|l| same_name(&l.record.name, bundle_stem(&name))) {
             return Ok(l);
         } else {
-            self.leaf_path(common::bundle_stem(&name))
+            self.leaf_path(bundle_stem(&name))
         };
         let dir = dir.canonicalize().map_err(|e| {
             Error::io(&dir, "no leaf here", e).fix("give the leaf's path, or the name of a leaf in the library")
@@ -415,7 +442,7 @@ impl Library {
     }
 
     /// Takes the lock named `name` (waiting for it); held until the file is dropped.
-    pub fn lock(&self, name: &str) -> Result<File> {
+    pub(crate) fn lock(&self, name: &str) -> Result<File> {
         let path = self.lock_path(name);
         let f = durable::lock_file(&path)?;
         f.lock().at(&path, "cannot take lock")?;
@@ -423,12 +450,12 @@ impl Library {
     }
 
     /// Takes the lock that serializes changes to base `id`: its records and its list of leaves.
-    pub fn lock_base(&self, id: &str) -> Result<File> {
+    pub(crate) fn lock_base(&self, id: &str) -> Result<File> {
         self.lock(&format!("base-{id}"))
     }
 
     /// Takes the lock named `name` if free; `Busy` when another process holds it.
-    pub fn try_lock(&self, name: &str) -> Result<File> {
+    pub(crate) fn try_lock(&self, name: &str) -> Result<File> {
         let path = self.lock_path(name);
         let f = durable::lock_file(&path)?;
         match f.try_lock() {
@@ -439,19 +466,6 @@ impl Library {
     }
 }
 
-/// The `.vmwarevm` folders directly in `dir`.
-fn bundles(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).at(dir, "cannot list the library")? {
-        let p = e.at(dir, "cannot list the library")?.path();
-        if p.extension().is_some_and(|x| x == BUNDLE_EXT) && p.is_dir() {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Whether the folder `dir` holds the base with id `id` (its record says so).
 pub(crate) fn base_at(dir: &Path, id: &str) -> Result<bool> {
     Ok(records::read_base(dir)?.is_some_and(|r| r.id == id))
@@ -460,7 +474,7 @@ pub(crate) fn base_at(dir: &Path, id: &str) -> Result<bool> {
 impl Base {
     /// Takes this base's lock, then checks that its folder still holds this base: while waiting,
     /// it may have been removed, and another base may have taken its name.
-    pub fn lock(&self, lib: &Library) -> Result<File> {
+    pub(crate) fn lock(&self, lib: &Library) -> Result<File> {
         let lock = lib.lock_base(&self.record.id)?;
         if !base_at(&self.dir, &self.record.id)? {
             return Err(Error::new(Kind::Busy, self.dir.clone(), "the base changed while waiting for it (removed?)"));
@@ -468,21 +482,21 @@ impl Base {
         Ok(lock)
     }
 
-    pub fn descriptor_path(&self, disk: &DiskRecord) -> PathBuf {
+    pub(crate) fn descriptor_path(&self, disk: &DiskRecord) -> PathBuf {
         self.dir.join(&disk.descriptor)
     }
 
-    pub fn vmx_path(&self) -> PathBuf {
+    pub(crate) fn vmx_path(&self) -> PathBuf {
         self.dir.join(&self.record.vmx)
     }
 
     /// The leaves recorded as made from this base (and markers whose record is damaged).
-    pub fn leaf_refs(&self) -> Result<Vec<Listed>> {
+    pub(crate) fn leaf_refs(&self) -> Result<Vec<Listed>> {
         records::leaf_refs(&self.dir)
     }
 
     /// The readable entries of this base's list of leaves.
-    pub fn leaves_listed(&self) -> Result<Vec<LeafRef>> {
+    pub(crate) fn leaves_listed(&self) -> Result<Vec<LeafRef>> {
         Ok(self
             .leaf_refs()?
             .into_iter()

@@ -15,17 +15,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use rustix::io::Errno;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
 use crate::platform::xattr_name;
 
 /// The record format this leafd writes.
-pub const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 2;
 /// The folder holding a store's or a leaf's records.
-pub const DIR: &str = ".leafd";
+pub(crate) const DIR: &str = ".leafd";
 const BASE_FILE: &str = "base.json";
 const LEAF_FILE: &str = "leaf.json";
 const LEAVES: &str = "leaves";
@@ -43,10 +45,6 @@ fn format2() -> u32 {
 /// Bytes in JSON: a string when they are UTF-8 (every record written so far), else an array of
 /// numbers, so that no file name is lost whatever its bytes.
 pub mod text_or_bytes {
-    use std::ffi::OsString;
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    use std::path::PathBuf;
-
     use serde::{Deserialize, Deserializer, Serializer};
 
     #[derive(Deserialize)]
@@ -72,106 +70,112 @@ pub mod text_or_bytes {
 
     /// The same for a path.
     pub mod path {
-        use super::*;
+        use std::ffi::OsString;
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        use std::path::PathBuf;
+
+        use serde::{Deserializer, Serializer};
+
+        use crate::library::records::text_or_bytes;
 
         pub fn serialize<S: Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
-            super::serialize(p.as_os_str().as_bytes(), s)
+            text_or_bytes::serialize(p.as_os_str().as_bytes(), s)
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-            super::deserialize(d).map(|b| PathBuf::from(OsString::from_vec(b)))
+            text_or_bytes::deserialize(d).map(|b| PathBuf::from(OsString::from_vec(b)))
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BaseRecord {
+pub(crate) struct BaseRecord {
     #[serde(default = "format2")]
-    pub format: u32,
-    pub id: String,
-    pub name: String,
+    pub(crate) format: u32,
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// Where the VM bundle was before it became the base.
-    pub source: String,
+    pub(crate) source: String,
     /// RFC 3339.
-    pub created: String,
+    pub(crate) created: String,
     /// The base's `.vmx`, renamed so VMware does not open it.
-    pub vmx: String,
-    pub disks: Vec<DiskRecord>,
+    pub(crate) vmx: String,
+    pub(crate) disks: Vec<DiskRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskRecord {
+pub(crate) struct DiskRecord {
     /// Device node in the `.vmx` (`scsi0:0`).
-    pub node: String,
+    pub(crate) node: String,
     /// The disk's `.vmdk`, relative to the base store.
-    pub descriptor: String,
+    pub(crate) descriptor: String,
     /// 8 hex digits, exactly as in the descriptor.
-    pub cid: String,
+    pub(crate) cid: String,
     /// Sectors.
-    pub capacity: u64,
-    pub create_type: String,
+    pub(crate) capacity: u64,
+    pub(crate) create_type: String,
     /// The disk's file-backed extents (`ZERO` extents have no file).
-    pub extents: Vec<ExtentRecord>,
+    pub(crate) extents: Vec<ExtentRecord>,
     /// Content fingerprint of the extents ([`crate::fsutil::fingerprint`]); `None` until computed.
-    pub fingerprint: Option<String>,
+    pub(crate) fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExtentRecord {
+pub(crate) struct ExtentRecord {
     /// Place among the disk's extents, `ZERO` ones included.
-    pub index: usize,
+    pub(crate) index: usize,
     /// The extent file, relative to the base store: its name's bytes, which need not be UTF-8
     /// (a descriptor in a legacy code page names its extents in it).
     #[serde(with = "text_or_bytes::path")]
-    pub file: PathBuf,
-    pub sectors: u64,
+    pub(crate) file: PathBuf,
+    pub(crate) sectors: u64,
     /// File size in bytes when the base was made: a shorter file was truncated.
-    pub size: u64,
+    pub(crate) size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeafRef {
+pub(crate) struct LeafRef {
     #[serde(default = "format2")]
-    pub format: u32,
-    pub id: String,
-    pub name: String,
+    pub(crate) format: u32,
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// The leaf bundle's path when it was made or last relinked.
-    pub path: String,
-    pub created: String,
+    pub(crate) path: String,
+    pub(crate) created: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeafRecord {
+pub(crate) struct LeafRecord {
     #[serde(default = "format2")]
-    pub format: u32,
-    pub id: String,
-    pub base_id: String,
-    pub base_name: String,
-    pub name: String,
-    pub path: String,
+    pub(crate) format: u32,
+    pub(crate) id: String,
+    pub(crate) base_id: String,
+    pub(crate) base_name: String,
+    pub(crate) name: String,
+    pub(crate) path: String,
     /// The leaf's `.vmx`, relative to the bundle.
-    pub vmx: String,
-    pub created: String,
+    pub(crate) vmx: String,
+    pub(crate) created: String,
     /// `native` or `vmrun`: who took the snapshot.
-    pub snapshot: String,
-    pub disks: Vec<LeafDisk>,
+    pub(crate) snapshot: String,
+    pub(crate) disks: Vec<LeafDisk>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeafDisk {
-    pub node: String,
+pub(crate) struct LeafDisk {
+    pub(crate) node: String,
     /// The leaf's copy of the base descriptor, relative to the leaf bundle.
-    pub parent_copy: String,
+    pub(crate) parent_copy: String,
     /// The leaf's own delta, relative to the leaf bundle.
-    pub delta: String,
-    pub parent_cid: String,
+    pub(crate) delta: String,
+    pub(crate) parent_cid: String,
 }
 
-pub fn base_file(store: &Path) -> PathBuf {
+pub(crate) fn base_file(store: &Path) -> PathBuf {
     store.join(DIR).join(BASE_FILE)
 }
 
-pub fn leaf_file(bundle: &Path) -> PathBuf {
+pub(crate) fn leaf_file(bundle: &Path) -> PathBuf {
     bundle.join(DIR).join(LEAF_FILE)
 }
 
@@ -282,7 +286,7 @@ fn write_record<T: Serialize>(file: &Path, dir: &Path, attr_name: Option<&str>, 
 }
 
 /// The record of the base store `store`: its file, else its mirror, else format 1's attributes.
-pub fn read_base(store: &Path) -> Result<Option<BaseRecord>> {
+pub(crate) fn read_base(store: &Path) -> Result<Option<BaseRecord>> {
     let file = base_file(store);
     if let Some(r) = read_file(&file, "base")? {
         return Ok(Some(r));
@@ -295,7 +299,7 @@ pub fn read_base(store: &Path) -> Result<Option<BaseRecord>> {
 }
 
 /// The mirror of a store's record (format 2), to restore a damaged file from.
-pub fn read_base_mirror(store: &Path) -> Option<BaseRecord> {
+pub(crate) fn read_base_mirror(store: &Path) -> Option<BaseRecord> {
     let raw = attr(store, BASE_ATTR)?;
     has_format(&raw).then(|| parse::<BaseRecord>(&raw, store, "base").ok()).flatten()
 }
@@ -306,19 +310,19 @@ fn has_format(raw: &[u8]) -> bool {
 }
 
 /// Writes the base record into `store` (and its mirror).
-pub fn write_base(store: &Path, record: &BaseRecord) -> Result<()> {
+pub(crate) fn write_base(store: &Path, record: &BaseRecord) -> Result<()> {
     write_record(&base_file(store), store, Some(BASE_ATTR), record)
 }
 
 /// Removes the base record from `store` (an undone Make Base), and its folder once empty.
-pub fn remove_base(store: &Path) -> Result<()> {
+pub(crate) fn remove_base(store: &Path) -> Result<()> {
     remove_record(store, &base_file(store), BASE_ATTR)
 }
 
 fn remove_record(dir: &Path, file: &Path, attr_name: &str) -> Result<()> {
     durable::remove_file(file)?;
     let records = dir.join(DIR);
-    if fs::read_dir(&records).is_ok_and(|mut d| d.next().is_none()) {
+    if fsutil::is_empty_dir(&records) {
         durable::remove_dir(&records)?;
     } else if records.is_dir() {
         // The file's removal, from the folder that stays (a base's other records).
@@ -329,7 +333,7 @@ fn remove_record(dir: &Path, file: &Path, attr_name: &str) -> Result<()> {
 }
 
 /// The record of the leaf bundle `bundle`: its file, else its mirror (either format).
-pub fn read_leaf(bundle: &Path) -> Result<Option<LeafRecord>> {
+pub(crate) fn read_leaf(bundle: &Path) -> Result<Option<LeafRecord>> {
     if let Some(r) = read_file(&leaf_file(bundle), "leaf")? {
         return Ok(Some(r));
     }
@@ -342,18 +346,18 @@ pub fn read_leaf(bundle: &Path) -> Result<Option<LeafRecord>> {
 }
 
 /// Writes the leaf record into `bundle` (and its mirror).
-pub fn write_leaf(bundle: &Path, record: &LeafRecord) -> Result<()> {
+pub(crate) fn write_leaf(bundle: &Path, record: &LeafRecord) -> Result<()> {
     write_record(&leaf_file(bundle), bundle, Some(LEAF_ATTR), record)
 }
 
 /// Removes the leaf record of `bundle` (it became a base, or a standalone VM).
-pub fn remove_leaf(bundle: &Path) -> Result<()> {
+pub(crate) fn remove_leaf(bundle: &Path) -> Result<()> {
     remove_record(bundle, &leaf_file(bundle), LEAF_ATTR)
 }
 
 /// The volume keeps no extended attributes (`ENOTSUP`; macOS also says `EOPNOTSUPP`).
 fn unsupported(e: &std::io::Error) -> bool {
-    e.raw_os_error().is_some_and(|c| c == libc::ENOTSUP || c == libc::EOPNOTSUPP)
+    Errno::from_io_error(e).is_some_and(|n| n == Errno::NOTSUP || n == Errno::OPNOTSUPP)
 }
 
 fn ignore_unsupported(e: std::io::Error) -> std::io::Result<()> {
@@ -362,14 +366,14 @@ fn ignore_unsupported(e: std::io::Error) -> std::io::Result<()> {
 
 /// A leaf's entry in the list of its base: readable, or damaged (kept, never deleted for it).
 #[derive(Debug, Clone)]
-pub enum Listed {
+pub(crate) enum Listed {
     Leaf(LeafRef),
     /// The marker whose record cannot be read, and why.
     Damaged(PathBuf, String),
 }
 
 /// The leaves the base in `store` lists, in either format.
-pub fn leaf_refs(store: &Path) -> Result<Vec<Listed>> {
+pub(crate) fn leaf_refs(store: &Path) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     let dir = leaves_dir(store);
     for p in list(&dir)? {
@@ -410,15 +414,10 @@ fn listed_key(l: &Listed) -> &str {
 
 /// Entries of `dir`, sorted; none when it does not exist.
 fn list(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(dir, "cannot list", e)),
-    };
-    let mut out: Vec<PathBuf> =
-        rd.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().at(dir, "cannot list")?;
-    out.sort();
-    Ok(out)
+    match fsutil::entries(dir) {
+        Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => Ok(Vec::new()),
+        r => r,
+    }
 }
 
 /// A leaf id names a file in a base's list: it must be a plain name (ids come from records and
@@ -433,13 +432,13 @@ fn check_leaf_id(store: &Path, id: &str) -> Result<()> {
 }
 
 /// Records `leaf` in the list of the base in `store` (the caller holds the base's lock).
-pub fn link_leaf(store: &Path, leaf: &LeafRef) -> Result<()> {
+pub(crate) fn link_leaf(store: &Path, leaf: &LeafRef) -> Result<()> {
     check_leaf_id(store, &leaf.id)?;
     write_record(&leaf_ref_file(store, &leaf.id), store, None, leaf)
 }
 
 /// Removes leaf `id` from the list of the base in `store` (the caller holds the base's lock).
-pub fn unlink_leaf(store: &Path, id: &str) -> Result<()> {
+pub(crate) fn unlink_leaf(store: &Path, id: &str) -> Result<()> {
     check_leaf_id(store, id)?;
     let file = leaf_ref_file(store, id);
     let v1 = store.join(V1_LEAVES_DIR).join(id);
@@ -454,7 +453,7 @@ pub fn unlink_leaf(store: &Path, id: &str) -> Result<()> {
 
 /// Writes the files of a store's records found only in format 1's attributes, and moves its
 /// old leaf markers into the new list. Idempotent; nothing is lost if it is interrupted.
-pub fn migrate_store(store: &Path) -> Result<()> {
+pub(crate) fn migrate_store(store: &Path) -> Result<()> {
     if base_file(store).symlink_metadata().is_err()
         && let Some(record) = read_base(store)?
     {
@@ -485,7 +484,7 @@ pub fn migrate_store(store: &Path) -> Result<()> {
 }
 
 /// Writes the record file of a leaf found only in an attribute. Idempotent.
-pub fn migrate_leaf(bundle: &Path) -> Result<()> {
+pub(crate) fn migrate_leaf(bundle: &Path) -> Result<()> {
     if leaf_file(bundle).symlink_metadata().is_err()
         && let Some(record) = read_leaf(bundle)?
     {
@@ -494,9 +493,10 @@ pub fn migrate_leaf(bundle: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Format 1's base record: extents were counted here and recorded on each extent file.
+/// Format 1's base record (in its store's attribute, and in format 1 journals): extents were
+/// counted apart and recorded on each extent file.
 #[derive(Deserialize)]
-struct V1Base {
+pub(crate) struct V1Base {
     id: String,
     name: String,
     source: String,
@@ -513,6 +513,34 @@ struct V1Disk {
     capacity: u64,
     create_type: String,
     fingerprint: Option<String>,
+}
+
+impl V1Base {
+    /// The record in this format, each disk with the extents `extents` gives for its descriptor.
+    pub(crate) fn into_record(self, extents: impl Fn(&str) -> Vec<ExtentRecord>) -> BaseRecord {
+        let disks = self
+            .disks
+            .into_iter()
+            .map(|d| DiskRecord {
+                extents: extents(&d.descriptor),
+                node: d.node,
+                descriptor: d.descriptor,
+                cid: d.cid,
+                capacity: d.capacity,
+                create_type: d.create_type,
+                fingerprint: d.fingerprint,
+            })
+            .collect();
+        BaseRecord {
+            format: FORMAT,
+            id: self.id,
+            name: self.name,
+            source: self.source,
+            created: self.created,
+            vmx: self.vmx,
+            disks,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -535,37 +563,13 @@ fn read_v1_base(store: &Path, raw: &[u8]) -> Result<BaseRecord> {
         }
     }
     extents.sort_by_key(|e| e.index);
-    let disks = v1
-        .disks
-        .into_iter()
-        .map(|d| DiskRecord {
-            extents: extents
-                .iter()
-                .filter(|e| e.disk == d.descriptor)
-                .map(|e| ExtentRecord {
-                    index: e.index,
-                    file: PathBuf::from(&e.file),
-                    sectors: e.sectors,
-                    size: e.size,
-                })
-                .collect(),
-            node: d.node,
-            descriptor: d.descriptor,
-            cid: d.cid,
-            capacity: d.capacity,
-            create_type: d.create_type,
-            fingerprint: d.fingerprint,
-        })
-        .collect();
-    Ok(BaseRecord {
-        format: FORMAT,
-        id: v1.id,
-        name: v1.name,
-        source: v1.source,
-        created: v1.created,
-        vmx: v1.vmx,
-        disks,
-    })
+    Ok(v1.into_record(|descriptor| {
+        extents
+            .iter()
+            .filter(|e| e.disk == descriptor)
+            .map(|e| ExtentRecord { index: e.index, file: PathBuf::from(&e.file), sectors: e.sectors, size: e.size })
+            .collect()
+    }))
 }
 
 /// Format 1's leaf record: the `.vmx` was always `<name>.vmx`.
@@ -599,11 +603,11 @@ impl From<V1Leaf> for LeafRecord {
 }
 
 /// Now, as recorded in lineage.
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
 
 /// A new random id.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }

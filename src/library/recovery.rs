@@ -11,21 +11,23 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::journal::{self, Claimed, Ctx, LPath};
-use super::records::{BaseRecord, DiskRecord, FORMAT, LeafRef};
-use super::{Library, Options, make_base, new_leaf, promote, remove_base};
+use super::ops::{make_base, new_leaf, promote, remove_base};
+use super::records::{FORMAT, LeafRef, V1Base};
+use super::{Library, Options};
 use crate::error::{Error, Kind, Result};
+use crate::fsutil;
 
 /// What recovery did with one interrupted operation.
 #[derive(Debug)]
-pub struct Recovered {
-    pub id: String,
+pub(crate) struct Recovered {
+    pub(crate) id: String,
     /// What was done; or why it could not be, in which case the journal is kept.
-    pub result: Result<String, Error>,
+    pub(crate) result: Result<String, Error>,
 }
 
 impl Recovered {
     /// Logs the outcome (and echoes it on stderr when `echo`); true when it went through.
-    pub fn report(&self, echo: bool) -> bool {
+    pub(crate) fn report(&self, echo: bool) -> bool {
         match &self.result {
             Ok(m) => {
                 tracing::info!("{m}");
@@ -50,7 +52,7 @@ impl Recovered {
 
 /// Finishes or undoes every operation whose process is gone. Operations still running in
 /// another process are left alone.
-pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
+pub(crate) fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
     for claimed in journal::claim(lib)? {
         // One operation that cannot be finished must not stop the others, nor leafd: not even
@@ -72,7 +74,7 @@ pub fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
 
 /// Recovers and logs each outcome, or why it could not look: for callers that go on either way
 /// (the agent's timer, and after an operation that panicked).
-pub fn recover_and_log(lib: &Library, opts: &Options) {
+pub(crate) fn recover_and_log(lib: &Library, opts: &Options) {
     match recover(lib, opts) {
         Ok(done) => {
             for r in &done {
@@ -118,7 +120,7 @@ fn unknown(path: &Path, op: &str) -> Error {
 }
 
 /// One line per interrupted or running operation, for `leafd recover --list`.
-pub fn list(lib: &Library) -> Result<Vec<String>> {
+pub(crate) fn list(lib: &Library) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for (id, path, running) in journal::list(lib)? {
         let value: Value =
@@ -131,7 +133,7 @@ pub fn list(lib: &Library) -> Result<Vec<String>> {
 }
 
 /// The journal `id` for a person: its text, then each path it names and whether it is there.
-pub fn show(lib: &Library, id: &str) -> Result<String> {
+pub(crate) fn show(lib: &Library, id: &str) -> Result<String> {
     let text = journal::show(lib, id)?;
     let mut out = text.clone();
     out.push_str("\npaths it names, as they are now:\n");
@@ -154,10 +156,10 @@ pub fn show(lib: &Library, id: &str) -> Result<String> {
         }
     }
     for dir in dirs {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
+        for p in fsutil::entries(&dir).unwrap_or_default() {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if name.starts_with(".leafd-") && name.ends_with(id.trim_start_matches("remove-")) {
-                out.push_str(&format!("  working folder: {}\n", e.path().display()));
+                out.push_str(&format!("  working folder: {}\n", p.display()));
             }
         }
     }
@@ -176,7 +178,7 @@ fn collect_paths(v: &Value, out: &mut Vec<PathBuf>) {
 
 /// Forgets the interrupted operation `id` without touching the files it names (a person put
 /// them right). Refused while the operation runs.
-pub fn discard(lib: &Library, id: &str) -> Result<String> {
+pub(crate) fn discard(lib: &Library, id: &str) -> Result<String> {
     let shown = show(lib, id)?;
     let claimed = journal::claim_one(lib, id)?.ok_or_else(|| {
         Error::new(Kind::Busy, lib.journal_dir().join(format!("{id}.json")), "the operation is running now")
@@ -270,32 +272,11 @@ struct V1MakeBase {
     disk_files: Vec<make_base::DiskFile>,
     flatten: Vec<make_base::Flatten>,
     from_leaf: Option<(PathBuf, String)>,
-    record: V1BaseRecord,
-}
-
-#[derive(Deserialize)]
-struct V1BaseRecord {
-    id: String,
-    name: String,
-    source: String,
-    created: String,
-    vmx: String,
-    disks: Vec<V1Disk>,
-}
-
-#[derive(Deserialize)]
-struct V1Disk {
-    node: String,
-    descriptor: String,
-    cid: String,
-    capacity: u64,
-    create_type: String,
-    fingerprint: Option<String>,
+    record: V1Base,
 }
 
 impl V1MakeBase {
     fn into_plan(self, root: &Path) -> make_base::Plan {
-        let r = self.record;
         make_base::Plan {
             id: self.id,
             name: self.name,
@@ -308,28 +289,8 @@ impl V1MakeBase {
                 .from_leaf
                 .map(|(dir, leaf_id)| make_base::FromLeaf { base: LPath::new(root, &dir), leaf_id }),
             repointed: Vec::new(),
-            record: BaseRecord {
-                format: FORMAT,
-                id: r.id,
-                name: r.name,
-                source: r.source,
-                created: r.created,
-                vmx: r.vmx,
-                // Format 1 kept extents on the files themselves; its store is read as it is.
-                disks: r
-                    .disks
-                    .into_iter()
-                    .map(|d| DiskRecord {
-                        node: d.node,
-                        descriptor: d.descriptor,
-                        cid: d.cid,
-                        capacity: d.capacity,
-                        create_type: d.create_type,
-                        extents: Vec::new(),
-                        fingerprint: d.fingerprint,
-                    })
-                    .collect(),
-            },
+            // Format 1 kept extents on the files themselves; its store is read as it is.
+            record: self.record.into_record(|_| Vec::new()),
         }
     }
 }

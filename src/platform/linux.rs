@@ -2,28 +2,25 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags, ResolveFlags, StatxFlags};
+use rustix::fs::{AtFlags, CWD, RenameFlags, StatxFlags};
 use rustix::io::Errno;
 
-use super::Flush;
-use super::open::{Want, escapes, explain, kind};
-
 /// errno for "no such attribute".
-pub const NO_ATTR: i32 = Errno::NODATA.raw_os_error();
+pub(crate) const NO_ATTR: i32 = Errno::NODATA.raw_os_error();
 
 /// Whether files have a user-settable Locked (immutable) flag.
-pub const HAS_LOCKED_FLAG: bool = false;
+pub(crate) const HAS_LOCKED_FLAG: bool = false;
 
-pub const XATTR_PREFIX: &str = "user.";
+pub(crate) const XATTR_PREFIX: &str = "user.";
 
 /// The freedesktop.org tag attribute (comma-separated), which file managers such as Dolphin show.
-pub const TAGS_XATTR: &str = "user.xdg.tags";
+pub(crate) const TAGS_XATTR: &str = "user.xdg.tags";
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything.
-pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Err(Errno::INVAL) => rename_noreplace_without_flag(from, to),
         r => Ok(r?),
@@ -54,23 +51,23 @@ fn rename_noreplace_without_flag(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Linux has no user-settable immutable flag (chattr +i needs root), so permissions alone protect.
-pub fn set_locked(_path: &Path, _locked: bool) -> io::Result<()> {
+pub(crate) fn set_locked(_path: &Path, _locked: bool) -> io::Result<()> {
     Ok(())
 }
 
-pub fn set_locked_fd(_file: &File, _locked: bool) -> io::Result<()> {
+pub(crate) fn set_locked_fd(_file: &File, _locked: bool) -> io::Result<()> {
     Ok(())
 }
 
-pub fn is_locked(_path: &Path) -> io::Result<bool> {
+pub(crate) fn is_locked(_path: &Path) -> io::Result<bool> {
     Ok(false)
 }
 
-pub fn is_locked_fd(_file: &File) -> io::Result<bool> {
+pub(crate) fn is_locked_fd(_file: &File) -> io::Result<bool> {
     Ok(false)
 }
 
-pub fn read_tags(path: &Path) -> io::Result<Vec<String>> {
+pub(crate) fn read_tags(path: &Path) -> io::Result<Vec<String>> {
     match xattr::get(path, TAGS_XATTR)? {
         Some(v) => Ok(String::from_utf8_lossy(&v).split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()),
         None => Ok(Vec::new()),
@@ -78,33 +75,39 @@ pub fn read_tags(path: &Path) -> io::Result<Vec<String>> {
 }
 
 /// The attribute value for `tags`; `None` when there are none (the attribute goes).
-pub fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
     Ok((!tags.is_empty()).then(|| tags.join(",").into_bytes()))
 }
 
 /// Linux file managers leave no marker on a file being copied; size checks do the work.
-pub fn copy_in_progress(_path: &Path) -> bool {
+pub(crate) fn copy_in_progress(_path: &Path) -> bool {
     false
 }
 
-/// Posts a desktop notification through `notify-send` (libnotify) when it is on the PATH, best
-/// effort: never blocks, never fails the caller. Without it, the log and the note tell the user.
-pub fn notify_user(title: &str, message: &str) {
+/// The command that posts a desktop notification: `notify-send` (libnotify), when it is on the
+/// PATH. Without it, the log and the note tell the user.
+pub(crate) fn notification(title: &str, message: &str) -> std::process::Command {
     let mut notify_send = std::process::Command::new("notify-send");
     notify_send.args(["--app-name=leafd", "--", title, message]);
-    crate::child::run_detached(notify_send);
+    notify_send
 }
 
-/// `fsync` for both kinds: on Linux it reaches stable storage (the drive's cache included).
-pub fn flush(file: &File, _kind: Flush) -> io::Result<Option<i32>> {
+/// `fsync`: on Linux it reaches stable storage (the drive's cache included), so it serves both
+/// kinds of flush, and no volume refuses it.
+pub(crate) fn flush_ordered(file: &File) -> io::Result<Option<i32>> {
     file.sync_all().map(|()| None)
 }
 
-pub fn default_root(home: &Path) -> PathBuf {
+/// See [`flush_ordered`].
+pub(crate) fn flush_full(file: &File) -> io::Result<Option<i32>> {
+    file.sync_all().map(|()| None)
+}
+
+pub(crate) fn default_root(home: &Path) -> PathBuf {
     home.join("vmware")
 }
 
-pub fn log_dir(home: &Path) -> PathBuf {
+pub(crate) fn log_dir(home: &Path) -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -119,82 +122,53 @@ fn xdg_config_home(home: &Path) -> PathBuf {
         .unwrap_or_else(|| home.join(".config"))
 }
 
-pub fn config_dir(home: &Path) -> PathBuf {
+pub(crate) fn config_dir(home: &Path) -> PathBuf {
     xdg_config_home(home).join("leafd")
 }
 
 /// systemd's folder for the user's own units.
-pub fn service_dir(home: &Path) -> PathBuf {
+pub(crate) fn service_dir(home: &Path) -> PathBuf {
     xdg_config_home(home).join("systemd/user")
 }
 
 /// Asks the kernel to forget cached pages of `file`, so a comparison reads what reached the disk.
-pub fn drop_cache(file: &File) {
+pub(crate) fn drop_cache(file: &File) {
     // Advice only: a kernel that ignores it costs a slower comparison, nothing more.
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// `vmrun -T` host type for VMware Workstation.
-pub const VMRUN_HOST_TYPE: &str = "ws";
+pub(crate) const VMRUN_HOST_TYPE: &str = "ws";
 
 /// Where VMware Workstation puts `vmrun`: on the PATH.
-pub fn vmrun_candidates() -> Vec<PathBuf> {
+pub(crate) fn vmrun_candidates() -> Vec<PathBuf> {
     std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("vmrun")).collect()).unwrap_or_default()
 }
 
 /// Linux desktops have no Trash leafd can rely on: removal deletes, after confirmation.
-pub const HAS_TRASH: bool = false;
+pub(crate) const HAS_TRASH: bool = false;
 
-pub fn trash(_path: &Path, _name: &str) -> io::Result<PathBuf> {
+pub(crate) fn trash(_path: &Path, _name: &str, _home: &Path) -> io::Result<PathBuf> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no Trash on this platform"))
-}
-
-/// The login service on Linux: a systemd user unit.
-pub const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Systemd;
-
-/// How the walk beneath a folder opens the folders on its way: `O_PATH` needs only search
-/// permission, as the kernel's own resolution does.
-pub(super) const SEARCH_FLAGS: OFlags = OFlags::PATH;
-
-/// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (see `open_beneath`); `None` where
-/// the kernel has none (before 5.6, or a seccomp filter), so the caller walks instead.
-pub(super) fn openat2_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> Option<io::Result<OwnedFd>> {
-    let how = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    // EAGAIN: a rename or mount raced with the resolution, and the kernel asks to be retried.
-    for _ in 0..8 {
-        match rustix::fs::openat2(dir, rel, want.flags(), Mode::empty(), how) {
-            Ok(fd) => return Some(Ok(fd)),
-            Err(Errno::NOSYS) => return None,
-            Err(Errno::XDEV) => return Some(Err(escapes())),
-            Err(Errno::AGAIN) => continue,
-            Err(e) => {
-                // What the path is, without opening it (`O_PATH`), resolved the same way.
-                let found = rustix::fs::openat2(dir, rel, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), how)
-                    .and_then(rustix::fs::fstat)
-                    .map(|s| kind(&s));
-                return Some(Err(explain(e, found, want)));
-            }
-        }
-    }
-    Some(Err(Errno::AGAIN.into()))
 }
 
 /// Whether a rename between `a` and `b` can work: the same mount, not merely the same file
 /// system (a bind mount shares its `st_dev` with its source, yet `rename` across it fails with
 /// `EXDEV`). `a` and `b` themselves, a link not followed: a rename moves the link. Compares the
-/// `statx` mount ids; where the kernel has none (before 5.8), the devices.
-pub fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
+/// `statx` mount ids; where the kernel has none (before 5.8), the devices; `None` where it has no
+/// `statx` at all.
+pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<Option<bool>> {
     let mount = |p: &Path| rustix::fs::statx(CWD, p, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID);
     let (x, y) = match (mount(a), mount(b)) {
         (Ok(x), Ok(y)) => (x, y),
-        (Err(Errno::NOSYS), _) | (_, Err(Errno::NOSYS)) => return super::same_device(a, b),
+        (Err(Errno::NOSYS), _) | (_, Err(Errno::NOSYS)) => return Ok(None),
         (Err(e), _) | (_, Err(e)) => return Err(e.into()),
     };
     let has_id = |s: &rustix::fs::Statx| StatxFlags::from_bits_retain(s.stx_mask).contains(StatxFlags::MNT_ID);
     if has_id(&x) && has_id(&y) {
-        Ok(x.stx_mnt_id == y.stx_mnt_id)
+        Ok(Some(x.stx_mnt_id == y.stx_mnt_id))
     } else {
-        Ok((x.stx_dev_major, x.stx_dev_minor) == (y.stx_dev_major, y.stx_dev_minor))
+        Ok(Some((x.stx_dev_major, x.stx_dev_minor) == (y.stx_dev_major, y.stx_dev_minor)))
     }
 }
 
@@ -217,7 +191,7 @@ const REMOTE_FILE_SYSTEMS: [u32; 13] = [
 ];
 
 /// See `platform::open_for_writing`.
-pub fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
+pub(crate) fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
     // The magic is a `long` holding a 32-bit value.
     if REMOTE_FILE_SYSTEMS.contains(&(rustix::fs::fstatfs(file)?.f_type as u32)) {
         return Ok(None);
@@ -325,6 +299,7 @@ mod tests {
         assert!(super::super::same_device(&src.join("f"), &on).unwrap());
         let e = std::fs::rename(src.join("f"), on.join("g")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+        let same_mount = super::super::same_mount;
         assert!(!same_mount(&src.join("f"), &on).unwrap());
         assert!(!same_mount(&on.join("f"), &t.path().join("src/sub")).unwrap());
         assert!(same_mount(&src.join("f"), &src.join("sub")).unwrap());

@@ -7,20 +7,18 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, OFlags, RenameFlags, Stat};
+use rustix::fs::{CWD, RenameFlags, Stat};
 use rustix::io::Errno;
 
-use super::Flush;
-
 /// errno for "no such attribute".
-pub const NO_ATTR: i32 = Errno::NOATTR.raw_os_error();
+pub(crate) const NO_ATTR: i32 = Errno::NOATTR.raw_os_error();
 
 /// Whether files have a user-settable Locked (immutable) flag.
-pub const HAS_LOCKED_FLAG: bool = true;
+pub(crate) const HAS_LOCKED_FLAG: bool = true;
 
-pub const XATTR_PREFIX: &str = "";
+pub(crate) const XATTR_PREFIX: &str = "";
 
-pub const TAGS_XATTR: &str = "com.apple.metadata:_kMDItemUserTags";
+pub(crate) const TAGS_XATTR: &str = "com.apple.metadata:_kMDItemUserTags";
 const FINDER_INFO_XATTR: &str = "com.apple.FinderInfo";
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -29,7 +27,7 @@ fn cstr(p: &Path) -> io::Result<CString> {
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything
 /// (`renameatx_np` with `RENAME_EXCL`).
-pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     Ok(rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE)?)
 }
 
@@ -46,7 +44,7 @@ fn with_locked(stat: &Stat, locked: bool) -> Option<u32> {
 
 /// Sets or clears the Finder's Locked flag (`uchg`), which also stops deletion and renaming.
 /// (rustix has no `chflags`.)
-pub fn set_locked(path: &Path, locked: bool) -> io::Result<()> {
+pub(crate) fn set_locked(path: &Path, locked: bool) -> io::Result<()> {
     let Some(flags) = with_locked(&rustix::fs::lstat(path)?, locked) else { return Ok(()) };
     let p = cstr(path)?;
     // SAFETY: a valid NUL-terminated path.
@@ -54,22 +52,22 @@ pub fn set_locked(path: &Path, locked: bool) -> io::Result<()> {
 }
 
 /// [`set_locked`] through an open descriptor (`fchflags`).
-pub fn set_locked_fd(file: &File, locked: bool) -> io::Result<()> {
+pub(crate) fn set_locked_fd(file: &File, locked: bool) -> io::Result<()> {
     let Some(flags) = with_locked(&rustix::fs::fstat(file)?, locked) else { return Ok(()) };
     // SAFETY: a descriptor `file` keeps open.
     check(unsafe { libc::fchflags(file.as_raw_fd(), flags) })
 }
 
-pub fn is_locked(path: &Path) -> io::Result<bool> {
+pub(crate) fn is_locked(path: &Path) -> io::Result<bool> {
     Ok(rustix::fs::lstat(path)?.st_flags & libc::UF_IMMUTABLE != 0)
 }
 
-pub fn is_locked_fd(file: &File) -> io::Result<bool> {
+pub(crate) fn is_locked_fd(file: &File) -> io::Result<bool> {
     Ok(rustix::fs::fstat(file)?.st_flags & libc::UF_IMMUTABLE != 0)
 }
 
 /// Finder stores tags as a binary plist array of "Name\n<colour>" strings.
-pub fn read_tags(path: &Path) -> io::Result<Vec<String>> {
+pub(crate) fn read_tags(path: &Path) -> io::Result<Vec<String>> {
     let Some(raw) = xattr::get(path, TAGS_XATTR)? else {
         return Ok(Vec::new());
     };
@@ -94,7 +92,7 @@ fn colour(tag: &str) -> u8 {
 }
 
 /// The attribute value for `tags` (a binary plist); `None` when there are none.
-pub fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
     if tags.is_empty() {
         return Ok(None);
     }
@@ -105,32 +103,38 @@ pub fn encode_tags(tags: &[String]) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// Finder marks a file it is still copying with type `brok` and creator `MACS`.
-pub fn copy_in_progress(path: &Path) -> bool {
+pub(crate) fn copy_in_progress(path: &Path) -> bool {
     matches!(xattr::get(path, FINDER_INFO_XATTR), Ok(Some(info)) if info.len() >= 8 && &info[0..4] == b"brok" && &info[4..8] == b"MACS")
 }
 
-/// Posts a notification through `osascript`, best effort: never blocks, never fails the caller.
-pub fn notify_user(title: &str, message: &str) {
+/// The command that posts a notification: `osascript`.
+pub(crate) fn notification(title: &str, message: &str) -> std::process::Command {
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let script = format!("display notification \"{}\" with title \"{}\"", quote(message), quote(title));
     let mut osascript = std::process::Command::new("/usr/bin/osascript");
     osascript.args(["-e", &script]);
-    crate::child::run_detached(osascript);
+    osascript
 }
 
-/// `fsync` on macOS leaves the data in the drive's cache, in any order: `F_FULLFSYNC` empties
-/// the cache, `F_BARRIERFSYNC` only keeps the order. A volume that refuses them (exFAT, SMB)
-/// gets `fsync`, and the answer it gave is returned; any other failure is an error.
-pub fn flush(file: &File, kind: Flush) -> io::Result<Option<i32>> {
-    let asked = match kind {
-        Flush::Commit => rustix::fs::fcntl_fullfsync(file),
-        Flush::Order => {
-            // SAFETY: fcntl without argument on a descriptor `file` keeps open (rustix has no
-            // F_BARRIERFSYNC).
-            let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_BARRIERFSYNC) };
-            if r == -1 { Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO)) } else { Ok(()) }
-        }
-    };
+/// `fsync` on macOS leaves the data in the drive's cache, in any order: `F_BARRIERFSYNC` keeps
+/// the order. A volume that refuses it (exFAT, SMB) gets `fsync`, and the answer it gave is
+/// returned; any other failure is an error.
+pub(crate) fn flush_ordered(file: &File) -> io::Result<Option<i32>> {
+    // SAFETY: fcntl without argument on a descriptor `file` keeps open (rustix has no
+    // F_BARRIERFSYNC).
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_BARRIERFSYNC) };
+    let asked =
+        if r == -1 { Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO)) } else { Ok(()) };
+    or_fsync(file, asked)
+}
+
+/// [`flush_ordered`] with `F_FULLFSYNC`, which empties the drive's cache.
+pub(crate) fn flush_full(file: &File) -> io::Result<Option<i32>> {
+    or_fsync(file, rustix::fs::fcntl_fullfsync(file))
+}
+
+/// `fsync` where the volume refused the flush asked for (`asked`), returning its answer.
+fn or_fsync(file: &File, asked: rustix::io::Result<()>) -> io::Result<Option<i32>> {
     match asked {
         Ok(()) => Ok(None),
         Err(e @ (Errno::NOTSUP | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOTTY)) => {
@@ -141,45 +145,45 @@ pub fn flush(file: &File, kind: Flush) -> io::Result<Option<i32>> {
     }
 }
 
-pub fn default_root(home: &Path) -> PathBuf {
+pub(crate) fn default_root(home: &Path) -> PathBuf {
     let fusion = home.join("Virtual Machines.localized");
     if fusion.is_dir() { fusion } else { home.join("Virtual Machines") }
 }
 
-pub fn log_dir(home: &Path) -> PathBuf {
+pub(crate) fn log_dir(home: &Path) -> PathBuf {
     home.join("Library/Logs/leafd")
 }
 
-pub fn config_dir(home: &Path) -> PathBuf {
+pub(crate) fn config_dir(home: &Path) -> PathBuf {
     home.join("Library/Application Support/leafd")
 }
 
 /// The user's LaunchAgents, loaded at login.
-pub fn service_dir(home: &Path) -> PathBuf {
+pub(crate) fn service_dir(home: &Path) -> PathBuf {
     home.join("Library/LaunchAgents")
 }
 
 /// Reads of `file` bypass the cache from now on, so a comparison reads what reached the disk.
-pub fn drop_cache(file: &File) {
+pub(crate) fn drop_cache(file: &File) {
     // Advice only: a volume that ignores it costs a slower comparison, nothing more.
     let _ = rustix::fs::fcntl_nocache(file, true);
 }
 
 /// `vmrun -T` host type for VMware Fusion.
-pub const VMRUN_HOST_TYPE: &str = "fusion";
+pub(crate) const VMRUN_HOST_TYPE: &str = "fusion";
 
 /// Where VMware Fusion keeps `vmrun`.
-pub fn vmrun_candidates() -> Vec<PathBuf> {
+pub(crate) fn vmrun_candidates() -> Vec<PathBuf> {
     vec![PathBuf::from("/Applications/VMware Fusion.app/Contents/Library/vmrun")]
 }
 
-pub const HAS_TRASH: bool = true;
+pub(crate) const HAS_TRASH: bool = true;
 
-/// Moves `path` to the Trash as `name` (with a number if taken): the user's `~/.Trash` on the
-/// startup volume, else the volume's own `.Trashes/<uid>`, as Finder does.
-pub fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
+/// Moves `path` to the Trash as `name` (with a number if taken): the user's `~/.Trash` (in
+/// `home`) on the startup volume, else the volume's own `.Trashes/<uid>`, as Finder does.
+pub(crate) fn trash(path: &Path, name: &str, home: &Path) -> io::Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let home_trash = super::home().join(".Trash");
+    let home_trash = home.join(".Trash");
     let dev = std::fs::metadata(path)?.dev();
     let trash = if std::fs::metadata(&home_trash).is_ok_and(|m| m.dev() == dev) {
         home_trash
@@ -207,15 +211,9 @@ pub fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
     Err(io::Error::new(io::ErrorKind::AlreadyExists, "too many items of that name in the Trash"))
 }
 
-/// The login service on macOS: a LaunchAgent.
-pub const SERVICE_KIND: crate::service::ServiceKind = crate::service::ServiceKind::Launchd;
-
-/// How the walk beneath a folder opens the folders on its way (macOS has no `O_PATH`).
-pub(super) const SEARCH_FLAGS: OFlags = OFlags::RDONLY;
-
-/// A rename works within one volume; macOS has no bind mounts.
-pub fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
-    super::same_device(a, b)
+/// A rename works within one volume, and macOS has no bind mounts: the devices tell (`None`).
+pub(crate) fn same_mount(_a: &Path, _b: &Path) -> io::Result<Option<bool>> {
+    Ok(None)
 }
 
 // <sys/proc_info.h> and <sys/fcntl.h> items the libc crate lacks.
@@ -242,7 +240,7 @@ struct VnodeFdInfo {
 }
 
 /// See `platform::open_for_writing`. Untested: compiled on Linux, never run.
-pub fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
+pub(crate) fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
     // Another machine writing to a network volume is not among our processes.
     if rustix::fs::fstatfs(file)?.f_flags & libc::MNT_LOCAL as u32 == 0 {
         return Ok(None);

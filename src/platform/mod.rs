@@ -4,50 +4,54 @@
 //! is shared.
 //!
 //! The system calls go through `rustix`; the few it lacks (`chflags`, file leases,
-//! `F_BARRIERFSYNC`, `proc_pidinfo`) are raw `libc` calls in `linux.rs` and `macos.rs`.
+//! `F_BARRIERFSYNC`, `proc_pidinfo`) are raw `libc` calls in `linux.rs` and `macos.rs`, the only
+//! `unsafe` code of leafd (the crate denies it elsewhere), each with its SAFETY note.
 
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rustix::fs::{Mode, OFlags};
 
+// The only unsafe code of leafd: the system calls rustix lacks, each with its SAFETY note.
 #[cfg(target_os = "macos")]
+#[allow(unsafe_code)]
 mod macos;
 #[cfg(target_os = "macos")]
 use macos as os;
 
 #[cfg(not(target_os = "macos"))]
+#[allow(unsafe_code)]
 mod linux;
 #[cfg(not(target_os = "macos"))]
 use linux as os;
 
 mod open;
 
-pub use open::{open_beneath, open_dir, open_dir_beneath, open_regular};
-pub use os::{
-    HAS_TRASH, SERVICE_KIND, TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked,
-    is_locked_fd, notify_user, rename_noreplace, same_mount, set_locked, set_locked_fd, trash, vmrun_candidates,
+pub(crate) use open::{open_beneath, open_dir, open_regular};
+pub(crate) use os::{
+    HAS_TRASH, TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd,
+    notification, rename_noreplace, set_locked, set_locked_fd, vmrun_candidates,
 };
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
-pub fn xattr_name(name: &str) -> String {
+pub(crate) fn xattr_name(name: &str) -> String {
     format!("{}org.leafd.{name}", os::XATTR_PREFIX)
 }
 
 /// A Finder tag and its colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tag {
+pub(crate) enum Tag {
     Base,
     LinkedClone,
     Failed,
 }
 
 impl Tag {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Tag::Base => "Base",
             Tag::LinkedClone => "Linked Clone",
@@ -58,13 +62,13 @@ impl Tag {
 }
 
 /// The tag names on `path` (empty when none).
-pub fn tags(path: &Path) -> io::Result<Vec<String>> {
+pub(crate) fn tags(path: &Path) -> io::Result<Vec<String>> {
     os::read_tags(path)
 }
 
 /// How far a flush must go (docs/durability.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Flush {
+pub(crate) enum Flush {
     /// Only the order of writes matters: what is flushed reaches the disk before anything
     /// written after it. macOS: `F_BARRIERFSYNC`. Linux: `fsync`.
     Order,
@@ -77,10 +81,10 @@ pub enum Flush {
 /// `F_BARRIERFSYNC` on macOS): [`flush`] used plain `fsync` instead. Returned the first time
 /// per volume and kind only, so the caller can log it once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlushFallback {
-    pub kind: Flush,
+pub(crate) struct FlushFallback {
+    pub(crate) kind: Flush,
     /// The volume's answer to the flush asked for (`ENOTSUP`, `EINVAL`...).
-    pub errno: i32,
+    pub(crate) errno: i32,
 }
 
 impl fmt::Display for FlushFallback {
@@ -96,8 +100,12 @@ impl fmt::Display for FlushFallback {
 /// Flushes a file or folder as far as `kind` asks. Where the volume refuses that kind (macOS
 /// only; Linux always `fsync`s and returns `None`), falls back to `fsync` and returns what
 /// happened the first time per volume and kind; any other failure is an error.
-pub fn flush(file: &File, kind: Flush) -> io::Result<Option<FlushFallback>> {
-    match os::flush(file, kind)? {
+pub(crate) fn flush(file: &File, kind: Flush) -> io::Result<Option<FlushFallback>> {
+    let refused = match kind {
+        Flush::Order => os::flush_ordered(file)?,
+        Flush::Commit => os::flush_full(file)?,
+    };
+    match refused {
         None => Ok(None),
         Some(errno) => Ok(first_fallback(file.metadata()?.dev(), FlushFallback { kind, errno })),
     }
@@ -115,25 +123,14 @@ fn first_fallback(dev: u64, fallback: FlushFallback) -> Option<FlushFallback> {
     Some(fallback)
 }
 
-/// Flushes a file (or folder) to stable storage: [`flush`] with [`Flush::Commit`], the
-/// fallback unreported. For the callers from before [`flush`]; to be replaced by it.
-pub fn full_sync(file: &File) -> io::Result<()> {
-    flush(file, Flush::Commit).map(drop)
-}
-
-/// Flushes a folder's entries (after creating, renaming or removing in it), as [`full_sync`].
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    full_sync(&File::open(dir)?)
-}
-
 /// Sets the permission bits of the open file (`fchmod`): the file checked is the file changed.
-pub fn set_mode_fd(file: &File, mode: u32) -> io::Result<()> {
+pub(crate) fn set_mode_fd(file: &File, mode: u32) -> io::Result<()> {
     Ok(rustix::fs::fchmod(file, Mode::from_bits_truncate((mode & 0o7777) as _))?)
 }
 
 /// The number of names the open file has (`st_nlink`): more than one means it is hard-linked,
 /// and a change to it would show under another name too, perhaps outside the bundle.
-pub fn link_count(file: &File) -> io::Result<u64> {
+pub(crate) fn link_count(file: &File) -> io::Result<u64> {
     Ok(file.metadata()?.nlink())
 }
 
@@ -141,6 +138,17 @@ pub fn link_count(file: &File) -> io::Result<u64> {
 /// perhaps not the same mount (see [`same_mount`]).
 fn same_device(a: &Path, b: &Path) -> io::Result<bool> {
     Ok(std::fs::symlink_metadata(a)?.dev() == std::fs::symlink_metadata(b)?.dev())
+}
+
+/// Whether a rename from `a` to `b` (links not followed) can work: the same mount (Linux tells
+/// a bind mount apart; elsewhere, and on kernels without `statx`, the same device).
+pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
+    os::same_mount(a, b)?.map_or_else(|| same_device(a, b), Ok)
+}
+
+/// Moves `path` to the Trash as `name` (macOS; see [`HAS_TRASH`]).
+pub(crate) fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
+    os::trash(path, name, &home())
 }
 
 /// Whether another process has `file` open for writing, where the system can tell; `file` must be
@@ -156,7 +164,7 @@ fn same_device(a: &Path, b: &Path) -> io::Result<bool> {
 ///   not local, or when no other process could be inspected (a sandbox). Processes of other
 ///   users and set-user-ID ones cannot be inspected and are not seen. Compiled, never run: this
 ///   project's tests run on Linux.
-pub fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
+pub(crate) fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
     if rustix::fs::fcntl_getfl(file)?.intersects(OFlags::WRONLY | OFlags::RDWR) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -167,62 +175,21 @@ pub fn open_for_writing(file: &File) -> io::Result<Option<bool>> {
 }
 
 /// Removes an extended attribute; one that is absent (or a file that is gone) is not an error.
-pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
+pub(crate) fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
     match xattr::remove(path, name) {
         Err(e) if e.raw_os_error() == Some(os::NO_ATTR) || e.kind() == io::ErrorKind::NotFound => Ok(()),
         r => r,
     }
 }
 
-/// Write-protects a base file: no write permission for anyone, then (macOS) the Locked flag,
-/// which unlike permissions also stops deletion and renaming. By path; [`protect_fd`] changes
-/// the very file the caller checked.
-pub fn protect(path: &Path) -> io::Result<()> {
-    let mode = std::fs::symlink_metadata(path)?.permissions().mode();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(unwritable(mode)))?;
-    os::set_locked(path, true)
-}
-
-/// Lifts the protection and sets the permission bits to `mode`.
-pub fn unprotect(path: &Path, mode: u32) -> io::Result<()> {
-    os::set_locked(path, false)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-/// True when `path` is write-protected as [`protect`] leaves it.
-pub fn is_protected(path: &Path) -> io::Result<bool> {
-    protected(std::fs::symlink_metadata(path)?.mode(), || os::is_locked(path))
-}
-
-/// [`protect`] through an open descriptor (any access mode: `fchmod` and `fchflags` need only
-/// ownership).
-pub fn protect_fd(file: &File) -> io::Result<()> {
-    set_mode_fd(file, unwritable(file.metadata()?.mode()))?;
-    os::set_locked_fd(file, true)
-}
-
-/// [`unprotect`] through an open descriptor.
-pub fn unprotect_fd(file: &File, mode: u32) -> io::Result<()> {
-    os::set_locked_fd(file, false)?;
-    set_mode_fd(file, mode)
-}
-
-/// [`is_protected`] through an open descriptor.
-pub fn is_protected_fd(file: &File) -> io::Result<bool> {
-    protected(file.metadata()?.mode(), || os::is_locked_fd(file))
-}
-
-fn unwritable(mode: u32) -> u32 {
-    mode & !0o222
-}
-
-/// No write permission for anyone, and (where there is one) the Locked flag.
-fn protected(mode: u32, locked: impl FnOnce() -> io::Result<bool>) -> io::Result<bool> {
-    Ok(mode & 0o222 == 0 && (!os::HAS_LOCKED_FLAG || locked()?))
+/// True when `path` is write-protected as Make Base leaves a base file: no write permission for
+/// anyone, and (macOS) the Locked flag.
+pub(crate) fn is_protected(path: &Path) -> io::Result<bool> {
+    Ok(std::fs::symlink_metadata(path)?.mode() & 0o222 == 0 && (!os::HAS_LOCKED_FLAG || os::is_locked(path)?))
 }
 
 /// How to put the protection back by hand, for messages.
-pub fn protect_command(path: &Path) -> String {
+pub(crate) fn protect_command(path: &Path) -> String {
     let quoted = format!("'{}'", path.display().to_string().replace('\'', "'\\''"));
     if os::HAS_LOCKED_FLAG {
         format!("chmod a-w {quoted} && chflags uchg {quoted}")
@@ -232,12 +199,12 @@ pub fn protect_command(path: &Path) -> String {
 }
 
 /// The library folder used when nothing else is configured.
-pub fn default_root() -> PathBuf {
+pub(crate) fn default_root() -> PathBuf {
     os::default_root(&home())
 }
 
 /// Where the daily logs go (`LEAFD_LOG_DIR` overrides, e.g. for the demo).
-pub fn log_dir() -> PathBuf {
+pub(crate) fn log_dir() -> PathBuf {
     std::env::var_os("LEAFD_LOG_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -245,16 +212,16 @@ pub fn log_dir() -> PathBuf {
 }
 
 /// Where `config.toml` lives.
-pub fn config_dir() -> PathBuf {
+pub(crate) fn config_dir() -> PathBuf {
     os::config_dir(&home())
 }
 
 /// Where the login service's definition goes.
-pub fn service_dir() -> PathBuf {
+pub(crate) fn service_dir() -> PathBuf {
     os::service_dir(&home())
 }
 
-pub fn home() -> PathBuf {
+pub(crate) fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -266,6 +233,7 @@ pub fn home() -> PathBuf {
 mod tests {
     use super::*;
     use rustix::io::Errno;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_fd_changes_reach_the_file_opened_not_the_one_now_at_its_path() {
@@ -280,13 +248,17 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
 
-        assert!(!is_protected_fd(&file).unwrap());
-        protect_fd(&file).unwrap();
+        assert!(!is_protected(&aside).unwrap());
+        // As Make Base protects a base file (`durable::protect_open`): mode, then flag.
+        set_mode_fd(&file, 0o440).unwrap();
+        set_locked_fd(&file, true).unwrap();
         assert_eq!((mode(&aside), mode(&p)), (0o440, 0o644));
-        assert!(is_protected_fd(&file).unwrap() && is_protected(&aside).unwrap() && !is_protected(&p).unwrap());
-        unprotect_fd(&file, 0o600).unwrap();
+        assert!(is_protected(&aside).unwrap() && !is_protected(&p).unwrap());
+        assert_eq!(is_locked_fd(&file).unwrap(), os::HAS_LOCKED_FLAG);
+        set_locked_fd(&file, false).unwrap();
+        set_mode_fd(&file, 0o600).unwrap();
         assert_eq!((mode(&aside), mode(&p)), (0o600, 0o644));
-        assert!(!is_protected_fd(&file).unwrap());
+        assert!(!is_protected(&aside).unwrap());
         set_mode_fd(&file, 0o4751).unwrap();
         assert_eq!(mode(&aside), 0o4751);
         set_locked_fd(&file, false).unwrap();
@@ -316,8 +288,8 @@ mod tests {
             let (reader, _writer) = io::pipe().unwrap();
             assert!(flush(&File::from(std::os::fd::OwnedFd::from(reader)), kind).is_err());
         }
-        full_sync(&open_regular(&p, false).unwrap()).unwrap();
-        sync_dir(t.path()).unwrap();
+        // A read-only descriptor is flushed too (a folder's always is).
+        assert_eq!(flush(&open_regular(&p, false).unwrap(), Flush::Commit).unwrap(), None);
     }
 
     #[test]

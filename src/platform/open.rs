@@ -23,7 +23,7 @@ pub(super) enum Want {
 }
 
 impl Want {
-    /// The flags of the final open (a folder on the way is opened with `os::SEARCH_FLAGS`).
+    /// The flags of the final open (a folder on the way is opened with [`SEARCH_FLAGS`]).
     pub(super) fn flags(self) -> OFlags {
         let always = OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
         match self {
@@ -51,7 +51,7 @@ impl Want {
 /// VM's files use [`open_beneath`]. A device node is refused only after its driver's open ran
 /// (nonblocking, so a serial line does not wait for a carrier); making one needs root. An open
 /// that would have to wait for another process's lease fails with `WouldBlock` instead.
-pub fn open_regular(path: &Path, write: bool) -> io::Result<File> {
+pub(crate) fn open_regular(path: &Path, write: bool) -> io::Result<File> {
     let want = Want::File { write };
     let fd = rustix::fs::open(path, want.flags() | OFlags::NOFOLLOW, Mode::empty())
         .map_err(|e| explain(e, rustix::fs::lstat(path).map(|s| kind(&s)), want))?;
@@ -60,7 +60,7 @@ pub fn open_regular(path: &Path, write: bool) -> io::Result<File> {
 
 /// Opens the folder `path` (following links, as its path names it), for [`open_beneath`],
 /// `fsync` or the `*_fd` changes. Anything else is refused (`NotADirectory`, saying what it is).
-pub fn open_dir(path: &Path) -> io::Result<File> {
+pub(crate) fn open_dir(path: &Path) -> io::Result<File> {
     let fd = rustix::fs::open(path, Want::Dir.flags(), Mode::empty())
         .map_err(|e| explain(e, rustix::fs::stat(path).map(|s| kind(&s)), Want::Dir))?;
     finish(fd, Want::Dir)
@@ -82,14 +82,9 @@ pub fn open_dir(path: &Path) -> io::Result<File> {
 ///   `dir`. With no link followed this is the kernel's own resolution: leafd opens the very file
 ///   VMware would, or none. (One walk rather than a lexical check and `O_NOFOLLOW_ANY`: a
 ///   lexical `a/..` would skip `a`, which VMware resolves, and the walk is tested on Linux.)
-pub fn open_beneath(dir: impl AsFd, rel: &Path, write: bool) -> io::Result<File> {
+pub(crate) fn open_beneath(dir: impl AsFd, rel: &Path, write: bool) -> io::Result<File> {
     let want = Want::File { write };
     finish(resolve_beneath(dir.as_fd(), rel, want)?, want)
-}
-
-/// [`open_beneath`] for a folder.
-pub fn open_dir_beneath(dir: impl AsFd, rel: &Path) -> io::Result<File> {
-    finish(resolve_beneath(dir.as_fd(), rel, Want::Dir)?, Want::Dir)
 }
 
 fn resolve_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> io::Result<OwnedFd> {
@@ -98,10 +93,44 @@ fn resolve_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> io::Result<Ow
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
     }
     #[cfg(not(target_os = "macos"))]
-    if let Some(opened) = super::os::openat2_beneath(dir, rel, want) {
+    if let Some(opened) = openat2_beneath(dir, rel, want) {
         return opened;
     }
     walk_beneath(dir, rel, want)
+}
+
+/// How the walk beneath a folder opens the folders on its way: `O_PATH` needs only search
+/// permission, as the kernel's own resolution does.
+#[cfg(not(target_os = "macos"))]
+const SEARCH_FLAGS: OFlags = OFlags::PATH;
+
+/// How the walk beneath a folder opens the folders on its way (macOS has no `O_PATH`).
+#[cfg(target_os = "macos")]
+const SEARCH_FLAGS: OFlags = OFlags::RDONLY;
+
+/// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (see [`open_beneath`]); `None` where
+/// the kernel has none (before 5.6, or a seccomp filter), so the caller walks instead.
+#[cfg(not(target_os = "macos"))]
+fn openat2_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> Option<io::Result<OwnedFd>> {
+    use rustix::fs::ResolveFlags;
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    // EAGAIN: a rename or mount raced with the resolution, and the kernel asks to be retried.
+    for _ in 0..8 {
+        match rustix::fs::openat2(dir, rel, want.flags(), Mode::empty(), how) {
+            Ok(fd) => return Some(Ok(fd)),
+            Err(Errno::NOSYS) => return None,
+            Err(Errno::XDEV) => return Some(Err(escapes())),
+            Err(Errno::AGAIN) => continue,
+            Err(e) => {
+                // What the path is, without opening it (`O_PATH`), resolved the same way.
+                let found = rustix::fs::openat2(dir, rel, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), how)
+                    .and_then(rustix::fs::fstat)
+                    .map(|s| kind(&s));
+                return Some(Err(explain(e, found, want)));
+            }
+        }
+    }
+    Some(Err(Errno::AGAIN.into()))
 }
 
 /// Resolves `rel` beneath `dir` one component at a time, as [`open_beneath`] describes for macOS.
@@ -128,7 +157,7 @@ pub(super) fn walk_beneath(dir: BorrowedFd<'_>, rel: &Path, want: Want) -> io::R
             }
             Component::RootDir | Component::Prefix(_) => return Err(escapes()),
             Component::Normal(name) => {
-                let step = super::os::SEARCH_FLAGS | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let step = SEARCH_FLAGS | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let next =
                     rustix::fs::openat(at, name, step | OFlags::NONBLOCK, Mode::empty()).map_err(|e| match stat_at(
                         at, name,
@@ -318,7 +347,7 @@ mod tests {
         let walked = walk_beneath(dir.as_fd(), rel, want).and_then(|fd| finish(fd, want));
         let opened = match want {
             Want::File { write } => open_beneath(dir, rel, write),
-            Want::Dir => open_dir_beneath(dir, rel),
+            Want::Dir => resolve_beneath(dir.as_fd(), rel, want).and_then(|fd| finish(fd, want)),
         };
         vec![opened, walked]
     }

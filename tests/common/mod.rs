@@ -238,7 +238,7 @@ impl Lib {
     }
 
     /// Builds a sample VM in `Make Base/` and makes it a base through the binary.
-    pub fn base_from(&self, vm: &leafd::sample::SampleVm) -> PathBuf {
+    pub fn base_from(&self, vm: &leafd::testing::SampleVm) -> PathBuf {
         let bundle = vm.build(&self.make_base_dir()).unwrap();
         self.ok(&["make-base", bundle.to_str().unwrap()]);
         self.base_dir(&vm.name)

@@ -183,91 +183,11 @@ impl Checker {
             }
             match o.op.as_str() {
                 "write" | "truncate" | "times" | "chmod" | "lock" | "xattr" | "rmxattr" | "open-write" => {
-                    let adds_write = o.op == "chmod" && o.mode.is_some_and(|m| m & 0o222 != 0);
-                    let unlocks = o.op == "lock" && o.on == Some(false);
-                    let forbidden = matches!(o.op.as_str(), "write" | "truncate" | "open-write" | "xattr" | "rmxattr")
-                        || adds_write
-                        || unlocks;
-                    if forbidden && self.is_base_file(o) {
-                        self.problems.push(format!("{at}: {} of published base file {}", o.op, o.path.display()));
-                    }
-                    if o.op != "open-write"
-                        && let Some(i) = o.id
-                    {
-                        self.dirty.insert(i, (o.path.clone(), o.op.clone()));
-                    }
+                    self.changed(o, &at)
                 }
-                "create" | "mkdir" | "link" | "symlink" => {
-                    if let Some(i) = o.id {
-                        match o.op.as_str() {
-                            "create" => _ = self.dirty.insert(i, (o.path.clone(), "new file".into())),
-                            "link" => _ = self.dirty.insert(i, (o.path.clone(), "new name".into())),
-                            _ => {}
-                        }
-                        if o.op != "link" {
-                            self.made.insert(i);
-                        }
-                    }
-                    if let Some(d) = o.dir {
-                        self.dirty.insert(d, (o.path.parent().unwrap().to_path_buf(), "entry".into()));
-                    }
-                }
-                "unlink" | "rmdir" => {
-                    if let Some(i) = o.id {
-                        // Gone: its inode number may come back as another file's.
-                        self.dirty.remove(&i);
-                        self.place.remove(&i);
-                        self.published.remove(&i);
-                        self.made.remove(&i);
-                    }
-                    if let Some(d) = o.dir {
-                        self.dirty.insert(d, (o.path.parent().unwrap().to_path_buf(), "entry".into()));
-                    }
-                    if o.path.parent().is_some_and(|p| p.ends_with(".leafd/journal")) && o.op == "unlink" {
-                        // The operation ends: what it left must be flushed, but the journal folder
-                        // itself is flushed right after this.
-                        self.unflushed(&format!("{at} (journal removed)"), o.dir);
-                    }
-                }
-                "rename" => {
-                    let to = o.to.clone().expect("rename has a target");
-                    // A file the rename replaced is gone: its inode number may come back.
-                    let replaced: Vec<Id> =
-                        self.place.iter().filter(|(i, p)| **p == to && Some(**i) != o.id).map(|(i, _)| *i).collect();
-                    for i in replaced {
-                        self.dirty.remove(&i);
-                        self.place.remove(&i);
-                        self.published.remove(&i);
-                        self.made.remove(&i);
-                    }
-                    for (p, what) in self.dirty.values() {
-                        if (p == &o.path || p.starts_with(&o.path)) && !excluded(p) {
-                            self.problems.push(format!(
-                                "{at}: rename of {} to {} while {} has an unflushed {what}",
-                                o.path.display(),
-                                to.display(),
-                                p.display()
-                            ));
-                        }
-                    }
-                    for p in self.place.values_mut().chain(self.dirty.values_mut().map(|(p, _)| p)) {
-                        if let Ok(rest) = p.strip_prefix(&o.path) {
-                            *p = if rest.as_os_str().is_empty() { to.clone() } else { to.join(rest) };
-                        }
-                    }
-                    for d in [o.dir, o.to_dir].into_iter().flatten() {
-                        let at = if Some(d) == o.dir { o.path.parent() } else { to.parent() };
-                        self.dirty.insert(d, (at.unwrap().to_path_buf(), "entry (rename)".into()));
-                        self.renamed.insert(d, (at.unwrap().to_path_buf(), o.n));
-                    }
-                    if published_base_file(&self.root, &to.join("x")) && to.parent() == Some(&self.root.join("Bases")) {
-                        for (i, p) in &self.place {
-                            if published_base_file(&self.root, p) {
-                                self.published.insert(*i);
-                            }
-                        }
-                    }
-                }
+                "create" | "mkdir" | "link" | "symlink" => self.made_entry(o),
+                "unlink" | "rmdir" => self.removed(o, &at),
+                "rename" => self.moved(o, &at),
                 "flush" => {
                     if let Some(i) = o.id {
                         self.dirty.remove(&i);
@@ -275,6 +195,102 @@ impl Checker {
                     }
                 }
                 other => self.problems.push(format!("{at}: unknown trace operation {other}")),
+            }
+        }
+    }
+
+    /// A change to a file's data, length, times, mode, flags or attributes (or an open for
+    /// writing): never to a published base file's data, and never adding write access to one.
+    fn changed(&mut self, o: &Op, at: &str) {
+        let adds_write = o.op == "chmod" && o.mode.is_some_and(|m| m & 0o222 != 0);
+        let unlocks = o.op == "lock" && o.on == Some(false);
+        let forbidden =
+            matches!(o.op.as_str(), "write" | "truncate" | "open-write" | "xattr" | "rmxattr") || adds_write || unlocks;
+        if forbidden && self.is_base_file(o) {
+            self.problems.push(format!("{at}: {} of published base file {}", o.op, o.path.display()));
+        }
+        if o.op != "open-write"
+            && let Some(i) = o.id
+        {
+            self.dirty.insert(i, (o.path.clone(), o.op.clone()));
+        }
+    }
+
+    /// A new file, folder or name: it and its folder's entries are to flush.
+    fn made_entry(&mut self, o: &Op) {
+        if let Some(i) = o.id {
+            match o.op.as_str() {
+                "create" => _ = self.dirty.insert(i, (o.path.clone(), "new file".into())),
+                "link" => _ = self.dirty.insert(i, (o.path.clone(), "new name".into())),
+                _ => {}
+            }
+            if o.op != "link" {
+                self.made.insert(i);
+            }
+        }
+        if let Some(d) = o.dir {
+            self.dirty.insert(d, (o.path.parent().unwrap().to_path_buf(), "entry".into()));
+        }
+    }
+
+    /// A file or folder removed; the journal's removal ends the operation.
+    fn removed(&mut self, o: &Op, at: &str) {
+        if let Some(i) = o.id {
+            self.forget(i);
+        }
+        if let Some(d) = o.dir {
+            self.dirty.insert(d, (o.path.parent().unwrap().to_path_buf(), "entry".into()));
+        }
+        if o.path.parent().is_some_and(|p| p.ends_with(".leafd/journal")) && o.op == "unlink" {
+            // The operation ends: what it left must be flushed, but the journal folder
+            // itself is flushed right after this.
+            self.unflushed(&format!("{at} (journal removed)"), o.dir);
+        }
+    }
+
+    /// A file gone: its inode number may come back as another file's.
+    fn forget(&mut self, i: Id) {
+        self.dirty.remove(&i);
+        self.place.remove(&i);
+        self.published.remove(&i);
+        self.made.remove(&i);
+    }
+
+    /// A rename publishes what it moves, which must all be flushed; both folders are to flush
+    /// before anything else changes. A folder renamed into `Bases/` publishes a base.
+    fn moved(&mut self, o: &Op, at: &str) {
+        let to = o.to.clone().expect("rename has a target");
+        // A file the rename replaced is gone.
+        let replaced: Vec<Id> =
+            self.place.iter().filter(|(i, p)| **p == to && Some(**i) != o.id).map(|(i, _)| *i).collect();
+        for i in replaced {
+            self.forget(i);
+        }
+        for (p, what) in self.dirty.values() {
+            if (p == &o.path || p.starts_with(&o.path)) && !excluded(p) {
+                self.problems.push(format!(
+                    "{at}: rename of {} to {} while {} has an unflushed {what}",
+                    o.path.display(),
+                    to.display(),
+                    p.display()
+                ));
+            }
+        }
+        for p in self.place.values_mut().chain(self.dirty.values_mut().map(|(p, _)| p)) {
+            if let Ok(rest) = p.strip_prefix(&o.path) {
+                *p = if rest.as_os_str().is_empty() { to.clone() } else { to.join(rest) };
+            }
+        }
+        for d in [o.dir, o.to_dir].into_iter().flatten() {
+            let at = if Some(d) == o.dir { o.path.parent() } else { to.parent() };
+            self.dirty.insert(d, (at.unwrap().to_path_buf(), "entry (rename)".into()));
+            self.renamed.insert(d, (at.unwrap().to_path_buf(), o.n));
+        }
+        if published_base_file(&self.root, &to.join("x")) && to.parent() == Some(&self.root.join("Bases")) {
+            for (i, p) in &self.place {
+                if published_base_file(&self.root, p) {
+                    self.published.insert(*i);
+                }
             }
         }
     }

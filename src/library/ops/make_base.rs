@@ -26,39 +26,36 @@ use leafd_formats::{Env, ErrorKind, vmx};
 use serde::{Deserialize, Serialize};
 
 use super::common::{self, cid_hex, disk_cid, flattened_name, human_bytes, human_duration, plain_entries, read_dict};
-use super::journal::{self, Ctx, Journal, LPath};
-use super::records::{self, BaseRecord, DiskRecord, ExtentRecord};
-use super::{BASE_VMX_SUFFIX, Base, Library, Options, validate_name};
 use crate::durable::{self, Flush};
-use crate::error::{Error, IoContext, Kind, Result};
-use crate::fault;
+use crate::error::{Error, IoContext, Kind, Result, undo_after};
 use crate::fsutil;
+use crate::library::journal::{self, Ctx, Journal, LPath};
+use crate::library::records::{self, BaseRecord, DiskRecord, ExtentRecord};
+use crate::library::{BASE_VMX_SUFFIX, Base, Library, Options, validate_name};
 use crate::platform::{self, Tag};
+use crate::testing::fault;
 
-pub const OP: &str = "make-base";
-
-/// Every step at which a crash test kills Make Base. `flattened` happens only for a VM whose
-/// disks are snapshot chains (a leaf, say); `moved` on one volume only; `copying`, `copied`,
-/// `source-removing` and `source-removed` across volumes only.
-pub const STEPS: &[&str] = &[
-    "journaled",
-    "flattened",
-    "moved",
-    "copying",
-    "copied",
-    "vmx-renamed",
-    "lineage-written",
-    "protected",
-    "published",
-    "drop-folder-created",
-    "source-removing",
-    "source-removed",
-    "fingerprinted",
-];
-
-fn step(name: &str) {
-    fault::point(OP, STEPS, name);
-}
+fault::steps!("make-base" {
+    Journaled = "journaled",
+    /// Only for a VM whose disks are snapshot chains (a leaf, say).
+    Flattened = "flattened",
+    /// On one volume only.
+    Moved = "moved",
+    /// Across volumes only.
+    Copying = "copying",
+    /// Across volumes only.
+    Copied = "copied",
+    VmxRenamed = "vmx-renamed",
+    LineageWritten = "lineage-written",
+    Protected = "protected",
+    Published = "published",
+    DropFolderCreated = "drop-folder-created",
+    /// Across volumes only.
+    SourceRemoving = "source-removing",
+    /// Across volumes only.
+    SourceRemoved = "source-removed",
+    Fingerprinted = "fingerprinted",
+});
 
 /// A disk has at most this many extents (a 2 TiB disk split at 2 GiB has 1,025): each becomes a
 /// file of every leaf.
@@ -66,64 +63,64 @@ const MAX_EXTENTS: usize = 8192;
 
 /// The journal's record of a Make Base.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub id: String,
-    pub name: String,
-    pub source: LPath,
+pub(crate) struct Plan {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) source: LPath,
     /// Copy across volumes (else rename).
-    pub copy: bool,
+    pub(crate) copy: bool,
     /// The `.vmx`, relative to the bundle.
-    pub vmx: PathBuf,
+    pub(crate) vmx: PathBuf,
     /// Disk files relative to the bundle, with their protection before Make Base.
-    pub disk_files: Vec<DiskFile>,
+    pub(crate) disk_files: Vec<DiskFile>,
     /// Snapshot chains flattened into new base disks (their current state).
-    pub flatten: Vec<Flatten>,
+    pub(crate) flatten: Vec<Flatten>,
     /// When the VM was a leaf: its base, to take it off that base's list once it is a base.
-    pub from_leaf: Option<FromLeaf>,
+    pub(crate) from_leaf: Option<FromLeaf>,
     /// Parent copies of a leaf, rewritten to reach its base from their new place.
-    pub repointed: Vec<Repointed>,
-    pub record: BaseRecord,
+    pub(crate) repointed: Vec<Repointed>,
+    pub(crate) record: BaseRecord,
 }
 
 /// A disk file of the bundle and how it was protected before, to put back on an undo.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiskFile {
+pub(crate) struct DiskFile {
     /// Its name's bytes, which need not be UTF-8 (extents named in a legacy code page).
     #[serde(with = "records::text_or_bytes::path")]
-    pub path: PathBuf,
-    pub mode: u32,
-    pub locked: bool,
+    pub(crate) path: PathBuf,
+    pub(crate) mode: u32,
+    pub(crate) locked: bool,
 }
 
 /// A disk whose chain becomes one new disk of the base; the chain's own files are kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Flatten {
+pub(crate) struct Flatten {
     /// Index of the disk in the base record.
-    pub disk: usize,
+    pub(crate) disk: usize,
     /// The chain's top, relative to the bundle.
-    pub top: PathBuf,
+    pub(crate) top: PathBuf,
     /// The new disk, relative to the bundle, and every file it is made of.
-    pub target: PathBuf,
-    pub files: Vec<PathBuf>,
+    pub(crate) target: PathBuf,
+    pub(crate) files: Vec<PathBuf>,
     /// Extent sizes when split like the chain's top.
-    pub split: Option<Vec<u64>>,
+    pub(crate) split: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FromLeaf {
-    pub base: LPath,
-    pub leaf_id: String,
+pub(crate) struct FromLeaf {
+    pub(crate) base: LPath,
+    pub(crate) leaf_id: String,
 }
 
 /// A leaf's parent copy (relative to the bundle) as it was, and as it is in the base: bytes, as a
 /// copy of a descriptor in a legacy code page keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Repointed {
-    pub path: PathBuf,
+pub(crate) struct Repointed {
+    pub(crate) path: PathBuf,
     #[serde(with = "records::text_or_bytes")]
-    pub original: Vec<u8>,
+    pub(crate) original: Vec<u8>,
     #[serde(with = "records::text_or_bytes")]
-    pub new: Vec<u8>,
+    pub(crate) new: Vec<u8>,
 }
 
 impl Plan {
@@ -144,16 +141,16 @@ impl Plan {
 
 /// What Make Base did.
 #[derive(Debug, Clone)]
-pub struct MadeBase {
-    pub name: String,
+pub(crate) struct MadeBase {
+    pub(crate) name: String,
     /// The bundle, as the user knows it (relative to the root when inside it).
-    pub source: String,
-    pub disks: usize,
-    pub capacity_bytes: u64,
-    pub copied: bool,
-    pub elapsed: Duration,
+    pub(crate) source: String,
+    pub(crate) disks: usize,
+    pub(crate) capacity_bytes: u64,
+    pub(crate) copied: bool,
+    pub(crate) elapsed: Duration,
     /// Things that went wrong after the base was made (it is usable).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl std::fmt::Display for MadeBase {
@@ -206,8 +203,7 @@ fn damaged(e: Error) -> Error {
         return e;
     }
     let leads_out = e
-        .source
-        .as_ref()
+        .io_error()
         .is_some_and(|s| matches!(s.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::PermissionDenied));
     if leads_out {
         return e.fix("keep every file of the VM's disks inside the bundle as a regular file (no link out of it), then drop the VM again");
@@ -732,7 +728,7 @@ fn complete_record(plan: &Plan, staging: &Path, env: &Arc<dyn Env>) -> Result<Ba
 /// Makes a base from `bundle`. On any failure before the base is in place, everything is put
 /// back as it was and the error says why. The base is usable when this returns; the caller then
 /// completes the fingerprints.
-pub fn make_base(
+pub(crate) fn make_base(
     lib: &Library,
     bundle: &Path,
     name: Option<&str>,
@@ -780,18 +776,15 @@ pub fn make_base(
         },
     };
     let journal = Journal::begin(lib, &id, OP, &plan)?;
-    step("journaled");
+    step(Step::Journaled);
     let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
     if let Err(e) = build(&ctx, &plan, &found, &target, opts) {
         // Published but not flushed (the folder's flush failed after the rename): the journal
         // stays, and recovery finishes the base.
-        if !published(lib, &plan) {
-            roll_back(&ctx, &plan).map_err(|re| {
-                Error::new(re.kind, re.path.clone(), format!("{} (while undoing after: {e})", re.message))
-            })?;
-            journal.finish()?;
+        if published(lib, &plan) {
+            return Err(e);
         }
-        return Err(e);
+        return Err(undo_after(e, || roll_back(&ctx, &plan).and_then(|()| journal.finish())));
     }
     let Finished { warnings, unfinished } = finish(&ctx, &plan, opts);
     let made = MadeBase {
@@ -809,15 +802,15 @@ pub fn make_base(
 /// The last part of Make Base, which may run after the base is in use: fingerprinting its disks.
 /// The operation's journal stays until it is done, so a crash meanwhile is finished by recovery.
 #[must_use = "call finish() to record the fingerprints (recovery does it otherwise)"]
-pub struct Fingerprinting {
+pub(crate) struct Fingerprinting {
     journal: Journal,
-    pub base: Base,
+    pub(crate) base: Base,
     /// What stopped the steps after the publish: reported here, and the journal kept.
     unfinished: Option<Error>,
 }
 
 impl Fingerprinting {
-    pub fn finish(self, lib: &Library, opts: &Options) -> Result<()> {
+    pub(crate) fn finish(self, lib: &Library, opts: &Options) -> Result<()> {
         complete_fingerprints(lib, &self.base, opts)?;
         match self.unfinished {
             Some(e) => Err(e),
@@ -832,16 +825,16 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
     let staging = plan.staging(lib);
     if !plan.flatten.is_empty() {
         write_flattened(ctx, plan, &found.bundle, opts)?;
-        step("flattened");
+        step(Step::Flattened);
     }
     if plan.copy {
         copy_into(&found.bundle, &staging, &plan.id, opts)?;
         found.refuse_if_changed()?;
-        step("copied");
+        step(Step::Copied);
     } else {
         found.refuse_if_changed()?;
         durable::rename_noreplace(&found.bundle, &staging)?;
-        step("moved");
+        step(Step::Moved);
     }
     let flatten_dir = plan.flatten_dir(lib);
     for f in &plan.flatten {
@@ -851,14 +844,14 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
     }
     journal::remove_work_dir(ctx, &flatten_dir)?;
     durable::rename_noreplace(&staging.join(&plan.vmx), &staging.join(&plan.record.vmx))?;
-    step("vmx-renamed");
+    step(Step::VmxRenamed);
     for r in &plan.repointed {
         durable::write_atomic(&staging.join(&r.path), &r.new)?;
     }
     let record = complete_record(plan, &staging, &opts.env())?;
     records::write_base(&staging, &record)?;
     tag(&staging, Tag::Base, true);
-    step("lineage-written");
+    step(Step::LineageWritten);
     let dir = platform::open_dir(&staging).at(&staging, "cannot open")?;
     for rel in plan.disk_files.iter().map(|d| &d.path).chain(plan.flatten.iter().flat_map(|f| &f.files)) {
         // Through the descriptor opened beneath the staging folder: nothing can be swapped in
@@ -867,10 +860,10 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
         let file = platform::open_beneath(&dir, rel, false).at(&p, "cannot open to write-protect")?;
         durable::protect_open(&file, &p)?;
     }
-    step("protected");
+    step(Step::Protected);
     durable::flush_tree(&staging, Flush::Order)?;
     durable::rename_noreplace(&staging, target)?;
-    step("published");
+    step(Step::Published);
     Ok(())
 }
 
@@ -889,7 +882,7 @@ fn copy_into(bundle: &Path, staging: &Path, id: &str, opts: &Options) -> Result<
             durable::copy_file(src, &dst, &opts.cancel)?;
         }
         if i == 0 {
-            step("copying");
+            step(Step::Copying);
         }
     }
     for src in &entries {
@@ -939,7 +932,7 @@ fn finish_steps(ctx: &Ctx, plan: &Plan, opts: &Options, warnings: &mut Vec<Strin
     let target = plan.target(lib)?;
     let drop_folder = lib.new_leaf_dir().join(&plan.name);
     durable::create_dir_all(&drop_folder).and_then(|()| durable::flush_parent(&drop_folder, Flush::Order))?;
-    step("drop-folder-created");
+    step(Step::DropFolderCreated);
     if let Some(from) = &plan.from_leaf {
         // The leaf is now a base: it is no leaf of its old base any more.
         // The tag first: removing the record flushes the folder, tags and all.
@@ -966,7 +959,7 @@ fn finish_steps(ctx: &Ctx, plan: &Plan, opts: &Options, warnings: &mut Vec<Strin
                 ));
             }
         }
-        step("source-removed");
+        step(Step::SourceRemoved);
     }
     journal::unstamp(&target, &plan.id)
 }
@@ -1031,7 +1024,7 @@ fn remove_copied_source(source: &Path, target: &Path, plan: &Plan, opts: &Option
             durable::remove_file(src)?;
         }
         if i == 0 {
-            step("source-removing");
+            step(Step::SourceRemoving);
         }
     }
     durable::remove_dir(source)?;
@@ -1101,11 +1094,11 @@ fn roll_back(ctx: &Ctx, plan: &Plan) -> Result<()> {
 
 /// Whether the base is in place (the publish rename happened).
 fn published(lib: &Library, plan: &Plan) -> bool {
-    plan.target(lib).is_ok_and(|t| super::base_at(&t, &plan.id).unwrap_or(false))
+    plan.target(lib).is_ok_and(|t| crate::library::base_at(&t, &plan.id).unwrap_or(false))
 }
 
 /// Finishes or undoes a Make Base that was interrupted.
-pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
+pub(crate) fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
     let lib = ctx.lib;
     // Every file the plan names is in the bundle: a journal naming one elsewhere (`../..`) would
     // have recovery change or delete it.
@@ -1141,7 +1134,7 @@ pub fn recover(ctx: &Ctx, plan: &Plan, opts: &Options) -> Result<String> {
 
 /// Computes and records the fingerprints a base does not have yet (they are computed after the
 /// base is usable, so a big disk does not delay it).
-pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Result<()> {
+pub(crate) fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Result<()> {
     let current = records::read_base(&base.dir)?.unwrap_or_else(|| base.record.clone());
     if current.disks.iter().all(|d| d.fingerprint.is_some()) {
         return Ok(());
@@ -1157,14 +1150,14 @@ pub fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) -> Resu
     for (d, fp) in record.disks.iter_mut().zip(prints) {
         d.fingerprint.get_or_insert(fp);
     }
-    step("fingerprinted");
+    step(Step::Fingerprinted);
     records::write_base(&base.dir, &record)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::{SampleDisk, SampleVm};
+    use crate::testing::sample::{SampleDisk, SampleVm};
     use std::io::Write;
 
     #[test]

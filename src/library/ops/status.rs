@@ -7,56 +7,56 @@ use leafd_formats::disk::Disk;
 use serde::Serialize;
 
 use super::common::{human_bytes, own_bytes};
-use super::{Library, NOTE_SUFFIX, Options, journal, note_path};
 use crate::error::Result;
 use crate::fsutil;
+use crate::library::{Library, Options, ignored_name, journal, note_path, note_reason};
 
 #[derive(Debug, Serialize)]
-pub struct Status {
-    pub root: String,
-    pub bases: Vec<BaseStatus>,
+pub(crate) struct Status {
+    pub(crate) root: String,
+    pub(crate) bases: Vec<BaseStatus>,
     /// Drops not acted on yet (waiting to settle, or not yet seen by the agent).
-    pub pending: Vec<String>,
+    pub(crate) pending: Vec<String>,
     /// Drops that failed, with what is wrong (from their note).
-    pub failed: Vec<Failed>,
+    pub(crate) failed: Vec<Failed>,
     /// Operations interrupted and not yet finished or undone.
-    pub interrupted: usize,
+    pub(crate) interrupted: usize,
 }
 
 #[derive(Debug, Serialize)]
-pub struct BaseStatus {
-    pub name: String,
-    pub id: String,
-    pub disks: usize,
+pub(crate) struct BaseStatus {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) disks: usize,
     /// Virtual size of all disks.
-    pub capacity_bytes: u64,
+    pub(crate) capacity_bytes: u64,
     /// What the base's disks occupy on disk: shared by every leaf.
-    pub shared_bytes: u64,
-    pub leaves: Vec<LeafStatus>,
+    pub(crate) shared_bytes: u64,
+    pub(crate) leaves: Vec<LeafStatus>,
     /// What the base plus one full copy per leaf would occupy.
-    pub full_copies_bytes: u64,
+    pub(crate) full_copies_bytes: u64,
     /// What the base and its leaves occupy.
-    pub used_bytes: u64,
-    pub saved_bytes: u64,
+    pub(crate) used_bytes: u64,
+    pub(crate) saved_bytes: u64,
     /// Freed by removing the base (possible only once no leaf depends on it).
-    pub reclaimable_bytes: u64,
-    pub fingerprinted: bool,
+    pub(crate) reclaimable_bytes: u64,
+    pub(crate) fingerprinted: bool,
 }
 
 #[derive(Debug, Serialize)]
-pub struct LeafStatus {
-    pub name: String,
-    pub path: String,
+pub(crate) struct LeafStatus {
+    pub(crate) name: String,
+    pub(crate) path: String,
     /// False when the leaf is no longer where it was made.
-    pub present: bool,
+    pub(crate) present: bool,
     /// Allocated bytes of its deltas.
-    pub own_bytes: u64,
+    pub(crate) own_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Failed {
-    pub item: String,
-    pub reason: String,
+pub(crate) struct Failed {
+    pub(crate) item: String,
+    pub(crate) reason: String,
 }
 
 fn allocated_of_disk(path: &Path) -> u64 {
@@ -66,7 +66,7 @@ fn allocated_of_disk(path: &Path) -> u64 {
 }
 
 /// Gathers the status of `lib`; reads only.
-pub fn status(lib: &Library) -> Result<Status> {
+pub(crate) fn status(lib: &Library) -> Result<Status> {
     let leaves = lib.leaves()?;
     let mut bases = Vec::new();
     for base in lib.bases()? {
@@ -119,12 +119,7 @@ pub fn status(lib: &Library) -> Result<Status> {
 /// Items in the drop folders: those with a failure note, and the others.
 fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
     let mut items = Vec::new();
-    let list = |dir: &Path| -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> =
-            fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-        v.sort();
-        v
-    };
+    let list = |dir: &Path| fsutil::entries(dir).unwrap_or_default();
     items.extend(list(&lib.make_base_dir()));
     for base_dir in list(&lib.new_leaf_dir()).into_iter().filter(|p| p.is_dir()) {
         items.extend(list(&base_dir).into_iter().filter(|p| p.is_dir()));
@@ -133,22 +128,11 @@ fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
     let mut failed = Vec::new();
     for item in items {
         let name = item.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with('.') || name.ends_with(NOTE_SUFFIX) {
+        if ignored_name(name) {
             continue;
         }
         match fs::read_to_string(note_path(&item)) {
-            Ok(note) => {
-                // The agent's note says what is wrong on the line after "What is wrong:".
-                let mut lines = note.lines();
-                let first = lines.next().unwrap_or_default();
-                let reason = note
-                    .lines()
-                    .skip_while(|l| l.trim() != "What is wrong:")
-                    .nth(1)
-                    .map_or(first, str::trim)
-                    .to_string();
-                failed.push(Failed { item: lib.display(&item), reason })
-            }
+            Ok(note) => failed.push(Failed { item: lib.display(&item), reason: note_reason(&note).to_string() }),
             Err(_) => pending.push(lib.display(&item)),
         }
     }
@@ -156,7 +140,7 @@ fn drops(lib: &Library) -> (Vec<String>, Vec<Failed>) {
 }
 
 /// The status as a table a person reads.
-pub fn render(s: &Status) -> String {
+pub(crate) fn render(s: &Status) -> String {
     let mut out = format!("library: {}\n", s.root);
     if s.bases.is_empty() {
         out.push_str("no bases yet: drop a powered-off VM into \"Make Base\"\n");

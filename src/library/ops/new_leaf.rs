@@ -9,51 +9,46 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use leafd_formats::clone::{create_delta, delta_name, parent_copy};
+use leafd_formats::descriptor::Descriptor;
 use leafd_formats::dict::Dict;
-use leafd_formats::disk::{self, Disk, resolve};
+use leafd_formats::disk::{self, Disk, DiskType, resolve};
 use leafd_formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use super::common::{cid_hex, disk_cid, human_bytes, human_duration, read_dict};
-use super::journal::{self, Ctx, Journal, LPath};
-use super::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
-use super::{Base, Library, Options, SnapshotBackend, validate_name};
+use crate::child;
 use crate::durable::{self, Flush};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Kind, Result, undo_after};
 use crate::fsutil;
+use crate::library::journal::{self, Ctx, Journal, LPath};
+use crate::library::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
+use crate::library::{Base, Library, Options, SnapshotBackend, validate_name};
 use crate::platform::{self, Tag};
-use crate::{child, fault};
+use crate::testing::fault;
 
-pub const OP: &str = "new-leaf";
-
-/// Every step at which a crash test kills New Leaf.
-pub const STEPS: &[&str] = &[
-    "journaled",
-    "parent-copies-written",
-    "deltas-written",
-    "vmx-written",
-    "vmsd-written",
-    "lineage-written",
-    "published",
-    "base-linked",
-    "request-removed",
-];
-
-fn step(name: &str) {
-    fault::point(OP, STEPS, name);
-}
+fault::steps!("new-leaf" {
+    Journaled = "journaled",
+    ParentCopiesWritten = "parent-copies-written",
+    DeltasWritten = "deltas-written",
+    VmxWritten = "vmx-written",
+    VmsdWritten = "vmsd-written",
+    LineageWritten = "lineage-written",
+    Published = "published",
+    BaseLinked = "base-linked",
+    RequestRemoved = "request-removed",
+});
 
 /// The journal's record of a New Leaf.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub id: String,
+pub(crate) struct Plan {
+    pub(crate) id: String,
     /// The base's folder.
-    pub base: LPath,
-    pub base_id: String,
-    pub name: String,
+    pub(crate) base: LPath,
+    pub(crate) base_id: String,
+    pub(crate) name: String,
     /// The `New Leaf/<base>/<name>` folder that asked for the leaf, removed at the end.
-    pub request: Option<LPath>,
-    pub leaf_ref: LeafRef,
+    pub(crate) request: Option<LPath>,
+    pub(crate) leaf_ref: LeafRef,
 }
 
 impl Plan {
@@ -76,15 +71,15 @@ struct Places {
 
 /// What New Leaf did.
 #[derive(Debug, Clone)]
-pub struct MadeLeaf {
-    pub name: String,
-    pub base: String,
-    pub disks: usize,
+pub(crate) struct MadeLeaf {
+    pub(crate) name: String,
+    pub(crate) base: String,
+    pub(crate) disks: usize,
     /// Bytes the leaf's own files take.
-    pub own_bytes: u64,
-    pub snapshot: &'static str,
-    pub elapsed: Duration,
-    pub warnings: Vec<String>,
+    pub(crate) own_bytes: u64,
+    pub(crate) snapshot: &'static str,
+    pub(crate) elapsed: Duration,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl std::fmt::Display for MadeLeaf {
@@ -107,7 +102,7 @@ impl std::fmt::Display for MadeLeaf {
 }
 
 /// Makes leaf `name` from base `base_name`. `request` is the drop folder that asked for it.
-pub fn new_leaf(
+pub(crate) fn new_leaf(
     lib: &Library,
     base_name: &str,
     name: &str,
@@ -157,19 +152,18 @@ pub fn new_leaf(
         },
     };
     let journal = Journal::begin(lib, &id, OP, &plan)?;
-    step("journaled");
+    step(Step::Journaled);
     let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
     let places = Places { staging: plan.staging(lib), target: target.clone(), request: request.map(Path::to_path_buf) };
     let built = build(&ctx, &plan, &places, &base, &base_disks, opts);
     let (record, mut warnings) = match built {
         Ok(r) => r,
+        // Published but not flushed: the journal stays, and recovery finishes the leaf.
+        Err(e) if published(&plan, &places) => return Err(e),
         Err(e) => {
-            // Published but not flushed: the journal stays, and recovery finishes the leaf.
-            if !published(&plan, &places) {
-                journal::remove_work_dir(&ctx, &places.staging)?;
-                journal.finish()?;
-            }
-            return Err(e);
+            return Err(undo_after(e, || {
+                journal::remove_work_dir(&ctx, &places.staging).and_then(|()| journal.finish())
+            }));
         }
     };
     warnings.extend(finish(&ctx, &plan, &places)?);
@@ -238,7 +232,7 @@ fn build(
     }
     durable::flush_tree(staging, Flush::Order)?;
     durable::rename_noreplace(staging, &places.target)?;
-    step("published");
+    step(Step::Published);
     Ok((record, warnings))
 }
 
@@ -254,7 +248,7 @@ fn build_files(
 ) -> Result<LeafRecord> {
     let staging = &places.staging;
     journal::create_work_dir(staging, &plan.id, "staging")?;
-    let mut disks = Vec::new();
+    let mut disks: Vec<Staged> = Vec::new();
     for (d, disk) in base_disks {
         let rel = PathBuf::from(&d.descriptor);
         let copy_path = staging.join(&rel);
@@ -269,58 +263,14 @@ fn build_files(
         let delta_rel = rel.with_file_name(delta_name(&file_name));
         disks.push((d.node.clone(), rel, delta_rel, copy, file_name, disk.disk_type));
     }
-    step("parent-copies-written");
+    step(Step::ParentCopiesWritten);
     let base_vmx = read_dict(&base.vmx_path())?;
     copy_nvram(&base_vmx, base, staging, &plan.name, opts)?;
-    let vmx_path = staging.join(format!("{}.vmx", plan.name));
-    let vmsd_path = staging.join(format!("{}.vmsd", plan.name));
-    let str_of = |p: &Path| p.to_string_lossy().into_owned();
-    if let Some(vmrun) = vmrun {
-        let on_copies: Vec<(String, String)> =
-            disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
-        durable::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &on_copies).to_bytes())?;
-        step("vmx-written");
-        run_vmrun(vmrun, &vmx_path, &opts.cancel)?;
-        // vmrun must have pointed every disk at a new delta over our parent copy.
-        let after = read_dict(&vmx_path)?;
-        for (node, rel, delta_rel, ..) in &mut disks {
-            let now = after.get(&format!("{node}.fileName")).unwrap_or_default().to_string();
-            let delta = Disk::open(&opts.env(), &resolve(staging, &now))?;
-            if now == str_of(rel) || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel)) {
-                return Err(Error::format(
-                    &vmx_path,
-                    format!("vmrun reported success but disk {node} has no snapshot over {}", rel.display()),
-                ));
-            }
-            *delta_rel = PathBuf::from(now);
-        }
-        step("deltas-written");
-        let mut vmsd = read_dict(&vmsd_path)?;
-        add_clone_keys(&mut vmsd, base, &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>());
-        durable::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
-        step("vmsd-written");
-    } else {
-        for (_, _, delta_rel, copy, file_name, base_type) in &disks {
-            create_delta(&opts.env(), &staging.join(delta_rel), file_name, copy, *base_type)?;
-        }
-        step("deltas-written");
-        let deltas: Vec<(String, String)> =
-            disks.iter().map(|(node, _, delta, ..)| (node.clone(), str_of(delta))).collect();
-        durable::write_new(&vmx_path, &vmx::leaf_vmx(&base_vmx, &plan.name, &deltas).to_bytes())?;
-        step("vmx-written");
-        let at_snapshot: Vec<(String, String)> =
-            disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
-        let own: Vec<String> = disks.iter().map(|d| str_of(&d.2)).collect();
-        let vmsd = vmx::leaf_vmsd(&Snapshot {
-            leaf_name: &plan.name,
-            disks: &at_snapshot,
-            own_disks: &own,
-            clone_of: &str_of(&base.vmx_path()),
-            created: SystemTime::now(),
-        });
-        durable::write_new(&vmsd_path, &vmsd.to_bytes())?;
-        step("vmsd-written");
+    match vmrun {
+        Some(vmrun) => snapshot_by_vmrun(vmrun, plan, base, &base_vmx, staging, &mut disks, opts)?,
+        None => snapshot_natively(plan, base, &base_vmx, staging, &disks, opts)?,
     }
+    let str_of = |p: &Path| p.to_string_lossy().into_owned();
     let record = LeafRecord {
         format: records::FORMAT,
         id: plan.id.clone(),
@@ -345,13 +295,92 @@ fn build_files(
     if let Err(e) = durable::set_tag(staging, Tag::LinkedClone, true) {
         tracing::debug!("cannot tag {}: {e}", staging.display());
     }
-    step("lineage-written");
+    step(Step::LineageWritten);
     Ok(record)
+}
+
+/// A disk of the leaf as staged: its node, its parent copy (relative to the bundle), its delta,
+/// the parent copy's descriptor, the copy's file name, and the base disk's type.
+type Staged = (String, PathBuf, PathBuf, Descriptor, String, DiskType);
+
+/// `vmrun` snapshots a `.vmx` on the parent copies: it writes the deltas, which must lead to the
+/// copies, and the `.vmsd`, which gets the clone keys.
+fn snapshot_by_vmrun(
+    vmrun: &Path,
+    plan: &Plan,
+    base: &Base,
+    base_vmx: &Dict,
+    staging: &Path,
+    disks: &mut [Staged],
+    opts: &Options,
+) -> Result<()> {
+    let vmx_path = staging.join(format!("{}.vmx", plan.name));
+    let vmsd_path = staging.join(format!("{}.vmsd", plan.name));
+    let str_of = |p: &Path| p.to_string_lossy().into_owned();
+    let on_copies: Vec<(String, String)> = disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
+    durable::write_new(&vmx_path, &vmx::leaf_vmx(base_vmx, &plan.name, &on_copies).to_bytes())?;
+    step(Step::VmxWritten);
+    run_vmrun(vmrun, &vmx_path, &opts.cancel)?;
+    // vmrun must have pointed every disk at a new delta over our parent copy.
+    let after = read_dict(&vmx_path)?;
+    for (node, rel, delta_rel, ..) in disks.iter_mut() {
+        let now = after.get(&format!("{node}.fileName")).unwrap_or_default().to_string();
+        let delta = Disk::open(&opts.env(), &resolve(staging, &now))?;
+        if now == str_of(rel) || delta.parent().map(|p| p.path().to_path_buf()) != Some(staging.join(&*rel)) {
+            return Err(Error::format(
+                &vmx_path,
+                format!("vmrun reported success but disk {node} has no snapshot over {}", rel.display()),
+            ));
+        }
+        *delta_rel = PathBuf::from(now);
+    }
+    step(Step::DeltasWritten);
+    let mut vmsd = read_dict(&vmsd_path)?;
+    add_clone_keys(&mut vmsd, base, &disks.iter().map(|d| str_of(&d.2)).collect::<Vec<_>>());
+    durable::write_atomic(&vmsd_path, &vmsd.to_bytes())?;
+    step(Step::VmsdWritten);
+    Ok(())
+}
+
+/// leafd's own writer: a delta over each parent copy, the `.vmx` on the deltas, and a `.vmsd`
+/// showing the snapshot "Base".
+fn snapshot_natively(
+    plan: &Plan,
+    base: &Base,
+    base_vmx: &Dict,
+    staging: &Path,
+    disks: &[Staged],
+    opts: &Options,
+) -> Result<()> {
+    let str_of = |p: &Path| p.to_string_lossy().into_owned();
+    for (_, _, delta_rel, copy, file_name, base_type) in disks {
+        create_delta(&opts.env(), &staging.join(delta_rel), file_name, copy, *base_type)?;
+    }
+    step(Step::DeltasWritten);
+    let deltas: Vec<(String, String)> =
+        disks.iter().map(|(node, _, delta, ..)| (node.clone(), str_of(delta))).collect();
+    durable::write_new(
+        &staging.join(format!("{}.vmx", plan.name)),
+        &vmx::leaf_vmx(base_vmx, &plan.name, &deltas).to_bytes(),
+    )?;
+    step(Step::VmxWritten);
+    let at_snapshot: Vec<(String, String)> = disks.iter().map(|(node, rel, ..)| (node.clone(), str_of(rel))).collect();
+    let own: Vec<String> = disks.iter().map(|d| str_of(&d.2)).collect();
+    let vmsd = vmx::leaf_vmsd(&Snapshot {
+        leaf_name: &plan.name,
+        disks: &at_snapshot,
+        own_disks: &own,
+        clone_of: &str_of(&base.vmx_path()),
+        created: SystemTime::now(),
+    });
+    durable::write_new(&staging.join(format!("{}.vmsd", plan.name)), &vmsd.to_bytes())?;
+    step(Step::VmsdWritten);
+    Ok(())
 }
 
 /// Copies the base's `.nvram` (EFI boot entries) under the leaf's name, when the base has one.
 fn copy_nvram(base_vmx: &Dict, base: &Base, staging: &Path, name: &str, opts: &Options) -> Result<()> {
-    let stem = base.record.vmx.trim_end_matches(super::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
+    let stem = base.record.vmx.trim_end_matches(crate::library::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
     let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
     // Named like the disks: in the .vmx's code page, or in UTF-8 after a copy from Windows.
     let Some(from) = disk::find(&opts.env(), &base.dir, &base_vmx.name(&nvram)) else { return Ok(()) };
@@ -405,7 +434,7 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     journal::unstamp(&places.target, &plan.id)?;
     records::link_leaf(&ctx.path(&plan.base)?, &plan.leaf_ref)?;
-    step("base-linked");
+    step(Step::BaseLinked);
     if let Some(request) = &places.request {
         let _ = durable::remove_file(&request.join(".DS_Store"));
         if request.symlink_metadata().is_ok() {
@@ -417,7 +446,7 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Vec<String>> {
             }
         }
     }
-    step("request-removed");
+    step(Step::RequestRemoved);
     Ok(warnings)
 }
 
@@ -427,7 +456,7 @@ fn published(plan: &Plan, places: &Places) -> bool {
 }
 
 /// Finishes or undoes a New Leaf that was interrupted.
-pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
+pub(crate) fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let lib = ctx.lib;
     let _lock = lib.lock_base(&plan.base_id)?;
     let places =

@@ -17,25 +17,25 @@ use leafd_formats::{ErrorKind, vmx};
 use serde::Serialize;
 
 use super::common::{cid_hex, disk_cid, extent_keys, flattened_name, read_dict};
-use super::records::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, Listed};
-use super::{BASE_VMX_SUFFIX, BUNDLE_EXT, Base, Leaf, Library, Options, journal, same_name};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::library::records::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, Listed};
+use crate::library::{BASE_VMX_SUFFIX, Base, Leaf, Library, Options, journal, same_name};
 use crate::platform;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub path: String,
-    pub what: String,
-    pub fix: String,
+pub(crate) struct Finding {
+    pub(crate) path: String,
+    pub(crate) what: String,
+    pub(crate) fix: String,
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub bases: usize,
-    pub leaves: usize,
-    pub problems: Vec<Finding>,
-    pub repaired: Vec<Finding>,
+pub(crate) struct Report {
+    pub(crate) bases: usize,
+    pub(crate) leaves: usize,
+    pub(crate) problems: Vec<Finding>,
+    pub(crate) repaired: Vec<Finding>,
 }
 
 impl Report {
@@ -57,7 +57,7 @@ impl Report {
     }
 
     /// The report for a person: one line per problem and repair.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         for r in &self.repaired {
             out.push_str(&format!("repaired: {}: {}\n", r.path, r.what));
@@ -82,7 +82,7 @@ impl Report {
 }
 
 /// Verifies the library, or only the bases and leaves `names` (empty: everything).
-pub fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Result<Report> {
+pub(crate) fn verify(lib: &Library, names: &[String], deep: bool, opts: &Options) -> Result<Report> {
     let mut report = Report::default();
     let pending = journal::pending(lib);
     if pending > 0 {
@@ -171,9 +171,9 @@ fn bases_with_records(lib: &Library, env: &Arc<dyn Env>, leaves: &[Leaf], report
 /// Rebuilds a base's record from its `.vmx.base` and disks. Its id is the one its leaves
 /// remember, so they stay linked.
 fn rebuild_base(env: &Arc<dyn Env>, dir: &Path, leaves: &[Leaf]) -> Result<Base> {
-    let vmx_name = fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, "cannot list", e))?
-        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+    let vmx_name = fsutil::entries(dir)?
+        .into_iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
         .find(|n| n.ends_with(&format!(".vmx{BASE_VMX_SUFFIX}")))
         .ok_or_else(|| Error::format(dir, "no .vmx.base"))?;
     let dict = read_dict(&dir.join(&vmx_name))?;
@@ -320,6 +320,8 @@ fn forget_record(dir: &Path) -> String {
     }
 }
 
+/// A base: each disk's identity, protection and extents (and, `deep`, its content), its `.vmx`
+/// kept under the name that cannot be booted; fingerprints it lacks are recorded (`deep`).
 fn check_base(
     lib: &Library,
     env: &Arc<dyn Env>,
@@ -338,44 +340,7 @@ fn check_base(
                 continue;
             }
         };
-        let cid = disk_cid(&disk)?;
-        if cid != d.cid {
-            report.problem(
-                &path,
-                format!("the base disk changed since the base was made (CID {cid}, recorded {}): it was opened for writing, perhaps booted", d.cid),
-                "every leaf of this base now fails with VMware error 18; restore the base's disk files from a backup",
-            );
-        }
-        if disk.capacity() != d.capacity {
-            report.problem(
-                &path,
-                format!("capacity is {} sectors, recorded {}", disk.capacity(), d.capacity),
-                "restore the base's disk files from a backup",
-            );
-        }
-        for f in disk.files() {
-            if !platform::is_protected(&f).unwrap_or(false) {
-                report.problem(
-                    &f,
-                    "the base disk file is not write-protected",
-                    format!("protect it again: {}", platform::protect_command(&f)),
-                );
-            }
-        }
-        // A fingerprint is recorded only from content whose sizes check out.
-        let mut suspect = false;
-        for e in &d.extents {
-            let file = base.dir.join(&e.file);
-            let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            if size != e.size {
-                suspect = true;
-                report.problem(
-                    &file,
-                    format!("extent is {size} bytes, {} when the base was made: truncated or changed", e.size),
-                    "restore the base's disk files from a backup",
-                );
-            }
-        }
+        let extents_hold = check_base_disk(base, d, &disk, report)?;
         if deep {
             if let Err(e) = disk.check_extents() {
                 report.error(&e.into());
@@ -388,7 +353,7 @@ fn check_base(
                     "restore the base's disk files from a backup",
                 ),
                 Some(_) => {}
-                None if suspect => report.problem(
+                None if !extents_hold => report.problem(
                     &path,
                     "the base has no content fingerprint, and its extents do not check out against their records",
                     "restore the base's disk files from a backup, or make the base again from the original VM",
@@ -399,18 +364,68 @@ fn check_base(
     }
     check_base_vmx(base, report);
     if !prints.is_empty() {
-        // Re-read under the lock: Make Base may be recording a fingerprint meanwhile.
-        let _lock = lib.lock_base(&base.record.id)?;
-        let mut record = records::read_base(&base.dir)?.unwrap_or_else(|| base.record.clone());
-        for (descriptor, print) in prints {
-            if let Some(d) = record.disks.iter_mut().find(|d| d.descriptor == descriptor && d.fingerprint.is_none()) {
-                d.fingerprint = Some(print);
-                report.repaired(&base.descriptor_path(d), "fingerprint recorded");
-            }
-        }
-        records::write_base(&base.dir, &record)?;
+        record_fingerprints(lib, base, prints, report)?;
     }
     Ok(())
+}
+
+/// One disk of a base as recorded: its CID and capacity, every file write-protected, every
+/// extent of its recorded size. Returns whether the extents hold (a fingerprint is recorded only
+/// from content whose sizes check out).
+fn check_base_disk(base: &Base, d: &DiskRecord, disk: &Disk, report: &mut Report) -> Result<bool> {
+    let path = base.descriptor_path(d);
+    let cid = disk_cid(disk)?;
+    if cid != d.cid {
+        report.problem(
+            &path,
+            format!("the base disk changed since the base was made (CID {cid}, recorded {}): it was opened for writing, perhaps booted", d.cid),
+            "every leaf of this base now fails with VMware error 18; restore the base's disk files from a backup",
+        );
+    }
+    if disk.capacity() != d.capacity {
+        report.problem(
+            &path,
+            format!("capacity is {} sectors, recorded {}", disk.capacity(), d.capacity),
+            "restore the base's disk files from a backup",
+        );
+    }
+    for f in disk.files() {
+        if !platform::is_protected(&f).unwrap_or(false) {
+            report.problem(
+                &f,
+                "the base disk file is not write-protected",
+                format!("protect it again: {}", platform::protect_command(&f)),
+            );
+        }
+    }
+    let mut hold = true;
+    for e in &d.extents {
+        let file = base.dir.join(&e.file);
+        let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        if size != e.size {
+            hold = false;
+            report.problem(
+                &file,
+                format!("extent is {size} bytes, {} when the base was made: truncated or changed", e.size),
+                "restore the base's disk files from a backup",
+            );
+        }
+    }
+    Ok(hold)
+}
+
+/// Records the fingerprints `deep` computed for disks that had none: `(descriptor, print)`.
+fn record_fingerprints(lib: &Library, base: &Base, prints: Vec<(String, String)>, report: &mut Report) -> Result<()> {
+    // Re-read under the lock: Make Base may be recording a fingerprint meanwhile.
+    let _lock = lib.lock_base(&base.record.id)?;
+    let mut record = records::read_base(&base.dir)?.unwrap_or_else(|| base.record.clone());
+    for (descriptor, print) in prints {
+        if let Some(d) = record.disks.iter_mut().find(|d| d.descriptor == descriptor && d.fingerprint.is_none()) {
+            d.fingerprint = Some(print);
+            report.repaired(&base.descriptor_path(d), "fingerprint recorded");
+        }
+    }
+    records::write_base(&base.dir, &record)
 }
 
 /// The base keeps its `.vmx` under a name VMware does not open by double-click: a plain `.vmx`
@@ -585,10 +600,8 @@ fn adopt_unrecorded_leaves(
     leaves: &mut Vec<Leaf>,
     report: &mut Report,
 ) -> Result<()> {
-    let Ok(rd) = fs::read_dir(lib.root()) else { return Ok(()) };
-    for e in rd.filter_map(|e| e.ok()) {
-        let dir = e.path();
-        if dir.extension().is_none_or(|x| x != BUNDLE_EXT) || !dir.is_dir() || leaves.iter().any(|l| l.dir == dir) {
+    for dir in lib.bundles()? {
+        if leaves.iter().any(|l| l.dir == dir) {
             continue;
         }
         let damaged = records::read_leaf(&dir).is_err();
@@ -606,9 +619,10 @@ fn adopt_unrecorded_leaves(
 fn rebuild_leaf(env: &Arc<dyn Env>, dir: &Path, bases: &[Base]) -> Option<LeafRecord> {
     let name = dir.file_stem()?.to_string_lossy().into_owned();
     // Its one .vmx, whatever its name: a bundle renamed (or duplicated) keeps the one it had.
-    let mut vmxs = fs::read_dir(dir)
+    let mut vmxs = fsutil::entries(dir)
         .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .into_iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
         .filter(|n| Path::new(n).extension().is_some_and(|x| x.eq_ignore_ascii_case("vmx")));
     let vmx_name = vmxs.next()?;
     if vmxs.next().is_some() {

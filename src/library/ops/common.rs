@@ -4,17 +4,16 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::Disk;
 
-use super::BUNDLE_EXT;
 use crate::error::{Error, IoContext, Result};
+use crate::library::bundle_stem;
 
 /// `40.0 GiB`, `512 KiB`, `12 B`.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
         return format!("{n} B");
@@ -28,12 +27,12 @@ pub fn human_bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[u])
 }
 
-pub fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     if d < Duration::from_secs(10) { format!("{} ms", d.as_millis()) } else { format!("{:.1} s", d.as_secs_f64()) }
 }
 
 /// A CID as VMware writes it: 8 lower-case hex digits.
-pub fn cid_hex(cid: u32) -> String {
+pub(crate) fn cid_hex(cid: u32) -> String {
     format!("{cid:08x}")
 }
 
@@ -52,19 +51,11 @@ pub fn read_small(path: &Path) -> Result<Vec<u8>> {
 
 /// Reads and parses a `.vmx` or `.vmsd`. A text leafd cannot read as it is (an encoding it does
 /// not know) is refused with the parser's fix.
-pub fn read_dict(path: &Path) -> Result<Dict> {
+pub(crate) fn read_dict(path: &Path) -> Result<Dict> {
     Dict::parse(&read_small(path)?).map_err(|m| match m.fix.clone() {
         Some(fix) => Error::unsupported(path, m.to_string()).fix(fix),
         None => Error::format(path, m),
     })
-}
-
-/// A bundle's name without `.vmwarevm` ("Web.vmwarevm" is "Web").
-pub fn bundle_stem(name: &str) -> &str {
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if ext.eq_ignore_ascii_case(BUNDLE_EXT) && !stem.is_empty() => stem,
-        _ => name,
-    }
 }
 
 /// The base name for a bundle: its folder name without `.vmwarevm`.
@@ -74,42 +65,37 @@ pub fn default_name(bundle: &Path) -> String {
 }
 
 /// The disk a snapshot chain whose top is `top` becomes in a base: `<top>-base.vmdk` beside it.
-pub fn flattened_name(top: &Path) -> PathBuf {
+pub(crate) fn flattened_name(top: &Path) -> PathBuf {
     let name = top.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk");
     top.with_file_name(format!("{}-base.vmdk", name.strip_suffix(".vmdk").unwrap_or(name)))
 }
 
 /// Canonical paths of a disk's extent files (for matching a leaf's parent copy to its base).
-pub fn extent_keys(disk: &Disk) -> Vec<PathBuf> {
+pub(crate) fn extent_keys(disk: &Disk) -> Vec<PathBuf> {
     disk.extent_files().iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect()
 }
 
 /// The CID of an opened disk as recorded.
-pub fn disk_cid(disk: &Disk) -> Result<String> {
+pub(crate) fn disk_cid(disk: &Disk) -> Result<String> {
     Ok(cid_hex(disk.descriptor.cid().map_err(|m| Error::format(disk.path(), m))?))
 }
 
 /// What a leaf occupies of its own: every file in its bundle (what deleting it would free). The
 /// one definition the log, `status` and the benches use.
-pub fn own_bytes(bundle: &Path) -> u64 {
+pub(crate) fn own_bytes(bundle: &Path) -> u64 {
     crate::fsutil::walk(bundle).map(|files| files.iter().map(|p| crate::fsutil::allocated(p)).sum()).unwrap_or(0)
 }
 
 /// Bytes free for the file system holding `dir`.
-pub fn free_space(dir: &Path) -> Result<u64> {
+pub(crate) fn free_space(dir: &Path) -> Result<u64> {
     let s = rustix::fs::statvfs(dir).map_err(|e| Error::io(dir, "cannot read free space", e.into()))?;
     Ok(s.f_bavail.saturating_mul(s.f_frsize))
-}
-
-/// Opens every disk of a chain under `env`, mapping a missing file to a refusal with a fix.
-pub fn open_disk(env: &Arc<dyn leafd_formats::Env>, path: &Path) -> Result<Disk> {
-    Disk::open(env, path).map_err(Error::from)
 }
 
 /// Refuses a VM that leafd must not touch, with the right reason and the right fix: encrypted,
 /// suspended (decided first: a suspended VM keeps its `.vmem`, and may have no lock), or
 /// running. `files` are the bundle's entries.
-pub fn refuse_unsafe_state(vmx_path: &Path, vmx: &Dict, files: &[PathBuf]) -> Result<()> {
+pub(crate) fn refuse_unsafe_state(vmx_path: &Path, vmx: &Dict, files: &[PathBuf]) -> Result<()> {
     if vmx.get("encryption.keySafe").is_some() || vmx.get("encryption.data").is_some() {
         if vmx.get("vmx.encryptionType").is_some_and(|t| t.eq_ignore_ascii_case("partial")) {
             return Err(Error::refused(
@@ -147,7 +133,7 @@ fn has_ext(p: &Path, ext: &str) -> bool {
 
 /// Every entry of a folder's tree with its type checked: leafd handles only files, folders and
 /// links; a FIFO, device or socket (which would hang a copy or a read) is refused by name.
-pub fn plain_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn plain_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = crate::fsutil::walk(dir)?;
     for p in &entries {
         let t = fs::symlink_metadata(p).at(p, "cannot stat")?.file_type();

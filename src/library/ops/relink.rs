@@ -10,19 +10,19 @@ use leafd_formats::descriptor::Descriptor;
 use leafd_formats::disk::{Disk, read_descriptor};
 
 use super::common::{extent_keys, read_dict};
-use super::records;
-use super::{Base, Leaf, Library, Options};
 use crate::durable;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, undo_after};
 use crate::fsutil;
+use crate::library::records;
+use crate::library::{Base, Leaf, Library, Options};
 
 /// What relink did.
 #[derive(Debug)]
-pub struct Relinked {
-    pub leaf: String,
-    pub base: String,
+pub(crate) struct Relinked {
+    pub(crate) leaf: String,
+    pub(crate) base: String,
     /// Parent copies rewritten (0: the leaf already reached its base).
-    pub rewritten: usize,
+    pub(crate) rewritten: usize,
 }
 
 impl std::fmt::Display for Relinked {
@@ -83,7 +83,7 @@ fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> 
             .fix("move every base but the original out of Bases, relink, then put them back"));
         }
     }
-    let named = bases.iter().find(|b| super::same_name(&b.record.name, &leaf.record.base_name));
+    let named = bases.iter().find(|b| crate::library::same_name(&b.record.name, &leaf.record.base_name));
     Err(match named {
         Some(b) => Error::refused(
             &b.dir,
@@ -99,7 +99,7 @@ fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> 
 }
 
 /// Points `leaf`'s parent copies at its base in `lib`.
-pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
+pub(crate) fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
     let env = opts.env();
     let leaf = lib.find_leaf(arg)?;
     let copies: Vec<(PathBuf, Descriptor)> = leaf
@@ -167,12 +167,7 @@ pub fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relinked> {
         update_records(&leaf, &base, &mut changed)
     })();
     if let Err(e) = relinked {
-        for c in changed.iter().rev() {
-            c.undo(&leaf).map_err(|u| {
-                Error::new(u.kind, u.path.clone(), format!("{} (while putting the leaf back after: {e})", u.message))
-            })?;
-        }
-        return Err(e);
+        return Err(undo_after(e, || changed.iter().rev().try_for_each(|c| c.undo(&leaf))));
     }
     Ok(Relinked { leaf: leaf.record.name.clone(), base: base.record.name.clone(), rewritten: plans.len() })
 }

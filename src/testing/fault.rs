@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-pub const ENV: &str = "LEAFD_FAULT";
+pub(crate) const ENV: &str = "LEAFD_FAULT";
 
 fn targets() -> &'static [String] {
     static TARGETS: OnceLock<Vec<String>> = OnceLock::new();
@@ -21,10 +21,39 @@ fn targets() -> &'static [String] {
     })
 }
 
-/// Marks that `op` has just completed `step`. `steps` is the operation's declared list: a step
-/// missing from it is a programming error, caught in debug builds.
-pub fn point(op: &str, steps: &[&str], step: &str) {
-    debug_assert!(steps.contains(&step), "fault step {op}:{step} is not declared");
+/// Declares an operation's steps, where `LEAFD_FAULT=<operation>:<step>` kills it: `OP`, the
+/// operation's name there; `Step`, an enum of the steps, so a step that is not declared does
+/// not compile; `STEPS`, their names in order (the tests kill the operation at each); and
+/// `step`, which the operation calls once it has completed a step. A step declared and never
+/// reached is a `Step` variant never constructed: dead code, which the lints refuse.
+macro_rules! steps {
+    ($op:literal { $($(#[$attr:meta])* $step:ident = $name:literal),+ $(,)? }) => {
+        /// The operation's name in `LEAFD_FAULT=<operation>:<step>`.
+        pub const OP: &str = $op;
+
+        /// The names of the operation's steps, in the order it reaches them.
+        pub const STEPS: &[&str] = &[$($name),+];
+
+        /// A step of the operation (named in [`STEPS`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Step {
+            $($(#[$attr])* $step),+
+        }
+
+        /// Marks that the operation has just completed `step`.
+        fn step(step: Step) {
+            let name = match step {
+                $(Step::$step => $name),+
+            };
+            $crate::testing::fault::point(OP, name);
+        }
+    };
+}
+
+pub(crate) use steps;
+
+/// Marks that operation `op` has just completed `step` (see [`steps`]).
+pub(crate) fn point(op: &str, step: &str) {
     for t in targets() {
         let (at, panic) = match t.strip_suffix(":panic") {
             Some(at) => (at, true),
@@ -40,11 +69,11 @@ pub fn point(op: &str, steps: &[&str], step: &str) {
 }
 
 /// The armed durable call that must fail (`io:<N>`), counted from 1.
-pub fn io_call() -> Option<u64> {
+pub(crate) fn io_call() -> Option<u64> {
     targets().iter().find_map(|t| t.strip_prefix("io:")?.parse().ok())
 }
 
 /// Whether extended attributes are to look unsupported (`xattr:unsupported`).
-pub fn xattrs_unsupported() -> bool {
+pub(crate) fn xattrs_unsupported() -> bool {
     targets().iter().any(|t| t == "xattr:unsupported")
 }

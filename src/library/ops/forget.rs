@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
-use super::records::{self, Listed};
-use super::{Base, Library, same_name};
 use crate::error::{Error, Result};
+use crate::library::records::{self, Listed};
+use crate::library::{Base, Library, same_name};
 
 /// Forgets the leaf `arg` (its name, or the id of an unreadable entry) of whichever base lists
 /// it, after checking that no leaf with its id is at its recorded path or in the library.
-pub fn forget(lib: &Library, arg: &str) -> Result<String> {
+pub(crate) fn forget(lib: &Library, arg: &str) -> Result<String> {
     let mut found: Vec<(Base, String, String, Option<String>)> = Vec::new();
     for base in lib.bases()? {
         for listed in base.leaf_refs()? {

@@ -14,31 +14,32 @@ use leafd_formats::flatten::flatten;
 use serde::{Deserialize, Serialize};
 
 use super::common::{free_space, human_bytes, human_duration, read_dict, refuse_unsafe_state};
-use super::journal::{self, Ctx, Journal, LPath};
-use super::records::{self, LeafRecord};
-use super::{Leaf, Library, Options};
 use crate::durable::{self, Flush};
-use crate::error::{Error, IoContext, Kind, Result};
-use crate::fault;
+use crate::error::{Error, IoContext, Kind, Result, undo_after};
 use crate::fsutil;
+use crate::library::journal::{self, Ctx, Journal, LPath};
+use crate::library::records::{self, LeafRecord};
+use crate::library::{Leaf, Library, Options};
 use crate::platform::Tag;
+use crate::testing::fault;
 
-pub const OP: &str = "promote";
-
-/// Every step at which a crash test kills Promote.
-pub const STEPS: &[&str] = &["journaled", "flattened", "staged", "set-aside", "swapped", "unlinked", "cleaned"];
-
-fn step(name: &str) {
-    fault::point(OP, STEPS, name);
-}
+fault::steps!("promote" {
+    Journaled = "journaled",
+    Flattened = "flattened",
+    Staged = "staged",
+    SetAside = "set-aside",
+    Swapped = "swapped",
+    Unlinked = "unlinked",
+    Cleaned = "cleaned",
+});
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub id: String,
-    pub leaf: LPath,
+pub(crate) struct Plan {
+    pub(crate) id: String,
+    pub(crate) leaf: LPath,
     /// The base's folder and id, to take the leaf off its list.
-    pub base: Option<(LPath, String)>,
-    pub leaf_id: String,
+    pub(crate) base: Option<(LPath, String)>,
+    pub(crate) leaf_id: String,
 }
 
 /// Where a promotion works, beside the leaf.
@@ -62,11 +63,11 @@ impl Places {
 }
 
 #[derive(Debug)]
-pub struct Promoted {
-    pub name: String,
-    pub base: String,
-    pub bytes: u64,
-    pub elapsed: Duration,
+pub(crate) struct Promoted {
+    pub(crate) name: String,
+    pub(crate) base: String,
+    pub(crate) bytes: u64,
+    pub(crate) elapsed: Duration,
 }
 
 impl std::fmt::Display for Promoted {
@@ -125,7 +126,7 @@ fn refuse_own_snapshots(leaf: &Leaf) -> Result<()> {
 }
 
 /// Promotes the leaf `arg` (a path, or a leaf name in the library).
-pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
+pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
     let start = Instant::now();
     let leaf = lib.find_leaf(arg)?;
     let record = leaf.record.clone();
@@ -160,27 +161,29 @@ pub fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
         leaf_id: record.id.clone(),
     };
     let journal = Journal::begin(lib, &id, OP, &plan)?;
-    step("journaled");
+    step(Step::Journaled);
     let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
     let places = Places::of(&ctx, &plan)?;
     let bytes = match stage(&plan, &places, &leaf, &chains, opts) {
         Ok(b) => b,
         Err(e) => {
-            journal::remove_work_dir(&ctx, &places.staging)?;
-            journal.finish()?;
-            return Err(e);
+            return Err(undo_after(e, || {
+                journal::remove_work_dir(&ctx, &places.staging).and_then(|()| journal.finish())
+            }));
         }
     };
     drop(chains);
     if let Err(e) = swap(&plan, &places) {
         // Set aside: the promoted bundle is complete, and recovery finishes the swap. Not set
         // aside: the leaf is as it was, and the promotion is undone here.
-        if !places.aside.exists() {
+        if places.aside.exists() {
+            return Err(e);
+        }
+        return Err(undo_after(e, || {
             journal::remove_work_dir(&ctx, &places.staging)?;
             journal::unstamp(&places.leaf, &plan.id)?;
-            journal.finish()?;
-        }
-        return Err(e);
+            journal.finish()
+        }));
     }
     finish(&ctx, &plan, &places)?;
     journal.finish()?;
@@ -209,7 +212,7 @@ fn stage(plan: &Plan, places: &Places, leaf: &Leaf, chains: &[Disk], opts: &Opti
         }
         renamed.push((d.node.clone(), d.parent_copy.clone()));
     }
-    step("flattened");
+    step(Step::Flattened);
     let skip = chain_files(dir, record, opts)?;
     for p in fsutil::walk(dir)? {
         let rel = p.strip_prefix(dir).unwrap_or(&p).to_path_buf();
@@ -243,7 +246,7 @@ fn stage(plan: &Plan, places: &Places, leaf: &Leaf, chains: &[Disk], opts: &Opti
         return Err(Error::refused(dir, "the leaf changed while it was being promoted")
             .fix("shut the VM down and promote it again"));
     }
-    step("staged");
+    step(Step::Staged);
     Ok(bytes)
 }
 
@@ -254,7 +257,7 @@ fn swap(plan: &Plan, places: &Places) -> Result<()> {
         journal::stamp(&places.leaf, &plan.id, "promoted")?;
         durable::rename_noreplace(&places.leaf, &places.aside)?;
     }
-    step("set-aside");
+    step(Step::SetAside);
     if places.staging.exists() {
         // Never over something that took the leaf's place meanwhile: the journal stays, and
         // both bundles wait where the message says.
@@ -267,7 +270,7 @@ fn swap(plan: &Plan, places: &Places) -> Result<()> {
             ))
         })?;
     }
-    step("swapped");
+    step(Step::Swapped);
     Ok(())
 }
 
@@ -281,7 +284,7 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
     // The tag first: removing the record flushes the folder, tags and all.
     let _ = durable::set_tag(&places.leaf, Tag::LinkedClone, false);
     records::remove_leaf(&places.leaf)?;
-    step("unlinked");
+    step(Step::Unlinked);
     // The old leaf goes only once the promoted one is in its place.
     if places.staging.exists() || !places.leaf.exists() {
         return Err(Error::new(Kind::Io, places.aside.clone(), "kept: the promoted VM is not in the leaf's place")
@@ -293,14 +296,14 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
     }
     journal::unstamp(&places.leaf, &plan.id)?;
     journal::remove_work_dir(ctx, &places.aside)?;
-    step("cleaned");
+    step(Step::Cleaned);
     Ok(())
 }
 
 /// Finishes or undoes an interrupted Promote. Once the leaf was set aside the promoted bundle
 /// (complete by then) takes its place; before that the staging is dropped and the leaf is as it
 /// was.
-pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
+pub(crate) fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let places = Places::of(ctx, plan)?;
     let shown = places.leaf.display();
     if places.aside.exists() {

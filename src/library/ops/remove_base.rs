@@ -6,31 +6,31 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::common::human_bytes;
-use super::journal::{self, Ctx, Journal};
-use super::records::Listed;
-use super::{Library, validate_name};
 use crate::durable::{self, Flush};
-use crate::error::{Error, IoContext, Result};
-use crate::fault;
+use crate::error::{Error, IoContext, Result, undo_after};
 use crate::fsutil;
+use crate::library::journal::{self, Ctx, Journal};
+use crate::library::records::Listed;
+use crate::library::{Library, validate_name};
 use crate::platform;
+use crate::testing::fault;
 
-pub const OP: &str = "remove-base";
-
-pub const STEPS: &[&str] = &["journaled", "hidden", "unlocked", "removed"];
-
-fn step(name: &str) {
-    fault::point(OP, STEPS, name);
-}
+fault::steps!("remove-base" {
+    Journaled = "journaled",
+    Hidden = "hidden",
+    Unlocked = "unlocked",
+    Removed = "removed",
+});
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The base's id: only that base is ever hidden or removed.
-    pub id: String,
-    pub name: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
 }
 
 /// Where a removal works.
@@ -57,11 +57,11 @@ fn journal_id(id: &str) -> String {
 }
 
 #[derive(Debug)]
-pub struct Removed {
-    pub name: String,
-    pub bytes: u64,
+pub(crate) struct Removed {
+    pub(crate) name: String,
+    pub(crate) bytes: u64,
     /// Where it went: the Trash, or `None` when deleted.
-    pub trashed_to: Option<PathBuf>,
+    pub(crate) trashed_to: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Removed {
@@ -78,7 +78,7 @@ impl std::fmt::Display for Removed {
 /// What stands in the way of removing base `name`: its leaves, by name and place, wherever they
 /// are; a leaf the base lists but that cannot be found still counts, since deleting a leaf must
 /// never be a way to lose its base. Only `leafd forget` takes a leaf off the list.
-pub fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
+pub(crate) fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
     let base = lib.base(name)?;
     let leaves = lib.leaves()?;
     let mut out: Vec<String> = leaves
@@ -103,7 +103,7 @@ pub fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
 }
 
 /// Removes base `name`. `confirmed` must be true where removal is final (no Trash).
-pub fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed> {
+pub(crate) fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed> {
     let base = lib.base(name)?;
     // Held from the check to the hide: no New Leaf can start on the base in between.
     let _lock = base.lock(lib)?;
@@ -128,7 +128,7 @@ pub fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed
     let plan = Plan { id: base.record.id.clone(), name: base.record.name.clone() };
     let jid = journal_id(&plan.id);
     let journal = Journal::begin(lib, &jid, OP, &plan)?;
-    step("journaled");
+    step(Step::Journaled);
     let ctx = Ctx { lib, id: jid.clone(), same_library: true, format: journal::FORMAT };
     let places = Places::of(lib, &plan)?;
     let hidden = journal::stamp(&places.dir, &jid, "removing")
@@ -136,13 +136,12 @@ pub fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed
     if let Err(e) = hidden {
         // Hidden but not flushed: the journal stays, and recovery finishes the removal. Not
         // hidden: nothing happened, and the base stays as it was.
-        if !places.hidden.exists() {
-            journal::unstamp(&places.dir, &jid)?;
-            journal.finish()?;
+        if places.hidden.exists() {
+            return Err(e);
         }
-        return Err(e);
+        return Err(undo_after(e, || journal::unstamp(&places.dir, &jid).and_then(|()| journal.finish())));
     }
-    step("hidden");
+    step(Step::Hidden);
     let trashed_to = finish(&ctx, &places, &plan)?;
     journal.finish()?;
     Ok(Removed { name: plan.name, bytes, trashed_to })
@@ -166,7 +165,7 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
                 durable::unprotect(&p, (mode | 0o200) & 0o7777)?;
             }
         }
-        step("unlocked");
+        step(Step::Unlocked);
         if platform::HAS_TRASH {
             // The stamp goes with it and is taken off in the Trash: a crash in between must
             // leave a hidden base that recovery still knows as this removal's.
@@ -177,7 +176,7 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
         } else {
             journal::remove_work_dir(ctx, &places.hidden)?;
         }
-        step("removed");
+        step(Step::Removed);
     }
     // The drop folder goes too, unless someone put something in it. Any other failure stops
     // here, and recovery tries again.
@@ -185,7 +184,9 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
     match durable::remove_dir(&places.drop_folder) {
         Ok(()) => durable::flush_parent(&places.drop_folder, Flush::Order)?,
         Err(e)
-            if e.source.as_ref().is_some_and(|s| matches!(s.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST))) => {}
+            if e.io_error()
+                .and_then(Errno::from_io_error)
+                .is_some_and(|n| n == Errno::NOTEMPTY || n == Errno::EXIST) => {}
         Err(e) => return Err(e),
     }
     Ok(trashed_to)
@@ -193,10 +194,10 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
 
 /// An interrupted removal: finished once the base was hidden (it was out of the library and
 /// asked for); before that nothing had changed, and the base stays.
-pub fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
+pub(crate) fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
     let places = Places::of(ctx.lib, plan)?;
     if !places.hidden.exists() {
-        let still_there = super::base_at(&places.dir, &plan.id).unwrap_or(false);
+        let still_there = crate::library::base_at(&places.dir, &plan.id).unwrap_or(false);
         if still_there {
             journal::unstamp(&places.dir, &ctx.id)?;
             return Ok(format!(

@@ -1,0 +1,72 @@
+//! What tests, benches and the demo use of leafd, apart from the product: sample VMs, fault
+//! injection (`LEAFD_FAULT`, which the crash and durability tests set), and the few pieces of
+//! leafd they call directly. Nothing here is an interface for anyone else.
+
+pub(crate) mod fault;
+pub(crate) mod sample;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use crate::config::DEFAULT_NEW_LEAF_QUIET_MS;
+pub use crate::error::{Error, Kind, Result};
+pub use crate::library::ops::common::{default_name, read_small};
+use crate::library::ops::{make_base as make, new_leaf as leaf};
+use crate::library::{Library, Options, SnapshotBackend};
+pub use sample::{Pattern, SampleDisk, SampleVm, standard_patterns, write_disk};
+
+/// Each journaled operation: its name in `LEAFD_FAULT=<operation>:<step>`, and its steps in
+/// order, which the crash and durability tests kill it at.
+pub mod make_base {
+    pub use crate::library::ops::make_base::{OP, STEPS};
+}
+
+/// See [`make_base`](crate::testing::make_base).
+pub mod new_leaf {
+    pub use crate::library::ops::new_leaf::{OP, STEPS};
+}
+
+/// See [`make_base`](crate::testing::make_base).
+pub mod promote {
+    pub use crate::library::ops::promote::{OP, STEPS};
+}
+
+/// See [`make_base`](crate::testing::make_base).
+pub mod remove_base {
+    pub use crate::library::ops::remove_base::{OP, STEPS};
+}
+
+/// The login service's plans, built by pure functions so both platforms' are tested anywhere.
+pub mod service {
+    pub use crate::service::{
+        Action, Context, Plan, Program, ServiceKind, Step, execute, homebrew_opt, install_plan, launchd_plist,
+        systemd_unit, uninstall_plan,
+    };
+}
+
+/// The file system as leafd gives it to the formats crate: every change traced and flushed
+/// through leafd's durable layer.
+pub fn env() -> Arc<dyn leafd_formats::Env> {
+    Options::default().env()
+}
+
+/// The content fingerprint `verify --deep` records of a disk's extent files.
+pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    crate::fsutil::fingerprint(files, &crate::fsutil::Cancel::new(false))
+}
+
+/// A library at `root` with `bases` bases of a 1 MiB disk and `leaves_per_base` leaves each,
+/// made through the operations in this process rather than one process each (set-up stays short).
+pub fn build_library(root: &Path, bases: usize, leaves_per_base: usize) -> Result<()> {
+    let lib = Library::open(root)?;
+    let opts = Options { snapshot: SnapshotBackend::Native, ..Options::default() };
+    for b in 0..bases {
+        let vm = SampleVm::single(&format!("Base {b:03}"), leafd_formats::disk::DiskType::MonolithicSparse, 1 << 20);
+        let (made, fingerprinting) = make::make_base(&lib, &vm.build(&lib.make_base_dir())?, None, &opts)?;
+        fingerprinting.finish(&lib, &opts)?;
+        for l in 0..leaves_per_base {
+            leaf::new_leaf(&lib, &made.name, &format!("Leaf {b:03}-{l:02}"), None, &opts)?;
+        }
+    }
+    Ok(())
+}

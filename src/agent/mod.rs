@@ -222,8 +222,8 @@ impl Shell {
     /// Makes the drop folders and each base's folder in New Leaf, and lists them.
     fn scan(&self) -> Scan {
         for dir in self.folders.dirs() {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                tracing::warn!("cannot create {}: {e}", dir.display());
+            if let Err(e) = crate::durable::create_dir_all(dir) {
+                tracing::warn!("{e}");
             }
         }
         let bases = match self.lib.bases() {
@@ -234,7 +234,9 @@ impl Shell {
             }
         };
         for name in bases.iter().flatten() {
-            let _ = std::fs::create_dir_all(self.folders.new_leaf.join(name));
+            if let Err(e) = crate::durable::create_dir_all(&self.folders.new_leaf.join(name)) {
+                tracing::warn!("{e}");
+            }
         }
         // A folder that cannot be listed lists nothing: its items wait for the next scan.
         let listed = |dir: &Path| fsutil::entries(dir).unwrap_or_default();

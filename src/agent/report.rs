@@ -47,9 +47,10 @@ fn write_note(item: &Path, text: &str) {
 pub(crate) fn clear(item: &Path) {
     let note = note_path(item);
     if note.exists()
-        && let Err(e) = std::fs::remove_file(&note)
+        && let Err(e) = crate::durable::remove_file(&note)
+            .and_then(|()| crate::durable::flush_parent(&note, crate::durable::Flush::Order))
     {
-        tracing::warn!("cannot remove the note {}: {e}", note.display());
+        tracing::warn!("cannot remove the note: {e}");
     }
     untag(item);
 }

@@ -584,4 +584,19 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
     }
+
+    /// Each call has a temporary name of its own (two writers of one file in one process must
+    /// not share one), and a failed write leaves no temporary behind.
+    #[test]
+    fn temporaries_are_unique_per_call_and_removed_when_the_write_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("note.txt");
+        assert_ne!(temporary(&p), temporary(&p), "two calls, one temporary name");
+        // The rename cannot replace a folder: the write fails after its temporary was made.
+        fs::create_dir(&p).unwrap();
+        fs::write(p.join("inside"), b"x").unwrap();
+        assert!(write_atomic(&p, b"new").is_err());
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["note.txt"], "the temporary file stayed");
+    }
 }

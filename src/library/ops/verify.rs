@@ -670,3 +670,35 @@ fn rebuild_leaf(env: &Arc<dyn Env>, dir: &Path, bases: &[Base]) -> Option<LeafRe
         disks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::library::ops::make_base;
+    use crate::testing::SampleVm;
+
+    /// A deep verify takes long, and the base's record may change meanwhile (Make Base recording
+    /// its fingerprints, say): the fingerprints verify found go into the record as it is under
+    /// the base's lock, not into the copy verify read at its start.
+    #[test]
+    fn fingerprints_go_into_the_record_as_it_is_under_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::open(&dir.path().join("lib")).unwrap();
+        let opts = Options::default();
+        let vm = SampleVm::single("Base", leafd_formats::disk::DiskType::MonolithicSparse, 1 << 20);
+        let (made, fingerprinting) = make_base::make_base(&lib, &vm.build(dir.path()).unwrap(), None, &opts).unwrap();
+        fingerprinting.finish(&lib, &opts).unwrap();
+        let store = lib.bases_dir().join(&made.name);
+        let mut record = records::read_base(&store).unwrap().unwrap();
+        record.disks[0].fingerprint = None;
+        records::write_base(&store, &record).unwrap();
+        let stale = Base { dir: store.clone(), record: record.clone() };
+        record.source = "changed meanwhile".into();
+        records::write_base(&store, &record).unwrap();
+        let print = ("Virtual Disk.vmdk".to_string(), "blake3z:found".to_string());
+        record_fingerprints(&lib, &stale, vec![print], &mut Report::default()).unwrap();
+        let now = records::read_base(&store).unwrap().unwrap();
+        assert_eq!(now.source, "changed meanwhile", "verify wrote back the record it read before the lock");
+        assert_eq!(now.disks[0].fingerprint.as_deref(), Some("blake3z:found"));
+    }
+}

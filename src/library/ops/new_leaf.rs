@@ -288,8 +288,10 @@ fn build_files(
                 parent_copy: str_of(rel),
                 delta: str_of(delta),
                 parent_cid: cid_hex(copy.cid().unwrap_or(0)),
+                base_node: None,
             })
             .collect(),
+        adopted: false,
     };
     records::write_leaf(staging, &record)?;
     if let Err(e) = durable::set_tag(staging, Tag::LinkedClone, true) {

@@ -1,0 +1,160 @@
+//! Adopt (issue 16): a hand copy of a VM that was then made a base, written to since, becomes a
+//! leaf of that base, in place, and reads byte for byte as it did; what it refuses, untouched;
+//! `--dry-run`; the Finder drop into `New Leaf/<base>/`; and reset, which puts a leaf back to its
+//! snapshot Base. Every check is made with independent readers (`qemu-img compare`, `qemu-io -r`,
+//! `qemu-img map`) on the real binary's results.
+
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use leafd::testing::{SampleDisk, SampleVm};
+use leafd_formats::disk::DiskType;
+
+const MIB: u64 = 1 << 20;
+const GRAIN: u64 = 64 << 10;
+const BASE: &str = "Ubuntu";
+
+/// Sectors of the split disk: extents of 8,192 and a last one of 752, which is not a whole grain
+/// (752 = 5 x 128 + 112, as 210,672 is 1,645 x 128 + 112 in a real P2V disk).
+const SPLIT_SECTORS: u64 = 2 * 8192 + 752;
+const SPLIT_BYTES: u64 = SPLIT_SECTORS * 512;
+
+/// A split disk whose last extent is not a whole grain, and a monolithic one.
+fn vm(name: &str) -> SampleVm {
+    let mut split = SampleDisk::new("scsi0:0", "Virtual Disk.vmdk", DiskType::SplitSparse, SPLIT_BYTES);
+    split.split_sectors = 8192;
+    split.patterns = leafd::testing::standard_patterns(SPLIT_BYTES, 8192 * 512);
+    SampleVm {
+        name: name.into(),
+        disks: vec![split, SampleDisk::new("sata0:0", "Second.vmdk", DiskType::MonolithicSparse, 4 * MIB)],
+    }
+}
+
+/// `cp -a --sparse=always`, as a person copies a VM.
+fn cp(from: &Path, to: &Path) {
+    let o = run_tool("cp", &["-a", "--sparse=always", from.to_str().unwrap(), to.to_str().unwrap()]);
+    assert!(o.status.success(), "cp: {}", text(&o));
+}
+
+/// A VM built in `Make Base/`, copied by hand to `<dir>/<copy>.vmwarevm` first, then made the
+/// base: returns the copy.
+fn hand_copy(lib: &Lib, vm: &SampleVm, dir: &Path, copy: &str) -> PathBuf {
+    let bundle = vm.build(&lib.make_base_dir()).unwrap();
+    let to = dir.join(format!("{copy}.vmwarevm"));
+    cp(&bundle, &to);
+    lib.ok(&["make-base", bundle.to_str().unwrap(), "--name", BASE]);
+    to
+}
+
+/// Writes `(offset, len, byte)` into the VM's disk `file` with QEMU (the VM is used).
+fn use_disk(vm: &Path, file: &str, writes: &[(u64, u64, u8)]) {
+    for &(offset, len, byte) in writes {
+        qemu_write(&vm.join(file), offset, len, byte);
+    }
+}
+
+/// Raw images of the VM's disks as QEMU reads them, saved beside the library.
+fn save(lib: &Lib, vm: &Path, files: &[&str]) -> Vec<PathBuf> {
+    let dir = lib.tmp.path().join("saved");
+    fs::create_dir_all(&dir).unwrap();
+    files
+        .iter()
+        .map(|f| {
+            let out = dir.join(format!("{f}.raw"));
+            let o = run_tool(
+                "qemu-img",
+                &["convert", "-U", "-f", "vmdk", "-O", "raw", vm.join(f).to_str().unwrap(), out.to_str().unwrap()],
+            );
+            assert!(o.status.success(), "qemu-img convert: {}", text(&o));
+            out
+        })
+        .collect()
+}
+
+/// `qemu-img compare` of the chain at `top` with a saved raw image: every byte equal.
+fn same_as_saved(top: &Path, saved: &Path) {
+    let o = run_tool(
+        "qemu-img",
+        &["compare", "-U", "-f", "vmdk", "-F", "raw", top.to_str().unwrap(), saved.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{} differs from {}: {}", top.display(), saved.display(), text(&o));
+}
+
+/// Bytes of data the disk `top` holds itself (not its backing chain), as `qemu-img map` says.
+fn own_data(top: &Path) -> u64 {
+    let o = run_tool("qemu-img", &["map", "-U", "-f", "vmdk", "--output=json", top.to_str().unwrap()]);
+    assert!(o.status.success(), "qemu-img map: {}", text(&o));
+    let map: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    map.iter().filter(|e| e["depth"] == 0 && e["data"] == true).map(|e| e["length"].as_u64().unwrap()).sum()
+}
+
+fn delta(file: &str) -> String {
+    format!("{}-000001.vmdk", file.strip_suffix(".vmdk").unwrap())
+}
+
+/// The writes the tests make: within a grain, across a grain boundary, across the split disk's
+/// first extent end, zeros over the base's data, and the disk's last bytes (a short grain).
+const WRITES: &[(u64, u64, u8)] = &[
+    (3 * GRAIN + 100, 1000, 0xa1),
+    (20 * GRAIN - 512, 1024, 0xa2),
+    (4 * MIB - 4096, 8192, 0xa3),
+    (0, 4096, 0x00),
+    (SPLIT_BYTES - 512, 512, 0xa5),
+];
+
+#[test]
+fn a_hand_copy_made_a_base_and_used_since_becomes_a_leaf_that_reads_as_it_did() {
+    let lib = Lib::new();
+    let vm = vm("Web 3");
+    let copy = hand_copy(&lib, &vm, &lib.root, "Web 3");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    use_disk(&copy, "Second.vmdk", &[(MIB, 3 * GRAIN, 0xb1)]);
+    let saved = save(&lib, &copy, &["Virtual Disk.vmdk", "Second.vmdk"]);
+    let base = lib.base_dir(BASE);
+    let base_before = vm_files(&base);
+    let vmx_before = fs::read_to_string(copy.join("Web 3.vmx")).unwrap();
+    let nvram = fs::read(copy.join("Web 3.nvram")).unwrap();
+
+    let out = lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    assert!(out.contains("adopted \"Web 3\" as a leaf of \"Ubuntu\"") && out.contains("of its own"), "{out}");
+
+    for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+        let top = copy.join(delta(file));
+        qemu_check(&top);
+        same_as_saved(&top, saved);
+        // The delta over the parent copy, whose extents are the base's files.
+        let chain = qemu_chain(&top);
+        assert_eq!(chain.len(), 2, "{file}: {chain:?}");
+        assert_eq!(chain[1]["filename"], copy.join(file).to_str().unwrap(), "{file}");
+    }
+    // The leaf's own data is the grains written, no more: grains 3, 19 and 20, and 0 (zeros over
+    // the base's data); the first extent's last grain and the second's first; the disk's short
+    // last grain (112 sectors).
+    let own = own_data(&copy.join(delta("Virtual Disk.vmdk")));
+    assert_eq!(own, 6 * GRAIN + 112 * 512, "own data of the split disk");
+    assert_eq!(own_data(&copy.join(delta("Second.vmdk"))), 3 * GRAIN);
+    assert_eq!(vm_files(&base), base_before, "the base's files changed");
+    // The same VM: its .vmx keeps its name and identity, its disks on the deltas; its own nvram.
+    let vmx = fs::read_to_string(copy.join("Web 3.vmx")).unwrap();
+    for key in ["uuid.bios", "uuid.location", "ethernet0.generatedAddress", "displayName", "vm.genid"] {
+        let line = |t: &str| t.lines().find(|l| l.starts_with(&format!("{key} "))).map(str::to_string);
+        assert_eq!(line(&vmx), line(&vmx_before), "{key}");
+    }
+    assert!(vmx.contains("scsi0:0.fileName = \"Virtual Disk-000001.vmdk\""), "{vmx}");
+    assert_eq!(fs::read(copy.join("Web 3.nvram")).unwrap(), nvram);
+    let vmsd = fs::read_to_string(copy.join("Web 3.vmsd")).unwrap();
+    assert!(vmsd.contains("snapshot0.displayName = \"Base\""), "{vmsd}");
+    let rec = record(&copy, "leaf");
+    assert_eq!((rec["vmx"].as_str(), rec["adopted"].as_bool()), (Some("Web 3.vmx"), Some(true)), "{rec}");
+    assert_eq!(leaf_list(&base).len(), 1);
+    assert!(leftovers(&lib.root).is_empty(), "{:?}", leftovers(&lib.root));
+    let status = lib.ok(&["status"]);
+    assert!(status.contains("Web 3"), "{status}");
+    lib.ok(&["verify"]);
+}

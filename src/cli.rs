@@ -91,10 +91,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Remove a base no leaf depends on (to the Trash on macOS; deleted on Linux)
+    /// Remove a base no leaf depends on: to the Trash, under its own name (or deleted, --delete)
     RemoveBase {
+        /// The base's name (its folder in Bases/)
         name: String,
-        /// Confirm deleting for good where there is no Trash
+        /// Delete it for good instead (asks first on a terminal); for a volume without a Trash
+        #[arg(long)]
+        delete: bool,
+        /// With --delete: do not ask (needed where there is no terminal to ask on)
         #[arg(long)]
         yes: bool,
     },
@@ -266,10 +270,15 @@ fn run(cli: Cli) -> Result<Exit> {
                 adopt::adopt(lib, req, opts).map(|a| (a.to_string(), Vec::new()))
             })
         }
-        Command::RemoveBase { name, yes } => {
-            let confirmed = yes || (!platform::HAS_TRASH && confirm(&format!("Delete base {name:?} for good? [y/N] ")));
+        Command::RemoveBase { name, delete, yes } => {
+            let how = if delete {
+                let question = format!("Delete base {name:?} for good (it does not go to the Trash)? [y/N] ");
+                remove_base::How::Delete { confirmed: yes || confirm(&question) }
+            } else {
+                remove_base::How::Trash
+            };
             change(&root, options(&config, None), |lib, _| {
-                remove_base::remove_base(lib, &name, confirmed).map(|d| (d.to_string(), Vec::new()))
+                remove_base::remove_base(lib, &name, how).map(|d| (d.to_string(), Vec::new()))
             })
         }
         Command::Demo { dir } => demo::run(dir.as_deref()).map(|()| Exit::Success),

@@ -284,6 +284,23 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     from_flushed.and(to_flushed)
 }
 
+/// Moves `path` to the Trash as `name` ([`platform::trash`]: the freedesktop.org Trash on Linux,
+/// with its `.trashinfo` flushed first) and flushes both folders. Returns where it went. Where
+/// no Trash can be used the error's kind is `Unsupported`, and nothing moved.
+pub(crate) fn trash(path: &Path, name: &str) -> Result<PathBuf> {
+    let c = call("rename", path).at(path, "cannot move to the Trash")?;
+    let to = platform::trash(path, name).at(path, "cannot move to the Trash")?;
+    record(
+        c,
+        "rename",
+        path,
+        || json!({"to": to, "id": path_id(&to), "dir": parent_id(path), "to_dir": parent_id(&to)}),
+    );
+    let from_flushed = flush_parent(path, Flush::Commit);
+    from_flushed.and(flush_parent(&to, Flush::Commit))?;
+    Ok(to)
+}
+
 /// Makes `to` a second name of the file `from` (which must be a file).
 pub(crate) fn hard_link(from: &Path, to: &Path) -> Result<()> {
     let c = call("link", to).at(to, "cannot link")?;

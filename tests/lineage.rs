@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -679,47 +680,92 @@ fn a_leaf_dropped_into_make_base_becomes_a_base_of_its_state() {
 #[test]
 fn remove_base_only_when_nothing_depends_on_it() {
     let (lib, _) = setup(&["Web"]);
-    let o = lib.run(&["remove-base", "Ubuntu", "--yes"]);
+    let o = lib.run(&["remove-base", "Ubuntu"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("1 leaf still depend") && text(&o).contains("\"Web\""), "{}", text(&o));
     lib.ok(&["promote", "Web"]);
-    let o = lib.run(&["remove-base", "Ubuntu"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("--yes"), "{}", text(&o));
-    assert!(lib.base_dir("Ubuntu").exists());
     let s: serde_json::Value = serde_json::from_str(&lib.ok(&["status", "--json"])).unwrap();
     let bases = if s["bases"].is_array() { &s["bases"] } else { &s["library"]["bases"] };
     assert!(bases[0]["reclaimable_bytes"].as_u64().unwrap() > 0);
-    let out = lib.ok(&["remove-base", "Ubuntu", "--yes"]);
-    assert!(out.contains("deleted"), "{out}");
+    // --delete without a terminal to ask on, and without --yes: refused, nothing changed.
+    let before = fingerprint_tree(&lib.root);
+    let o = lib.run(&["remove-base", "Ubuntu", "--delete"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--delete --yes") && text(&o).contains("for good"), "{}", text(&o));
+    assert_eq!(fingerprint_tree(&lib.root), before);
+    let out = lib.ok(&["remove-base", "Ubuntu", "--delete", "--yes"]);
+    assert!(out.contains("base \"Ubuntu\" deleted"), "{out}");
     assert!(!lib.base_dir("Ubuntu").exists() && !lib.root.join("New Leaf/Ubuntu").exists());
     assert!(fs::read_dir(lib.root.join("Bases")).unwrap().next().is_none());
+    assert!(trash_list(&lib.home()).is_empty(), "--delete put something in the Trash");
     // The promoted VM still works without it.
     qemu_read_pattern(&lib.leaf_dir("Web").join("Virtual Disk.vmdk"), 0, 65536, 0x11).unwrap();
 }
 
+/// By default a base goes to the freedesktop.org Trash (the private HOME's here) under its own
+/// name, unlocked, with the `.trashinfo` that trash-cli (an independent implementation) lists and
+/// puts back where it was; a second base of the same name goes in beside it.
+#[test]
+fn remove_base_moves_the_base_to_the_trash_under_its_own_name() {
+    let (lib, vm) = setup(&[]);
+    let trash = lib.home().join(".local/share/Trash");
+    let base = lib.base_dir("Ubuntu");
+    let before = vm_files(&base);
+    let out = lib.ok(&["remove-base", "Ubuntu"]);
+    let item = trash.join("files/Ubuntu");
+    assert!(out.contains(&format!("base \"Ubuntu\" moved to the Trash: {}", item.display())), "{out}");
+    assert!(!base.exists() && !lib.root.join("New Leaf/Ubuntu").exists());
+    assert!(leftovers(&lib.root.join("Bases")).is_empty(), "{:?}", leftovers(&lib.root.join("Bases")));
+    assert_eq!(vm_files(&item), before, "the base's files are not all in the Trash as they were");
+    assert!(!item.join(".leafd-stamp").exists() && !walk(&item).iter().any(|p| p.ends_with(".leafd-stamp")));
+    for d in &vm.disks {
+        let m = fs::metadata(item.join(&d.file)).unwrap();
+        assert!(m.permissions().mode() & 0o200 != 0, "{} still write-protected in the Trash", d.file);
+    }
+    let info = fs::read_to_string(trash.join("info/Ubuntu.trashinfo")).unwrap();
+    assert!(info.starts_with(&format!("[Trash Info]\nPath={}\nDeletionDate=", base.display())), "{info}");
+    assert_eq!(trash_list(&lib.home()), vec![base.clone()]);
+    // Restored by trash-cli, it is back where it was: a base again, which verify checks (its
+    // disks lost their protection in the Trash, and verify says how to put it back).
+    trash_restore(&lib.home(), &base);
+    assert_eq!(vm_files(&base), before);
+    let (code, out) = verify(&lib, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("chmod a-w"), "{out}");
+    lib.ok(&["remove-base", "Ubuntu"]);
+    // Another base named "Ubuntu", removed too: beside the first, numbered as desktops do.
+    lib.base_from(&vm);
+    let out = lib.ok(&["remove-base", "Ubuntu"]);
+    assert!(out.contains(&format!("{}/files/Ubuntu.2 ", trash.display())), "{out}");
+    assert_eq!(trash_list(&lib.home()), [base.clone(), base.clone()]);
+    assert!(trash.join("files/Ubuntu").is_dir() && trash.join("info/Ubuntu.2.trashinfo").is_file());
+}
+
+/// Killed at every step, to the Trash and deleted: recovery finishes the removal, the base is
+/// in the Trash once (with its `.trashinfo`, as trash-cli lists it) or not at all.
 #[test]
 fn remove_base_survives_a_kill_at_every_step() {
-    for &step in leafd::testing::remove_base::STEPS {
-        let (lib, _) = setup(&[]);
-        let o = lib
-            .command(&["remove-base", "Ubuntu", "--yes"])
-            .env("LEAFD_FAULT", format!("remove-base:{step}"))
-            .output()
-            .unwrap();
-        assert!(killed(&o), "{step}: {}", text(&o));
-        lib.ok(&["recover"]);
-        if step == "journaled" {
-            // Killed before the base left the library: it stays, whole.
+    for args in [&["remove-base", "Ubuntu"][..], &["remove-base", "Ubuntu", "--delete", "--yes"]] {
+        for &step in leafd::testing::remove_base::STEPS {
+            let (lib, _) = setup(&[]);
+            let o = lib.command(args).env("LEAFD_FAULT", format!("remove-base:{step}")).output().unwrap();
+            assert!(killed(&o), "{args:?} {step}: {}", text(&o));
+            lib.ok(&["recover"]);
+            if step == "journaled" {
+                // Killed before the base left the library: it stays, whole.
+                let (code, out) = verify(&lib, &[]);
+                assert_eq!(code, 0, "{args:?} {step}: {out}");
+                lib.ok(args);
+            }
+            let what = format!("{args:?} killed at {step}");
+            assert!(fs::read_dir(lib.root.join("Bases")).unwrap().next().is_none(), "{what}: removal not finished");
+            assert!(!lib.root.join("New Leaf/Ubuntu").exists(), "{what}: drop folder left");
+            assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0, "{what}: journal left");
+            let trashed = if args.contains(&"--delete") { vec![] } else { vec![lib.base_dir("Ubuntu")] };
+            assert_eq!(trash_list(&lib.home()), trashed, "{what}");
             let (code, out) = verify(&lib, &[]);
-            assert_eq!(code, 0, "{step}: {out}");
-            lib.ok(&["remove-base", "Ubuntu", "--yes"]);
+            assert_eq!(code, 0, "{what}: {out}");
         }
-        assert!(fs::read_dir(lib.root.join("Bases")).unwrap().next().is_none(), "{step}: removal not finished");
-        assert!(!lib.root.join("New Leaf/Ubuntu").exists(), "{step}: drop folder left");
-        assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0, "{step}: journal left");
-        let (code, out) = verify(&lib, &[]);
-        assert_eq!(code, 0, "{step}: {out}");
     }
 }
 

@@ -304,6 +304,8 @@ struct Case {
     sums: BTreeMap<PathBuf, String>,
     /// Raw images of the leaf's disks as QEMU reads them (Promote, Make Base of a leaf).
     refs: Vec<PathBuf>,
+    /// Its journal was rewritten in format 1 (from before the Linux Trash: a removal deletes).
+    format_1: std::cell::Cell<bool>,
 }
 
 const BASE: &str = "Ubuntu";
@@ -324,6 +326,7 @@ impl Case {
             before: Vec::new(),
             sums: BTreeMap::new(),
             refs: Vec::new(),
+            format_1: std::cell::Cell::new(false),
             lib,
         };
         case.setup();
@@ -576,10 +579,15 @@ impl Case {
         }
     }
 
-    /// The base and its drop folder are gone.
+    /// The base and its drop folder are gone, the base into the Trash (a format 1 journal deleted it).
     fn check_remove_base_finished(&self, root: &Path, what: &str) {
         assert!(fs::read_dir(root.join("Bases")).unwrap().next().is_none(), "{what}: removal not finished");
         assert!(!root.join("New Leaf").join(BASE).exists(), "{what}: drop folder left");
+        // From the library where it was when it left (moved since, or a copy's too); recovery
+        // of a format 1 journal, from before the Linux Trash, deletes.
+        let trashed = trash_list(&self.lib.home());
+        assert!(!trashed.is_empty() || self.format_1.get(), "{what}: the base is not in the Trash");
+        assert!(trashed.iter().all(|p| p.ends_with(format!("Bases/{BASE}"))), "{what}: {trashed:?}");
     }
 
     /// The trees recovery must not touch when it keeps a journal: the library and the places
@@ -912,7 +920,7 @@ fn a_leaf_outside_the_library_is_seen_checked_and_keeps_its_base() {
     assert_eq!(tree(&lib.base_dir(BASE)), base_before, "verify changed the base's list");
     let said = lib.ok(&["forget", LEAF]);
     assert!(said.contains("forgot leaf"), "{said}");
-    let said = lib.ok(&["remove-base", BASE, "--yes"]);
+    let said = lib.ok(&["remove-base", BASE, "--delete", "--yes"]);
     assert!(said.contains("deleted"), "{said}");
     assert!(!lib.base_dir(BASE).exists());
     verify_ok(&lib, &lib.root, "after remove-base");
@@ -1603,6 +1611,7 @@ impl Case {
     /// folders named in the plan, no `format` or `library`; and takes away what format 1 did not
     /// have on disk: working folder stamps, and parent copies repointed in a leaf made a base.
     fn to_format_1(&self) {
+        self.format_1.set(true);
         let ids = journal_ids(self.root());
         assert_eq!(ids.len(), 1, "{:?}", ids);
         let file = self.root().join(".leafd/journal").join(format!("{}.json", ids[0]));

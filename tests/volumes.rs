@@ -350,8 +350,16 @@ fn through_the_flow(v: &Volume, s: &Shape) {
     let verified = v.ok(&["verify"]);
     assert!(verified.contains("1 base, 0 leaves checked: all good"), "{what}: {verified}");
 
-    v.ok(&["remove-base", &s.base, "--yes"]);
+    let removed = v.ok(&["remove-base", &s.base]);
     assert!(!base.exists(), "{what}: the base is gone");
+    // Into the Trash of the base's own volume, never copied: on a volume of its own, the
+    // volume's `.Trash-$uid`, which trash-cli lists too.
+    if let Some(mount) = &v._mount {
+        let trashed = mount.path().join(".Trash-0/files").join(&s.base);
+        assert!(removed.contains(&format!("moved to the Trash: {} (", trashed.display())), "{what}: {removed}");
+        assert!(trashed.is_dir(), "{what}: {removed}");
+    }
+    assert!(trash_list(&lib.home()).contains(&base), "{what}: trash-list does not show {}", base.display());
     let verified = v.ok(&["verify"]);
     assert!(verified.contains("0 bases, 0 leaves checked: all good"), "{what}: {verified}");
     assert_eq!(fs::read_dir(lib.root.join(".leafd/journal")).unwrap().count(), 0, "{what}: no journal left");
@@ -458,4 +466,27 @@ fn a_bind_mount_of_the_same_file_system_is_copied_from() {
         &[("scsi0:0".into(), vm.disks[0].patterns.clone())],
     );
     assert!(lib.ok(&["verify"]).contains("all good"));
+}
+
+/// A volume whose Trash cannot be used (its `.Trash-$uid` is a file, as a network volume has
+/// none): remove-base refuses before anything changes and says `--delete`, which works.
+#[test]
+fn remove_base_refuses_where_no_trash_can_be_used() {
+    let volume = OtherVolume::new();
+    let root = volume.path().join("library");
+    fs::create_dir_all(root.join("Make Base")).unwrap();
+    let lib = Lib { tmp: tempfile::tempdir().unwrap(), root };
+    lib.base_from(&SampleVm::single("Ubuntu", DiskType::MonolithicSparse, 4 * MIB));
+    fs::write(volume.path().join(".Trash-0"), b"not a folder").unwrap();
+    let before = fingerprint_tree(volume.path());
+    let o = lib.run(&["remove-base", "Ubuntu"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let said = text(&o);
+    assert!(said.contains("cannot go to the Trash") && said.contains(".Trash-0 cannot be used"), "{said}");
+    assert!(said.contains("`leafd remove-base \"Ubuntu\" --delete` deletes it for good"), "{said}");
+    assert_eq!(fingerprint_tree(volume.path()), before, "refused, yet something changed");
+    assert!(trash_list(&lib.home()).is_empty());
+    let out = lib.ok(&["remove-base", "Ubuntu", "--delete", "--yes"]);
+    assert!(out.contains("base \"Ubuntu\" deleted"), "{out}");
+    assert!(!lib.base_dir("Ubuntu").exists());
 }

@@ -92,8 +92,8 @@ pub fn compare(
                 let (o, t) = (disk.has_data(offset, len)?, base.has_data(offset, len)?);
                 slots.push(Slot { offset, len: len as usize, ours: o, theirs: t });
             }
-            read_run(disk, &slots, &mut ours, |s| s.ours)?;
-            read_run(base, &slots, &mut theirs, |s| s.theirs)?;
+            read_run(disk, &slots, &mut ours, |s| s.ours, |s| s.theirs)?;
+            read_run(base, &slots, &mut theirs, |s| s.theirs, |s| s.ours)?;
             for (i, s) in slots.iter().enumerate() {
                 let at = i * GRAIN as usize;
                 let (a, b) = (&ours[at..at + s.len], &theirs[at..at + s.len]);
@@ -126,13 +126,20 @@ pub fn compare(
     Ok(found)
 }
 
-/// Reads into `buf` the grains of `slots` that `stored` picks, from `disk`, and zeros the others.
-fn read_run(disk: &Disk, slots: &[Slot], buf: &mut [u8], stored: impl Fn(&Slot) -> bool) -> Result<()> {
+/// Reads into `buf` the grains of `slots` that `stored` says `disk` stores, and zeros those it
+/// does not where the other disk stores data (`other`): grains neither stores are not touched.
+fn read_run(
+    disk: &Disk,
+    slots: &[Slot],
+    buf: &mut [u8],
+    stored: impl Fn(&Slot) -> bool,
+    other: impl Fn(&Slot) -> bool,
+) -> Result<()> {
     for (i, s) in slots.iter().enumerate() {
         let at = &mut buf[i * GRAIN as usize..i * GRAIN as usize + s.len];
         if stored(s) {
             disk.read_at(s.offset, at)?;
-        } else {
+        } else if other(s) {
             at.fill(0);
         }
     }

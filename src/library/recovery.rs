@@ -225,7 +225,10 @@ fn recover_v1(lib: &Library, op: &str, plan: Value, hint: &Path, opts: &Options)
             let root = ancestor(&v.dir, 2);
             check_named(&v.hidden, &lib.bases_dir(), "removing", &v.id)?;
             let c = ctx(&root, &format!("remove-{}", v.id));
-            remove_base::recover(&c, &remove_base::Plan { id: v.id, name: v.name })
+            remove_base::recover(
+                &c,
+                &remove_base::Plan { id: v.id, name: v.name, delete: remove_base::DELETED_BEFORE_THE_TRASH },
+            )
         }
         other => Err(unknown(hint, other)),
     }

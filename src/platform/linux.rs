@@ -145,11 +145,159 @@ pub(crate) fn vmrun_candidates() -> Vec<PathBuf> {
     std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("vmrun")).collect()).unwrap_or_default()
 }
 
-/// Linux desktops have no Trash leafd can rely on: removal deletes, after confirmation.
-pub(crate) const HAS_TRASH: bool = false;
+/// The freedesktop.org Trash (the Trash specification 1.0) that `path` goes to, its `files/`
+/// and `info/` folders made if missing: the home Trash (`$XDG_DATA_HOME/Trash`, else
+/// `~/.local/share/Trash`) when `path` is on its mount; else the Trash of `path`'s volume,
+/// `$topdir/.Trash/$uid` where an administrator made `$topdir/.Trash` (a sticky folder, not a
+/// link), else `$topdir/.Trash-$uid`. Never one on another mount, which a move could reach only
+/// by copying: a volume whose Trash cannot be used, and a network volume (shared with other
+/// machines, where desktops keep no Trash either), are `Unsupported`.
+pub(crate) fn trash_folder(path: &Path, home: &Path) -> io::Result<PathBuf> {
+    find_trash(path, home).map(|(trash, _)| trash)
+}
 
-pub(crate) fn trash(_path: &Path, _name: &str, _home: &Path) -> io::Result<PathBuf> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "no Trash on this platform"))
+/// [`trash_folder`], and the volume's top folder when it is a volume's Trash (the original
+/// places its `.trashinfo` files record are relative to it).
+fn find_trash(path: &Path, home: &Path) -> io::Result<(PathBuf, Option<PathBuf>)> {
+    // The magic is a `long` holding a 32-bit value.
+    let fs_type = rustix::fs::statfs(path)?.f_type as u32;
+    if REMOTE_FILE_SYSTEMS.contains(&fs_type) && fs_type != FUSE {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "it is on a network volume, which has no Trash"));
+    }
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| home.join(".local/share"));
+    let home_trash = data_home.join("Trash");
+    // Where it is or would be made: links above it followed.
+    let nearest = home_trash.ancestors().find_map(|a| a.canonicalize().ok()).unwrap_or_else(|| PathBuf::from("/"));
+    let mount = mount_of(path)?;
+    let (trash, topdir) = if mount_of(&nearest)? == mount {
+        std::fs::create_dir_all(&home_trash)?;
+        (home_trash, None)
+    } else {
+        let topdir = top_of(path, mount)?;
+        (volume_trash(&topdir, mount)?, Some(topdir))
+    };
+    for sub in ["files", "info"] {
+        private_dir(&trash.join(sub))?;
+    }
+    Ok((trash, topdir))
+}
+
+/// The top folder of the mount `mount` that holds `path`.
+fn top_of(path: &Path, mount: (u64, u64)) -> io::Result<PathBuf> {
+    let mut topdir = path.canonicalize()?;
+    while let Some(parent) = topdir.parent() {
+        if mount_of(parent)? != mount {
+            break;
+        }
+        topdir = parent.to_path_buf();
+    }
+    Ok(topdir)
+}
+
+/// `$topdir/.Trash/$uid` or `$topdir/.Trash-$uid` (see [`trash_folder`]), made if missing.
+fn volume_trash(topdir: &Path, mount: (u64, u64)) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let uid = rustix::process::getuid().as_raw();
+    let admin = topdir.join(".Trash");
+    if admin.symlink_metadata().is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o1000 != 0) {
+        let mine = admin.join(uid.to_string());
+        if private_dir(&mine).is_ok() && mount_of(&mine)? == mount {
+            return Ok(mine);
+        }
+    }
+    let mine = topdir.join(format!(".Trash-{uid}"));
+    let unusable = |why: String| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the volume's Trash {} cannot be used: {why}", mine.display()),
+        )
+    };
+    private_dir(&mine).map_err(|e| unusable(e.to_string()))?;
+    if mount_of(&mine)? != mount {
+        return Err(unusable("it is on another volume".into()));
+    }
+    Ok(mine)
+}
+
+/// `dir`, made (owner-only) if missing; it must be a folder of this user's, not a link.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let m = dir.symlink_metadata()?;
+    if !m.is_dir() || m.uid() != rustix::process::getuid().as_raw() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "it is not a folder of this user's"));
+    }
+    Ok(())
+}
+
+/// The mount holding `path` (a link not followed): the `statx` mount id, else the device.
+fn mount_of(path: &Path) -> io::Result<(u64, u64)> {
+    let s = rustix::fs::statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID)?;
+    if StatxFlags::from_bits_retain(s.stx_mask).contains(StatxFlags::MNT_ID) {
+        Ok((u64::MAX, s.stx_mnt_id))
+    } else {
+        Ok((u64::from(s.stx_dev_major), u64::from(s.stx_dev_minor)))
+    }
+}
+
+/// Moves `path` into the Trash of [`trash_folder`] as `name` (`name.2`, `name.3`... if taken,
+/// as GNOME and KDE number them), with the `.trashinfo` a desktop's Restore reads: the original
+/// place is `name` in `path`'s folder (`path` may be a hidden stand-in for it). The info file is
+/// written and flushed first, so the item is never in the Trash without it; the caller flushes
+/// the two folders the rename changed. Returns where the item went.
+pub(crate) fn trash(path: &Path, name: &str, home: &Path) -> io::Result<PathBuf> {
+    let (trash, topdir) = find_trash(path, home)?;
+    let original = path.parent().unwrap_or(Path::new("/")).canonicalize()?.join(name);
+    // Relative to the volume's top in a volume's Trash, as the specification asks there.
+    let recorded = topdir.as_deref().and_then(|t| original.strip_prefix(t).ok()).unwrap_or(&original);
+    let text = format!(
+        "[Trash Info]\nPath={}\nDeletionDate={}\n",
+        uri_escape(recorded.as_os_str().as_encoded_bytes()),
+        chrono::Local::now().format("%Y-%m-%dT%H:%M:%S")
+    );
+    for n in 1..10_000 {
+        let item = if n == 1 { name.to_string() } else { format!("{name}.{n}") };
+        let info = trash.join("info").join(format!("{item}.trashinfo"));
+        let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&info) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            r => r?,
+        };
+        let to = trash.join("files").join(&item);
+        let moved = io::Write::write_all(&mut file, text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .and_then(|()| crate::platform::open_dir(&trash.join("info"))?.sync_all())
+            .and_then(|()| rename_noreplace(path, &to));
+        match moved {
+            Ok(()) => return Ok(to),
+            Err(e) => {
+                let _ = std::fs::remove_file(&info);
+                if e.kind() != io::ErrorKind::AlreadyExists {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "too many items of that name in the Trash"))
+}
+
+/// `bytes` as a URI path (RFC 2396): `/` and the unreserved characters as they are, every
+/// other byte as `%XX`.
+fn uri_escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"/-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Whether a rename between `a` and `b` can work: the same mount, not merely the same file
@@ -172,6 +320,9 @@ pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<Option<bool>> {
     }
 }
 
+/// FUSE's `statfs` magic: sshfs, but ntfs-3g (a USB disk) too.
+const FUSE: u32 = 0x6573_5546;
+
 /// `statfs` magic numbers of volumes another machine (or a FUSE server) can change unseen: a
 /// lease there says nothing about other writers.
 const REMOTE_FILE_SYSTEMS: [u32; 13] = [
@@ -179,7 +330,7 @@ const REMOTE_FILE_SYSTEMS: [u32; 13] = [
     0x517b,      // SMB
     0xff53_4d42, // CIFS
     0xfe53_4d42, // SMB2
-    0x6573_5546, // FUSE (sshfs, s3fs... and local ones too: it cannot tell)
+    FUSE,        // sshfs, s3fs... and local ones too: it cannot tell
     0x0102_1997, // 9P
     0x00c3_6400, // Ceph
     0x5346_414f, // AFS

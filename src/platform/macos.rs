@@ -177,31 +177,39 @@ pub(crate) fn vmrun_candidates() -> Vec<PathBuf> {
     vec![PathBuf::from("/Applications/VMware Fusion.app/Contents/Library/vmrun")]
 }
 
-pub(crate) const HAS_TRASH: bool = true;
-
-/// Moves `path` to the Trash as `name` (with a number if taken): the user's `~/.Trash` (in
-/// `home`) on the startup volume, else the volume's own `.Trashes/<uid>`, as Finder does.
-pub(crate) fn trash(path: &Path, name: &str, home: &Path) -> io::Result<PathBuf> {
+/// The Trash `path` goes to: the user's `~/.Trash` (in `home`) on the startup volume, else the
+/// volume's own `.Trashes/<uid>`, as Finder uses them. A volume that is not local (SMB, AFP,
+/// NFS, WebDAV), where Finder deletes at once, has none (`Unsupported`).
+pub(crate) fn trash_folder(path: &Path, home: &Path) -> io::Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
+    if rustix::fs::statfs(path)?.f_flags & libc::MNT_LOCAL as u32 == 0 {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "it is on a network volume, which has no Trash"));
+    }
     let home_trash = home.join(".Trash");
-    let dev = std::fs::metadata(path)?.dev();
-    let trash = if std::fs::metadata(&home_trash).is_ok_and(|m| m.dev() == dev) {
-        home_trash
-    } else {
-        // The volume's root: the highest ancestor on the same device.
-        let mut root = path.to_path_buf();
-        while let Some(parent) = root.parent() {
-            if std::fs::metadata(parent).map(|m| m.dev()).ok() != Some(dev) {
-                break;
-            }
-            root = parent.to_path_buf();
+    let dev = std::fs::symlink_metadata(path)?.dev();
+    if std::fs::metadata(&home_trash).is_ok_and(|m| m.dev() == dev) {
+        return Ok(home_trash);
+    }
+    // The volume's root: the highest ancestor on the same device.
+    let mut root = path.to_path_buf();
+    while let Some(parent) = root.parent() {
+        if std::fs::metadata(parent).map(|m| m.dev()).ok() != Some(dev) {
+            break;
         }
-        let dir = root.join(".Trashes").join(rustix::process::getuid().as_raw().to_string());
-        std::fs::create_dir_all(&dir)?;
-        dir
-    };
-    for n in 0..1000 {
-        let to = trash.join(if n == 0 { name.to_string() } else { format!("{name} {n}") });
+        root = parent.to_path_buf();
+    }
+    let dir = root.join(".Trashes").join(rustix::process::getuid().as_raw().to_string());
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Moves `path` into [`trash_folder`] as `name` (`name 2`, `name 3`... if taken), with a plain
+/// rename: no Finder scripting, which would ask the user to let leafd control Finder. Finder's
+/// Put Back does not know the item. The caller flushes the two folders. Returns where it went.
+pub(crate) fn trash(path: &Path, name: &str, home: &Path) -> io::Result<PathBuf> {
+    let trash = trash_folder(path, home)?;
+    for n in 1..10_000 {
+        let to = trash.join(if n == 1 { name.to_string() } else { format!("{name} {n}") });
         match rename_noreplace(path, &to) {
             Ok(()) => return Ok(to),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,

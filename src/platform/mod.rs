@@ -33,8 +33,8 @@ mod open;
 
 pub(crate) use open::{open_beneath, open_dir, open_regular};
 pub(crate) use os::{
-    HAS_TRASH, TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd,
-    notification, rename_noreplace, set_locked, set_locked_fd, vmrun_candidates,
+    TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd, notification,
+    rename_noreplace, set_locked, set_locked_fd, vmrun_candidates,
 };
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
@@ -146,9 +146,20 @@ pub(crate) fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
     os::same_mount(a, b)?.map_or_else(|| same_device(a, b), Ok)
 }
 
-/// Moves `path` to the Trash as `name` (macOS; see [`HAS_TRASH`]).
+/// Moves `path` to the Trash as `name`, without copying: the freedesktop.org Trash on Linux (the
+/// home Trash, or the volume's `.Trash-$uid`), with the `.trashinfo` that puts it back as `name`
+/// in `path`'s folder (`path` may be a hidden stand-in); `~/.Trash` or the volume's
+/// `.Trashes/$uid` on macOS. Returns where it went. Where no Trash can be used (a network
+/// volume, a volume whose Trash is not a folder of the user's), `Unsupported`, and nothing is
+/// moved. The caller flushes the folders the rename changed (`durable::trash` does).
 pub(crate) fn trash(path: &Path, name: &str) -> io::Result<PathBuf> {
     os::trash(path, name, &home())
+}
+
+/// The Trash [`trash`] would move `path` to (made if missing), or why there is none
+/// (`Unsupported`): to refuse before anything changes.
+pub(crate) fn trash_folder(path: &Path) -> io::Result<PathBuf> {
+    os::trash_folder(path, &home())
 }
 
 /// Whether another process has `file` open for writing, where the system can tell; `file` must be

@@ -399,3 +399,41 @@ pub fn children_of(parent: u32) -> Vec<(u32, char)> {
         })
         .collect()
 }
+
+/// trash-cli's program `name` for a private `home`: an implementation of the freedesktop.org
+/// Trash independent of leafd's, reading the home Trash and every volume's.
+fn trash_cli(name: &str, home: &Path) -> Command {
+    let mut c = Command::new(name);
+    c.env("HOME", home).env_remove("XDG_DATA_HOME");
+    c
+}
+
+fn trash_cli_output(c: &mut Command) -> Output {
+    match c.output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("trash-cli is required by this test and is missing: apt-get install -y trash-cli")
+        }
+        Err(e) => panic!("cannot run {c:?}: {e}"),
+    }
+}
+
+/// The original places of the items in the Trash, as `trash-list` reads their `.trashinfo`.
+pub fn trash_list(home: &Path) -> Vec<PathBuf> {
+    let o = trash_cli_output(&mut trash_cli("trash-list", home));
+    assert!(o.status.success(), "trash-list: {}", text(&o));
+    // `2026-12-01 10:42:03 /original/place`
+    String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.get(20..)).map(PathBuf::from).collect()
+}
+
+/// Puts the trashed item from `original` back there with `trash-restore`, as a person would.
+pub fn trash_restore(home: &Path, original: &Path) {
+    use std::io::Write;
+    let mut c = trash_cli("trash-restore", home);
+    c.arg(original).current_dir(original.parent().unwrap());
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("trash-restore (apt-get install -y trash-cli)");
+    child.stdin.take().unwrap().write_all(b"0\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success() && original.exists(), "trash-restore {}: {}", original.display(), text(&o));
+}

@@ -1,6 +1,7 @@
 //! `leafd remove-base NAME`: remove a base no leaf depends on any more. The base is stamped and
 //! first vanishes from the library with one rename (so nothing can start using it halfway), is
-//! unlocked, and then goes to the Trash (macOS) or is deleted (Linux, after confirmation).
+//! unlocked, and then goes to the Trash under its own name (the freedesktop.org Trash on Linux,
+//! `~/.Trash` on macOS; never by copying), or, with `--delete`, is deleted for good.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::human_bytes;
 use crate::durable::{self, Flush};
-use crate::error::{Error, IoContext, Result, undo_after};
+use crate::error::{Error, Kind, Result, undo_after};
 use crate::fsutil;
 use crate::library::journal::{self, Ctx, Journal};
 use crate::library::records::Listed;
@@ -31,6 +32,26 @@ pub(crate) struct Plan {
     /// The base's id: only that base is ever hidden or removed.
     pub(crate) id: String,
     pub(crate) name: String,
+    /// Deleted for good rather than moved to the Trash. A journal from before the Linux Trash
+    /// has none: there removal deleted (confirmed), on macOS it went to the Trash.
+    #[serde(default = "deleted_before_the_trash")]
+    pub(crate) delete: bool,
+}
+
+/// What a journal from before the Linux Trash asked: deletion on Linux, the Trash on macOS.
+pub(crate) const DELETED_BEFORE_THE_TRASH: bool = !cfg!(target_os = "macos");
+
+fn deleted_before_the_trash() -> bool {
+    DELETED_BEFORE_THE_TRASH
+}
+
+/// How a base is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum How {
+    /// To the Trash, under its own name.
+    Trash,
+    /// Deleted for good; `confirmed` by the person (`--yes`, or an answer on the terminal).
+    Delete { confirmed: bool },
 }
 
 /// Where a removal works.
@@ -67,9 +88,13 @@ pub(crate) struct Removed {
 impl std::fmt::Display for Removed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.trashed_to {
-            Some(t) => {
-                write!(f, "base {:?} moved to the Trash ({}): {}", self.name, human_bytes(self.bytes), t.display())
-            }
+            Some(t) => write!(
+                f,
+                "base {:?} moved to the Trash: {} ({}; emptying the Trash frees it)",
+                self.name,
+                t.display(),
+                human_bytes(self.bytes)
+            ),
             None => write!(f, "base {:?} deleted, {} freed", self.name, human_bytes(self.bytes)),
         }
     }
@@ -102,8 +127,9 @@ pub(crate) fn dependents(lib: &Library, name: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Removes base `name`. `confirmed` must be true where removal is final (no Trash).
-pub(crate) fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<Removed> {
+/// Removes base `name`, `how` it says. Refused before anything changes when the base's volume
+/// has no Trash leafd can use (a network volume), and when a deletion is not confirmed.
+pub(crate) fn remove_base(lib: &Library, name: &str, how: How) -> Result<Removed> {
     let base = lib.base(name)?;
     // Held from the check to the hide: no New Leaf can start on the base in between.
     let _lock = base.lock(lib)?;
@@ -120,12 +146,27 @@ pub(crate) fn remove_base(lib: &Library, name: &str, confirmed: bool) -> Result<
         )
         .fix("promote or delete those leaves first (`leafd promote LEAF` makes one standalone)"));
     }
-    if !platform::HAS_TRASH && !confirmed {
-        return Err(Error::refused(&base.dir, "removing a base deletes it for good (there is no Trash here)")
-            .fix("run again with --yes to confirm"));
+    match how {
+        How::Delete { confirmed: false } => {
+            return Err(Error::refused(&base.dir, "--delete deletes the base for good, and nobody confirmed it").fix(
+                format!(
+                    "run `leafd remove-base {name:?} --delete --yes`, or leave out --delete to move it to the Trash"
+                ),
+            ));
+        }
+        How::Delete { .. } => {}
+        How::Trash => {
+            if let Err(e) = platform::trash_folder(&base.dir) {
+                let kind = if e.kind() == std::io::ErrorKind::Unsupported { Kind::Refused } else { Kind::Io };
+                return Err(Error::new(kind, base.dir.clone(), format!("cannot go to the Trash: {e}"))
+                    .because(e)
+                    .fix(format!("`leafd remove-base {name:?} --delete` deletes it for good instead")));
+            }
+        }
     }
     let bytes = fsutil::walk(&base.dir)?.iter().map(|p| fsutil::allocated(p)).sum();
-    let plan = Plan { id: base.record.id.clone(), name: base.record.name.clone() };
+    let delete = matches!(how, How::Delete { .. });
+    let plan = Plan { id: base.record.id.clone(), name: base.record.name.clone(), delete };
     let jid = journal_id(&plan.id);
     let journal = Journal::begin(lib, &jid, OP, &plan)?;
     step(Step::Journaled);
@@ -163,18 +204,27 @@ fn finish(ctx: &Ctx, places: &Places, plan: &Plan) -> Result<Option<PathBuf>> {
             if p.is_file() {
                 let mode = fs::metadata(&p).map(|m| m.permissions().mode()).unwrap_or(0o644);
                 durable::unprotect(&p, (mode | 0o200) & 0o7777)?;
+                // Flushed before the move publishes it in the Trash (deleted, it needs none).
+                if !plan.delete {
+                    durable::flush_path(&p, Flush::Order)?;
+                }
             }
         }
         step(Step::Unlocked);
-        if platform::HAS_TRASH {
+        if plan.delete {
+            journal::remove_work_dir(ctx, &places.hidden)?;
+        } else {
             // The stamp goes with it and is taken off in the Trash: a crash in between must
             // leave a hidden base that recovery still knows as this removal's.
-            let to = platform::trash(&places.hidden, &plan.name).at(&places.hidden, "cannot move to the Trash")?;
-            durable::flush_parent(&places.hidden, Flush::Commit)?;
+            let to = durable::trash(&places.hidden, &plan.name).map_err(|e| {
+                e.fix(format!(
+                    "the base is out of the library, in {}: once the Trash can take it, `leafd recover` moves it there; or delete that folder yourself, then `leafd recover --discard {}`",
+                    places.hidden.display(),
+                    ctx.id
+                ))
+            })?;
             journal::unstamp(&to, &ctx.id)?;
             trashed_to = Some(to);
-        } else {
-            journal::remove_work_dir(ctx, &places.hidden)?;
         }
         step(Step::Removed);
     }

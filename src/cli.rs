@@ -11,7 +11,7 @@ use leafd_formats::clone::PathStyle;
 
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
-use crate::library::ops::{adopt, forget, make_base, new_leaf, promote, relink, remove_base, status, verify};
+use crate::library::ops::{adopt, forget, make_base, new_leaf, promote, relink, remove_base, reset, status, verify};
 use crate::library::{Library, Options, SnapshotBackend, journal, recovery};
 use crate::{agent, demo, logging, platform, service};
 
@@ -90,6 +90,14 @@ enum Command {
         /// Adopt a VM that shares less than 10% of its data with the base
         #[arg(long)]
         force: bool,
+    },
+    /// Put a leaf's disks and EFI variables back to its snapshot Base (their changes to the Trash)
+    Reset {
+        /// The leaf: its path, or its name in the library
+        leaf: PathBuf,
+        /// Do not ask (needed where there is no terminal to ask on)
+        #[arg(long)]
+        yes: bool,
     },
     /// Remove a base no leaf depends on: to the Trash, under its own name (or deleted, --delete)
     RemoveBase {
@@ -270,6 +278,10 @@ fn run(cli: Cli) -> Result<Exit> {
                 adopt::adopt(lib, req, opts).map(|a| (a.to_string(), Vec::new()))
             })
         }
+        Command::Reset { leaf, yes } => change(&root, options(&config, None), |lib, opts| {
+            let confirmed = yes || confirm(&reset::question(lib, &leaf)?);
+            reset::reset(lib, &leaf, confirmed, opts).map(|r| (r.to_string(), Vec::new()))
+        }),
         Command::RemoveBase { name, delete, yes } => {
             let how = if delete {
                 let question = format!("Delete base {name:?} for good (it does not go to the Trash)? [y/N] ");

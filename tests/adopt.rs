@@ -158,3 +158,96 @@ fn a_hand_copy_made_a_base_and_used_since_becomes_a_leaf_that_reads_as_it_did() 
     assert!(status.contains("Web 3"), "{status}");
     lib.ok(&["verify"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reset
+
+/// A base of `vm("Ubuntu")` and a leaf "Leaf" of it, written to in both disks and its nvram.
+fn used_leaf(lib: &Lib) -> PathBuf {
+    let vm = vm(BASE);
+    lib.base_from(&vm);
+    lib.ok(&["new-leaf", BASE, "Leaf", "--snapshot", "native"]);
+    let leaf = lib.leaf_dir("Leaf");
+    use_disk(&leaf, &delta("Virtual Disk.vmdk"), WRITES);
+    use_disk(&leaf, &delta("Second.vmdk"), &[(MIB, 3 * GRAIN, 0xb1)]);
+    fs::write(leaf.join("Leaf.nvram"), b"the leaf's own EFI variables").unwrap();
+    leaf
+}
+
+/// `qemu-img compare` of the chain at `top` with the base's disk: every byte equal.
+fn reads_as_base(lib: &Lib, top: &Path, file: &str) {
+    let base = lib.base_dir(BASE).join(file);
+    let (top, base) = (top.to_str().unwrap(), base.to_str().unwrap());
+    let o = run_tool("qemu-img", &["compare", "-U", "-f", "vmdk", "-F", "vmdk", top, base]);
+    assert!(o.status.success(), "{top} does not read as the base: {}", text(&o));
+}
+
+#[test]
+fn reset_puts_a_leaf_back_to_its_snapshot_base_and_its_old_disks_in_the_trash() {
+    let lib = Lib::new();
+    let leaf = used_leaf(&lib);
+    let saved = save(&lib, &leaf, &[&delta("Virtual Disk.vmdk"), &delta("Second.vmdk")]);
+    let (vmx, vmsd) = (fs::read(leaf.join("Leaf.vmx")).unwrap(), fs::read(leaf.join("Leaf.vmsd")).unwrap());
+    let out = lib.ok(&["reset", "Leaf", "--yes"]);
+    assert!(out.contains("leaf \"Leaf\" reset to its snapshot Base") && out.contains("Trash"), "{out}");
+    for file in ["Virtual Disk.vmdk", "Second.vmdk"] {
+        let top = leaf.join(delta(file));
+        qemu_check(&top);
+        reads_as_base(&lib, &top, file);
+        assert_eq!(own_data(&top), 0, "{file}: the new delta holds data");
+    }
+    let base_nvram = fs::read(lib.base_dir(BASE).join(format!("{BASE}.nvram"))).unwrap();
+    assert_eq!(fs::read(leaf.join("Leaf.nvram")).unwrap(), base_nvram, "the nvram is not the base's");
+    assert_eq!((fs::read(leaf.join("Leaf.vmx")).unwrap(), fs::read(leaf.join("Leaf.vmsd")).unwrap()), (vmx, vmsd));
+    assert!(leftovers(&leaf).is_empty(), "{:?}", leftovers(&leaf));
+    lib.ok(&["verify"]);
+    // Undone as a person would: the Trash's item put back (trash-restore), its files over the new.
+    let listed = trash_list(&lib.home());
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].starts_with(&leaf), "{listed:?}");
+    trash_restore(&lib.home(), &listed[0]);
+    for p in walk(&listed[0]) {
+        fs::rename(&p, leaf.join(p.strip_prefix(&listed[0]).unwrap())).unwrap();
+    }
+    fs::remove_dir(&listed[0]).unwrap();
+    for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+        same_as_saved(&leaf.join(delta(file)), saved);
+    }
+    assert_eq!(fs::read(leaf.join("Leaf.nvram")).unwrap(), b"the leaf's own EFI variables");
+}
+
+#[test]
+fn reset_refuses_and_leaves_the_leaf_as_it_is() {
+    let lib = Lib::new();
+    let leaf = used_leaf(&lib);
+    let refused = |what: &str, args: &[&str], says: &[&str]| {
+        let before = fingerprint_tree(&leaf);
+        let o = lib.run(args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{what}: {t}");
+        for s in says {
+            assert!(t.contains(s), "{what}: {s:?} not in {t}");
+        }
+        assert_eq!(fingerprint_tree(&leaf), before, "{what}: the leaf changed");
+        assert!(trash_list(&lib.home()).is_empty(), "{what}: something went to the Trash");
+    };
+    // No terminal to ask on: --yes is needed.
+    refused("not confirmed", &["reset", "Leaf"], &["nobody confirmed it", "--yes"]);
+    fs::create_dir(leaf.join("Leaf.vmx.lck")).unwrap();
+    refused("running", &["reset", "Leaf", "--yes"], &["running"]);
+    fs::remove_dir(leaf.join("Leaf.vmx.lck")).unwrap();
+    fs::write(leaf.join("Leaf.vmss"), b"suspended").unwrap();
+    refused("suspended", &["reset", "Leaf", "--yes"], &["suspended"]);
+    fs::remove_file(leaf.join("Leaf.vmss")).unwrap();
+    // A snapshot taken in VMware: the disk on a newer delta over the leaf's.
+    let vmx = fs::read_to_string(leaf.join("Leaf.vmx")).unwrap();
+    fs::write(leaf.join("Leaf.vmx"), vmx.replace("Second-000001.vmdk", "Second-000002.vmdk")).unwrap();
+    refused("own snapshots", &["reset", "Leaf", "--yes"], &["snapshots of its own", "promote"]);
+    fs::write(leaf.join("Leaf.vmx"), &vmx).unwrap();
+    let base = lib.base_dir(BASE);
+    let away = lib.tmp.path().join("away");
+    fs::rename(&base, &away).unwrap();
+    refused("base missing", &["reset", "Leaf", "--yes"], &["base \"Ubuntu\" is not in the library"]);
+    fs::rename(&away, &base).unwrap();
+    lib.ok(&["reset", "Leaf", "--yes"]);
+}

@@ -37,6 +37,11 @@ pub mod adopt {
 }
 
 /// See [`make_base`](crate::testing::make_base).
+pub mod reset {
+    pub use crate::library::ops::reset::{OP, STEPS};
+}
+
+/// See [`make_base`](crate::testing::make_base).
 pub mod remove_base {
     pub use crate::library::ops::remove_base::{OP, STEPS};
 }

@@ -10,7 +10,7 @@ use leafd_formats::dict::Dict;
 use leafd_formats::disk::Disk;
 
 use crate::error::{Error, IoContext, Result};
-use crate::library::{Leaf, bundle_stem};
+use crate::library::{Base, Leaf, Options, bundle_stem};
 
 /// `40.0 GiB`, `512 KiB`, `12 B`.
 pub(crate) fn human_bytes(n: u64) -> String {
@@ -181,4 +181,12 @@ pub(crate) fn refuse_own_snapshots(leaf: &Leaf, then: &str) -> Result<()> {
             .fix(format!("delete them in VMware (keep \"Base\"), {then}")));
     }
     Ok(())
+}
+
+/// The base's `.nvram` (EFI boot entries), when it has one: named by its `.vmx` (`base_vmx`)
+/// like the disks, in the `.vmx`'s code page or in UTF-8 after a copy from Windows.
+pub(crate) fn base_nvram(base_vmx: &Dict, base: &Base, opts: &Options) -> Option<PathBuf> {
+    let stem = base.record.vmx.trim_end_matches(crate::library::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
+    let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
+    leafd_formats::disk::find(&opts.env(), &base.dir, &base_vmx.name(&nvram)).filter(|p| p.is_file())
 }

@@ -12,5 +12,6 @@ pub(crate) mod new_leaf;
 pub(crate) mod promote;
 pub(crate) mod relink;
 pub(crate) mod remove_base;
+pub(crate) mod reset;
 pub(crate) mod status;
 pub(crate) mod verify;

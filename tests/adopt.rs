@@ -59,6 +59,20 @@ fn use_disk(vm: &Path, file: &str, writes: &[(u64, u64, u8)]) {
     }
 }
 
+/// Compacts a VM's monolithic disk as VMware's disk tool does: grains of zeros are no longer
+/// stored (here by `qemu-img convert`, which leaves them out).
+fn compact(disk: &Path) {
+    // Under its own name (its embedded descriptor names its file), in a folder of its own.
+    let dir = disk.parent().unwrap().join("compacted");
+    fs::create_dir(&dir).unwrap();
+    let tmp = dir.join(disk.file_name().unwrap());
+    let (from, to) = (disk.to_str().unwrap(), tmp.to_str().unwrap());
+    let o = run_tool("qemu-img", &["convert", "-f", "vmdk", "-O", "vmdk", "-o", "subformat=monolithicSparse", from, to]);
+    assert!(o.status.success(), "qemu-img convert: {}", text(&o));
+    fs::rename(&tmp, disk).unwrap();
+    fs::remove_dir(&dir).unwrap();
+}
+
 /// Raw images of the VM's disks as QEMU reads them, saved beside the library.
 fn save(lib: &Lib, vm: &Path, files: &[&str]) -> Vec<PathBuf> {
     let dir = lib.tmp.path().join("saved");
@@ -114,7 +128,8 @@ fn a_hand_copy_made_a_base_and_used_since_becomes_a_leaf_that_reads_as_it_did() 
     let vm = vm("Web 3");
     let copy = hand_copy(&lib, &vm, &lib.root, "Web 3");
     use_disk(&copy, "Virtual Disk.vmdk", WRITES);
-    use_disk(&copy, "Second.vmdk", &[(MIB, 3 * GRAIN, 0xb1)]);
+    use_disk(&copy, "Second.vmdk", &[(MIB, 3 * GRAIN, 0xb1), (0, GRAIN, 0)]);
+    compact(&copy.join("Second.vmdk"));
     let saved = save(&lib, &copy, &["Virtual Disk.vmdk", "Second.vmdk"]);
     let base = lib.base_dir(BASE);
     let base_before = vm_files(&base);
@@ -138,7 +153,9 @@ fn a_hand_copy_made_a_base_and_used_since_becomes_a_leaf_that_reads_as_it_did() 
     // last grain (112 sectors).
     let own = own_data(&copy.join(delta("Virtual Disk.vmdk")));
     assert_eq!(own, 6 * GRAIN + 112 * 512, "own data of the split disk");
-    assert_eq!(own_data(&copy.join(delta("Second.vmdk"))), 3 * GRAIN);
+    // The grains written, and the first, which the compacted disk no longer stores but the
+    // base does (written as zeros).
+    assert_eq!(own_data(&copy.join(delta("Second.vmdk"))), 4 * GRAIN);
     assert_eq!(vm_files(&base), base_before, "the base's files changed");
     // The same VM: its .vmx keeps its name and identity, its disks on the deltas; its own nvram.
     let vmx = fs::read_to_string(copy.join("Web 3.vmx")).unwrap();
@@ -250,4 +267,128 @@ fn reset_refuses_and_leaves_the_leaf_as_it_is() {
     refused("base missing", &["reset", "Leaf", "--yes"], &["base \"Ubuntu\" is not in the library"]);
     fs::rename(&away, &base).unwrap();
     lib.ok(&["reset", "Leaf", "--yes"]);
+}
+
+/// What a refused adoption must leave: the VM and the library as they were (the library's own
+/// locks and the log aside), and no working folder anywhere.
+fn refused(lib: &Lib, vm: &Path, args: &[&str], says: &[&str]) {
+    let tree = |p: &Path| {
+        let mut t = fingerprint_tree(p);
+        t.retain(|l| !l.contains("/.leafd/locks"));
+        t
+    };
+    let (vm_before, lib_before) = (tree(vm), tree(&lib.root));
+    let mut all = vec!["adopt", vm.to_str().unwrap(), "--base", BASE];
+    all.extend(args);
+    let o = lib.run(&all);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {t}");
+    for s in says {
+        assert!(t.contains(s), "{s:?} is not in: {t}");
+    }
+    assert_eq!(tree(vm), vm_before, "{says:?}: the VM changed");
+    assert_eq!(tree(&lib.root), lib_before, "{says:?}: the library changed");
+    assert!(leftovers(vm.parent().unwrap()).is_empty(), "{says:?}: {:?}", leftovers(vm.parent().unwrap()));
+}
+
+#[test]
+fn what_adopt_refuses_it_leaves_as_it_was() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    fs::create_dir(copy.join("Web.vmx.lck")).unwrap();
+    refused(&lib, &copy, &[], &["running"]);
+    fs::remove_dir(copy.join("Web.vmx.lck")).unwrap();
+    fs::write(copy.join("Web.vmss"), b"memory").unwrap();
+    refused(&lib, &copy, &[], &["suspended"]);
+    fs::remove_file(copy.join("Web.vmss")).unwrap();
+    fs::write(copy.join("Web.vmsd"), ".encoding = \"UTF-8\"\nsnapshot.numSnapshots = \"1\"\n").unwrap();
+    refused(&lib, &copy, &[], &["snapshots of its own", "full clone", "Delete"]);
+    fs::remove_file(copy.join("Web.vmsd")).unwrap();
+    // A snapshot's disk: the disk on a delta over it (as VMware leaves one).
+    let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
+    let o = run_tool("qemu-img", &["create", "-q", "-f", "vmdk", "-b", "Second.vmdk", "-F", "vmdk", copy.join("Second-000001.vmdk").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    fs::write(copy.join("Web.vmx"), vmx.replace("\"Second.vmdk\"", "\"Second-000001.vmdk\"")).unwrap();
+    refused(&lib, &copy, &[], &["is a snapshot's", "snapshots of its own"]);
+    fs::write(copy.join("Web.vmx"), &vmx).unwrap();
+    fs::remove_file(copy.join("Second-000001.vmdk")).unwrap();
+    // leafd's records in it: a copy of a leaf (or of a base).
+    fs::create_dir(copy.join(".leafd")).unwrap();
+    refused(&lib, &copy, &[], &["leafd's records", "promote"]);
+    fs::remove_dir(copy.join(".leafd")).unwrap();
+    // Another base, whose disks have other capacities.
+    let other = SampleVm::single("Other", DiskType::MonolithicSparse, 2 * MIB);
+    lib.base_from(&other);
+    let o = lib.run(&["adopt", copy.to_str().unwrap(), "--base", "Other"]);
+    assert!(o.status.code() == Some(1) && text(&o).contains("none of the VM's disks"), "{}", text(&o));
+    // Another volume than the base's.
+    let volume = OtherVolume::new();
+    let away = volume.path().join("Web.vmwarevm");
+    cp(&copy, &away);
+    refused(&lib, &away, &[], &["another volume", "move the VM"]);
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+}
+
+/// A VM of the base's capacities but other data shares nothing with it: refused with what it
+/// would free, unless forced; forced, the leaf holds all of it and reads as the VM did.
+#[test]
+fn a_vm_sharing_little_with_the_base_is_refused_unless_forced() {
+    let lib = Lib::new();
+    lib.base_from(&vm(BASE));
+    let mut stranger = vm("Stranger");
+    for d in &mut stranger.disks {
+        for p in &mut d.patterns {
+            p.byte ^= 0xff;
+        }
+    }
+    let bundle = stranger.build(&lib.root).unwrap();
+    refused(&lib, &bundle, &[], &["shares only 0% of its", "adopting would free only 0 B", "--force"]);
+    let saved = save(&lib, &bundle, &["Virtual Disk.vmdk", "Second.vmdk"]);
+    lib.ok(&["adopt", bundle.to_str().unwrap(), "--base", BASE, "--force"]);
+    for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+        same_as_saved(&bundle.join(delta(file)), saved);
+    }
+}
+
+#[test]
+fn too_little_free_space_is_refused() {
+    let volume = OtherVolume::new();
+    let lib = Lib::new();
+    // The library on a volume of its own, nearly full.
+    let root = volume.path().join("library");
+    fs::create_dir_all(root.join("Make Base")).unwrap();
+    let small = Lib { root: root.canonicalize().unwrap(), tmp: tempfile::tempdir().unwrap() };
+    let copy = hand_copy(&small, &vm("Web"), &small.root, "Web");
+    let free = fs2_free(&small.root);
+    let filler = small.root.join("filler");
+    let o = run_tool("fallocate", &["-l", &(free - 32 * MIB).to_string(), filler.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    refused(&small, &copy, &[], &["too little free space", "free some space"]);
+    fs::remove_file(&filler).unwrap();
+    small.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    drop(lib);
+}
+
+/// Bytes free on the volume holding `dir`.
+fn fs2_free(dir: &Path) -> u64 {
+    let o = run_tool("df", &["--output=avail", "-B1", dir.to_str().unwrap()]);
+    String::from_utf8_lossy(&o.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// `--dry-run` says per disk what would be shared, freed and kept, and changes nothing (not even
+/// a lock file).
+#[test]
+fn a_dry_run_changes_nothing() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    let before = fingerprint_tree(&lib.root);
+    let out = lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE, "--dry-run"]);
+    assert_eq!(fingerprint_tree(&lib.root), before, "a dry run changed the library");
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+    let line = out.lines().find(|l| l.contains("scsi0:0 Virtual Disk.vmdk")).unwrap();
+    assert!(line.contains("the same as the base's (freed)") && line.contains("its own"), "{out}");
+    assert!(out.lines().any(|l| l.contains("sata0:0 Second.vmdk")), "{out}");
+    assert!(out.contains("would keep about") && out.contains("free about"), "{out}");
 }

@@ -271,7 +271,7 @@ pub(crate) fn trash(path: &Path, name: &str, home: &Path) -> io::Result<PathBuf>
         let to = trash.join("files").join(&item);
         let moved = io::Write::write_all(&mut file, text.as_bytes())
             .and_then(|()| file.sync_all())
-            .and_then(|()| crate::platform::open_dir(&trash.join("info"))?.sync_all())
+            .and_then(|()| std::fs::File::open(trash.join("info"))?.sync_all())
             .and_then(|()| rename_noreplace(path, &to));
         match moved {
             Ok(()) => return Ok(to),

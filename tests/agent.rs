@@ -480,7 +480,30 @@ fn a_second_agent_on_the_same_library_refuses() {
     let _agent = Agent::start(&lib);
     let o = lib.command(&["agent"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("another leafd agent is already watching this library"), "{}", text(&o));
+    let said = text(&o);
+    assert_eq!(said.matches("another leafd agent is already watching this library").count(), 1, "said once: {said}");
+    assert!(said.starts_with("leafd: ") && said.contains("fix: "), "{said}");
+    // The log has it too, naming the library.
+    let label = lib.root.display().to_string();
+    assert!(log_of(&lib).contains(&format!("[{label}] ERROR {label}: another leafd agent")), "{}", log_of(&lib));
+}
+
+/// `--settle` takes seconds (`2`, `1.5`) and durations (`1.5s`, `500ms`); anything else, or more
+/// than an hour, is bad usage with the fix.
+#[test]
+fn settle_takes_seconds_and_durations() {
+    for (given, shown) in [("2", "2.0 s"), ("1.5s", "1.5 s"), ("500ms", "0.5 s")] {
+        let lib = Lib::new();
+        let agent = Agent::start_args(&lib, &["agent", "--settle", given], &[]);
+        assert!(log_of(&lib).contains(&format!("(settle {shown},")), "--settle {given}: {}", log_of(&lib));
+        assert_eq!(agent.stop().code(), Some(0));
+    }
+    let lib = Lib::new();
+    for bad in ["soon", "-1", "2h", "1.5 parsecs"] {
+        let o = lib.run(&["agent", "--settle", bad]);
+        assert_eq!(o.status.code(), Some(2), "--settle {bad}: {}", text(&o));
+        assert!(text(&o).contains("makes no sense") && text(&o).contains("(1.5s, 500ms)"), "{}", text(&o));
+    }
 }
 
 /// Issues 10.10 and 12.6: a VM dropped into a base's folder in New Leaf, a bundle dropped into

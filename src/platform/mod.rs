@@ -214,12 +214,9 @@ pub(crate) fn default_root() -> PathBuf {
     os::default_root(&home())
 }
 
-/// Where the daily logs go (`LEAFD_LOG_DIR` overrides, e.g. for the demo).
+/// Where the user's daily logs go (one log for every library: each line names its library).
 pub(crate) fn log_dir() -> PathBuf {
-    std::env::var_os("LEAFD_LOG_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| os::log_dir(&home()))
+    os::log_dir(&home())
 }
 
 /// Where `config.toml` lives.

@@ -201,8 +201,15 @@ impl Lib {
 
     /// A `leafd` command with this library's root and a private HOME, config and log folder.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+        let mut c = self.command_without_root(&[]);
         c.arg("--root").arg(&self.root).args(args);
+        c
+    }
+
+    /// [`Lib::command`] without `--root`.
+    pub fn command_without_root(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+        c.args(args);
         c.env("HOME", self.home())
             .env("XDG_STATE_HOME", self.tmp.path().join("state"))
             .env("XDG_CONFIG_HOME", self.tmp.path().join("config"))

@@ -7,7 +7,7 @@
 //! retry_seconds = 300           # a refused drop is tried again after this, then 2×, 4×… up to 16×
 //! snapshot_backend = "auto"     # auto | native | vmrun
 //! path_style = "relative"       # relative | absolute
-//! notifications = true
+//! notifications = true        # on failures (default: on; Linux: where a notification service runs)
 //! vmrun = "/Applications/VMware Fusion.app/Contents/Library/vmrun"
 //! ```
 

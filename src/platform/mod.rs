@@ -33,9 +33,20 @@ mod open;
 
 pub(crate) use open::{open_beneath, open_dir, open_regular};
 pub(crate) use os::{
-    TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd, notification,
+    TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd, notify,
     rename_noreplace, set_locked, set_locked_fd, vmrun_candidates,
 };
+
+/// What posting a desktop notification ([`notify`]) leaves the caller to do.
+#[derive(Debug)]
+pub(crate) enum Notification {
+    /// Run this program (macOS: `osascript`) through `child`, which reaps it.
+    #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+    Run(std::process::Command),
+    /// Nothing: it is on its way (Linux: D-Bus, from a thread of leafd's).
+    #[cfg_attr(target_os = "macos", allow(dead_code))]
+    Queued,
+}
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
 pub(crate) fn xattr_name(name: &str) -> String {

@@ -217,7 +217,10 @@ impl Lib {
             .env_remove("LEAFD_CONFIG")
             .env_remove("LEAFD_FAULT")
             .env_remove("LEAFD_VMRUN")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // No desktop's notifications from the tests: a session bus that is not there (the
+            // notification tests give their own).
+            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/leafd-tests-have-no-session-bus");
         c
     }
 

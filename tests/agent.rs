@@ -791,6 +791,11 @@ impl NotificationServer {
         NotificationServer { address, bus, stand_in, calls }
     }
 
+    /// An agent on `lib` (settle 0.2 s) whose session bus is this one.
+    fn agent(&self, lib: &Lib) -> Agent {
+        Agent::start_args(lib, &["agent", "--settle", "0.2"], &[("DBUS_SESSION_BUS_ADDRESS", self.address.as_str())])
+    }
+
     /// Every notification received: (app name, summary, body).
     fn received(&self) -> Vec<(String, String, String)> {
         fs::read_to_string(&self.calls)
@@ -813,6 +818,13 @@ impl Drop for NotificationServer {
     }
 }
 
+/// A drop in Make Base that is refused: a folder without a .vmx.
+fn not_a_vm(lib: &Lib, name: &str) {
+    let dir = lib.make_base_dir().join(name);
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("notes.txt"), b"no VM here").unwrap();
+}
+
 /// On by default where a notification service runs: 100 refused drops give 100 notifications,
 /// posted over D-Bus to the session's service (a stand-in here), and the agent leaves no zombie
 /// child behind (it starts no program for them on Linux; macOS's osascript is reaped by child).
@@ -820,17 +832,10 @@ impl Drop for NotificationServer {
 fn an_agent_that_posted_a_hundred_notifications_has_no_zombies() {
     let lib = Lib::new();
     let server = NotificationServer::start(lib.tmp.path());
-    // 100 drops refused: folders without a .vmx.
     for i in 0..100 {
-        let dir = lib.make_base_dir().join(format!("Not a VM {i:03}"));
-        fs::create_dir(&dir).unwrap();
-        fs::write(dir.join("notes.txt"), b"no VM here").unwrap();
+        not_a_vm(&lib, &format!("Not a VM {i:03}"));
     }
-    let agent = Agent::start_args(
-        &lib,
-        &["agent", "--settle", "0.2"],
-        &[("DBUS_SESSION_BUS_ADDRESS", server.address.as_str())],
-    );
+    let agent = server.agent(&lib);
     let posted = || server.received().len();
     assert!(agent.wait(Duration::from_secs(60), || posted() >= 100), "{} notifications: {}", posted(), log_of(&lib));
     let received = server.received();
@@ -851,14 +856,8 @@ fn notifications_can_be_turned_off() {
     let config = lib.tmp.path().join("config/leafd");
     fs::create_dir_all(&config).unwrap();
     fs::write(config.join("config.toml"), "notifications = false\n").unwrap();
-    let dir = lib.make_base_dir().join("Not a VM");
-    fs::create_dir(&dir).unwrap();
-    fs::write(dir.join("notes.txt"), b"no VM here").unwrap();
-    let agent = Agent::start_args(
-        &lib,
-        &["agent", "--settle", "0.2"],
-        &[("DBUS_SESSION_BUS_ADDRESS", server.address.as_str())],
-    );
+    not_a_vm(&lib, "Not a VM");
+    let agent = server.agent(&lib);
     let note = lib.make_base_dir().join("Not a VM - leafd error.txt");
     assert!(agent.wait(Duration::from_secs(10), || note.exists()), "{}", log_of(&lib));
     std::thread::sleep(Duration::from_millis(300));

@@ -91,8 +91,9 @@ const NOTIFICATIONS_QUEUED: usize = 256;
 /// Posts a desktop notification through the session's freedesktop.org notification service
 /// (`org.freedesktop.Notifications` on D-Bus, as GNOME, KDE and the others provide), on a thread
 /// of leafd's, one at a time: the caller never waits, and no program is started. Where no
-/// session bus or notification service runs, nothing is shown (said at debug level).
-pub(crate) fn notify(title: &str, message: &str) -> super::Notification {
+/// session bus or notification service runs, nothing is shown (said at debug level). Leaves
+/// nothing for the caller to run (`None`).
+pub(crate) fn notify(title: &str, message: &str) -> Option<std::process::Command> {
     use std::sync::OnceLock;
     use std::sync::mpsc::{SyncSender, sync_channel};
     static QUEUE: OnceLock<Option<SyncSender<(String, String)>>> = OnceLock::new();
@@ -113,7 +114,7 @@ pub(crate) fn notify(title: &str, message: &str) -> super::Notification {
     {
         tracing::debug!("notification dropped (too many waiting): {title}: {message}");
     }
-    super::Notification::Queued
+    None
 }
 
 /// `fsync`: on Linux it reaches stable storage (the drive's cache included), so it serves both

@@ -109,12 +109,12 @@ pub(crate) fn copy_in_progress(path: &Path) -> bool {
 
 /// A notification is posted by `osascript` (notify-rust's macOS back end compiles Objective-C),
 /// which the caller runs through `child`, so it is reaped and given a time limit.
-pub(crate) fn notify(title: &str, message: &str) -> super::Notification {
+pub(crate) fn notify(title: &str, message: &str) -> Option<std::process::Command> {
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let script = format!("display notification \"{}\" with title \"{}\"", quote(message), quote(title));
     let mut osascript = std::process::Command::new("/usr/bin/osascript");
     osascript.args(["-e", &script]);
-    super::Notification::Run(osascript)
+    Some(osascript)
 }
 
 /// `fsync` on macOS leaves the data in the drive's cache, in any order: `F_BARRIERFSYNC` keeps

@@ -33,19 +33,23 @@ mod open;
 
 pub(crate) use open::{open_beneath, open_dir, open_regular};
 pub(crate) use os::{
-    TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd, notify,
-    rename_noreplace, set_locked, set_locked_fd, vmrun_candidates,
+    TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd, rename_noreplace,
+    set_locked, set_locked_fd, vmrun_candidates,
 };
 
 /// What posting a desktop notification ([`notify`]) leaves the caller to do.
 #[derive(Debug)]
 pub(crate) enum Notification {
     /// Run this program (macOS: `osascript`) through `child`, which reaps it.
-    #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
     Run(std::process::Command),
     /// Nothing: it is on its way (Linux: D-Bus, from a thread of leafd's).
-    #[cfg_attr(target_os = "macos", allow(dead_code))]
     Queued,
+}
+
+/// Posts a desktop notification: the freedesktop.org notification service on Linux (from a
+/// thread of leafd's), `osascript` on macOS (for the caller to run).
+pub(crate) fn notify(title: &str, message: &str) -> Notification {
+    os::notify(title, message).map_or(Notification::Queued, Notification::Run)
 }
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).

@@ -107,13 +107,14 @@ pub(crate) fn copy_in_progress(path: &Path) -> bool {
     matches!(xattr::get(path, FINDER_INFO_XATTR), Ok(Some(info)) if info.len() >= 8 && &info[0..4] == b"brok" && &info[4..8] == b"MACS")
 }
 
-/// The command that posts a notification: `osascript`.
-pub(crate) fn notification(title: &str, message: &str) -> std::process::Command {
+/// A notification is posted by `osascript` (notify-rust's macOS back end compiles Objective-C),
+/// which the caller runs through `child`, so it is reaped and given a time limit.
+pub(crate) fn notify(title: &str, message: &str) -> Option<std::process::Command> {
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let script = format!("display notification \"{}\" with title \"{}\"", quote(message), quote(title));
     let mut osascript = std::process::Command::new("/usr/bin/osascript");
     osascript.args(["-e", &script]);
-    osascript
+    Some(osascript)
 }
 
 /// `fsync` on macOS leaves the data in the drive's cache, in any order: `F_BARRIERFSYNC` keeps

@@ -201,8 +201,15 @@ impl Lib {
 
     /// A `leafd` command with this library's root and a private HOME, config and log folder.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+        let mut c = self.command_without_root(&[]);
         c.arg("--root").arg(&self.root).args(args);
+        c
+    }
+
+    /// [`Lib::command`] without `--root`.
+    pub fn command_without_root(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+        c.args(args);
         c.env("HOME", self.home())
             .env("XDG_STATE_HOME", self.tmp.path().join("state"))
             .env("XDG_CONFIG_HOME", self.tmp.path().join("config"))
@@ -210,7 +217,10 @@ impl Lib {
             .env_remove("LEAFD_CONFIG")
             .env_remove("LEAFD_FAULT")
             .env_remove("LEAFD_VMRUN")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // No desktop's notifications from the tests: a session bus that is not there (the
+            // notification tests give their own).
+            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/leafd-tests-have-no-session-bus");
         c
     }
 

@@ -49,7 +49,8 @@ pub(crate) struct LeafStatus {
     pub(crate) path: String,
     /// False when the leaf is no longer where it was made.
     pub(crate) present: bool,
-    /// Allocated bytes of its deltas.
+    /// What the leaf occupies of its own: every file of its bundle (`common::own_bytes`, as the
+    /// log says when it is made).
     pub(crate) own_bytes: u64,
 }
 

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::library::ops::{forget, make_base, new_leaf, promote, relink, remove_base, status, verify};
 use crate::library::{Library, Options, SnapshotBackend, journal, recovery};
-use crate::{agent, demo, logging, platform, service};
+use crate::{agent, demo, logging, platform, progress, service};
 
 #[derive(Parser)]
 #[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
@@ -21,6 +21,9 @@ pub(crate) struct Cli {
     /// The library folder (default: LEAFD_ROOT, then config.toml, then the platform's VM folder)
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// No progress bars on stderr (they show only on a terminal, for work that takes a while)
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -208,7 +211,22 @@ fn start_log(echo: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> 
     logging::init(&platform::log_dir(), echo).inspect_err(|e| eprintln!("leafd: warning: {e}")).ok()
 }
 
+/// Progress bars go to a terminal, for a command's own work: not for the agent (the log is its
+/// place), nor beside JSON.
+fn bars(cli: &Cli) -> bool {
+    use std::io::IsTerminal;
+    let quiet = cli.quiet
+        || matches!(
+            cli.command,
+            Command::Agent { .. } | Command::Status { json: true } | Command::Verify { json: true, .. }
+        );
+    !quiet && std::io::stderr().is_terminal()
+}
+
 fn run(cli: Cli) -> Result<Exit> {
+    if bars(&cli) {
+        progress::show_bars();
+    }
     let config = Config::load()?;
     let root = config.root(cli.root.as_deref());
     match cli.command {

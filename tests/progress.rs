@@ -49,6 +49,13 @@ fn big_vm(other: &OtherVolume) -> PathBuf {
     bundle
 }
 
+/// A library, and [`big_vm`] on another volume (kept mounted while the volume is kept).
+fn scene() -> (Lib, OtherVolume, PathBuf) {
+    let other = OtherVolume::new();
+    let bundle = big_vm(&other);
+    (Lib::new(), other, bundle)
+}
+
 fn progress_dir(lib: &Lib) -> PathBuf {
     lib.root.join(".leafd/progress")
 }
@@ -109,9 +116,7 @@ fn of<'a>(seen: &'a [Value], what: &str) -> Vec<&'a Value> {
 
 #[test]
 fn a_long_make_base_shows_its_progress_until_it_ends() {
-    let lib = Lib::new();
-    let other = OtherVolume::new();
-    let bundle = big_vm(&other);
+    let (lib, _volume, bundle) = scene();
     let mut child = make_base(&lib, &bundle);
     let mut status = None;
     let seen = watch(&lib, &mut child, |now| {
@@ -205,9 +210,7 @@ fn verify_deep_promote_and_a_flatten_show_progress_and_report_all_their_work() {
 
 #[test]
 fn a_make_base_killed_leaves_its_record_to_recovery() {
-    let lib = Lib::new();
-    let other = OtherVolume::new();
-    let bundle = big_vm(&other);
+    let (lib, _volume, bundle) = scene();
     let mut child = make_base(&lib, &bundle);
     watch(&lib, &mut child, |now| now.iter().any(|r| r["what"] == "copying Big" && r["done"].as_u64() > Some(0)));
     child.kill().unwrap();
@@ -236,12 +239,7 @@ fn on_a_terminal(lib: &Lib, bundle: &Path, extra: &[&str]) -> String {
     }
     let mut c = Command::new("script");
     c.args(["-qefc", &line, "/dev/null"]).stdin(Stdio::null());
-    for (k, v) in leafd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
+    with_env_of(&mut c, &leafd);
     let o = c.output().expect("script (util-linux) runs a command on a terminal");
     assert!(o.status.success(), "{}", text(&o));
     text(&o)
@@ -268,23 +266,12 @@ fn a_terminal_shows_a_bar_unless_quiet() {
 
 #[test]
 fn progress_records_are_traced_uncounted_and_left_out_of_the_ordering_check() {
-    let lib = Lib::new();
-    let other = OtherVolume::new();
-    let bundle = big_vm(&other);
+    let (lib, _volume, bundle) = scene();
     let trace_file = lib.tmp.path().join("trace.jsonl");
     let prefix = lib.tmp.path().join("strace");
     let mut leafd = lib.command(&["make-base", bundle.to_str().unwrap()]);
     leafd.env("LEAFD_FAULT", SLOW);
-    let mut c = Command::new("strace");
-    c.args(["-f", "-ff", "-y", "-qq", "-e", &strace::filter(), "-o"]).arg(&prefix).arg("--");
-    c.arg(leafd.get_program()).args(leafd.get_args());
-    for (k, v) in leafd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    let o = c.env("LEAFD_IO_TRACE", &trace_file).output().unwrap();
+    let o = under("strace", &strace::args(&prefix), &leafd).env("LEAFD_IO_TRACE", &trace_file).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let ops = trace::read(&trace_file);
     let dir = progress_dir(&lib);
@@ -313,4 +300,55 @@ fn progress_records_are_traced_uncounted_and_left_out_of_the_ordering_check() {
     // The ordering check holds on the whole trace, the records' unflushed renames left out.
     let problems = trace::check(&lib.root, &ops);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Polls `f` every 50 ms until it holds; false after `within`.
+fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn the_agent_shows_the_progress_of_a_drop_in_status_and_the_log() {
+    let lib = Lib::new();
+    fs::create_dir_all(lib.log_dir()).unwrap();
+    let mut agent = lib
+        .command(&["agent", "--settle", "0.5"])
+        .env("LEAFD_FAULT", SLOW)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = || fs::read_to_string(lib.log_dir().join("leafd.log")).unwrap_or_default();
+    assert!(until(Duration::from_secs(10), || log().contains("agent watching")), "the agent did not start");
+    // Dropped on the library's own volume: moved into place at once; its fingerprint is the long part.
+    let staged = lib.tmp.path().join("staged");
+    fs::create_dir(&staged).unwrap();
+    let mut vm = SampleVm::single(NAME, DiskType::MonolithicSparse, DATA + 16 * MIB);
+    vm.disks[0].patterns = vec![leafd::testing::Pattern { offset: MIB, len: DATA, byte: 0x5a }];
+    let bundle = vm.build(&staged).unwrap();
+    fs::rename(&bundle, lib.make_base_dir().join(bundle.file_name().unwrap())).unwrap();
+    let mut line = None;
+    let shown = until(Duration::from_secs(60), || {
+        line = lib
+            .ok(&["status"])
+            .lines()
+            .find(|l| l.starts_with("running: fingerprinting base Big: "))
+            .map(str::to_string);
+        line.is_some()
+    });
+    assert!(shown, "status never showed the agent's fingerprinting: {}", log());
+    let over = until(TIME_LIMIT, || log().contains("fingerprinting base Big: ended after "));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(over, "{}", log());
+    assert!(log().contains("fingerprinting base Big: started, "), "{}", log());
+    assert!(line.unwrap().contains(" of 64."), "the data, not the disk's size");
+    assert_eq!(files(&lib), Vec::<String>::new());
 }

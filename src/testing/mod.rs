@@ -67,15 +67,18 @@ pub mod progress {
         Ok(Copied { elapsed, records: progress.as_ref().map_or(0, Progress::reports) })
     }
 
-    /// The time `n` records of a shown progress take to write (each the next part of the work,
-    /// so that none waits for its turn), in the library at `root`.
-    pub fn records(root: &Path, n: u64) -> Result<Duration> {
+    /// The time a whole progress takes, shown at once and writing `records` records (each the
+    /// next part of the work, so that none waits for its turn): its start, its lock and record
+    /// files made, written and removed, in the library at `root`.
+    pub fn life(root: &Path, records: u64) -> Result<Duration> {
         let lib = Library::open(root)?;
-        let progress = Progress::start_after(&lib, "writing".into(), root, n, Duration::ZERO);
         let start = Instant::now();
-        for i in 0..n {
-            progress.next(if i % 2 == 0 { "writing" } else { "still writing" }, n);
+        let progress = Progress::start_after(&lib, "writing".into(), root, records, Duration::ZERO);
+        meter::add(1);
+        for i in 1..records {
+            progress.next(if i % 2 == 0 { "writing" } else { "still writing" }, records);
         }
+        drop(progress);
         Ok(start.elapsed())
     }
 

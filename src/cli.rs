@@ -13,7 +13,7 @@ use crate::config::{Config, RootFrom};
 use crate::error::{Error, Exit, IoContext, Result};
 use crate::library::ops::{forget, make_base, new_leaf, promote, relink, remove_base, status, verify};
 use crate::library::{Library, Options, SnapshotBackend, journal, recovery};
-use crate::{agent, demo, logging, platform, service};
+use crate::{agent, demo, logging, platform, progress, service};
 
 #[derive(Parser)]
 #[command(name = "leafd", version, about = "VMware linked clones as easy as making a folder", max_term_width = 100)]
@@ -23,6 +23,9 @@ pub(crate) struct Cli {
     /// demo's library; `uninstall`, `completions` and `man` take none
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// No progress bars on stderr (they show only on a terminal, for work that takes a while)
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -289,6 +292,18 @@ fn no_root(flag: Option<&Path>, command: &str) -> Result<()> {
     }
 }
 
+/// Progress bars go to a terminal, for a command's own work: not for the agent (the log is its
+/// place), nor beside JSON.
+fn bars(cli: &Cli) -> bool {
+    use std::io::IsTerminal;
+    let quiet = cli.quiet
+        || matches!(
+            cli.command,
+            Command::Agent { .. } | Command::Status { json: true } | Command::Verify { json: true, .. }
+        );
+    !quiet && std::io::stderr().is_terminal()
+}
+
 fn run(cli: Cli) -> Result<Exit> {
     let flag = cli.root.as_deref();
     match &cli.command {
@@ -296,6 +311,9 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Man { dir } => return no_root(flag, "man").and_then(|()| man(dir.as_deref())),
         Command::Uninstall { .. } => no_root(flag, "uninstall")?,
         _ => {}
+    }
+    if bars(&cli) {
+        progress::show_bars();
     }
     let config = load_config(&cli.command)?;
     match cli.command {

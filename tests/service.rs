@@ -333,7 +333,10 @@ fn paths_with_spaces_quotes_dollars_and_percent_survive_systemd_quoting() {
     // a space proves its quoting.
     let exe = lib.tmp.path().join("Program Files/leafd");
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_leafd"), &exe).unwrap();
+    // Copied by `cp`, not std::fs::copy: a write descriptor for it in this process would be
+    // inherited by any test thread's fork, and executing the copy would fail with "Text file busy".
+    let copied = std::process::Command::new("cp").arg(env!("CARGO_BIN_EXE_leafd")).arg(&exe).status().unwrap();
+    assert!(copied.success(), "cp leafd: {copied}");
     let odd = lib.tmp.path().join("My 100% \"VMs\" $HOME\\x");
     std::fs::create_dir_all(&odd).unwrap();
 

@@ -414,6 +414,17 @@ fn read_lease(file: &File, while_held: impl FnOnce()) -> io::Result<Option<bool>
     answer
 }
 
+/// Finder's progress on an item (macOS): there is no Finder here.
+pub(crate) struct FinderProgress;
+
+impl FinderProgress {
+    pub(crate) fn publish(_path: &Path, _total: u64) -> Option<FinderProgress> {
+        None
+    }
+
+    pub(crate) fn update(&self, _done: u64, _total: u64) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,8 +33,8 @@ mod open;
 
 pub(crate) use open::{open_beneath, open_dir, open_regular};
 pub(crate) use os::{
-    TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd, rename_noreplace,
-    set_locked, set_locked_fd, vmrun_candidates,
+    FinderProgress, TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd,
+    rename_noreplace, set_locked, set_locked_fd, vmrun_candidates,
 };
 
 /// What posting a desktop notification ([`notify`]) leaves the caller to do.

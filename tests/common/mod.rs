@@ -176,6 +176,25 @@ pub fn leafd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leafd")).args(args).env_remove("LEAFD_ROOT").output().expect("run leafd")
 }
 
+/// `leafd` (a command [`Lib::command`] made) run by `program` with `args` before it (`strace …
+/// --`), with the environment `leafd` was given.
+pub fn under(program: &str, args: &[impl AsRef<std::ffi::OsStr>], leafd: &Command) -> Command {
+    let mut c = Command::new(program);
+    c.args(args).arg(leafd.get_program()).args(leafd.get_args());
+    with_env_of(&mut c, leafd);
+    c
+}
+
+/// Gives `to` the environment `from` sets and removes.
+pub fn with_env_of(to: &mut Command, from: &Command) {
+    for (k, v) in from.get_envs() {
+        match v {
+            Some(v) => to.env(k, v),
+            None => to.env_remove(k),
+        };
+    }
+}
+
 /// A library in a temporary folder, with its own HOME and log folder, and the real binary.
 pub struct Lib {
     pub tmp: tempfile::TempDir,

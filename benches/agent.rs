@@ -49,8 +49,8 @@ impl Agent {
             args.extend(["--settle", s]);
         }
         let child = leafd(root, home.path(), &args)
-            // The log folder differs between macOS and Linux; this one is the same on both.
-            .env("LEAFD_LOG_DIR", home.path().join("log"))
+            // The user's log folder, private to the bench (macOS: ~/Library/Logs/leafd).
+            .env("XDG_STATE_HOME", home.path().join("state"))
             // Defaults, whatever the caller's shell says: no config file of theirs, and no debug
             // level (which would make the agent busier than it is).
             .env_remove("LEAFD_CONFIG")
@@ -75,7 +75,8 @@ impl Agent {
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(self.home.path().join("log/leafd.log")).unwrap_or_default()
+        let dir = if cfg!(target_os = "macos") { "Library/Logs/leafd" } else { "state/leafd" };
+        fs::read_to_string(self.home.path().join(dir).join("leafd.log")).unwrap_or_default()
     }
 }
 

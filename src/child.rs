@@ -1,5 +1,5 @@
-//! Running other programs (`vmrun`, `launchctl`, `systemctl`, `osascript`, `notify-send`, QEMU,
-//! the demo's agent): the one way leafd does it.
+//! Running other programs (`vmrun`, `launchctl`, `systemctl`, `osascript`, QEMU, the demo's
+//! agent): the one way leafd does it.
 //!
 //! [`run`] gives a program a time limit and starts it in a process group of its own, so that a
 //! timeout or a shutdown kills whatever it started too. Both of its pipes are read while it runs

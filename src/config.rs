@@ -7,7 +7,7 @@
 //! retry_seconds = 300           # a refused drop is tried again after this, then 2×, 4×… up to 16×
 //! snapshot_backend = "auto"     # auto | native | vmrun
 //! path_style = "relative"       # relative | absolute
-//! notifications = true
+//! notifications = true        # on failures (default: on; Linux: where a notification service runs)
 //! vmrun = "/Applications/VMware Fusion.app/Contents/Library/vmrun"
 //! ```
 
@@ -38,9 +38,41 @@ pub(crate) struct Config {
 /// nothing is copied into it, yet longer than a rename typed in one go.
 pub const DEFAULT_NEW_LEAF_QUIET_MS: u64 = 400;
 
-/// `LEAFD_CONFIG`, else the platform's configuration folder.
+/// The platform's own place for the file.
+fn default_path() -> PathBuf {
+    platform::config_dir().join("config.toml")
+}
+
+/// `LEAFD_CONFIG` (when set and not empty), else the platform's configuration folder.
 pub(crate) fn path() -> PathBuf {
-    std::env::var_os("LEAFD_CONFIG").map(PathBuf::from).unwrap_or_else(|| platform::config_dir().join("config.toml"))
+    named_by_env().unwrap_or_else(default_path)
+}
+
+fn named_by_env() -> Option<PathBuf> {
+    std::env::var_os("LEAFD_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// Where the library root a command uses came from, to say which to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RootFrom {
+    Flag,
+    Env,
+    File(PathBuf),
+    Default,
+}
+
+impl RootFrom {
+    /// How to point leafd at another library, for a fix.
+    pub(crate) fn how_to_change(&self) -> String {
+        match self {
+            RootFrom::Flag => "give --root the library's folder".into(),
+            RootFrom::Env => "set LEAFD_ROOT to the library's folder (or give --root)".into(),
+            RootFrom::File(file) => {
+                format!("set `root` in {} to the library's folder (or give --root)", file.display())
+            }
+            RootFrom::Default => "give --root the library's folder, or set `root` in config.toml".into(),
+        }
+    }
 }
 
 fn expand_home(p: PathBuf) -> PathBuf {
@@ -51,8 +83,15 @@ fn expand_home(p: PathBuf) -> PathBuf {
 }
 
 impl Config {
-    /// Reads the configuration; a missing file means defaults, a malformed one is an error.
+    /// Reads the configuration; a missing file means defaults, a malformed one is an error, and
+    /// so is a `LEAFD_CONFIG` naming a file that is not there (a typo must not mean defaults).
     pub(crate) fn load() -> Result<Config> {
+        if let Some(named) = named_by_env()
+            && named.symlink_metadata().is_err()
+        {
+            return Err(Error::refused(&named, "LEAFD_CONFIG names this configuration file, which does not exist")
+                .fix(format!("create it, correct LEAFD_CONFIG, or unset it to use {}", default_path().display())));
+        }
         Self::load_from(&path())
     }
 
@@ -71,12 +110,19 @@ impl Config {
         Ok(c)
     }
 
-    /// The library root: `--root`, then `LEAFD_ROOT`, then the file, then the platform default.
-    pub(crate) fn root(&self, flag: Option<&Path>) -> PathBuf {
-        flag.map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("LEAFD_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from))
-            .or_else(|| self.root.clone())
-            .unwrap_or_else(platform::default_root)
+    /// The library root: `--root`, then `LEAFD_ROOT`, then the file, then the platform default;
+    /// and where it came from.
+    pub(crate) fn root_from(&self, flag: Option<&Path>) -> (PathBuf, RootFrom) {
+        if let Some(flag) = flag {
+            return (flag.to_path_buf(), RootFrom::Flag);
+        }
+        if let Some(env) = std::env::var_os("LEAFD_ROOT").filter(|v| !v.is_empty()) {
+            return (PathBuf::from(env), RootFrom::Env);
+        }
+        match &self.root {
+            Some(root) => (root.clone(), RootFrom::File(path())),
+            None => (platform::default_root(), RootFrom::Default),
+        }
     }
 
     /// How long an empty New Leaf request folder must be quiet before its leaf is made.

@@ -43,46 +43,86 @@ fn step(n: usize, what: &str) {
     println!("\n[{n}/6] {what}");
 }
 
-/// The folder the demo runs in: `dir`, which must be empty or new, else a new temporary one.
-fn demo_dir(dir: Option<&Path>) -> Result<PathBuf> {
-    match dir {
-        Some(d) => {
-            if fsutil::entries(d).is_ok_and(|e| !e.is_empty()) {
-                return Err(Error::refused(d, "is not empty").fix("give an empty or new folder for the demo"));
-            }
-            std::fs::create_dir_all(d).at(d, "cannot create the demo folder")?;
-            d.canonicalize().at(d, "cannot resolve the demo folder")
+/// `dir` made if new; refused when it is not an empty folder (`what` names it in messages).
+fn empty_or_new(dir: &Path, what: &str) -> Result<PathBuf> {
+    let fix = || format!("give {what} an empty or new folder");
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::refused(dir, "is a file, not a folder").fix(fix()));
+    }
+    if fsutil::entries(dir).is_ok_and(|e| !e.is_empty()) {
+        return Err(Error::refused(dir, "is not empty").fix(fix()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "cannot create the folder", e).fix(fix()))?;
+    dir.canonicalize().at(dir, "cannot resolve the folder")
+}
+
+/// Where the demo works: the folder the sample VM is built in, and the library. `leafd demo
+/// [DIR]`: DIR (else a new temporary folder) and DIR/library; `leafd --root LIB demo`: a hidden
+/// folder in LIB (so the drop is a rename on one volume) and LIB.
+fn places(dir: Option<&Path>, root: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    match (dir, root) {
+        (Some(_), Some(_)) => Err(Error::usage("the demo runs in DIR or in the library --root names, not both")
+            .fix("give `leafd demo DIR` or `leafd --root LIB demo`")),
+        (None, Some(root)) => {
+            let root = empty_or_new(root, "--root")?;
+            let work = root.join(format!(".demo-sample-{}", std::process::id()));
+            std::fs::create_dir(&work).at(&work, "cannot create the demo's folder")?;
+            Ok((work, root))
         }
-        None => {
+        (Some(dir), None) => {
+            let dir = empty_or_new(dir, "the demo")?;
+            Ok((dir.clone(), dir.join("library")))
+        }
+        (None, None) => {
             let d = std::env::temp_dir().join(format!("leafd-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&d).at(&d, "cannot create the demo folder")?;
-            Ok(d)
+            let d = empty_or_new(&d, "the demo")?;
+            Ok((d.clone(), d.join("library")))
         }
     }
 }
 
-/// Runs the demo in `dir` (a new temporary folder when `None`).
-pub(crate) fn run(dir: Option<&Path>) -> Result<()> {
-    let dir = demo_dir(dir)?;
-    let root = dir.join("library");
-    let logs = dir.join("logs");
-    let lib = Library::open(&root)?;
-    println!("leafd demo in {}", dir.display());
+/// Runs the demo in `dir` (a new temporary folder when `None`), or on the new library `root`.
+/// Its outcome goes into the user's log under the demo library's name, as the agent's do.
+pub(crate) fn run(dir: Option<&Path>, root: Option<&Path>) -> Result<()> {
+    let (work, root) = places(dir, root)?;
+    let _log = crate::logging::init(&crate::platform::log_dir(), &root, false)
+        .inspect_err(|e| eprintln!("leafd: warning: {e}"))
+        .ok();
+    let outcome = walk_through(&work, &root);
+    if root.join(work.file_name().unwrap_or_default()) == work {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    match &outcome {
+        Ok(()) => tracing::info!("demo: all checks passed"),
+        Err(e) => tracing::warn!("demo failed: {}", e.summary()),
+    }
+    outcome
+}
+
+/// The demo's six steps, the sample VM built in `work`, the library at `root`.
+fn walk_through(work: &Path, root: &Path) -> Result<()> {
+    let lib = Library::open(root)?;
+    println!("leafd demo: the library is {}", root.display());
 
     step(1, "building a sample VM (a 4 GiB disk in three extents, filled with known patterns)");
     let vm = SampleVm::single(VM, DiskType::SplitSparse, 4 << 30);
-    let bundle = vm.build(&dir)?;
+    let bundle = vm.build(work)?;
     println!("      {}", bundle.display());
 
     step(2, "starting the agent on a fresh library");
     let exe = std::env::current_exe().at(Path::new("leafd"), "cannot find the leafd program")?;
+    let label = crate::logging::library_label(root);
+    let log_dir = crate::platform::log_dir();
+    let started = || {
+        crate::logging::tail(&log_dir, Some(&label), usize::MAX)
+            .map(|lines| lines.iter().filter(|l| l.contains("agent watching")).count())
+            .unwrap_or(0)
+    };
+    let before = started();
     // Stopped (SIGTERM, then SIGKILL if it hangs) when dropped, on every way out of here.
-    let agent = child::start(
-        Command::new(exe).arg("--root").arg(&root).args(["agent", "--settle", SETTLE_SECS]).env("LEAFD_LOG_DIR", &logs),
-    )
-    .at(&root, "cannot start the agent")?;
-    let log = logs.join(crate::logging::CURRENT);
-    wait_for("the agent to start", || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("agent watching")))?;
+    let agent = child::start(Command::new(&exe).arg("--root").arg(root).args(["agent", "--settle", SETTLE_SECS]))
+        .at(root, "cannot start the agent")?;
+    wait_for("the agent to start", || started() > before)?;
     println!("      watching {}/Make Base and {}/New Leaf", root.display(), root.display());
 
     step(3, "dropping the VM into \"Make Base\"");
@@ -122,13 +162,27 @@ pub(crate) fn run(dir: Option<&Path>) -> Result<()> {
         println!("{}:\n{text}", lib.display(&file));
     }
     print!("\n{}", status::render(&status::status(&lib)?));
+    let leafd = format!("{} --root {}", program(&exe), quoted(root));
     println!(
-        "\nAll checks passed. Look around:\n  the library: {}\n  the log:     {}\n  try:         leafd --root '{}' status",
-        root.display(),
-        log.display(),
+        "\nAll checks passed. Look around:\n  the library: {}\n  its status:  {leafd} status\n  its log:     {leafd} log",
         root.display()
     );
     Ok(())
+}
+
+/// How to run this leafd from a shell: `leafd` when that is what the PATH finds, else its path
+/// (after `cargo run` there is no `leafd` on the PATH).
+fn program(exe: &Path) -> String {
+    let exe = exe.canonicalize().unwrap_or_else(|_| exe.to_path_buf());
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).find_map(|d| d.join("leafd").canonicalize().ok()).is_some_and(|found| found == exe)
+    });
+    if on_path { "leafd".into() } else { quoted(&exe) }
+}
+
+/// `path` quoted for a POSIX shell.
+fn quoted(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
 
 /// Reads the leaf through its chain with leafd's reader (every pattern of the sample), and with

@@ -13,11 +13,16 @@
 //! With `LEAFD_IO_TRACE=FILE` each call appends one JSON line (its number, the operation, the
 //! path, device and inode) for the ordering tests; with `LEAFD_FAULT=io:N` the Nth call after
 //! [`arm`] fails with `EIO` (see [`crate::testing::fault`]).
+//!
+//! Progress records (`.leafd/progress/`, docs/progress.md) are not data: the `*_volatile`
+//! functions trace their changes like every other, but never count them for `LEAFD_FAULT=io:N`
+//! nor fail them (how many there are depends on time), and never flush them (recovery removes
+//! what a crash leaves).
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -27,6 +32,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, IoContext, Result};
 use crate::platform;
+use crate::progress::meter;
 use crate::testing::fault;
 
 pub(crate) use crate::platform::Flush;
@@ -64,6 +70,11 @@ fn call(op: &str, path: &Path) -> io::Result<(u64, u64)> {
         return Err(Errno::IO.into());
     }
     Ok((n, armed))
+}
+
+/// The numbers of a call of the `*_volatile` functions: in the trace's order, and never armed.
+fn uncounted() -> (u64, u64) {
+    (SEQ.fetch_add(1, Ordering::SeqCst) + 1, 0)
 }
 
 /// Device and inode, for the trace.
@@ -470,7 +481,8 @@ pub(crate) fn flush_tree(dir: &Path, kind: Flush) -> Result<()> {
 }
 
 /// Copies one regular file, keeping holes, permissions, times and extended attributes, and
-/// flushes it. `dst` must not exist.
+/// flushes it. `dst` must not exist. Reports each chunk read to the progress meter: in all,
+/// [`crate::fsutil::data_bytes`] of `src`.
 pub(crate) fn copy_file(src: &Path, dst: &Path, cancel: &crate::fsutil::Cancel) -> Result<()> {
     let from = platform::open_regular(src, false).at(src, "cannot open for copying")?;
     let meta = from.metadata().at(src, "cannot stat")?;
@@ -484,6 +496,7 @@ pub(crate) fn copy_file(src: &Path, dst: &Path, cancel: &crate::fsutil::Cancel) 
         if !buf[..n].iter().all(|&b| b == 0) {
             to.write_at(&buf[..n], at)?;
         }
+        meter::add(n as u64);
     }
     to.set_len(meta.len())?;
     if let Ok(names) = xattr::list(src) {
@@ -499,6 +512,66 @@ pub(crate) fn copy_file(src: &Path, dst: &Path, cancel: &crate::fsutil::Cancel) 
         to.set_modified(mtime)?;
     }
     to.flush(Flush::Order)
+}
+
+/// Replaces `path` with `bytes` atomically for readers (a temporary file renamed over it), not
+/// flushed and not counted (see the module's documentation). The temporary file goes when
+/// anything fails.
+pub(crate) fn write_volatile(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temporary(path);
+    let result = (|| {
+        let c = uncounted();
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        created(c, "create", &tmp);
+        let c = uncounted();
+        file.write_all_at(bytes, 0)?;
+        let id = file.metadata().ok().map(|m| id_of(&m));
+        record(c, "write", &tmp, || json!({"id": id, "offset": 0, "len": bytes.len()}));
+        let c = uncounted();
+        fs::rename(&tmp, path)?;
+        record(c, "rename", &tmp, || json!({"to": path, "id": path_id(path), "dir": parent_id(path)}));
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = remove_volatile(&tmp);
+    }
+    result
+}
+
+/// Removes the file `path` (one already gone is fine), not counted.
+pub(crate) fn remove_volatile(path: &Path) -> io::Result<()> {
+    let c = uncounted();
+    let id = path_id(path);
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => {
+            record(c, "unlink", path, || json!({"id": id, "dir": parent_id(path)}));
+            Ok(())
+        }
+    }
+}
+
+/// Makes the owner-only folder `path` unless it is there, not counted.
+pub(crate) fn create_dir_volatile(path: &Path) -> io::Result<()> {
+    let c = uncounted();
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => {
+            created(c, "mkdir", path);
+            Ok(())
+        }
+    }
+}
+
+/// Opens the owner-only file `path`, made if it is not there, to lock it; not counted.
+pub(crate) fn lock_volatile(path: &Path) -> io::Result<File> {
+    let c = uncounted();
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    // Traced whether or not it was made: the system call asks to create it either way.
+    created(c, "create", path);
+    Ok(file)
 }
 
 /// Takes an advisory lock file of leafd's (`.leafd/locks/<name>.lock`), made owner-only.

@@ -70,4 +70,8 @@ impl Env for LeafdEnv {
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
+
+    fn progress(&self, bytes: u64) {
+        crate::progress::meter::add(bytes);
+    }
 }

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::platform;
+use crate::progress::meter;
 
 pub(crate) const CHUNK: u64 = 64 << 10;
 
@@ -113,10 +114,18 @@ pub(crate) fn data_chunks(file: &File, len: u64) -> Vec<u64> {
     chunks
 }
 
+/// The bytes of `path`'s chunks that overlap its data: what [`fingerprint`] and
+/// [`crate::durable::copy_file`] read of it, and report to the progress meter.
+pub(crate) fn data_bytes(path: &Path) -> Result<u64> {
+    let file = platform::open_regular(path, false).at(path, "cannot open")?;
+    let len = file.metadata().at(path, "cannot stat")?.len();
+    Ok(data_chunks(&file, len).iter().map(|c| (len - c * CHUNK).min(CHUNK)).sum())
+}
+
 /// Content fingerprint of a disk's extent files: BLAKE3 over every 64 KiB chunk in order, where an
 /// all-zero chunk counts as one marker byte. It depends only on the bytes, not on how sparse the
 /// files are, so a copy that filled the holes has the same fingerprint; and it skips holes
-/// without reading them.
+/// without reading them. Reports each chunk read to the progress meter.
 pub(crate) fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> {
     let mut outer = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK as usize];
@@ -135,6 +144,7 @@ pub(crate) fn fingerprint(files: &[PathBuf], cancel: &Cancel) -> Result<String> 
             check(cancel, path)?;
             let n = (len - c * CHUNK).min(CHUNK) as usize;
             file.read_exact_at(&mut buf[..n], c * CHUNK).at(path, "cannot read for fingerprint")?;
+            meter::add(n as u64);
             if buf[..n].iter().all(|&b| b == 0) {
                 outer.update(&[0]);
             } else {
@@ -152,6 +162,7 @@ pub(crate) fn allocated(path: &Path) -> u64 {
 }
 
 /// True when both files hold the same bytes, read back from the disk where the platform allows.
+/// Reports each chunk compared to the progress meter: in all, the files' length.
 pub(crate) fn same_content(a: &Path, b: &Path, cancel: &Cancel) -> Result<bool> {
     let fa = File::open(a).at(a, "cannot open for comparing")?;
     let fb = File::open(b).at(b, "cannot open for comparing")?;
@@ -170,6 +181,7 @@ pub(crate) fn same_content(a: &Path, b: &Path, cancel: &Cancel) -> Result<bool> 
         if ba[..n] != bb[..n] {
             return Ok(false);
         }
+        meter::add(n as u64);
         pos += n as u64;
     }
     Ok(true)

@@ -22,6 +22,7 @@ mod fsutil;
 mod library;
 mod logging;
 mod platform;
+mod progress;
 mod service;
 #[doc(hidden)]
 pub mod testing;

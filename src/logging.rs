@@ -1,7 +1,10 @@
-//! The log a person reads (SPEC §7): one line per outcome, daily files, a stable `leafd.log`.
+//! The log a person reads (SPEC §7): one log per user, one line per outcome, daily files, a
+//! stable `leafd.log`.
 //!
-//! Outcomes are `info` events and are written as `YYYY-MM-DD HH:MM:SS <what happened>`; warnings
-//! and errors carry their level; details are `debug` (`RUST_LOG=debug` shows them). Lines go
+//! Outcomes are `info` events and are written as `YYYY-MM-DD HH:MM:SS [<library>] <what
+//! happened>`, the library as [`library_label`] names it (every leafd process works on one);
+//! warnings and errors carry their level after it; details are `debug` (`RUST_LOG=debug` shows
+//! them). `leafd log` shows one library's lines ([`show`] with a label), or all. Lines go
 //! through a non-blocking writer that never drops lines, and the returned guard flushes it: keep
 //! it alive until the process exits.
 
@@ -15,6 +18,7 @@ use chrono::NaiveDate;
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -25,11 +29,45 @@ use crate::fsutil;
 
 /// The stable name to open: a link to today's file.
 pub(crate) const CURRENT: &str = "leafd.log";
+/// The target of events for the log file alone, never echoed to stderr (an error the caller
+/// prints itself).
+pub(crate) const FILE_ONLY: &str = "leafd::file_only";
 /// Days of logs kept.
 pub(crate) const KEEP_DAYS: usize = 30;
 
-/// `2026-11-28 10:42:03 base "Ubuntu" made ...`, with the level for anything but outcomes.
-struct LineFormat;
+/// `2026-11-28 10:42:03 [~/vmware] base "Ubuntu" made ...`, with the level for anything but
+/// outcomes.
+struct LineFormat {
+    /// [`library_label`] of the library this process works on.
+    library: String,
+}
+
+/// Where a line's library label starts: after `YYYY-MM-DD HH:MM:SS `.
+const LABEL_AT: usize = 20;
+
+/// How the log names the library at `root`: its absolute path (links resolved as far as it
+/// exists), with `~` for the home folder, and `\` before a `]` or `\` in it (so a label ends at
+/// the first plain `]`). The same library always gets the same label.
+pub(crate) fn library_label(root: &Path) -> String {
+    let resolve = |p: &Path| {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        p.canonicalize().ok().or_else(|| Some(p.parent()?.canonicalize().ok()?.join(p.file_name()?))).unwrap_or(p)
+    };
+    let root = resolve(root);
+    let home = resolve(&crate::platform::home());
+    let shown = match root.strip_prefix(&home) {
+        Ok(rest) if home != Path::new("/") => Path::new("~").join(rest).display().to_string(),
+        _ => root.display().to_string(),
+    };
+    shown.replace('\\', "\\\\").replace(']', "\\]")
+}
+
+/// Whether `line` is one of the library labelled `label`.
+fn of_library(line: &str, label: &str) -> bool {
+    line.get(LABEL_AT..)
+        .and_then(|rest| rest.strip_prefix('[')?.strip_prefix(label))
+        .is_some_and(|r| r.starts_with("] "))
+}
 
 impl<S, N> FormatEvent<S, N> for LineFormat
 where
@@ -37,7 +75,7 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        write!(w, "{} ", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"))?;
+        write!(w, "{} [{}] ", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"), self.library)?;
         let level = *event.metadata().level();
         if level != Level::INFO {
             write!(w, "{level} ")?;
@@ -99,16 +137,23 @@ fn link_current(dir: &Path, name: &str) {
     }
 }
 
-/// Starts logging to `dir` (and to stderr too when `echo` is set, for the agent, whose stderr
-/// launchd and systemd keep).
-pub(crate) fn init(dir: &Path, echo: bool) -> Result<WorkerGuard> {
+/// Starts logging to `dir`, every line naming the library at `root` (and to stderr too when
+/// `echo` is set, for the agent, whose stderr launchd and systemd keep).
+pub(crate) fn init(dir: &Path, root: &Path, echo: bool) -> Result<WorkerGuard> {
+    let library = library_label(root);
     fs::create_dir_all(dir).at(dir, "cannot create the log folder")?;
     let file = DailyFile::open(dir, chrono::Local::now().date_naive()).at(dir, "cannot open the log")?;
     let (writer, guard) = NonBlockingBuilder::default().lossy(false).thread_name("leafd-log").finish(file);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let file_layer = tracing_subscriber::fmt::layer().event_format(LineFormat).with_writer(writer).with_ansi(false);
-    let echo_layer = echo
-        .then(|| tracing_subscriber::fmt::layer().event_format(LineFormat).with_writer(io::stderr).with_ansi(false));
+    let format = || LineFormat { library: library.clone() };
+    let file_layer = tracing_subscriber::fmt::layer().event_format(format()).with_writer(writer).with_ansi(false);
+    let echo_layer = echo.then(|| {
+        tracing_subscriber::fmt::layer()
+            .event_format(format())
+            .with_writer(io::stderr)
+            .with_ansi(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != FILE_ONLY))
+    });
     let subscriber = tracing_subscriber::registry().with(filter).with(file_layer).with(echo_layer);
     // A second init (tests calling in-process) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber);
@@ -128,12 +173,13 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The last `n` lines of the log.
-pub(crate) fn tail(dir: &Path, n: usize) -> Result<Vec<String>> {
+/// The last `n` lines of the log: of the library labelled `library`, or all of them.
+pub(crate) fn tail(dir: &Path, library: Option<&str>, n: usize) -> Result<Vec<String>> {
     let mut lines: Vec<String> = Vec::new();
     for f in log_files(dir).iter().rev() {
         let text = fs::read_to_string(f).at(f, "cannot read the log")?;
-        let mut these: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut these: Vec<String> =
+            text.lines().filter(|l| library.is_none_or(|lib| of_library(l, lib))).map(str::to_string).collect();
         these.append(&mut lines);
         lines = these;
         if lines.len() >= n {
@@ -144,9 +190,10 @@ pub(crate) fn tail(dir: &Path, n: usize) -> Result<Vec<String>> {
     Ok(lines.split_off(skip))
 }
 
-/// Prints the last `n` lines, then (with `follow`) new lines as they come, across rotations.
-pub(crate) fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) -> Result<()> {
-    for l in tail(dir, n)? {
+/// Prints the last `n` lines of the library labelled `library` (or of all), then (with `follow`)
+/// new lines as they come, across rotations.
+pub(crate) fn show(dir: &Path, library: Option<&str>, n: usize, follow: bool, out: &mut dyn io::Write) -> Result<()> {
+    for l in tail(dir, library, n)? {
         writeln!(out, "{l}").at(dir, "cannot print")?;
     }
     if !follow {
@@ -172,7 +219,9 @@ pub(crate) fn show(dir: &Path, n: usize, follow: bool, out: &mut dyn io::Write) 
                     break; // a line still being written: read it whole next time
                 }
                 pos += line.len() as u64;
-                write!(out, "{line}").at(dir, "cannot print")?;
+                if library.is_none_or(|lib| of_library(&line, lib)) {
+                    write!(out, "{line}").at(dir, "cannot print")?;
+                }
                 line.clear();
             }
             out.flush().at(dir, "cannot print")?;
@@ -220,6 +269,21 @@ mod tests {
         assert_eq!(files[0], dir.join(format!("leafd.{}.log", day(5).format("%Y-%m-%d"))));
         assert_eq!(current(dir), format!("leafd.{}.log", day(KEEP_DAYS as u64 + 4).format("%Y-%m-%d")));
         assert!(dir.join("leafd.notes.log").exists());
-        assert_eq!(tail(dir, 2).unwrap(), [format!("day {}", KEEP_DAYS + 3), format!("day {}", KEEP_DAYS + 4)]);
+        assert_eq!(tail(dir, None, 2).unwrap(), [format!("day {}", KEEP_DAYS + 3), format!("day {}", KEEP_DAYS + 4)]);
+    }
+
+    #[test]
+    fn a_library_is_known_by_its_label_alone() {
+        let line = |label: &str| format!("2026-12-01 10:42:03 [{label}] base \"Ubuntu\" made");
+        assert!(of_library(&line("~/vmware"), "~/vmware"));
+        for other in ["~/vmware2", "~/vm", "/home/me/vmware"] {
+            assert!(!of_library(&line(other), "~/vmware"), "{other}");
+        }
+        // A library whose path holds "] ": its label cannot be taken for another's.
+        let odd = library_label(Path::new("/srv/vmware] x"));
+        assert_eq!(odd, "/srv/vmware\\] x");
+        assert!(of_library(&line(&odd), &odd) && !of_library(&line(&odd), "/srv/vmware"));
+        assert!(!of_library("2026-12-01 10:42:03 base \"Ubuntu\" made (a line from before labels)", "~/vmware"));
+        assert!(!of_library("", "~/vmware"));
     }
 }

@@ -480,7 +480,30 @@ fn a_second_agent_on_the_same_library_refuses() {
     let _agent = Agent::start(&lib);
     let o = lib.command(&["agent"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("another leafd agent is already watching this library"), "{}", text(&o));
+    let said = text(&o);
+    assert_eq!(said.matches("another leafd agent is already watching this library").count(), 1, "said once: {said}");
+    assert!(said.starts_with("leafd: ") && said.contains("fix: "), "{said}");
+    // The log has it too, naming the library.
+    let label = lib.root.display().to_string();
+    assert!(log_of(&lib).contains(&format!("[{label}] ERROR {label}: another leafd agent")), "{}", log_of(&lib));
+}
+
+/// `--settle` takes seconds (`2`, `1.5`) and durations (`1.5s`, `500ms`); anything else, or more
+/// than an hour, is bad usage with the fix.
+#[test]
+fn settle_takes_seconds_and_durations() {
+    for (given, shown) in [("2", "2.0 s"), ("1.5s", "1.5 s"), ("500ms", "0.5 s")] {
+        let lib = Lib::new();
+        let agent = Agent::start_args(&lib, &["agent", "--settle", given], &[]);
+        assert!(log_of(&lib).contains(&format!("(settle {shown},")), "--settle {given}: {}", log_of(&lib));
+        assert_eq!(agent.stop().code(), Some(0));
+    }
+    let lib = Lib::new();
+    for bad in ["soon", "-1", "2h", "1.5 parsecs"] {
+        let o = lib.run(&["agent", "--settle", bad]);
+        assert_eq!(o.status.code(), Some(2), "--settle {bad}: {}", text(&o));
+        assert!(text(&o).contains("makes no sense") && text(&o).contains("(1.5s, 500ms)"), "{}", text(&o));
+    }
 }
 
 /// Issues 10.10 and 12.6: a VM dropped into a base's folder in New Leaf, a bundle dropped into
@@ -738,4 +761,146 @@ fn a_vm_dropped_into_a_base_folder_in_new_leaf_is_adopted() {
     assert_eq!(leaf_list(&lib.base_dir("Base")).len(), 2);
     assert_eq!(record(&lib.leaf_dir("Db"), "leaf")["vmx"], "Base.vmx", "the VM's .vmx keeps its name");
     agent.stop();
+}
+
+/// A private session bus (`dbus-daemon --session`) with a stand-in for the desktop's notification
+/// service (there is no desktop here): a Python program owning `org.freedesktop.Notifications`
+/// that records every Notify call. Both stopped when dropped.
+struct NotificationServer {
+    address: String,
+    bus: std::process::Child,
+    stand_in: std::process::Child,
+    calls: PathBuf,
+}
+
+/// The stand-in for a desktop's notification service (GNOME Shell, Plasma, dunst...): answers
+/// Notify as they do, writing app name, summary and body on a line each call.
+const NOTIFICATION_STAND_IN: &str = r#"
+import sys, dbus, dbus.service, dbus.mainloop.glib
+from gi.repository import GLib
+dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)
+bus = dbus.bus.BusConnection(sys.argv[1])
+calls = open(sys.argv[2], "a", buffering=1)
+IFACE = "org.freedesktop.Notifications"
+class StandIn(dbus.service.Object):
+    count = 0
+    @dbus.service.method(IFACE, in_signature="susssasa{sv}i", out_signature="u")
+    def Notify(self, app, replaces, icon, summary, body, actions, hints, timeout):
+        StandIn.count += 1
+        calls.write("%s\t%s\t%s\n" % (app, summary, body))
+        return StandIn.count
+    @dbus.service.method(IFACE, out_signature="as")
+    def GetCapabilities(self):
+        return ["body"]
+    @dbus.service.method(IFACE, out_signature="ssss")
+    def GetServerInformation(self):
+        return ("leafd-tests-stand-in", "leafd", "1", "1.2")
+    @dbus.service.method(IFACE, in_signature="u")
+    def CloseNotification(self, id):
+        pass
+name = dbus.service.BusName(IFACE, bus)
+StandIn(bus, "/org/freedesktop/Notifications")
+print("ready", flush=True)
+GLib.MainLoop().run()
+"#;
+
+impl NotificationServer {
+    fn start(dir: &Path) -> NotificationServer {
+        use std::io::{BufRead, BufReader};
+        let mut bus = std::process::Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon is required by this test (apt-get install -y dbus-daemon)");
+        let mut address = String::new();
+        BufReader::new(bus.stdout.take().unwrap()).read_line(&mut address).unwrap();
+        let address = address.trim().to_string();
+        assert!(address.starts_with("unix:"), "dbus-daemon said {address:?}");
+        let calls = dir.join("notifications.log");
+        let mut stand_in = std::process::Command::new(SYSTEM_PYTHON)
+            .arg("-c")
+            .arg(NOTIFICATION_STAND_IN)
+            .arg(&address)
+            .arg(&calls)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(stand_in.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready, "ready\n", "the stand-in did not start (apt-get install -y python3-dbus python3-gi)");
+        NotificationServer { address, bus, stand_in, calls }
+    }
+
+    /// An agent on `lib` (settle 0.2 s) whose session bus is this one.
+    fn agent(&self, lib: &Lib) -> Agent {
+        Agent::start_args(lib, &["agent", "--settle", "0.2"], &[("DBUS_SESSION_BUS_ADDRESS", self.address.as_str())])
+    }
+
+    /// Every notification received: (app name, summary, body).
+    fn received(&self) -> Vec<(String, String, String)> {
+        fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, '\t').map(str::to_string);
+                Some((f.next()?, f.next()?, f.next()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for NotificationServer {
+    fn drop(&mut self) {
+        for p in [&mut self.stand_in, &mut self.bus] {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+/// A drop in Make Base that is refused: a folder without a .vmx.
+fn not_a_vm(lib: &Lib, name: &str) {
+    let dir = lib.make_base_dir().join(name);
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("notes.txt"), b"no VM here").unwrap();
+}
+
+/// On by default where a notification service runs: 100 refused drops give 100 notifications,
+/// posted over D-Bus to the session's service (a stand-in here), and the agent leaves no zombie
+/// child behind (it starts no program for them on Linux; macOS's osascript is reaped by child).
+#[test]
+fn an_agent_that_posted_a_hundred_notifications_has_no_zombies() {
+    let lib = Lib::new();
+    let server = NotificationServer::start(lib.tmp.path());
+    for i in 0..100 {
+        not_a_vm(&lib, &format!("Not a VM {i:03}"));
+    }
+    let agent = server.agent(&lib);
+    let posted = || server.received().len();
+    assert!(agent.wait(Duration::from_secs(60), || posted() >= 100), "{} notifications: {}", posted(), log_of(&lib));
+    let received = server.received();
+    assert_eq!(received.len(), 100, "one per refused drop");
+    let (app, summary, body) = &received[0];
+    assert_eq!((app.as_str(), summary.as_str()), ("leafd", "leafd"));
+    assert!(body.starts_with("Could not make a base from \"Not a VM "), "{body}");
+    let zombies = || children_of(agent.child.id()).into_iter().filter(|&(_, s)| s == 'Z').count();
+    assert_eq!(zombies(), 0, "zombie children of the agent");
+    assert_eq!(agent.stop().code(), Some(0));
+}
+
+/// `notifications = false` in config.toml: none, even where a notification service runs.
+#[test]
+fn notifications_can_be_turned_off() {
+    let lib = Lib::new();
+    let server = NotificationServer::start(lib.tmp.path());
+    let config = lib.tmp.path().join("config/leafd");
+    fs::create_dir_all(&config).unwrap();
+    fs::write(config.join("config.toml"), "notifications = false\n").unwrap();
+    not_a_vm(&lib, "Not a VM");
+    let agent = server.agent(&lib);
+    let note = lib.make_base_dir().join("Not a VM - leafd error.txt");
+    assert!(agent.wait(Duration::from_secs(10), || note.exists()), "{}", log_of(&lib));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.received().is_empty(), "{:?}", server.received());
+    assert_eq!(agent.stop().code(), Some(0));
 }

@@ -960,16 +960,7 @@ fn straced(lib: &Lib, args: &[&str]) -> (Vec<strace::Change>, Vec<Op>) {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let prefix = lib.tmp.path().join(format!("strace-{n}"));
     let t = trace_file(lib);
-    let leafd = lib.command(args);
-    let mut c = Command::new("strace");
-    c.args(["-f", "-ff", "-y", "-qq", "-e", &strace::filter(), "-o"]).arg(&prefix).arg("--");
-    c.arg(leafd.get_program()).args(leafd.get_args());
-    for (k, v) in leafd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
+    let mut c = under("strace", &strace::args(&prefix), &lib.command(args));
     c.env("LEAFD_IO_TRACE", &t);
     let o = run_limited(&mut c);
     assert!(o.status.success(), "strace leafd {args:?}: {}", text(&o));

@@ -27,6 +27,10 @@ pub trait Env: Send + Sync {
     }
     /// True once the work should stop.
     fn cancelled(&self) -> bool;
+    /// Called from long loops (a flatten) with the bytes of the work just done, so the caller
+    /// can show progress; [`crate::flatten::work`] says how many a flatten will report. Default:
+    /// nothing.
+    fn progress(&self, _bytes: u64) {}
 }
 
 /// A change about to be made to a file, as told to [`Env::changing`].

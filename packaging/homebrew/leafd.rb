@@ -3,20 +3,24 @@
 # library).
 #
 # At release: set `url` to the release tarball, `sha256` to its checksum
-# (`shasum -a 256 leafd-X.Y.Z.tar.gz`), `homepage` to the project's page, and add `license`
-# once the project declares one. Untested on Linux CI; run on a Mac:
+# (`shasum -a 256 leafd-X.Y.Z.tar.gz`) and `homepage` to the project's page. Untested on Linux
+# CI; run on a Mac:
 #   brew install --build-from-source ./packaging/homebrew/leafd.rb && brew test leafd
 class Leafd < Formula
   desc "VMware linked clones as easy as making a folder"
   homepage "https://example.invalid/leafd" # FILL IN AT RELEASE
   url "https://example.invalid/leafd/leafd-0.1.0.tar.gz" # FILL IN AT RELEASE
   sha256 "0000000000000000000000000000000000000000000000000000000000000000" # FILL IN AT RELEASE
+  license any_of: ["MIT", "Apache-2.0"]
 
   depends_on "rust" => :build
 
   def install
     system "cargo", "install", *std_cargo_args
     pkgshare.install "launchd/org.leafd.agent.plist"
+    # `leafd completions bash|zsh|fish` and `leafd man DIR` (a page per command).
+    generate_completions_from_executable(bin/"leafd", "completions", shells: [:bash, :zsh, :fish])
+    system bin/"leafd", "man", man1
   end
 
   # The same service as `leafd install`: started at login, restarted when it fails but not
@@ -40,6 +44,8 @@ class Leafd < Formula
 
   test do
     assert_match version.to_s, shell_output("#{bin}/leafd --version")
+    assert_match "remove-base", shell_output("#{bin}/leafd completions bash")
+    assert_predicate man1/"leafd-remove-base.1", :exist?
     (testpath/"lib").mkpath
     assert_match "no bases yet", shell_output("#{bin}/leafd --root #{testpath}/lib status")
   end

@@ -1,5 +1,5 @@
-//! Telling the user where they are looking: a red tag on the item, a note beside it, a
-//! notification on macOS; and taking them away once the item goes through.
+//! Telling the user where they are looking: a red tag on the item, a note beside it, a desktop
+//! notification; and taking them away once the item goes through.
 
 use std::path::Path;
 
@@ -20,7 +20,10 @@ pub(crate) fn failed(item: &Path, what: &str, err: &Error, notify: bool) {
     write_note(item, &note);
     if notify {
         // Best effort: never waited for, never failing the caller.
-        child::run_detached(platform::notification("leafd", &format!("Could not {what} \"{name}\": {}", err.message)));
+        let posted = platform::notify("leafd", &format!("Could not {what} \"{name}\": {}", err.message));
+        if let platform::Notification::Run(program) = posted {
+            child::run_detached(program);
+        }
     }
 }
 

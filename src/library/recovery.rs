@@ -15,7 +15,7 @@ use super::ops::{adopt, make_base, new_leaf, promote, remove_base, reset};
 use super::records::{FORMAT, LeafRef, V1Base};
 use super::{Library, Options};
 use crate::error::{Error, Kind, Result};
-use crate::fsutil;
+use crate::{fsutil, progress};
 
 /// What recovery did with one interrupted operation.
 #[derive(Debug)]
@@ -50,9 +50,11 @@ impl Recovered {
     }
 }
 
-/// Finishes or undoes every operation whose process is gone. Operations still running in
-/// another process are left alone.
+/// Finishes or undoes every operation whose process is gone, and removes the progress records
+/// such operations left. Operations still running in another process are left alone.
 pub(crate) fn recover(lib: &Library, opts: &Options) -> Result<Vec<Recovered>> {
+    // What a killed operation showed of its progress is not true any more.
+    progress::remove_stale(lib);
     let mut out = Vec::new();
     for claimed in journal::claim(lib)? {
         // One operation that cannot be finished must not stop the others, nor leafd: not even

@@ -84,12 +84,37 @@ pub(crate) fn copy_in_progress(_path: &Path) -> bool {
     false
 }
 
-/// The command that posts a desktop notification: `notify-send` (libnotify), when it is on the
-/// PATH. Without it, the log and the note tell the user.
-pub(crate) fn notification(title: &str, message: &str) -> std::process::Command {
-    let mut notify_send = std::process::Command::new("notify-send");
-    notify_send.args(["--app-name=leafd", "--", title, message]);
-    notify_send
+/// Notifications waiting to be posted; beyond this many, new ones are dropped (the log and the
+/// notes say it all anyway).
+const NOTIFICATIONS_QUEUED: usize = 256;
+
+/// Posts a desktop notification through the session's freedesktop.org notification service
+/// (`org.freedesktop.Notifications` on D-Bus, as GNOME, KDE and the others provide), on a thread
+/// of leafd's, one at a time: the caller never waits, and no program is started. Where no
+/// session bus or notification service runs, nothing is shown (said at debug level). Leaves
+/// nothing for the caller to run (`None`).
+pub(crate) fn notify(title: &str, message: &str) -> Option<std::process::Command> {
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{SyncSender, sync_channel};
+    static QUEUE: OnceLock<Option<SyncSender<(String, String)>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = sync_channel::<(String, String)>(NOTIFICATIONS_QUEUED);
+        let posting = std::thread::Builder::new().name("leafd-notify".into()).spawn(move || {
+            for (title, message) in rx {
+                let shown = notify_rust::Notification::new().appname("leafd").summary(&title).body(&message).show();
+                if let Err(e) = shown {
+                    tracing::debug!("no desktop notification ({e}): {title}: {message}");
+                }
+            }
+        });
+        posting.map_err(|e| tracing::debug!("cannot start the notification thread: {e}")).ok().map(|_| tx)
+    });
+    if let Some(queue) = queue
+        && queue.try_send((title.to_string(), message.to_string())).is_err()
+    {
+        tracing::debug!("notification dropped (too many waiting): {title}: {message}");
+    }
+    None
 }
 
 /// `fsync`: on Linux it reaches stable storage (the drive's cache included), so it serves both
@@ -271,7 +296,7 @@ pub(crate) fn trash(path: &Path, name: &str, home: &Path) -> io::Result<PathBuf>
         let to = trash.join("files").join(&item);
         let moved = io::Write::write_all(&mut file, text.as_bytes())
             .and_then(|()| file.sync_all())
-            .and_then(|()| crate::platform::open_dir(&trash.join("info"))?.sync_all())
+            .and_then(|()| std::fs::File::open(trash.join("info"))?.sync_all())
             .and_then(|()| rename_noreplace(path, &to));
         match moved {
             Ok(()) => return Ok(to),
@@ -387,6 +412,17 @@ fn read_lease(file: &File, while_held: impl FnOnce()) -> io::Result<Option<bool>
     // SAFETY: as above.
     check(unsafe { libc::fcntl(fd, F_SETSIG, signal) })?;
     answer
+}
+
+/// Finder's progress on an item (macOS): there is no Finder here.
+pub(crate) struct FinderProgress;
+
+impl FinderProgress {
+    pub(crate) fn publish(_path: &Path, _total: u64) -> Option<FinderProgress> {
+        None
+    }
+
+    pub(crate) fn update(&self, _done: u64, _total: u64) {}
 }
 
 #[cfg(test)]

@@ -33,9 +33,24 @@ mod open;
 
 pub(crate) use open::{open_beneath, open_dir, open_regular};
 pub(crate) use os::{
-    TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd, notification,
+    FinderProgress, TAGS_XATTR, VMRUN_HOST_TYPE, copy_in_progress, drop_cache, encode_tags, is_locked, is_locked_fd,
     rename_noreplace, set_locked, set_locked_fd, vmrun_candidates,
 };
+
+/// What posting a desktop notification ([`notify`]) leaves the caller to do.
+#[derive(Debug)]
+pub(crate) enum Notification {
+    /// Run this program (macOS: `osascript`) through `child`, which reaps it.
+    Run(std::process::Command),
+    /// Nothing: it is on its way (Linux: D-Bus, from a thread of leafd's).
+    Queued,
+}
+
+/// Posts a desktop notification: the freedesktop.org notification service on Linux (from a
+/// thread of leafd's), `osascript` on macOS (for the caller to run).
+pub(crate) fn notify(title: &str, message: &str) -> Notification {
+    os::notify(title, message).map_or(Notification::Queued, Notification::Run)
+}
 
 /// The full extended-attribute name for one of leafd's records (`base`, `leaf`...).
 pub(crate) fn xattr_name(name: &str) -> String {
@@ -214,12 +229,9 @@ pub(crate) fn default_root() -> PathBuf {
     os::default_root(&home())
 }
 
-/// Where the daily logs go (`LEAFD_LOG_DIR` overrides, e.g. for the demo).
+/// Where the user's daily logs go (one log for every library: each line names its library).
 pub(crate) fn log_dir() -> PathBuf {
-    std::env::var_os("LEAFD_LOG_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| os::log_dir(&home()))
+    os::log_dir(&home())
 }
 
 /// Where `config.toml` lives.

@@ -7,6 +7,9 @@
 //!   written fail with `EIO` (see docs/durability.md).
 //! - `xattr:unsupported` makes every extended attribute change fail with `ENOTSUP`, as on a
 //!   volume that keeps none.
+//! - `slow:<MiB/s>` makes the long loops (copies, comparisons, fingerprints, flattens) go no
+//!   faster than that, as on a slow volume (a USB disk, a network share): where they report to
+//!   the progress meter, so their progress can be watched with little data.
 
 use std::sync::OnceLock;
 
@@ -76,4 +79,13 @@ pub(crate) fn io_call() -> Option<u64> {
 /// Whether extended attributes are to look unsupported (`xattr:unsupported`).
 pub(crate) fn xattrs_unsupported() -> bool {
     targets().iter().any(|t| t == "xattr:unsupported")
+}
+
+/// How long `bytes` of a long loop take at least (`slow:<MiB/s>`); `None` when not slowed.
+pub(crate) fn slowed(bytes: u64) -> Option<std::time::Duration> {
+    static RATE: OnceLock<Option<f64>> = OnceLock::new();
+    let rate = RATE.get_or_init(|| {
+        targets().iter().find_map(|t| t.strip_prefix("slow:")?.parse::<f64>().ok()).filter(|r| *r > 0.0)
+    });
+    rate.map(|r| std::time::Duration::from_secs_f64(bytes as f64 / (r * 1048576.0)))
 }

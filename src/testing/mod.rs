@@ -46,6 +46,65 @@ pub mod remove_base {
     pub use crate::library::ops::remove_base::{OP, STEPS};
 }
 
+/// Progress reporting (docs/progress.md), as the `progress` bench measures it.
+pub mod progress {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use crate::error::Result;
+    use crate::library::Library;
+    use crate::progress::{Progress, meter};
+
+    /// A copy made with progress reporting: how long it took and how many records it wrote.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Copied {
+        /// The copy's time, flush included.
+        pub elapsed: Duration,
+        /// Records the progress wrote meanwhile.
+        pub records: u64,
+    }
+
+    /// Copies `src` to `dst` (which must not exist) as Make Base copies across volumes, in the
+    /// library at `root`: with `report`, under a progress shown from the start (its record
+    /// written four times a second); else with none.
+    pub fn copy(root: &Path, src: &Path, dst: &Path, report: bool) -> Result<Copied> {
+        let lib = Library::open(root)?;
+        let total = crate::fsutil::data_bytes(src)?;
+        let progress = report.then(|| Progress::start_after(&lib, "copying".into(), src, total, Duration::ZERO));
+        let start = Instant::now();
+        crate::durable::copy_file(src, dst, &crate::fsutil::Cancel::new(false))?;
+        let elapsed = start.elapsed();
+        Ok(Copied { elapsed, records: progress.as_ref().map_or(0, Progress::reports) })
+    }
+
+    /// The time a whole progress takes, shown at once and writing `records` records (each the
+    /// next part of the work, so that none waits for its turn): its start, its lock and record
+    /// files made, written and removed, in the library at `root`.
+    pub fn life(root: &Path, records: u64) -> Result<Duration> {
+        let lib = Library::open(root)?;
+        let start = Instant::now();
+        let progress = Progress::start_after(&lib, "writing".into(), root, records, Duration::ZERO);
+        meter::add(1);
+        for i in 1..records {
+            progress.next(if i % 2 == 0 { "writing" } else { "still writing" }, records);
+        }
+        drop(progress);
+        Ok(start.elapsed())
+    }
+
+    /// The time `n` chunks of 64 KiB take to report to a shown progress (which writes its record
+    /// at most four times a second meanwhile, as in a copy), in the library at `root`.
+    pub fn chunks(root: &Path, n: u64) -> Result<Duration> {
+        let lib = Library::open(root)?;
+        let _progress = Progress::start_after(&lib, "adding".into(), root, n << 16, Duration::ZERO);
+        let start = Instant::now();
+        for _ in 0..n {
+            meter::add(std::hint::black_box(1 << 16));
+        }
+        Ok(start.elapsed())
+    }
+}
+
 /// The login service's plans, built by pure functions so both platforms' are tested anywhere.
 pub mod service {
     pub use crate::service::{

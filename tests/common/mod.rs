@@ -176,6 +176,25 @@ pub fn leafd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leafd")).args(args).env_remove("LEAFD_ROOT").output().expect("run leafd")
 }
 
+/// `leafd` (a command [`Lib::command`] made) run by `program` with `args` before it (`strace …
+/// --`), with the environment `leafd` was given.
+pub fn under(program: &str, args: &[impl AsRef<std::ffi::OsStr>], leafd: &Command) -> Command {
+    let mut c = Command::new(program);
+    c.args(args).arg(leafd.get_program()).args(leafd.get_args());
+    with_env_of(&mut c, leafd);
+    c
+}
+
+/// Gives `to` the environment `from` sets and removes.
+pub fn with_env_of(to: &mut Command, from: &Command) {
+    for (k, v) in from.get_envs() {
+        match v {
+            Some(v) => to.env(k, v),
+            None => to.env_remove(k),
+        };
+    }
+}
+
 /// A library in a temporary folder, with its own HOME and log folder, and the real binary.
 pub struct Lib {
     pub tmp: tempfile::TempDir,
@@ -201,8 +220,15 @@ impl Lib {
 
     /// A `leafd` command with this library's root and a private HOME, config and log folder.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+        let mut c = self.command_without_root(&[]);
         c.arg("--root").arg(&self.root).args(args);
+        c
+    }
+
+    /// [`Lib::command`] without `--root`.
+    pub fn command_without_root(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_leafd"));
+        c.args(args);
         c.env("HOME", self.home())
             .env("XDG_STATE_HOME", self.tmp.path().join("state"))
             .env("XDG_CONFIG_HOME", self.tmp.path().join("config"))
@@ -210,7 +236,10 @@ impl Lib {
             .env_remove("LEAFD_CONFIG")
             .env_remove("LEAFD_FAULT")
             .env_remove("LEAFD_VMRUN")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // No desktop's notifications from the tests: a session bus that is not there (the
+            // notification tests give their own).
+            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/leafd-tests-have-no-session-bus");
         c
     }
 

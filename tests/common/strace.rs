@@ -57,6 +57,13 @@ pub fn filter() -> String {
     format!("trace={}", MUTATING.iter().map(|c| format!("?{c}")).collect::<Vec<_>>().join(","))
 }
 
+/// strace's arguments before the command: follow every thread, one file per thread at
+/// `PREFIX.<tid>`, paths of descriptors, the calls of [`MUTATING`].
+pub fn args(prefix: &Path) -> Vec<String> {
+    let prefix = prefix.to_string_lossy().into_owned();
+    ["-f", "-ff", "-y", "-qq", "-e", &filter(), "-o", &prefix, "--"].map(str::to_string).to_vec()
+}
+
 /// One change a system call made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {

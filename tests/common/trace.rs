@@ -18,7 +18,8 @@
 //! then done to it. A file removed takes its changes with it (hard links are not counted: the
 //! only ones leafd makes, promote's, are flushed before either name is removed).
 //!
-//! leafd's private lock files (`.leafd/locks/`) are not data and are left out. A base's records
+//! leafd's private lock files (`.leafd/locks/`) and progress records (`.leafd/progress/`,
+//! written unflushed and removed by recovery) are not data and are left out. A base's records
 //! (`Bases/<name>/.leafd/`), its working stamp (`.leafd-stamp`) and files leafd made in it after
 //! it was published are not base files.
 //!
@@ -95,8 +96,12 @@ pub fn fault(ops: &[Op]) -> Option<&Op> {
     ops.iter().find(|o| o.op == "fault")
 }
 
+/// leafd's lock files and progress records (`.leafd/locks/`, `.leafd/progress/`): not data.
 fn excluded(p: &Path) -> bool {
-    p.components().collect::<Vec<_>>().windows(2).any(|w| w[0].as_os_str() == ".leafd" && w[1].as_os_str() == "locks")
+    p.components()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0].as_os_str() == ".leafd" && (w[1].as_os_str() == "locks" || w[1].as_os_str() == "progress"))
 }
 
 /// Whether `p` is a file of a published base by its place: under `<root>/Bases/<visible name>/`,
@@ -158,6 +163,9 @@ impl Checker {
                 if o.of.as_deref() == Some("flush") {
                     self.flush_failed.insert(o.path.clone());
                 }
+                continue;
+            }
+            if excluded(&o.path) {
                 continue;
             }
             if o.id.is_none() && !matches!(o.op.as_str(), "unlink" | "rmdir") {

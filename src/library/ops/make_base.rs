@@ -20,7 +20,7 @@ use leafd_formats::clone::{PathStyle, check_delta, delta_name, extent_reference,
 use leafd_formats::descriptor::{Descriptor, NO_PARENT};
 use leafd_formats::dict::Dict;
 use leafd_formats::disk::{self, Disk, DiskType, NewDisk, describe, extent_names, read_descriptor};
-use leafd_formats::flatten::flatten;
+use leafd_formats::flatten::{self, flatten};
 use leafd_formats::sparse::SECTOR;
 use leafd_formats::{Env, ErrorKind, vmx};
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,7 @@ use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, BaseRecord, DiskRecord, ExtentRecord};
 use crate::library::{BASE_VMX_SUFFIX, Base, Library, Options, validate_name};
 use crate::platform::{self, Tag};
+use crate::progress::Progress;
 use crate::testing::fault;
 
 fault::steps!("make-base" {
@@ -696,13 +697,20 @@ fn write_flattened(ctx: &Ctx, plan: &Plan, source: &Path, opts: &Options) -> Res
         None => None,
     };
     let env = opts.env();
-    for f in &plan.flatten {
-        let chain = open_chain(&env, source, &source.join(&f.top), origin.as_ref())?;
+    let chains = plan
+        .flatten
+        .iter()
+        .map(|f| open_chain(&env, source, &source.join(&f.top), origin.as_ref()))
+        .collect::<Result<Vec<_>>>()?;
+    let work =
+        plan.flatten.iter().zip(&chains).map(|(f, c)| flatten::work(c, f.split.as_deref())).sum::<Result<u64, _>>()?;
+    let _progress = Progress::start(ctx.lib, format!("flattening {}", plan.name), source, work);
+    for (f, chain) in plan.flatten.iter().zip(&chains) {
         let target = dir.join(&f.target);
         if let Some(parent) = target.parent() {
             durable::create_dir_all(parent)?;
         }
-        flatten(&env, &chain, &target, f.split.clone())?;
+        flatten(&env, chain, &target, f.split.clone())?;
     }
     durable::flush_tree(&dir, Flush::Order)
 }
@@ -828,7 +836,7 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
         step(Step::Flattened);
     }
     if plan.copy {
-        copy_into(&found.bundle, &staging, &plan.id, opts)?;
+        copy_into(lib, plan, &found.bundle, &staging, opts)?;
         found.refuse_if_changed()?;
         step(Step::Copied);
     } else {
@@ -868,9 +876,12 @@ fn build(ctx: &Ctx, plan: &Plan, found: &Inspected, target: &Path, opts: &Option
 }
 
 /// Copies the bundle into a new stamped staging folder (another volume), flushes and compares.
-fn copy_into(bundle: &Path, staging: &Path, id: &str, opts: &Options) -> Result<()> {
-    journal::create_work_dir(staging, id, "staging")?;
+fn copy_into(lib: &Library, plan: &Plan, bundle: &Path, staging: &Path, opts: &Options) -> Result<()> {
+    journal::create_work_dir(staging, &plan.id, "staging")?;
     let entries = fsutil::walk(bundle)?;
+    let files: Vec<&PathBuf> = entries.iter().filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file())).collect();
+    let data = files.iter().map(|f| fsutil::data_bytes(f)).sum::<Result<u64>>()?;
+    let progress = Progress::start(lib, format!("copying {}", plan.name), bundle, data);
     for (i, src) in entries.iter().enumerate() {
         let dst = staging.join(src.strip_prefix(bundle).unwrap_or(src));
         let m = fs::symlink_metadata(src).at(src, "cannot stat")?;
@@ -885,6 +896,8 @@ fn copy_into(bundle: &Path, staging: &Path, id: &str, opts: &Options) -> Result<
             step(Step::Copying);
         }
     }
+    let bytes = files.iter().map(|f| f.symlink_metadata().map_or(0, |m| m.len())).sum();
+    progress.next(format!("checking the copy of {}", plan.name), bytes);
     for src in &entries {
         let dst = staging.join(src.strip_prefix(bundle).unwrap_or(src));
         if fs::symlink_metadata(src).at(src, "cannot stat")?.is_file()
@@ -947,7 +960,7 @@ fn finish_steps(ctx: &Ctx, plan: &Plan, opts: &Options, warnings: &mut Vec<Strin
     // operation its journal, for a person (see `copied_source`).
     if plan.copy {
         if let Some(source) = copied_source(ctx, plan)? {
-            let changed = remove_copied_source(&source, &target, plan, opts)?;
+            let changed = remove_copied_source(lib, &source, &target, plan, opts)?;
             if !changed.is_empty() {
                 warnings.push(format!(
                     "{}: kept the original, because {} file(s) in it changed since they were copied \
@@ -985,12 +998,22 @@ fn copied_source(ctx: &Ctx, plan: &Plan) -> Result<Option<PathBuf>> {
 /// Removes the source bundle of a cross-volume Make Base, but only when every file in it is still
 /// byte-identical to its copy in the base: a VM that changed since it was copied (booted, say) is
 /// kept whole, never left half removed. Returns the files that changed; nothing is removed then.
-fn remove_copied_source(source: &Path, target: &Path, plan: &Plan, opts: &Options) -> Result<Vec<PathBuf>> {
+fn remove_copied_source(
+    lib: &Library,
+    source: &Path,
+    target: &Path,
+    plan: &Plan,
+    opts: &Options,
+) -> Result<Vec<PathBuf>> {
     if source.symlink_metadata().is_err() {
         return Ok(Vec::new());
     }
     let state = fsutil::tree_state(source)?;
     let entries: Vec<PathBuf> = state.iter().map(|(p, ..)| p.clone()).collect();
+    let compared = |p: &Path| !plan.repointed.iter().any(|r| source.join(&r.path) == p);
+    let bytes = state.iter().filter(|(p, ..)| compared(p)).map(|(_, len, _)| len).sum();
+    let progress =
+        Progress::start(lib, format!("checking the original of {} before removing it", plan.name), source, bytes);
     let mut changed = Vec::new();
     for src in &entries {
         let rel = src.strip_prefix(source).unwrap_or(src);
@@ -1008,6 +1031,7 @@ fn remove_copied_source(source: &Path, target: &Path, plan: &Plan, opts: &Option
             changed.push(src.clone());
         }
     }
+    drop(progress);
     // Comparing big disks takes time: a VM started meanwhile (a new lock folder, a write) keeps
     // the original whole.
     if changed.is_empty() && fsutil::tree_state(source)? != state {
@@ -1140,11 +1164,18 @@ pub(crate) fn complete_fingerprints(lib: &Library, base: &Base, opts: &Options) 
         return Ok(());
     }
     let env = opts.env();
+    let disks = current
+        .disks
+        .iter()
+        .map(|d| Disk::open_alone(&env, &base.dir.join(&d.descriptor)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = disks.iter().flat_map(Disk::extent_files).map(|f| fsutil::data_bytes(&f)).sum::<Result<u64>>()?;
+    let progress = Progress::start(lib, format!("fingerprinting base {}", current.name), &base.dir, data);
     let mut prints = Vec::new();
-    for d in &current.disks {
-        let disk = Disk::open_alone(&env, &base.dir.join(&d.descriptor))?;
+    for disk in &disks {
         prints.push(fsutil::fingerprint(&disk.extent_files(), &opts.cancel)?);
     }
+    drop(progress);
     let _lock = lib.lock_base(&current.id)?;
     let mut record = records::read_base(&base.dir)?.unwrap_or(current);
     for (d, fp) in record.disks.iter_mut().zip(prints) {

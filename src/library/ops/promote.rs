@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use leafd_formats::disk::Disk;
-use leafd_formats::flatten::flatten;
+use leafd_formats::flatten::{self, flatten};
 use serde::{Deserialize, Serialize};
 
 use super::common::{free_space, human_bytes, human_duration, read_dict, refuse_own_snapshots};
@@ -21,6 +21,7 @@ use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, LeafRecord};
 use crate::library::{Leaf, Library, Options};
 use crate::platform::Tag;
+use crate::progress::Progress;
 use crate::testing::fault;
 
 fault::steps!("promote" {
@@ -106,6 +107,7 @@ pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promo
     let env = opts.env();
     let mut chains = Vec::new();
     let mut needed = 0u64;
+    let mut work = 0;
     for d in &record.disks {
         let chain = Disk::open(&env, &leaf.dir.join(&d.delta))?;
         let mut disk = Some(&chain);
@@ -113,6 +115,7 @@ pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promo
             needed += x.extent_files().iter().map(|f| fsutil::allocated(f)).sum::<u64>();
             disk = x.parent();
         }
+        work += flatten::work(&chain, split(&chain).as_deref())?;
         chains.push(chain);
     }
     let parent = leaf.dir.parent().unwrap_or(lib.root()).to_path_buf();
@@ -136,7 +139,10 @@ pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promo
     step(Step::Journaled);
     let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
     let places = Places::of(&ctx, &plan)?;
-    let bytes = match stage(&plan, &places, &leaf, &chains, opts) {
+    let progress = Progress::start(lib, format!("promoting {}", record.name), &leaf.dir, work);
+    let staged = stage(&plan, &places, &leaf, &chains, opts);
+    drop(progress);
+    let bytes = match staged {
         Ok(b) => b,
         Err(e) => {
             return Err(undo_after(e, || {
@@ -162,6 +168,11 @@ pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promo
     Ok(Promoted { name: record.name, base: record.base_name, bytes, elapsed: start.elapsed() })
 }
 
+/// A split chain is flattened into a disk split like it.
+fn split(chain: &Disk) -> Option<Vec<u64>> {
+    chain.disk_type.is_split().then(|| chain.extent_sectors())
+}
+
 /// Builds the promoted bundle in staging: flattened disks, the `.vmx` pointing at them, and
 /// hard links to every other file. Returns the bytes of the new disks.
 fn stage(plan: &Plan, places: &Places, leaf: &Leaf, chains: &[Disk], opts: &Options) -> Result<u64> {
@@ -178,8 +189,7 @@ fn stage(plan: &Plan, places: &Places, leaf: &Leaf, chains: &[Disk], opts: &Opti
         if let Some(dir) = target.parent() {
             durable::create_dir_all(dir)?;
         }
-        let split = chain.disk_type.is_split().then(|| chain.extent_sectors());
-        for f in flatten(&env, chain, &target, split)? {
+        for f in flatten(&env, chain, &target, split(chain))? {
             bytes += fsutil::allocated(&f);
         }
         renamed.push((d.node.clone(), d.parent_copy.clone()));

@@ -10,6 +10,7 @@ use super::common::{human_bytes, own_bytes};
 use crate::error::Result;
 use crate::fsutil;
 use crate::library::{Library, Options, ignored_name, journal, note_path, note_reason};
+use crate::progress::{self, Record};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Status {
@@ -21,6 +22,16 @@ pub(crate) struct Status {
     pub(crate) failed: Vec<Failed>,
     /// Operations interrupted and not yet finished or undone.
     pub(crate) interrupted: usize,
+    /// Long operations running now, from their progress records.
+    pub(crate) running: Vec<Running>,
+}
+
+/// A long operation running now: its progress record, and the seconds left at its rate so far.
+#[derive(Debug, Serialize)]
+pub(crate) struct Running {
+    #[serde(flatten)]
+    pub(crate) record: Record,
+    pub(crate) seconds_left: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,7 +60,8 @@ pub(crate) struct LeafStatus {
     pub(crate) path: String,
     /// False when the leaf is no longer where it was made.
     pub(crate) present: bool,
-    /// Allocated bytes of its deltas.
+    /// What the leaf occupies of its own: every file of its bundle (`common::own_bytes`, as the
+    /// log says when it is made).
     pub(crate) own_bytes: u64,
 }
 
@@ -113,7 +125,18 @@ pub(crate) fn status(lib: &Library) -> Result<Status> {
         });
     }
     let (pending, failed) = drops(lib);
-    Ok(Status { root: lib.root().to_string_lossy().into(), bases, pending, failed, interrupted: journal::pending(lib) })
+    let running = progress::running(lib)
+        .into_iter()
+        .map(|record| Running { seconds_left: record.seconds_left(), record })
+        .collect();
+    Ok(Status {
+        root: lib.root().to_string_lossy().into(),
+        bases,
+        pending,
+        failed,
+        interrupted: journal::pending(lib),
+        running,
+    })
 }
 
 /// Items in the drop folders: those with a failure note, and the others.
@@ -175,6 +198,9 @@ pub(crate) fn render(s: &Status) -> String {
             out.push_str(&format!("; removing the base would free {}", human_bytes(b.reclaimable_bytes)));
         }
         out.push('\n');
+    }
+    for r in &s.running {
+        out.push_str(&format!("\nrunning: {}\n", r.record.line()));
     }
     if !s.pending.is_empty() {
         out.push_str(&format!("\nwaiting: {}\n", s.pending.join(", ")));

@@ -22,6 +22,7 @@ use crate::fsutil;
 use crate::library::records::{self, BaseRecord, DiskRecord, ExtentRecord, LeafDisk, LeafRecord, Listed};
 use crate::library::{BASE_VMX_SUFFIX, Base, Leaf, Library, Options, journal, same_name};
 use crate::platform;
+use crate::progress::Progress;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Finding {
@@ -331,6 +332,11 @@ fn check_base(
     report: &mut Report,
 ) -> Result<()> {
     let mut prints = Vec::new();
+    let _progress = deep.then(|| {
+        let extents = base.record.disks.iter().flat_map(|d| &d.extents);
+        let data = extents.map(|e| fsutil::data_bytes(&base.dir.join(&e.file)).unwrap_or(0)).sum();
+        Progress::start(lib, format!("checking base {}", base.record.name), &base.dir, data)
+    });
     for d in &base.record.disks {
         let path = base.descriptor_path(d);
         let disk = match Disk::open(env, &path) {

@@ -67,7 +67,8 @@ fn compact(disk: &Path) {
     fs::create_dir(&dir).unwrap();
     let tmp = dir.join(disk.file_name().unwrap());
     let (from, to) = (disk.to_str().unwrap(), tmp.to_str().unwrap());
-    let o = run_tool("qemu-img", &["convert", "-f", "vmdk", "-O", "vmdk", "-o", "subformat=monolithicSparse", from, to]);
+    let o =
+        run_tool("qemu-img", &["convert", "-f", "vmdk", "-O", "vmdk", "-o", "subformat=monolithicSparse", from, to]);
     assert!(o.status.success(), "qemu-img convert: {}", text(&o));
     fs::rename(&tmp, disk).unwrap();
     fs::remove_dir(&dir).unwrap();
@@ -307,7 +308,20 @@ fn what_adopt_refuses_it_leaves_as_it_was() {
     fs::remove_file(copy.join("Web.vmsd")).unwrap();
     // A snapshot's disk: the disk on a delta over it (as VMware leaves one).
     let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
-    let o = run_tool("qemu-img", &["create", "-q", "-f", "vmdk", "-b", "Second.vmdk", "-F", "vmdk", copy.join("Second-000001.vmdk").to_str().unwrap()]);
+    let o = run_tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            "Second.vmdk",
+            "-F",
+            "vmdk",
+            copy.join("Second-000001.vmdk").to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     fs::write(copy.join("Web.vmx"), vmx.replace("\"Second.vmdk\"", "\"Second-000001.vmdk\"")).unwrap();
     refused(&lib, &copy, &[], &["is a snapshot's", "snapshots of its own"]);

@@ -54,7 +54,8 @@ struct Slot {
 /// Compares `disk` with `base` (of the same capacity) in the grains of a delta whose extents
 /// have `extents` sectors (split like a base, whose extents need not be whole grains), and
 /// calls `differ` with each grain that differs, in order. A grain the disk does not store reads
-/// as zeros: it differs where the base stores anything but zeros there.
+/// as zeros: it differs where the base stores anything but zeros there. Reports each grain's
+/// bytes through [`Env::progress`] as it is passed: the capacity in all.
 pub fn compare(
     env: &Arc<dyn Env>,
     disk: &Disk,
@@ -113,6 +114,7 @@ pub fn compare(
                     differ(&Differing { extent, index: first + i as u64, offset: s.offset, data: a })?;
                 }
             }
+            env.progress(slots.iter().map(|s| s.len as u64).sum());
             first += count;
             seen += count;
             if seen >= FORGET_EVERY {

@@ -217,14 +217,15 @@ impl Core {
         // Opening or reading changes nothing, and the agent's own looks cause them (inotify
         // reports opens): they must not restart the wait.
         if !e.kind.is_access() {
-            // A file made or written inside an item: it is arriving by a copy.
+            // An item made here, or a file made or written inside it: it is arriving by a copy
+            // (a move shows as a rename of the item alone). The item's own creation counts, as
+            // the files a copy makes right after it can come before the watch of its folder.
             let written = matches!(e.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)));
             for p in &e.paths {
                 // Timed when seen: every create, rename or write restarts its item's wait.
                 unknown |= self.touch(p, now);
                 if written
                     && let Some((item, _)) = self.folders.item_for(p, &self.bases)
-                    && item != *p
                     && let Some(i) = self.items.get_mut(&item)
                 {
                     i.written = true;

@@ -668,7 +668,7 @@ fn an_item_that_changed_while_its_job_failed_is_tried_again() {
 
 /// Issue 16: a VM (a folder holding one .vmx) dropped into a base's folder in New Leaf waits
 /// like a Make Base drop and is adopted as a leaf of that base; moved in, it was no copy; copied
-/// in (files made and written inside it), the job knows, and says so. Two .vmx are no VM.
+/// in (its folder made there), the job knows, and says so. Two .vmx are no VM.
 #[test]
 fn a_vm_dropped_into_a_base_folder_is_adopted_and_a_copy_is_known() {
     let mut sim = Sim::new(&["B"]);
@@ -688,9 +688,9 @@ fn a_vm_dropped_into_a_base_folder_is_adopted_and_a_copy_is_known() {
     assert_eq!((r.item.as_path(), r.what.as_str()), (moved.as_path(), "make a leaf of base \"B\" of the VM"));
     let copied = nl("B", "Copy.vmwarevm");
     sim.create(&copied, Look::fake(true, &[], false));
+    // Its files' events may come before the watch of the new folder, so none are seen here:
+    // the folder's own creation tells a copy from a move.
     sim.fs.insert(copied.clone(), vm(8));
-    sim.event(EventKind::Create(CreateKind::File), &[&copied.join("VM.vmdk")]);
-    sim.event(EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)), &[&copied.join("VM.vmdk")]);
     sim.advance(SETTLE + SETTLE);
     assert_eq!(sim.running, [adopt(&copied, true)]);
     sim.finish(&adopt(&copied, true), done(None));

@@ -35,6 +35,7 @@ use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
 use crate::library::{BASES, Base, Library, Options, STATE, validate_name};
 use crate::platform::{self, Tag};
+use crate::progress::{Progress, meter};
 use crate::testing::fault;
 
 fault::steps!("adopt" {
@@ -253,7 +254,7 @@ pub(crate) fn adopt(lib: &Library, req: Request, opts: &Options) -> Result<Adopt
     step(Step::Journaled);
     let ctx = Ctx { lib, id: id.clone(), same_library: true, format: journal::FORMAT };
     let places = Places::of(&ctx, &plan)?;
-    let disks = match stage(&plan, &places, &vm, req, opts) {
+    let disks = match stage(lib, &plan, &places, &vm, req, opts) {
         Ok(d) => d,
         Err(e) => return Err(undo_after(e, || undo(&ctx, &places, &plan).and_then(|()| journal.finish()))),
     };
@@ -640,11 +641,21 @@ struct Staged {
 }
 
 /// Builds the leaf in staging and reads it back. Returns how each disk fared.
-fn stage(plan: &Plan, places: &Places, vm: &Inspected, req: Request, opts: &Options) -> Result<Vec<DiskReport>> {
+fn stage(
+    lib: &Library,
+    plan: &Plan,
+    places: &Places,
+    vm: &Inspected,
+    req: Request,
+    opts: &Options,
+) -> Result<Vec<DiskReport>> {
     journal::create_work_dir(&places.staging, &plan.id, "staging")?;
     let mut staged = Vec::new();
     let mut reports = Vec::new();
     let mut written = 0;
+    let capacity = vm.disks.iter().filter(|d| d.base.is_some()).map(|d| d.disk.capacity() * 512).sum();
+    let progress =
+        Progress::start(lib, format!("comparing {} with base {}", vm.name, vm.base.record.name), &vm.bundle, capacity);
     for d in &vm.disks {
         let matched = match d.base {
             Some(i) => {
@@ -673,7 +684,9 @@ fn stage(plan: &Plan, places: &Places, vm: &Inspected, req: Request, opts: &Opti
     if let Err(e) = durable::set_tag(&places.staging, Tag::LinkedClone, true) {
         tracing::debug!("cannot tag {}: {e}", places.staging.display());
     }
+    progress.next(format!("checking the leaf made of {}", vm.name), written);
     read_back(places, &staged, opts)?;
+    drop(progress);
     durable::flush_tree(&places.staging, Flush::Order)?;
     // Nothing may have written into the VM meanwhile (VMware started it?).
     if fsutil::tree_state(&vm.bundle)? != vm.state {
@@ -853,6 +866,7 @@ fn read_back(places: &Places, staged: &[Staged], opts: &Options) -> Result<()> {
         let mut hashes = RegionHashes::default();
         Disk::open_alone(&env, &path)?.stored_grains(|offset, data| {
             hashes.add(offset, data);
+            meter::add(data.len() as u64);
             Ok(())
         })?;
         if hashes.finish() != s.hashes {

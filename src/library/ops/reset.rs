@@ -303,6 +303,9 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<PathBuf> {
         }
     }
     journal::remove_work_dir(ctx, &places.staging)?;
+    // What went into it is flushed before it moves, also when a process before this one moved
+    // it there and failed before its flush.
+    durable::flush_path(&places.aside, Flush::Order)?;
     step(Step::Swapped);
     // The stamp goes with it and is taken off in the Trash: a crash in between leaves a folder
     // recovery still knows as this reset's.

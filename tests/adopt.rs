@@ -406,3 +406,25 @@ fn a_dry_run_changes_nothing() {
     assert!(out.lines().any(|l| l.contains("sata0:0 Second.vmdk")), "{out}");
     assert!(out.contains("would keep about") && out.contains("free about"), "{out}");
 }
+
+/// `promote` undoes an adoption: the VM stands alone again, reads as it did, and keeps its own
+/// `.vmx` (whose name is not the leaf's), and the base no longer lists it.
+#[test]
+fn promote_undoes_an_adoption() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web 3");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    let saved = save(&lib, &copy, &["Virtual Disk.vmdk", "Second.vmdk"]);
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    lib.ok(&["promote", copy.to_str().unwrap()]);
+    for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+        let disk = copy.join(file);
+        assert_eq!(qemu_chain(&disk).len(), 1, "{file} still has a parent");
+        same_as_saved(&disk, saved);
+    }
+    let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
+    assert!(vmx.contains("scsi0:0.fileName = \"Virtual Disk.vmdk\""), "{vmx}");
+    assert!(!copy.join(".leafd").exists() && !copy.join("Web 3.vmx").exists());
+    assert!(leaf_list(&lib.base_dir(BASE)).is_empty());
+    lib.ok(&["verify"]);
+}

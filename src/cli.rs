@@ -11,7 +11,7 @@ use leafd_formats::clone::PathStyle;
 
 use crate::config::{Config, RootFrom};
 use crate::error::{Error, Exit, IoContext, Result};
-use crate::library::ops::{forget, make_base, new_leaf, promote, relink, remove_base, status, verify};
+use crate::library::ops::{adopt, forget, make_base, new_leaf, promote, relink, remove_base, reset, status, verify};
 use crate::library::{Library, Options, SnapshotBackend, journal, recovery};
 use crate::{agent, demo, logging, platform, progress, service};
 
@@ -83,6 +83,31 @@ enum Command {
     Promote {
         /// The leaf: its path, or its name in the library
         leaf: PathBuf,
+    },
+    /// Make a VM copied from a base a leaf of it, in place: only what differs stays its own
+    Adopt {
+        /// The VM: a .vmwarevm bundle or a folder holding one .vmx, on the base's volume
+        vm: PathBuf,
+        /// The base it was copied from
+        #[arg(long, value_name = "NAME")]
+        base: String,
+        /// The leaf's name (default: the bundle's; the VM keeps its display name unless given)
+        #[arg(long)]
+        name: Option<String>,
+        /// Change nothing: say, per disk, how much would be shared and freed
+        #[arg(long)]
+        dry_run: bool,
+        /// Adopt a VM that shares less than 10% of its data with the base
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a leaf's disks and EFI variables back to its snapshot Base (their changes to the Trash)
+    Reset {
+        /// The leaf: its path, or its name in the library
+        leaf: PathBuf,
+        /// Do not ask (needed where there is no terminal to ask on)
+        #[arg(long)]
+        yes: bool,
     },
     /// Remove a base no leaf depends on: to the Trash, under its own name (or deleted, --delete)
     RemoveBase {
@@ -361,6 +386,21 @@ fn run_on_library(command: Command, root: &Path, config: &Config) -> Result<Exit
         }),
         Command::Promote { leaf } => change(root, options(config, None), |lib, opts| {
             promote::promote(lib, &leaf, opts).map(|d| (d.to_string(), Vec::new()))
+        }),
+        Command::Adopt { vm, base, name, dry_run, force } => {
+            let req = adopt::Request { vm: &vm, base: &base, name: name.as_deref(), dry_run, force };
+            if dry_run {
+                // Nothing is changed: no recovery, no migration, no lock.
+                println!("{}", adopt::adopt(&Library::open_existing(root)?, req, &options(config, None))?);
+                return Ok(Exit::Success);
+            }
+            change(root, options(config, None), |lib, opts| {
+                adopt::adopt(lib, req, opts).map(|a| (a.to_string(), Vec::new()))
+            })
+        }
+        Command::Reset { leaf, yes } => change(root, options(config, None), |lib, opts| {
+            let confirmed = yes || confirm(&reset::question(lib, &leaf)?);
+            reset::reset(lib, &leaf, confirmed, opts).map(|r| (r.to_string(), Vec::new()))
         }),
         Command::RemoveBase { name, delete, yes } => {
             let how = if delete {

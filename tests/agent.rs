@@ -517,7 +517,9 @@ fn wrong_drops_get_a_note_beside_them_and_nothing_else() {
     let agent = Agent::start(&lib);
     let file = lib.root.join("New Leaf/Base/notes.txt");
     fs::write(&file, b"hello").unwrap();
+    // Files, but no VM (a VM dropped here is adopted: see the test below).
     let in_request = small("Ubuntu").build(lib.tmp.path()).unwrap();
+    fs::remove_file(in_request.join("Ubuntu.vmx")).unwrap();
     let in_request = {
         let at = lib.root.join("New Leaf/Base/Ubuntu.vmwarevm");
         fs::rename(&in_request, &at).unwrap();
@@ -541,7 +543,7 @@ fn wrong_drops_get_a_note_beside_them_and_nothing_else() {
     let told = || notes.iter().all(|n| n.exists()) && lines.iter().all(|l| said(&lib, l) > 0);
     assert!(agent.wait(Duration::from_secs(20), told), "{}", log_of(&lib));
     let text = |i: usize| fs::read_to_string(&notes[i]).unwrap();
-    assert!(text(0).contains("holds files") && text(0).contains("Make Base"), "{}", text(0));
+    assert!(text(0).contains("holds files but no VM") && text(0).contains("Make Base"), "{}", text(0));
     assert!(text(1).contains("one folder per base") && text(1).contains("Make Base"), "{}", text(1));
     assert!(text(2).contains("not valid text (UTF-8)"), "{}", text(2));
     assert_eq!(notes[2].file_name().unwrap().to_str(), Some("Caf\u{fffd}.vmwarevm - leafd error.txt"));
@@ -721,6 +723,44 @@ fn a_failure_whose_cause_goes_away_elsewhere_is_retried_by_the_timer() {
     assert!(agent.wait(Duration::from_secs(30), || is_leaf(&lib, "Web")), "{}", log_of(&lib));
     assert!(agent.wait(Duration::from_secs(5), || !note.exists()), "the note stayed");
     leaf_reads_base(&lib, "Web", &vm);
+}
+
+/// Issue 16: a VM copied from a base, dropped into the base's folder in New Leaf, is adopted as a
+/// leaf of it and ends up beside the other VMs, reading as it did. Moved in, nothing is said of
+/// an original; copied in, the log says the original is still where it was.
+#[test]
+fn a_vm_dropped_into_a_base_folder_in_new_leaf_is_adopted() {
+    let lib = Lib::new();
+    let vm = small("Base");
+    let bundle = vm.build(&lib.make_base_dir()).unwrap();
+    // Two hand copies, made before the base; one written to since.
+    let (moved, copied) = (lib.tmp.path().join("Web.vmwarevm"), lib.tmp.path().join("Db.vmwarevm"));
+    for to in [&moved, &copied] {
+        let o = run_tool("cp", &["-a", "--sparse=always", bundle.to_str().unwrap(), to.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    qemu_write(&moved.join("Virtual Disk.vmdk"), 3 << 20, 4096, 0x6b);
+    lib.ok(&["make-base", bundle.to_str().unwrap()]);
+    let agent = Agent::start(&lib);
+    fs::rename(&moved, lib.root.join("New Leaf/Base/Web.vmwarevm")).unwrap();
+    let o = run_tool("cp", &["-r", copied.to_str().unwrap(), lib.root.join("New Leaf/Base").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let adopted = || is_leaf(&lib, "Web") && is_leaf(&lib, "Db") && said(&lib, "adopted \"") == 2;
+    assert!(agent.wait(Duration::from_secs(30), adopted), "{}", log_of(&lib));
+    let line =
+        |name: &str| log_of(&lib).lines().find(|l| l.contains(&format!("adopted \"{name}\""))).unwrap().to_string();
+    assert!(line("Db").contains("copied into New Leaf"), "{}", line("Db"));
+    assert!(!line("Web").contains("copied into New Leaf"), "{}", line("Web"));
+    assert!(
+        !lib.root.join("New Leaf/Base/Web.vmwarevm").exists() && !lib.root.join("New Leaf/Base/Db.vmwarevm").exists()
+    );
+    assert!(copied.exists(), "the original of the copy is where it was");
+    let delta = lib.leaf_dir("Web").join("Virtual Disk-000001.vmdk");
+    qemu_read_pattern(&delta, 3 << 20, 4096, 0x6b).unwrap();
+    qemu_read_pattern(&delta, vm.disks[0].patterns[0].offset, 4096, vm.disks[0].patterns[0].byte).unwrap();
+    assert_eq!(leaf_list(&lib.base_dir("Base")).len(), 2);
+    assert_eq!(record(&lib.leaf_dir("Db"), "leaf")["vmx"], "Base.vmx", "the VM's .vmx keeps its name");
+    agent.stop();
 }
 
 /// A private session bus (`dbus-daemon --session`) with a stand-in for the desktop's notification

@@ -1,4 +1,4 @@
-//! Durability (docs/durability.md, issues 11 and 12), with the real binary on real files:
+//! Durability (docs/durability.md, issues 11, 12 and 16), with the real binary on real files:
 //!
 //! - the ordering rule checked on durable's trace (`LEAFD_IO_TRACE`) of every operation, of
 //!   verify's repairs, and of the recovery after a kill at every step;
@@ -24,7 +24,7 @@ use std::time::Duration;
 use common::trace::{self, Op};
 use common::*;
 use leafd::testing::{SampleDisk, SampleVm};
-use leafd::testing::{make_base, new_leaf, promote, remove_base};
+use leafd::testing::{adopt, make_base, new_leaf, promote, remove_base, reset};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
@@ -110,6 +110,12 @@ enum Action {
     Relink,
     /// Forget of a leaf deleted by hand.
     Forget,
+    /// Adopt, in place, of a hand copy of the base's VM (made before the base), used since.
+    Adopt,
+    /// Adopt of such a copy dropped into `New Leaf/<base>/`: it ends up beside the leaves.
+    AdoptDropped,
+    /// Reset of a used leaf: its deltas and .nvram back to the base's, the old ones to the Trash.
+    Reset,
 }
 
 /// A library set up for one run of an action, with what its source was before.
@@ -123,6 +129,8 @@ struct Scene {
     /// What the action changes, as it must be again when the action is undone.
     source: PathBuf,
     before: Vec<String>,
+    /// Raw images (QEMU's reading) of the disks the action must keep as they read (Adopt).
+    saved: Vec<PathBuf>,
 }
 
 /// `fingerprint_tree` without leafd's records, for trees whose records the action adds to.
@@ -154,6 +162,36 @@ fn base_and_leaf(lib: &Lib, vm: &SampleVm) -> PathBuf {
     let base = base_from(lib, vm);
     ok(lib, &["new-leaf", &vm.name, LEAF, "--snapshot", "native"]);
     base
+}
+
+/// A hand copy of the base's VM made before the base, used since: in place beside the leaves,
+/// or `dropped` into `New Leaf/<base>/`. The adopt command and the copy.
+fn adopt_scene(lib: &Lib, vm: &SampleVm, dropped: bool) -> (Vec<String>, PathBuf) {
+    let bundle = build(vm, &lib.make_base_dir());
+    let mut copy = lib.leaf_dir(LEAF);
+    let o = tool("cp", &["-a", "--sparse=always", bundle.to_str().unwrap(), copy.to_str().unwrap()]);
+    assert!(o.status.success(), "cp: {}", text(&o));
+    ok(lib, &["make-base", bundle.to_str().unwrap()]);
+    scribble(&copy, vm.disks.iter().map(|d| d.file.clone()));
+    if dropped {
+        let dropped = lib.root.join("New Leaf").join(BASE).join(format!("{LEAF}.vmwarevm"));
+        std::fs::rename(&copy, &dropped).unwrap();
+        copy = dropped;
+    }
+    (vec!["adopt".into(), copy.display().to_string(), "--base".into(), BASE.into()], copy)
+}
+
+/// A leaf used since it was made (its deltas written, its own .nvram): the reset command and
+/// the leaf.
+fn reset_scene(lib: &Lib, vm: &SampleVm) -> (Vec<String>, PathBuf) {
+    base_and_leaf(lib, vm);
+    let leaf = lib.leaf_dir(LEAF);
+    scribble(&leaf, vm.disks.iter().map(|d| format!("{}-000001.vmdk", stem(&d.file))));
+    {
+        let _forks = forks();
+        std::fs::write(leaf.join(format!("{LEAF}.nvram")), b"the leaf's own EFI variables").unwrap();
+    }
+    (vec!["reset".into(), LEAF.into(), "--yes".into()], leaf)
 }
 
 impl Scene {
@@ -212,9 +250,19 @@ impl Scene {
                 std::fs::remove_dir_all(lib.leaf_dir(LEAF)).unwrap();
                 (vec!["forget".into(), LEAF.into()], base)
             }
+            Action::Adopt | Action::AdoptDropped => adopt_scene(&lib, &vm, action == Action::AdoptDropped),
+            Action::Reset => reset_scene(&lib, &vm),
         };
         let before = fingerprint_tree(&source);
-        Scene { action, lib, other, vm, args, vmrun, source, before }
+        let saved = if matches!(action, Action::Adopt | Action::AdoptDropped) {
+            vm.disks
+                .iter()
+                .map(|d| raw_image(&source.join(&d.file), &lib.tmp.path().join(format!("{}.raw", d.file))))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Scene { action, lib, other, vm, args, vmrun, source, before, saved }
     }
 
     /// The action's command, with `env` added.
@@ -273,8 +321,10 @@ impl Scene {
     fn work_places(&self) -> Vec<PathBuf> {
         let mut v = vec![self.lib.root.clone(), self.lib.root.join("Bases"), self.lib.make_base_dir()];
         v.extend(self.other.as_ref().map(|o| o.path().to_path_buf()));
-        if self.action == Action::Relink {
-            v.push(self.source.parent().unwrap().to_path_buf());
+        match self.action {
+            Action::Relink | Action::AdoptDropped => v.push(self.source.parent().unwrap().to_path_buf()),
+            Action::Reset => v.push(self.source.clone()),
+            _ => {}
         }
         v
     }
@@ -318,6 +368,9 @@ impl Scene {
             Action::RemoveBase => !self.base().exists(),
             Action::Relink => record(&self.source, "leaf")["path"] == self.source.to_str().unwrap(),
             Action::Forget => leaf_list(&self.base()).is_empty(),
+            Action::Adopt | Action::AdoptDropped => self.lib.leaf_dir(LEAF).join(".leafd/leaf.json").exists(),
+            // The scribbled delta holds nothing of its own any more.
+            Action::Reset => own_data(&self.source.join(format!("{}-000001.vmdk", stem(&self.vm.disks[0].file)))) == 0,
         };
         if finished {
             self.finished(at);
@@ -343,6 +396,12 @@ impl Scene {
         }
         if self.action == Action::RemoveBase {
             assert!(self.lib.root.join("New Leaf").join(BASE).is_dir(), "{at}: the base's drop folder went");
+        }
+        if matches!(self.action, Action::Adopt | Action::AdoptDropped) {
+            assert!(leaf_list(&self.base()).is_empty(), "{at}: the base lists a leaf that is not there");
+        }
+        if self.action == Action::Reset {
+            assert!(trash_list(&self.lib.home()).is_empty(), "{at}: something went to the Trash");
         }
     }
 
@@ -397,6 +456,28 @@ impl Scene {
                 assert_eq!(entry["path"], self.source.to_str().unwrap(), "{at}: the base's list has the old place");
             }
             Action::Forget => {}
+            Action::Adopt | Action::AdoptDropped => {
+                let leaf = self.lib.leaf_dir(LEAF);
+                assert_eq!(record(&leaf, "leaf")["adopted"], true, "{at}: not recorded as adopted");
+                for (d, saved) in self.vm.disks.iter().zip(&self.saved) {
+                    let delta = leaf.join(format!("{}-000001.vmdk", stem(&d.file)));
+                    assert_eq!(chain(&delta).len(), 2, "{at}: {} is not a delta over a parent copy", delta.display());
+                    same_as_raw(&delta, saved, at);
+                }
+                assert_eq!(leaf_list(&self.base()).len(), 1, "{at}: the base does not list the leaf");
+                assert!(!self.source.exists() || self.source == leaf, "{at}: the dropped VM is still there");
+            }
+            Action::Reset => {
+                for d in &self.vm.disks {
+                    let delta = self.source.join(format!("{}-000001.vmdk", stem(&d.file)));
+                    assert_eq!(own_data(&delta), 0, "{at}: {} holds data of its own", delta.display());
+                    reads(&delta, d, at);
+                }
+                let nvram = std::fs::read(self.source.join(format!("{LEAF}.nvram"))).unwrap();
+                assert_eq!(nvram, std::fs::read(self.base().join(format!("{BASE}.nvram"))).unwrap(), "{at}: nvram");
+                let trashed = trash_list(&self.lib.home());
+                assert!(trashed.len() == 1 && trashed[0].starts_with(&self.source), "{at}: the Trash: {trashed:?}");
+            }
         }
         self.verifies(at);
     }
@@ -424,6 +505,39 @@ fn chain(top: &Path) -> Vec<serde_json::Value> {
 
 fn stem(file: &str) -> &str {
     file.strip_suffix(".vmdk").unwrap()
+}
+
+/// Writes into each disk `files` of `dir` where the sample has no data, so it holds data of its
+/// own.
+fn scribble(dir: &Path, files: impl Iterator<Item = String>) {
+    for (i, file) in files.enumerate() {
+        let cmd = format!("write -P 0x{:02x} {} 65536", 0x70 + i, MIB);
+        let o = tool("qemu-io", &["-f", "vmdk", "-c", &cmd, dir.join(file).to_str().unwrap()]);
+        assert!(o.status.success() && !text(&o).contains("failed"), "qemu-io write: {}", text(&o));
+    }
+}
+
+/// The disk at `top` read through its chain by QEMU into the raw image `out`.
+fn raw_image(top: &Path, out: &Path) -> PathBuf {
+    let o =
+        tool("qemu-img", &["convert", "-U", "-f", "vmdk", "-O", "raw", top.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(o.status.success(), "qemu-img convert {}: {}", top.display(), text(&o));
+    out.to_path_buf()
+}
+
+/// The chain at `top` reads, byte for byte, as the raw image `saved` (`qemu-img compare`).
+fn same_as_raw(top: &Path, saved: &Path, at: &str) {
+    let o =
+        tool("qemu-img", &["compare", "-U", "-f", "vmdk", "-F", "raw", top.to_str().unwrap(), saved.to_str().unwrap()]);
+    assert!(o.status.success(), "{at}: {} does not read as it did: {}", top.display(), text(&o));
+}
+
+/// Bytes of data the disk `top` holds itself (not its backing chain), as `qemu-img map` says.
+fn own_data(top: &Path) -> u64 {
+    let o = tool("qemu-img", &["map", "-U", "-f", "vmdk", "--output=json", top.to_str().unwrap()]);
+    assert!(o.status.success(), "qemu-img map {}: {}", top.display(), text(&o));
+    let map: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    map.iter().filter(|e| e["depth"] == 0 && e["data"] == true).map(|e| e["length"].as_u64().unwrap()).sum()
 }
 
 /// Every pattern of the sample disk `d` read through the chain at `top` by `qemu-io -r`, in one
@@ -528,6 +642,26 @@ fn expected(scene: &Scene) -> Expected {
             (vec![path_in(&scene.source, "Virtual Disk.vmdk"), path_in(&scene.source, ".leafd/leaf.json")], 3, false)
         }
         Action::Forget => (vec![], 1, false),
+        Action::Adopt | Action::AdoptDropped => (
+            vec![
+                path_in(root, ".leafd-adopt-*"),
+                path_in(root, &format!("{LEAF}.vmwarevm")),
+                path_in(&scene.base(), ".leafd/leaves/*"),
+            ],
+            10,
+            true,
+        ),
+        // The old files aside, the new in their places, the old ones' folder into the Trash.
+        Action::Reset => (
+            vec![
+                path_in(&scene.source, ".leafd-reset-*"),
+                path_in(&scene.source, "Virtual Disk-000001.vmdk"),
+                path_in(&scene.source, &format!("{LEAF}.nvram")),
+                path_in(&scene.lib.home(), &format!(".local/share/Trash/files/{LEAF} before reset *")),
+            ],
+            5,
+            true,
+        ),
     };
     Expected { renames_to, flushes, journaled }
 }
@@ -567,6 +701,13 @@ fn new_leaf_keeps_the_rule() {
 #[test]
 fn promote_keeps_the_rule() {
     rule_holds(Action::Promote);
+}
+
+#[test]
+fn adopt_and_reset_keep_the_rule() {
+    rule_holds(Action::Adopt);
+    rule_holds(Action::AdoptDropped);
+    rule_holds(Action::Reset);
 }
 
 #[test]
@@ -636,6 +777,7 @@ use Action::*;
 
 const MAKE_BASES: &[Action] = &[MakeBase, MakeBaseAcross, MakeBaseOfLeaf];
 const NEW_LEAVES: &[Action] = &[NewLeafNative, NewLeafVmrun];
+const ADOPTS: &[Action] = &[Adopt, AdoptDropped];
 
 /// A step and the actions that reach it.
 type Kill = (&'static str, &'static [Action]);
@@ -695,6 +837,28 @@ const KILLS: &[(&str, &[Kill])] = &[
             ("removed", &[RemoveBase]),
         ],
     ),
+    (
+        adopt::OP,
+        &[
+            ("journaled", ADOPTS),
+            ("compared", ADOPTS),
+            ("staged", ADOPTS),
+            ("set-aside", ADOPTS),
+            ("swapped", ADOPTS),
+            ("linked", ADOPTS),
+            ("cleaned", ADOPTS),
+        ],
+    ),
+    (
+        reset::OP,
+        &[
+            ("journaled", &[Reset]),
+            ("staged", &[Reset]),
+            ("committed", &[Reset]),
+            ("swapped", &[Reset]),
+            ("trashed", &[Reset]),
+        ],
+    ),
 ];
 
 #[test]
@@ -704,7 +868,10 @@ fn every_step_is_killed() {
         (new_leaf::OP, new_leaf::STEPS),
         (promote::OP, promote::STEPS),
         (remove_base::OP, remove_base::STEPS),
+        (adopt::OP, adopt::STEPS),
+        (reset::OP, reset::STEPS),
     ];
+    assert_eq!(declared.len(), KILLS.len(), "an operation is not killed here");
     for ((op, steps), (killed_op, kills)) in declared.iter().zip(KILLS) {
         assert_eq!(op, killed_op);
         let covered: Vec<&str> = kills.iter().map(|k| k.0).collect();
@@ -767,6 +934,16 @@ fn recovery_after_make_base_across_volumes_killed_keeps_the_rule() {
 #[test]
 fn recovery_after_new_leaf_killed_keeps_the_rule() {
     kill_every_step_of(new_leaf::OP, NEW_LEAVES);
+}
+
+#[test]
+fn recovery_after_adopt_killed_keeps_the_rule() {
+    kill_every_step_of(adopt::OP, ADOPTS);
+}
+
+#[test]
+fn recovery_after_reset_killed_keeps_the_rule() {
+    kill_every_step_of(reset::OP, &[Reset]);
 }
 
 #[test]
@@ -941,6 +1118,21 @@ fn new_leaf_with_vmrun_survives_an_error_at_every_call() {
 #[test]
 fn promote_survives_an_error_at_every_call() {
     every_call_fails_cleanly(Promote, 70);
+}
+
+#[test]
+fn adopt_survives_an_error_at_every_call() {
+    every_call_fails_cleanly(Adopt, 90);
+}
+
+#[test]
+fn adopt_of_a_dropped_vm_survives_an_error_at_every_call() {
+    every_call_fails_cleanly(AdoptDropped, 90);
+}
+
+#[test]
+fn reset_survives_an_error_at_every_call() {
+    every_call_fails_cleanly(Reset, 80);
 }
 
 #[test]

@@ -179,12 +179,21 @@ fn slowed(lib: &Lib, rate: u32, args: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn verify_deep_promote_and_a_flatten_show_progress_and_report_all_their_work() {
+fn verify_deep_promote_a_flatten_and_adopt_show_progress_and_report_all_their_work() {
     let lib = Lib::new();
     let mut vm = SampleVm::single(NAME, DiskType::SplitSparse, DATA + 16 * MIB);
     vm.disks[0].patterns = (0..DATA / (4 * MIB))
         .map(|i| leafd::testing::Pattern { offset: i * 4 * MIB, len: 4 * MIB - 4096, byte: (i % 200) as u8 + 1 })
         .collect();
+    // A hand copy of the VM made before it became a base (the same content), used since.
+    fs::create_dir(lib.tmp.path().join("copy")).unwrap();
+    let copy = vm.build(&lib.tmp.path().join("copy")).unwrap();
+    let copy = {
+        let to = lib.root.join("Copy.vmwarevm");
+        fs::rename(&copy, &to).unwrap();
+        to
+    };
+    qemu_write(&copy.join(&vm.disks[0].file), MIB, 4 * MIB, 0xee);
     lib.base_from(&vm);
     lib.ok(&["new-leaf", NAME, "Leaf", "--snapshot", "native"]);
     lib.ok(&["new-leaf", NAME, "Other", "--snapshot", "native"]);
@@ -194,6 +203,7 @@ fn verify_deep_promote_and_a_flatten_show_progress_and_report_all_their_work() {
         ("checking base Big", vec!["verify", "--deep"]),
         ("promoting Leaf", vec!["promote", "Leaf"]),
         ("flattening Other", vec!["make-base", other.to_str().unwrap()]),
+        ("comparing Copy with base Big", vec!["adopt", copy.to_str().unwrap(), "--base", NAME]),
     ];
     for (what, args) in cases {
         if what == "flattening Other" {

@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 
 use common::*;
 use leafd::testing::{SampleDisk, SampleVm};
-use leafd::testing::{make_base, new_leaf, promote, remove_base};
+use leafd::testing::{adopt, make_base, new_leaf, promote, remove_base, reset};
 use leafd_formats::disk::DiskType;
 
 const MIB: u64 = 1 << 20;
@@ -127,12 +127,17 @@ fn qemu_reads(path: &Path, d: &SampleDisk) {
     assert!(o.status.success() && !t.contains("fail") && !t.contains("error"), "{}: {t}", path.display());
 }
 
-/// `qemu-img compare` of a raw reference and a VMDK (chain).
-fn same_as(reference: &Path, disk: &Path) {
-    let o = run_tool(
+/// `qemu-img compare` of a raw reference and a VMDK (chain): exit 0 when they read the same.
+fn compare(reference: &Path, disk: &Path) -> Output {
+    run_tool(
         "qemu-img",
         &["compare", "-U", "-f", "raw", "-F", "vmdk", reference.to_str().unwrap(), disk.to_str().unwrap()],
-    );
+    )
+}
+
+/// [`compare`]: they must read the same.
+fn same_as(reference: &Path, disk: &Path) {
+    let o = compare(reference, disk);
     assert!(o.status.success(), "{} differs from {}: {}", disk.display(), reference.display(), text(&o));
 }
 
@@ -211,6 +216,10 @@ enum Op {
     /// Promote of a leaf relinked to a folder outside the library.
     PromoteOutside,
     RemoveBase,
+    /// `adopt lib/Web 1.vmwarevm --base Ubuntu`: a hand copy of the base's VM, used since.
+    Adopt,
+    /// `reset "Web 1" --yes` of a used leaf.
+    Reset,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +235,8 @@ impl Op {
             Op::NewLeaf | Op::NewLeafVmrun => new_leaf::OP,
             Op::Promote | Op::PromoteOutside => promote::OP,
             Op::RemoveBase => remove_base::OP,
+            Op::Adopt => adopt::OP,
+            Op::Reset => reset::OP,
         }
     }
 
@@ -240,14 +251,17 @@ impl Op {
             Op::NewLeaf | Op::NewLeafVmrun => new_leaf::STEPS.to_vec(),
             Op::Promote | Op::PromoteOutside => promote::STEPS.to_vec(),
             Op::RemoveBase => remove_base::STEPS.to_vec(),
+            Op::Adopt => adopt::STEPS.to_vec(),
+            Op::Reset => reset::STEPS.to_vec(),
         }
     }
 
     /// The first step after the commit point (docs/journal.md).
     fn commit(self) -> &'static str {
         match self.fault_op() {
-            "promote" => "set-aside",
+            "promote" | "adopt" => "set-aside",
             "remove-base" => "hidden",
+            "reset" => "committed",
             _ => "published",
         }
     }
@@ -287,6 +301,8 @@ fn every_step_of_every_operation_is_in_the_matrix() {
     assert_eq!(Op::NewLeaf.steps(), new_leaf::STEPS);
     assert_eq!(Op::Promote.steps(), promote::STEPS);
     assert_eq!(Op::RemoveBase.steps(), remove_base::STEPS);
+    assert_eq!(Op::Adopt.steps(), adopt::STEPS);
+    assert_eq!(Op::Reset.steps(), reset::STEPS);
 }
 
 /// One operation about to be killed, and what it must come back to.
@@ -381,6 +397,13 @@ impl Case {
                 base_from(&self.lib, &self.vm);
                 self.args = vec!["remove-base".into(), BASE.into(), "--yes".into()];
             }
+            Op::Adopt => self.setup_adopt(),
+            Op::Reset => {
+                base_from(&self.lib, &self.vm);
+                self.lib.ok(&["new-leaf", BASE, LEAF]);
+                self.scribble(&self.lib.leaf_dir(LEAF));
+                self.args = vec!["reset".into(), LEAF.into(), "--yes".into()];
+            }
         }
         if let Some(source) = self.source(self.root()) {
             self.before = tree(&source);
@@ -396,11 +419,27 @@ impl Case {
                 .iter()
                 .map(|d| {
                     let out = scratch.join(format!("{}.raw", d.file));
-                    to_raw(&leaf.join(delta_name(&d.file)), &out);
+                    // The VM to adopt is no leaf yet: its disks are its own.
+                    let disk = if self.op == Op::Adopt { d.file.clone() } else { delta_name(&d.file) };
+                    to_raw(&leaf.join(disk), &out);
                     out
                 })
                 .collect();
         }
+    }
+
+    /// A hand copy of the base's VM, made before the base, used since: the VM to adopt.
+    fn setup_adopt(&mut self) {
+        let bundle = self.vm.build(&self.lib.make_base_dir()).unwrap();
+        let copy = self.lib.leaf_dir(LEAF);
+        let o = run_tool("cp", &["-a", "--sparse=always", bundle.to_str().unwrap(), copy.to_str().unwrap()]);
+        assert!(o.status.success(), "cp: {}", text(&o));
+        let o = unless_busy(|| self.lib.run(&["make-base", bundle.to_str().unwrap()]));
+        assert!(o.status.success(), "make-base: {}", text(&o));
+        for (i, d) in self.vm.disks.iter().enumerate() {
+            qemu_write(&copy.join(&d.file), 128 * 1024, 4096, 0x70 + i as u8);
+        }
+        self.args = vec!["adopt".into(), copy.display().to_string(), "--base".into(), BASE.into()];
     }
 
     /// Writes into the leaf's deltas, so its content is its own and not the base's.
@@ -426,7 +465,7 @@ impl Case {
     fn leaf(&self, root: &Path) -> Option<PathBuf> {
         match self.op {
             Op::PromoteOutside => Some(self.elsewhere.join(format!("{LEAF}.vmwarevm"))),
-            Op::NewLeaf | Op::NewLeafVmrun | Op::Promote | Op::MakeBaseOfLeaf => {
+            Op::NewLeaf | Op::NewLeafVmrun | Op::Promote | Op::MakeBaseOfLeaf | Op::Adopt | Op::Reset => {
                 Some(root.join(format!("{LEAF}.vmwarevm")))
             }
             _ => None,
@@ -453,6 +492,8 @@ impl Case {
     fn work_places(&self, root: &Path) -> Vec<PathBuf> {
         let mut v = vec![root.to_path_buf(), root.join("Bases"), self.elsewhere.clone()];
         v.extend(self.other.as_ref().map(|o| o.path().to_path_buf()));
+        // A reset works inside the leaf.
+        v.extend(self.leaf(root).filter(|l| self.op == Op::Reset && l.is_dir()));
         v
     }
 
@@ -470,6 +511,8 @@ impl Case {
             ("promote", outcome) => self.check_promote(root, outcome, &what),
             ("remove-base", Outcome::Undone) => self.check_remove_base_undone(root),
             ("remove-base", Outcome::Finished) => self.check_remove_base_finished(root, &what),
+            ("adopt", outcome) => self.check_adopt(root, outcome, &what),
+            ("reset", outcome) => self.check_reset(root, outcome, &what),
             other => unreachable!("{other:?}"),
         }
         let copy = root.file_name().is_some_and(|n| n == "copy");
@@ -569,6 +612,50 @@ impl Case {
         }
         let listed = leaf_list(&root.join("Bases").join(BASE)).len();
         assert_eq!(listed, usize::from(!promoted), "{what}: the base's list of leaves");
+    }
+
+    /// The VM is a leaf now (adopted, listed, reading as it did through its deltas) or as it was.
+    fn check_adopt(&self, root: &Path, outcome: Outcome, what: &str) {
+        let leaf = self.leaf(root).unwrap();
+        let adopted = leaf.join(".leafd/leaf.json").exists();
+        assert_eq!(adopted, outcome == Outcome::Finished, "{what}: adopted is {adopted}");
+        for (d, r) in self.vm.disks.iter().zip(&self.refs) {
+            if adopted {
+                let delta = leaf.join(delta_name(&d.file));
+                assert_eq!(qemu_chain(&delta).len(), 2, "{what}: {} is not over a parent copy", delta.display());
+                same_as(r, &delta);
+            } else {
+                same_as(r, &leaf.join(&d.file));
+            }
+        }
+        if outcome == Outcome::Undone {
+            assert_eq!(tree(&leaf), self.before, "{what}: the VM is not as it was");
+        }
+        let listed = leaf_list(&root.join("Bases").join(BASE)).len();
+        assert_eq!(listed, usize::from(adopted), "{what}: the base's list of leaves");
+    }
+
+    /// The leaf's deltas hold nothing and read as the base, or it is as it was.
+    fn check_reset(&self, root: &Path, outcome: Outcome, what: &str) {
+        let leaf = self.leaf(root).unwrap();
+        for (d, r) in self.vm.disks.iter().zip(&self.refs) {
+            let delta = leaf.join(delta_name(&d.file));
+            if outcome == Outcome::Finished {
+                qemu_check(&delta);
+                qemu_reads(&delta, d);
+                assert_eq!(
+                    compare(r, &delta).status.code(),
+                    Some(1),
+                    "{what}: {} still reads as before",
+                    delta.display()
+                );
+            } else {
+                same_as(r, &delta);
+            }
+        }
+        if outcome == Outcome::Undone {
+            assert_eq!(tree(&leaf), self.before, "{what}: the leaf is not as it was");
+        }
     }
 
     /// The base is there and reads as before.
@@ -750,6 +837,16 @@ fn promote_in_a_moved_or_copied_library() {
 #[test]
 fn promote_of_a_leaf_outside_in_a_moved_or_copied_library() {
     matrix(Op::PromoteOutside);
+}
+
+#[test]
+fn adopt_in_a_moved_or_copied_library() {
+    matrix(Op::Adopt);
+}
+
+#[test]
+fn reset_in_a_moved_or_copied_library() {
+    matrix(Op::Reset);
 }
 
 #[test]

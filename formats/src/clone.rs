@@ -113,33 +113,36 @@ pub fn repoint(copy: &Descriptor, targets: &[PathBuf], from_dir: &Path, style: P
     Ok(new)
 }
 
+/// The sizes, in sectors, of the extents of a snapshot delta over `parent` (a parent copy of a
+/// base disk of type `base_type`): split like the base, or one extent for a monolithic base.
+pub fn delta_extents(parent: &Descriptor, base_type: DiskType) -> Vec<u64> {
+    if base_type.is_split() { parent.extents().map(|e| e.sectors).collect() } else { vec![parent.capacity()] }
+}
+
 /// What the snapshot delta `delta` over the parent copy named `parent_name` (in the same
-/// folder) is, split like the base: one sparse file for a monolithic base, else one sparse
-/// extent per extent of the parent.
+/// folder) is, with content ID `cid`: split like the base, one sparse file for a monolithic base.
 fn delta_spec<'a>(
     delta: &'a Path,
     parent_name: &'a str,
     parent: &Descriptor,
     base_type: DiskType,
+    cid: u32,
 ) -> Result<NewDisk<'a>> {
     let parent_cid = parent.cid().map_err(|m| Error::format(delta, format!("parent copy {m}")))?;
-    let (disk_type, extents) = if base_type.is_split() {
-        (DiskType::SplitSparse, parent.extents().map(|e| e.sectors).collect())
-    } else {
-        (DiskType::MonolithicSparse, vec![parent.capacity()])
-    };
+    let disk_type = if base_type.is_split() { DiskType::SplitSparse } else { DiskType::MonolithicSparse };
     Ok(NewDisk {
         path: delta,
         disk_type,
-        extents,
-        cid: NEW_DISK_CID,
+        extents: delta_extents(parent, base_type),
+        cid,
         parent: Some((parent_name, parent_cid)),
-        ddb: vec![("ddb.longContentID".into(), long_content_id(NEW_DISK_CID))],
+        ddb: vec![("ddb.longContentID".into(), long_content_id(cid))],
     })
 }
 
 /// Creates the snapshot delta `delta` over the parent copy named `parent_name` (see
-/// [`check_delta`]). Returns the files written.
+/// [`check_delta`]), empty, with the content ID VMware gives a disk never written. Returns the
+/// files written.
 pub fn create_delta(
     env: &Arc<dyn Env>,
     delta: &Path,
@@ -147,13 +150,25 @@ pub fn create_delta(
     parent: &Descriptor,
     base_type: DiskType,
 ) -> Result<Vec<PathBuf>> {
-    disk::create(env, &delta_spec(delta, parent_name, parent, base_type)?)
+    create_delta_with_cid(env, delta, parent_name, parent, base_type, NEW_DISK_CID)
+}
+
+/// [`create_delta`] with content ID `cid`: for a delta about to be filled with grains.
+pub fn create_delta_with_cid(
+    env: &Arc<dyn Env>,
+    delta: &Path,
+    parent_name: &str,
+    parent: &Descriptor,
+    base_type: DiskType,
+    cid: u32,
+) -> Result<Vec<PathBuf>> {
+    disk::create(env, &delta_spec(delta, parent_name, parent, base_type, cid)?)
 }
 
 /// Fails exactly where [`create_delta`] would fail to describe the delta, writing nothing: how
 /// Make Base refuses a disk that New Leaf could not serve.
 pub fn check_delta(delta: &Path, parent_name: &str, parent: &Descriptor, base_type: DiskType) -> Result<()> {
-    disk::describe(&delta_spec(delta, parent_name, parent, base_type)?).map(|_| ())
+    disk::describe(&delta_spec(delta, parent_name, parent, base_type, NEW_DISK_CID)?).map(|_| ())
 }
 
 /// The delta file name VMware uses for the first snapshot of `<stem>.vmdk`.

@@ -520,6 +520,44 @@ impl Disk {
         Ok(())
     }
 
+    /// Forgets the grain tables this disk and its parents have read so far: a read of a whole
+    /// disk, front to back, calls this now and then to keep one table per extent in memory.
+    pub fn forget_tables(&self) {
+        for e in &self.extents {
+            if let Data::Sparse(s) = &e.data {
+                s.forget_tables();
+            }
+        }
+        if let Some(p) = &self.parent {
+            p.forget_tables();
+        }
+    }
+
+    /// Every grain this disk itself stores (never its parent's), in order: its byte offset in
+    /// the virtual disk and its bytes (the last grain of an extent cut at the extent's end).
+    /// Reads each grain table once and keeps none. A disk with a flat extent stores every byte,
+    /// and is refused: this is for reading a snapshot delta back.
+    pub fn stored_grains(&self, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+        let mut buf = Vec::new();
+        for e in &self.extents {
+            let s = match &e.data {
+                Data::Sparse(s) => s,
+                Data::Zero => continue,
+                Data::Flat { path, .. } => {
+                    return Err(Error::unsupported(path, "a flat extent is not a snapshot delta's"));
+                }
+            };
+            let grain = s.header.grain_size;
+            s.stored_grains(|index, at| {
+                let len = (e.sectors - index * grain).min(grain) * SECTOR;
+                buf.resize(len as usize, 0);
+                s.read_grain(at, 0, &mut buf)?;
+                f((e.start + index * grain) * SECTOR, &buf)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Flushes every writable extent of this disk.
     pub fn sync(&self) -> Result<()> {
         for e in &self.extents {

@@ -6,14 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::disk::{self, Disk, DiskType, NewDisk};
-use crate::env::{self, Env, check_cancelled};
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::env::{Env, check_cancelled};
+use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{long_content_id, random_cid};
-use crate::sparse::{GRAIN_SECTORS, GTES_PER_GT, Layout, SECTOR};
+use crate::sparse::{GRAIN_SECTORS, GrainWriter, SECTOR};
 
 const GRAIN: u64 = GRAIN_SECTORS * SECTOR;
-/// Grains gathered before one write.
-const BATCH: usize = 32;
 
 /// The disk at the bottom of `d`'s chain (the base), whose DDB holds geometry and adapter.
 fn root(d: &Disk) -> &Disk {
@@ -115,33 +113,9 @@ fn check_same(env: &Arc<dyn Env>, src: &Disk, dst: &Path) -> Result<()> {
 
 /// Copies the chain's grains for sectors `[start, start + sectors)` into the empty extent `path`.
 fn fill_extent(env: &Arc<dyn Env>, src: &Disk, start: u64, sectors: u64, path: &Path, embedded: bool) -> Result<()> {
-    let file = env.open(path, true).at(path, "cannot open new extent")?;
-    let write = |data: &[u8], offset: u64| env::write_at(env, &file, path, data, offset);
-    let layout = Layout::new(sectors, embedded);
-    // One grain table in memory at a time: each is written (both copies) once its grains are.
-    let per_table = GTES_PER_GT as u64;
-    let mut table = vec![0u32; per_table as usize];
-    let mut table_index = 0u64;
-    let write_table = |index: u64, table: &[u32]| -> Result<()> {
-        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-        for dir in [layout.rgd_offset, layout.gd_offset] {
-            let at = (dir + layout.gd_sectors + index * per_table * 4 / SECTOR) * SECTOR;
-            write(&bytes, at).at(path, "cannot write grain tables")?;
-        }
-        Ok(())
-    };
-    let mut next = layout.overhead;
-    let mut batch: Vec<u8> = Vec::with_capacity(BATCH * GRAIN as usize);
-    let mut batch_at = next;
+    let mut writer = GrainWriter::open(env, path, sectors, embedded)?;
     let mut grain = vec![0u8; GRAIN as usize];
     for g in 0..sectors.div_ceil(GRAIN_SECTORS) {
-        if g / per_table != table_index {
-            if table.iter().any(|&e| e != 0) {
-                write_table(table_index, &table)?;
-                table.fill(0);
-            }
-            table_index = g / per_table;
-        }
         let offset = (start + g * GRAIN_SECTORS) * SECTOR;
         let len = ((sectors - g * GRAIN_SECTORS) * SECTOR).min(GRAIN);
         if !src.has_data(offset, len)? {
@@ -154,22 +128,9 @@ fn fill_extent(env: &Arc<dyn Env>, src: &Disk, start: u64, sectors: u64, path: &
         if grain.iter().all(|&b| b == 0) {
             continue;
         }
-        let sector =
-            u32::try_from(next).map_err(|_| Error::format(path, "extent too large for 32-bit grain offsets"))?;
-        table[(g % per_table) as usize] = sector;
-        batch.extend_from_slice(&grain);
-        next += GRAIN_SECTORS;
-        if batch.len() >= BATCH * GRAIN as usize {
-            write(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
-            batch.clear();
-            batch_at = next;
-        }
+        writer.push(g, &grain)?;
     }
-    write(&batch, batch_at * SECTOR).at(path, "cannot write grains")?;
-    if table.iter().any(|&e| e != 0) {
-        write_table(table_index, &table)?;
-    }
-    env.flush(&file, path).at(path, "cannot flush new extent")
+    writer.finish()
 }
 
 #[cfg(test)]

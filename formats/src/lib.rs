@@ -3,6 +3,7 @@
 //! - [`descriptor`]: the text that names a disk's extents, CID and parent;
 //! - [`sparse`]: hosted sparse extents (`KDMV`): layout, creation, grains;
 //! - [`clone`]: the parent copy and delta that make a linked clone;
+//! - [`compare`]: a disk compared with the base it was copied from, and the delta it needs;
 //! - [`disk`]: whole disks and snapshot chains, read and written through;
 //! - [`flatten`]: a chain written out as one standalone disk;
 //! - [`dict`]: `key = "value"` files (`.vmx`, `.vmsd`);
@@ -14,6 +15,7 @@
 //! naming their file, or [`ParseError`]s for text parsed from memory.
 
 pub mod clone;
+pub mod compare;
 pub mod descriptor;
 pub mod dict;
 pub mod disk;

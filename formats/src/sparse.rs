@@ -300,6 +300,101 @@ pub fn create_empty(env: &Arc<dyn Env>, path: &Path, capacity: u64, embedded_des
     Ok(file)
 }
 
+/// Grains gathered before one write.
+const BATCH: usize = 32;
+
+/// Writes grains, in increasing order, into an empty extent as [`create_empty`] lays it out:
+/// each grain appended after the last (gathered into batches, one write each), and each grain
+/// table written, both copies, once its grains are. One grain table is in memory at a time.
+pub struct GrainWriter {
+    env: Arc<dyn Env>,
+    file: File,
+    path: PathBuf,
+    layout: Layout,
+    table: Vec<u32>,
+    table_index: u64,
+    /// The sector the next grain goes to.
+    next: u64,
+    batch: Vec<u8>,
+    batch_at: u64,
+}
+
+impl GrainWriter {
+    /// Opens the empty extent `path` of `sectors` sectors (with room for an embedded descriptor
+    /// when `embedded`) to write its grains.
+    pub fn open(env: &Arc<dyn Env>, path: &Path, sectors: u64, embedded: bool) -> Result<GrainWriter> {
+        let file = env.open(path, true).at(path, "cannot open new extent")?;
+        let layout = Layout::new(sectors, embedded);
+        Ok(GrainWriter {
+            env: env.clone(),
+            file,
+            path: path.to_path_buf(),
+            layout,
+            table: vec![0; GTES_PER_GT as usize],
+            table_index: 0,
+            next: layout.overhead,
+            batch: Vec::with_capacity(BATCH * (GRAIN_SECTORS * SECTOR) as usize),
+            batch_at: layout.overhead,
+        })
+    }
+
+    /// Writes `data` as grain `index` of the extent: a whole grain, or less for the extent's
+    /// last grain (the rest of it is zeros). Indices must increase from one call to the next.
+    pub fn push(&mut self, index: u64, data: &[u8]) -> Result<()> {
+        let grain = (GRAIN_SECTORS * SECTOR) as usize;
+        let per_table = GTES_PER_GT as u64;
+        if data.len() > grain || index / per_table < self.table_index {
+            return Err(Error::new(ErrorKind::Io, &self.path, "grains must be written whole and in order"));
+        }
+        if index / per_table != self.table_index {
+            self.write_table()?;
+            self.table_index = index / per_table;
+        }
+        let sector = u32::try_from(self.next)
+            .map_err(|_| Error::format(&self.path, "extent too large for 32-bit grain offsets"))?;
+        self.table[(index % per_table) as usize] = sector;
+        self.batch.extend_from_slice(data);
+        self.batch.resize(self.batch.len() + grain - data.len(), 0);
+        self.next += GRAIN_SECTORS;
+        if self.batch.len() >= BATCH * grain {
+            self.write_batch()?;
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self) -> Result<()> {
+        if !self.batch.is_empty() {
+            env::write_at(&self.env, &self.file, &self.path, &self.batch, self.batch_at * SECTOR)
+                .at(&self.path, "cannot write grains")?;
+            self.batch.clear();
+        }
+        self.batch_at = self.next;
+        Ok(())
+    }
+
+    /// Writes the current grain table (both copies), if it has any grain, and empties it.
+    fn write_table(&mut self) -> Result<()> {
+        if self.table.iter().all(|&e| e == 0) {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = self.table.iter().flat_map(|e| e.to_le_bytes()).collect();
+        let per_table = GTES_PER_GT as u64;
+        for dir in [self.layout.rgd_offset, self.layout.gd_offset] {
+            let at = (dir + self.layout.gd_sectors + self.table_index * per_table * 4 / SECTOR) * SECTOR;
+            env::write_at(&self.env, &self.file, &self.path, &bytes, at).at(&self.path, "cannot write grain tables")?;
+        }
+        self.table.fill(0);
+        Ok(())
+    }
+
+    /// Writes what is left and flushes the extent.
+    pub fn finish(mut self) -> Result<()> {
+        self.write_batch()?;
+        self.write_table()?;
+        self.env.flush(&self.file, &self.path).at(&self.path, "cannot flush new extent")
+    }
+}
+
 /// Where a grain's data is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grain {
@@ -511,10 +606,35 @@ impl SparseExtent {
     /// directories survived. Reads each grain table once; the data is not read.
     pub fn check_grains(&self) -> Result<()> {
         let file_len = *lock(&self.file_len);
+        self.each_entry(|grain_index, entry| {
+            let first = grain_index * self.header.grain_size;
+            // The last grain may be cut at the end of the capacity.
+            let used = (self.header.capacity - first).min(self.header.grain_size) * SECTOR;
+            if entry as u64 * SECTOR + used > file_len {
+                return Err(Error::format(
+                    &self.path,
+                    format!("grain {grain_index} lies past the end of the file ({file_len} bytes): truncated?"),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    /// Every grain the extent stores, in order: its index and its sector in the file (zeroed
+    /// grains, which store nothing, left out). Reads each grain table once and keeps none, so
+    /// memory does not grow with the extent.
+    pub fn stored_grains(&self, mut f: impl FnMut(u64, u64) -> Result<()>) -> Result<()> {
+        self.each_entry(|grain_index, entry| f(grain_index, entry as u64))
+    }
+
+    /// Calls `f` with the index and entry of every grain the tables say is stored (neither
+    /// unallocated nor zeroed), in order, each table checked to lie inside the file. Tables that
+    /// lie back to back (as writers lay them out) are read together: one small read per table
+    /// made a walk of a large extent grow with its capacity.
+    fn each_entry(&self, mut f: impl FnMut(u64, u32) -> Result<()>) -> Result<()> {
+        let file_len = *lock(&self.file_len);
         let per_table = self.header.num_gtes_per_gt as u64;
         let table_bytes = per_table * 4;
-        // Tables that lie back to back (as writers lay them out) are read together: the check
-        // runs on every Make Base, and one small read per table made it grow with the capacity.
         const RUN: u64 = 256;
         let count = self.header.num_gts();
         let mut raw = Vec::new();
@@ -545,26 +665,21 @@ impl SparseExtent {
             for (i, chunk) in raw.chunks_exact(4).enumerate() {
                 let entry = u32_at(chunk, 0);
                 let zero = entry == 1 && self.header.zeroed_gte();
-                if entry == 0 || zero {
+                let grain_index = gt * per_table + i as u64;
+                // Entries past the capacity are never read.
+                if entry == 0 || zero || grain_index * self.header.grain_size >= self.header.capacity {
                     continue;
                 }
-                let grain_index = gt * per_table + i as u64;
-                let first = grain_index * self.header.grain_size;
-                if first >= self.header.capacity {
-                    continue; // never read
-                }
-                // The last grain may be cut at the end of the capacity.
-                let used = (self.header.capacity - first).min(self.header.grain_size) * SECTOR;
-                if entry as u64 * SECTOR + used > file_len {
-                    return Err(Error::format(
-                        &self.path,
-                        format!("grain {grain_index} lies past the end of the file ({file_len} bytes): truncated?"),
-                    ));
-                }
+                f(grain_index, entry)?;
             }
             gt += run;
         }
         Ok(())
+    }
+
+    /// Forgets the grain tables read so far (a long sequential read keeps one at a time).
+    pub fn forget_tables(&self) {
+        lock(&self.tables).clear();
     }
 
     fn write(&self, data: &[u8], offset: u64) -> std::io::Result<()> {

@@ -25,6 +25,10 @@ pub(crate) enum Request {
     MakeBase,
     /// A folder `New Leaf/<base>/<name>`.
     NewLeaf { base: String },
+    /// A VM bundle dropped into `New Leaf/<base>/`: a job's request only, never an item's (the
+    /// item is a New Leaf request that holds a VM). `copied`: it arrived by a copy (files were
+    /// written into it), so the VM it was copied from is still where it was.
+    Adopt { base: String, copied: bool },
     /// Something in `New Leaf/` that is not a base's folder: never an operation's, only a note.
     Misplaced,
 }
@@ -174,6 +178,16 @@ impl Look {
         self.entries[0].dir
     }
 
+    /// A folder holding one `.vmx` (of any name), beside anything else: a VM bundle.
+    pub(crate) fn holds_a_vm(&self) -> bool {
+        let top_vmx = |e: &&Entry| {
+            !e.dir
+                && e.path.components().count() == 1
+                && e.path.extension().is_some_and(|x| x.eq_ignore_ascii_case("vmx"))
+        };
+        self.is_dir() && self.entries[1..].iter().filter(top_vmx).count() == 1
+    }
+
     /// A folder holding nothing but hidden files (Finder's `.DS_Store`, say).
     pub(crate) fn is_empty_folder(&self) -> bool {
         self.is_dir()
@@ -277,6 +291,8 @@ pub(crate) struct Item {
     retry_at: Option<Instant>,
     /// This attempt came from the timer, not from a change.
     pub(crate) retrying: bool,
+    /// Files were made or written under it (it arrived by a copy, not by a move).
+    pub(crate) written: bool,
 }
 
 impl Item {
@@ -293,6 +309,7 @@ impl Item {
             last_error: None,
             retry_at: None,
             retrying: false,
+            written: false,
         }
     }
 

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use super::items::Request;
 use crate::error::{Error, Kind};
-use crate::library::ops::{make_base, new_leaf};
+use crate::library::ops::{adopt, make_base, new_leaf};
 use crate::library::{Library, Options, bundle_stem, recovery};
 
 /// Jobs running at once, at most.
@@ -37,7 +37,9 @@ impl Job {
     fn key(&self) -> Key {
         match self {
             Job::Recover => Key::Recovery,
-            Job::Item { request: Request::NewLeaf { base }, .. } => Key::Base(base.clone()),
+            Job::Item { request: Request::NewLeaf { base } | Request::Adopt { base, .. }, .. } => {
+                Key::Base(base.clone())
+            }
             Job::Item { item, .. } => Key::Base(bundle_stem(&file_name(item)).to_string()),
         }
     }
@@ -166,6 +168,19 @@ fn operate(lib: &Library, opts: &Options, job: &Job) -> Outcome {
                 line: made.to_string(),
                 warnings: made.warnings.clone(),
                 base: None,
+            });
+            (result, None)
+        }
+        Job::Item { item, request: Request::Adopt { base, copied } } => {
+            let req = adopt::Request { vm: item, base, name: None, dry_run: false, force: false };
+            let result = adopt::adopt(lib, req, opts).map(|a| {
+                let mut line = a.to_string();
+                if *copied {
+                    line.push_str(
+                        "; it was copied into New Leaf, so the VM it was copied from is still where it was (delete it to free its space)",
+                    );
+                }
+                Done { line, warnings: Vec::new(), base: None }
             });
             (result, None)
         }

@@ -217,9 +217,19 @@ impl Core {
         // Opening or reading changes nothing, and the agent's own looks cause them (inotify
         // reports opens): they must not restart the wait.
         if !e.kind.is_access() {
+            // An item made here, or a file made or written inside it: it is arriving by a copy
+            // (a move shows as a rename of the item alone). The item's own creation counts, as
+            // the files a copy makes right after it can come before the watch of its folder.
+            let written = matches!(e.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)));
             for p in &e.paths {
                 // Timed when seen: every create, rename or write restarts its item's wait.
                 unknown |= self.touch(p, now);
+                if written
+                    && let Some((item, _)) = self.folders.item_for(p, &self.bases)
+                    && let Some(i) = self.items.get_mut(&item)
+                {
+                    i.written = true;
+                }
             }
         }
         match (e.need_rescan(), unknown) {
@@ -375,7 +385,7 @@ impl Core {
     fn ready(&mut self, path: PathBuf, now: Instant) -> Vec<Action> {
         let Some(item) = self.items.get_mut(&path) else { return Vec::new() };
         let Some((look, _)) = item.last_look.clone() else { return Vec::new() };
-        match go(&path, &item.request, &look) {
+        match go(&path, &item.request, &look, item.written) {
             Go::Run(job) => {
                 tracing::debug!("{} is ready", self.shown(&path));
                 let mut actions = vec![Action::Untag(path)];
@@ -504,7 +514,7 @@ enum Go {
     Refuse(Error),
 }
 
-fn go(path: &Path, request: &Request, look: &Look) -> Go {
+fn go(path: &Path, request: &Request, look: &Look, written: bool) -> Go {
     const NOTHING_INSIDE: &str = "leafd touches nothing inside it";
     if path.file_name().and_then(|n| n.to_str()).is_none() {
         return Go::Refuse(
@@ -520,12 +530,21 @@ fn go(path: &Path, request: &Request, look: &Look) -> Go {
             )),
         ),
         Request::NewLeaf { .. } if !look.is_dir() => Go::Ignore,
+        // A VM dropped into a base's folder: adopted as a leaf of it.
+        Request::NewLeaf { base } if look.holds_a_vm() => Go::Run(Job::Item {
+            item: path.to_path_buf(),
+            request: Request::Adopt { base: base.clone(), copied: written },
+        }),
         Request::NewLeaf { .. } if !look.is_empty_folder() => Go::Refuse(
-            Error::refused(path, "this folder holds files; a New Leaf request is an empty folder named after the leaf")
-                .fix(format!(
-                    "to make a base of a VM, move it into Make Base; to make a leaf, create an empty folder here. \
-                     No leaf is made from this folder, and {NOTHING_INSIDE}"
-                )),
+            Error::refused(
+                path,
+                "this folder holds files but no VM (one .vmx); a New Leaf request is an empty folder named after the leaf",
+            )
+            .fix(format!(
+                "to make a base of a VM, move it into Make Base; to make a leaf, create an empty folder here; a VM \
+                 copied from this base, dropped here, becomes a leaf of it. No leaf is made from this folder, and \
+                 {NOTHING_INSIDE}"
+            )),
         ),
         _ => Go::Run(Job::Item { item: path.to_path_buf(), request: request.clone() }),
     }
@@ -536,6 +555,7 @@ fn what(request: &Request) -> String {
     match request {
         Request::MakeBase => "make a base from".into(),
         Request::NewLeaf { base } => format!("make a leaf of base {base:?} from"),
+        Request::Adopt { base, .. } => format!("make a leaf of base {base:?} of the VM"),
         Request::Misplaced => "use".into(),
     }
 }

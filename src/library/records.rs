@@ -159,6 +159,10 @@ pub(crate) struct LeafRecord {
     /// `native` or `vmrun`: who took the snapshot.
     pub(crate) snapshot: String,
     pub(crate) disks: Vec<LeafDisk>,
+    /// The leaf is a VM that was copied from the base and adopted (`leafd adopt`), not made by
+    /// New Leaf: its snapshot "Base" is the base's state, not the state it was adopted in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) adopted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +173,17 @@ pub(crate) struct LeafDisk {
     /// The leaf's own delta, relative to the leaf bundle.
     pub(crate) delta: String,
     pub(crate) parent_cid: String,
+    /// The base disk's node, when it is not the leaf's (an adopted VM's disk matched to the
+    /// base's only disk of its capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) base_node: Option<String>,
+}
+
+impl LeafDisk {
+    /// The node of the base disk this disk's parent copy is a copy of.
+    pub(crate) fn base_node(&self) -> &str {
+        self.base_node.as_deref().unwrap_or(&self.node)
+    }
 }
 
 pub(crate) fn base_file(store: &Path) -> PathBuf {
@@ -598,6 +613,7 @@ impl From<V1Leaf> for LeafRecord {
             created: v.created,
             snapshot: v.snapshot,
             disks: v.disks,
+            adopted: false,
         }
     }
 }

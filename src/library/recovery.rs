@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::journal::{self, Claimed, Ctx, LPath};
-use super::ops::{make_base, new_leaf, promote, remove_base};
+use super::ops::{adopt, make_base, new_leaf, promote, remove_base, reset};
 use super::records::{FORMAT, LeafRef, V1Base};
 use super::{Library, Options};
 use crate::error::{Error, Kind, Result};
@@ -98,6 +98,8 @@ fn recover_one(lib: &Library, claimed: &Claimed, opts: &Options) -> Result<Strin
         make_base::OP => make_base::recover(&ctx, &journal::plan(plan, hint)?, opts),
         new_leaf::OP => new_leaf::recover(&ctx, &journal::plan(plan, hint)?),
         promote::OP => promote::recover(&ctx, &journal::plan(plan, hint)?),
+        adopt::OP => adopt::recover(&ctx, &journal::plan(plan, hint)?),
+        reset::OP => reset::recover(&ctx, &journal::plan(plan, hint)?),
         remove_base::OP => remove_base::recover(&ctx, &journal::plan(plan, hint)?),
         other => Err(unknown(hint, other)),
     }

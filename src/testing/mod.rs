@@ -32,6 +32,16 @@ pub mod promote {
 }
 
 /// See [`make_base`](crate::testing::make_base).
+pub mod adopt {
+    pub use crate::library::ops::adopt::{OP, STEPS};
+}
+
+/// See [`make_base`](crate::testing::make_base).
+pub mod reset {
+    pub use crate::library::ops::reset::{OP, STEPS};
+}
+
+/// See [`make_base`](crate::testing::make_base).
 pub mod remove_base {
     pub use crate::library::ops::remove_base::{OP, STEPS};
 }

@@ -413,13 +413,14 @@ fn a_file_in_a_bases_folder_is_ignored() {
     assert!(sim.reports.is_empty());
 }
 
-/// Issues 10.10 and 12.6: a VM dropped into a base's folder in New Leaf waits like a Make Base
-/// drop, is refused with a note, and never becomes a leaf (nor does its retry timer make one).
+/// Issues 10.10 and 12.6: a folder of files (no VM) dropped into a base's folder in New Leaf
+/// waits like a Make Base drop, is refused with a note, and never becomes a leaf (nor does its
+/// retry timer make one).
 #[test]
 fn a_request_folder_holding_files_is_refused_with_a_note_and_never_made() {
     let mut sim = Sim::new(&["B"]);
     let drop = nl("B", "Ubuntu.vmwarevm");
-    sim.create(&drop, vm(8));
+    sim.create(&drop, Look::fake(true, &[("VM.vmdk", 8), ("notes.txt", 3)], false));
     sim.advance(SETTLE - Duration::from_millis(1));
     assert!(sim.reports.is_empty(), "a folder with files waits the settle period");
     sim.advance(Duration::from_millis(1));
@@ -534,8 +535,8 @@ fn an_item_changed_while_its_job_runs_is_looked_at_again_afterwards() {
     sim.create(&web, empty());
     sim.advance(QUIET);
     // New Leaf left the folder in place: files were copied into it meanwhile.
-    sim.fs.insert(web.clone(), vm(8));
-    sim.event(EventKind::Create(CreateKind::File), &[&web.join("VM.vmx")]);
+    sim.fs.insert(web.clone(), Look::fake(true, &[("VM.vmdk", 8)], false));
+    sim.event(EventKind::Create(CreateKind::File), &[&web.join("VM.vmdk")]);
     sim.finish(&leaf(&web), done(None));
     sim.advance(SETTLE);
     assert_eq!(sim.reports.len(), 1, "the files are told about");
@@ -663,4 +664,40 @@ fn an_item_that_changed_while_its_job_failed_is_tried_again() {
     assert_eq!(sim.reports.len(), 1);
     sim.advance(SETTLE);
     assert_eq!(sim.started_at(&base(&drop)), [SETTLE, SETTLE * 2]);
+}
+
+/// Issue 16: a VM (a folder holding one .vmx) dropped into a base's folder in New Leaf waits
+/// like a Make Base drop and is adopted as a leaf of that base; moved in, it was no copy; copied
+/// in (its folder made there), the job knows, and says so. Two .vmx are no VM.
+#[test]
+fn a_vm_dropped_into_a_base_folder_is_adopted_and_a_copy_is_known() {
+    let mut sim = Sim::new(&["B"]);
+    let moved = nl("B", "Web.vmwarevm");
+    sim.move_in(&moved, vm(8));
+    sim.advance(SETTLE - Duration::from_millis(1));
+    assert!(sim.running.is_empty(), "a VM waits the settle period");
+    sim.advance(Duration::from_millis(1));
+    let adopt = |item: &Path, copied: bool| Job::Item {
+        item: item.to_path_buf(),
+        request: Request::Adopt { base: "B".into(), copied },
+    };
+    assert_eq!(sim.running, [adopt(&moved, false)]);
+    // Failed, the item is told it could not be adopted; jobs on one base run one at a time.
+    sim.finish(&adopt(&moved, false), refused(&moved, "the VM is running"));
+    let r = sim.reports.last().unwrap();
+    assert_eq!((r.item.as_path(), r.what.as_str()), (moved.as_path(), "make a leaf of base \"B\" of the VM"));
+    let copied = nl("B", "Copy.vmwarevm");
+    sim.create(&copied, Look::fake(true, &[], false));
+    // Its files' events may come before the watch of the new folder, so none are seen here:
+    // the folder's own creation tells a copy from a move.
+    sim.fs.insert(copied.clone(), vm(8));
+    sim.advance(SETTLE + SETTLE);
+    assert_eq!(sim.running, [adopt(&copied, true)]);
+    sim.finish(&adopt(&copied, true), done(None));
+    let two = nl("B", "Two.vmwarevm");
+    sim.move_in(&two, Look::fake(true, &[("A.vmx", 1), ("B.vmx", 1)], false));
+    sim.advance(SETTLE + SETTLE);
+    assert!(sim.running.is_empty(), "two .vmx are no VM");
+    let r = sim.reports.last().unwrap();
+    assert!(r.item == two && r.error.message.contains("holds files but no VM"), "{r:?}");
 }

@@ -10,7 +10,7 @@ use leafd_formats::dict::Dict;
 use leafd_formats::disk::Disk;
 
 use crate::error::{Error, IoContext, Result};
-use crate::library::bundle_stem;
+use crate::library::{Base, Leaf, Options, bundle_stem};
 
 /// `40.0 GiB`, `512 KiB`, `12 B`.
 pub(crate) fn human_bytes(n: u64) -> String {
@@ -151,4 +151,42 @@ pub(crate) fn plain_entries(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(entries)
+}
+
+/// Refuses a leaf that is not as leafd made it: running or suspended, or with snapshots the user
+/// took in VMware since (its disks on newer deltas, or more snapshots than "Base"), which
+/// promoting or resetting it would lose. `then` ends the fix: what to do once they are gone.
+pub(crate) fn refuse_own_snapshots(leaf: &Leaf, then: &str) -> Result<()> {
+    let vmx_path = leaf.vmx_path();
+    let vmx = read_dict(&vmx_path)?;
+    refuse_unsafe_state(&vmx_path, &vmx, &crate::fsutil::walk(&leaf.dir)?)?;
+    for d in &leaf.record.disks {
+        let now = vmx.get(&format!("{}.fileName", d.node)).unwrap_or_default();
+        if now != d.delta {
+            return Err(Error::refused(
+                &vmx_path,
+                format!(
+                    "disk {} is on {now}, not on the leaf's delta {}: the VM has snapshots of its own",
+                    d.node, d.delta
+                ),
+            )
+            .fix(format!("delete the VM's own snapshots in VMware (keep \"Base\"), {then}")));
+        }
+    }
+    let vmsd_path = vmx_path.with_extension("vmsd");
+    if let Ok(vmsd) = read_dict(&vmsd_path)
+        && vmsd.get("snapshot.numSnapshots").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1) > 1
+    {
+        return Err(Error::refused(&vmsd_path, "the VM has snapshots of its own besides \"Base\"")
+            .fix(format!("delete them in VMware (keep \"Base\"), {then}")));
+    }
+    Ok(())
+}
+
+/// The base's `.nvram` (EFI boot entries), when it has one: named by its `.vmx` (`base_vmx`)
+/// like the disks, in the `.vmx`'s code page or in UTF-8 after a copy from Windows.
+pub(crate) fn base_nvram(base_vmx: &Dict, base: &Base, opts: &Options) -> Option<PathBuf> {
+    let stem = base.record.vmx.trim_end_matches(crate::library::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
+    let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
+    leafd_formats::disk::find(&opts.env(), &base.dir, &base_vmx.name(&nvram)).filter(|p| p.is_file())
 }

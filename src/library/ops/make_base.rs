@@ -645,7 +645,7 @@ fn repoint_parent_copies(
 ) -> Result<Vec<Repointed>> {
     let mut out = Vec::new();
     for d in &leaf.disks {
-        let Some(bd) = base.record.disks.iter().find(|b| b.node == d.node) else { continue };
+        let Some(bd) = base.record.disks.iter().find(|b| b.node == d.base_node()) else { continue };
         let copy_path = bundle.join(&d.parent_copy);
         let Ok((copy, _)) = read_descriptor(env, &copy_path) else { continue };
         let base_disk = Disk::open_alone(env, &base.descriptor_path(bd))?;
@@ -671,7 +671,7 @@ fn open_chain(
     let direct = Disk::open(env, path).map_err(Error::from);
     let (Err(_), Some((leaf, base))) = (&direct, origin) else { return direct };
     let Some(d) = leaf.disks.iter().find(|d| bundle.join(&d.delta) == path) else { return direct };
-    let Some(bd) = base.record.disks.iter().find(|b| b.node == d.node) else { return direct };
+    let Some(bd) = base.record.disks.iter().find(|b| b.node == d.base_node()) else { return direct };
     let base_disk = Disk::open(env, &base.descriptor_path(bd))?;
     let copy_path = bundle.join(&d.parent_copy);
     let (copy, _) = read_descriptor(env, &copy_path)?;

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use leafd_formats::clone::{create_delta, delta_name, parent_copy};
 use leafd_formats::descriptor::Descriptor;
 use leafd_formats::dict::Dict;
-use leafd_formats::disk::{self, Disk, DiskType, resolve};
+use leafd_formats::disk::{Disk, DiskType, resolve};
 use leafd_formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use super::common::{cid_hex, disk_cid, human_bytes, human_duration, read_dict};
+use super::common::{base_nvram, cid_hex, disk_cid, human_bytes, human_duration, read_dict};
 use crate::child;
 use crate::durable::{self, Flush};
 use crate::error::{Error, Kind, Result, undo_after};
@@ -288,8 +288,10 @@ fn build_files(
                 parent_copy: str_of(rel),
                 delta: str_of(delta),
                 parent_cid: cid_hex(copy.cid().unwrap_or(0)),
+                base_node: None,
             })
             .collect(),
+        adopted: false,
     };
     records::write_leaf(staging, &record)?;
     if let Err(e) = durable::set_tag(staging, Tag::LinkedClone, true) {
@@ -380,11 +382,7 @@ fn snapshot_natively(
 
 /// Copies the base's `.nvram` (EFI boot entries) under the leaf's name, when the base has one.
 fn copy_nvram(base_vmx: &Dict, base: &Base, staging: &Path, name: &str, opts: &Options) -> Result<()> {
-    let stem = base.record.vmx.trim_end_matches(crate::library::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
-    let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
-    // Named like the disks: in the .vmx's code page, or in UTF-8 after a copy from Windows.
-    let Some(from) = disk::find(&opts.env(), &base.dir, &base_vmx.name(&nvram)) else { return Ok(()) };
-    if from.is_file() {
+    if let Some(from) = base_nvram(base_vmx, base, opts) {
         durable::copy_file(&from, &staging.join(format!("{name}.nvram")), &opts.cancel)?;
     }
     Ok(())

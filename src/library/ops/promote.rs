@@ -13,7 +13,7 @@ use leafd_formats::disk::Disk;
 use leafd_formats::flatten::{self, flatten};
 use serde::{Deserialize, Serialize};
 
-use super::common::{free_space, human_bytes, human_duration, read_dict, refuse_unsafe_state};
+use super::common::{free_space, human_bytes, human_duration, read_dict, refuse_own_snapshots};
 use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Kind, Result, undo_after};
 use crate::fsutil;
@@ -97,41 +97,13 @@ fn chain_files(leaf: &Path, record: &LeafRecord, opts: &Options) -> Result<Vec<P
     Ok(out)
 }
 
-/// Only the leaf as leafd made it may be promoted: one snapshot, "Base", each disk on its delta.
-/// Snapshots the user took since would be lost by flattening the delta under them.
-fn refuse_own_snapshots(leaf: &Leaf) -> Result<()> {
-    let vmx_path = leaf.vmx_path();
-    let vmx = read_dict(&vmx_path)?;
-    refuse_unsafe_state(&vmx_path, &vmx, &fsutil::walk(&leaf.dir)?)?;
-    for d in &leaf.record.disks {
-        let now = vmx.get(&format!("{}.fileName", d.node)).unwrap_or_default();
-        if now != d.delta {
-            return Err(Error::refused(
-                &vmx_path,
-                format!(
-                    "disk {} is on {now}, not on the leaf's delta {}: the VM has snapshots of its own",
-                    d.node, d.delta
-                ),
-            )
-            .fix("delete the VM's own snapshots in VMware (keep \"Base\"), then promote it"));
-        }
-    }
-    let vmsd_path = vmx_path.with_extension("vmsd");
-    if let Ok(vmsd) = read_dict(&vmsd_path)
-        && vmsd.get("snapshot.numSnapshots").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1) > 1
-    {
-        return Err(Error::refused(&vmsd_path, "the VM has snapshots of its own besides \"Base\"")
-            .fix("delete them in VMware (keep \"Base\"), then promote it"));
-    }
-    Ok(())
-}
-
 /// Promotes the leaf `arg` (a path, or a leaf name in the library).
 pub(crate) fn promote(lib: &Library, arg: &Path, opts: &Options) -> Result<Promoted> {
     let start = Instant::now();
     let leaf = lib.find_leaf(arg)?;
     let record = leaf.record.clone();
-    refuse_own_snapshots(&leaf)?;
+    // Snapshots the user took since would be lost by flattening the delta under them.
+    refuse_own_snapshots(&leaf, "then promote it")?;
     let env = opts.env();
     let mut chains = Vec::new();
     let mut needed = 0u64;

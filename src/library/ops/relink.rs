@@ -58,7 +58,7 @@ fn find_base(lib: &Library, leaf: &Leaf, copies: &[Descriptor]) -> Result<Base> 
                 let long_id = read_descriptor(&env, &b.descriptor_path(bd))
                     .ok()
                     .and_then(|(bdesc, _)| bdesc.ddb(LONG_ID).zip(c.ddb(LONG_ID)).map(|(ours, theirs)| ours == theirs));
-                bd.node == d.node
+                bd.node == d.base_node()
                     && Some(bd.cid.as_str()) == c.header("CID")
                     && bd.capacity == c.capacity()
                     && long_id != Some(false)
@@ -118,7 +118,7 @@ pub(crate) fn relink(lib: &Library, arg: &Path, opts: &Options) -> Result<Relink
     let style = if leaf.dir.starts_with(lib.root()) { opts.path_style } else { PathStyle::Absolute };
     let mut plans = Vec::new();
     for (d, (path, copy)) in leaf.record.disks.iter().zip(&copies) {
-        let bd = base.record.disks.iter().find(|b| b.node == d.node).ok_or_else(|| {
+        let bd = base.record.disks.iter().find(|b| b.node == d.base_node()).ok_or_else(|| {
             Error::refused(
                 &base.dir,
                 format!("base {:?} has no disk {} for leaf {:?}", base.record.name, d.node, leaf.record.name),

@@ -570,10 +570,10 @@ fn check_leaf(env: &Arc<dyn Env>, leaf: &Leaf, bases: &[Base], report: &mut Repo
             );
             continue;
         };
-        let Some(base_disk) = base.record.disks.iter().find(|b| b.node == d.node) else {
+        let Some(base_disk) = base.record.disks.iter().find(|b| b.node == d.base_node()) else {
             report.problem(
                 &delta,
-                format!("base {:?} has no disk {}", base.record.name, d.node),
+                format!("base {:?} has no disk {}", base.record.name, d.base_node()),
                 "run `leafd relink` on the leaf",
             );
             continue;
@@ -647,17 +647,20 @@ fn rebuild_leaf(env: &Arc<dyn Env>, dir: &Path, bases: &[Base]) -> Option<LeafRe
     let mut disks = Vec::new();
     for entry in vmx::disks(&vmx) {
         let chain = Disk::open(env, &resolve(dir, &entry.file_name)).ok()?;
-        let copy = chain.parent()?;
-        let (b, _) = by_extents.get(&extent_keys(copy))?;
+        // A disk of its own beside the linked ones (an adopted VM's disk the base had no match
+        // for) stays out of the record.
+        let Some(copy) = chain.parent() else { continue };
+        let (b, bd) = by_extents.get(&extent_keys(copy))?;
         if base.is_some_and(|x: &Base| x.record.id != b.record.id) {
             return None;
         }
         base = Some(*b);
         disks.push(LeafDisk {
-            node: entry.node,
             parent_copy: copy.path().strip_prefix(dir).ok()?.to_string_lossy().into_owned(),
             delta: entry.file_name,
             parent_cid: cid_hex(copy.descriptor.cid().ok()?),
+            base_node: (bd.node != entry.node).then(|| bd.node.clone()),
+            node: entry.node,
         });
     }
     let base = base?;
@@ -674,6 +677,7 @@ fn rebuild_leaf(env: &Arc<dyn Env>, dir: &Path, bases: &[Base]) -> Option<LeafRe
         created: known.map_or_else(records::now, |r| r.created),
         snapshot: "native".into(),
         disks,
+        adopted: false,
     })
 }
 

@@ -1,0 +1,430 @@
+//! Adopt (issue 16): a hand copy of a VM that was then made a base, written to since, becomes a
+//! leaf of that base, in place, and reads byte for byte as it did; what it refuses, untouched;
+//! `--dry-run`; the Finder drop into `New Leaf/<base>/`; and reset, which puts a leaf back to its
+//! snapshot Base. Every check is made with independent readers (`qemu-img compare`, `qemu-io -r`,
+//! `qemu-img map`) on the real binary's results.
+
+#![allow(unused_crate_dependencies)] // every dependency of the package reaches every test binary
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure panics, saying why
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use leafd::testing::{SampleDisk, SampleVm};
+use leafd_formats::disk::DiskType;
+
+const MIB: u64 = 1 << 20;
+const GRAIN: u64 = 64 << 10;
+const BASE: &str = "Ubuntu";
+
+/// Sectors of the split disk: extents of 8,192 and a last one of 752, which is not a whole grain
+/// (752 = 5 x 128 + 112, as 210,672 is 1,645 x 128 + 112 in a real P2V disk).
+const SPLIT_SECTORS: u64 = 2 * 8192 + 752;
+const SPLIT_BYTES: u64 = SPLIT_SECTORS * 512;
+
+/// A split disk whose last extent is not a whole grain, and a monolithic one.
+fn vm(name: &str) -> SampleVm {
+    let mut split = SampleDisk::new("scsi0:0", "Virtual Disk.vmdk", DiskType::SplitSparse, SPLIT_BYTES);
+    split.split_sectors = 8192;
+    split.patterns = leafd::testing::standard_patterns(SPLIT_BYTES, 8192 * 512);
+    SampleVm {
+        name: name.into(),
+        disks: vec![split, SampleDisk::new("sata0:0", "Second.vmdk", DiskType::MonolithicSparse, 4 * MIB)],
+    }
+}
+
+/// `cp -a --sparse=always`, as a person copies a VM.
+fn cp(from: &Path, to: &Path) {
+    let o = run_tool("cp", &["-a", "--sparse=always", from.to_str().unwrap(), to.to_str().unwrap()]);
+    assert!(o.status.success(), "cp: {}", text(&o));
+}
+
+/// A VM built in `Make Base/`, copied by hand to `<dir>/<copy>.vmwarevm` first, then made the
+/// base: returns the copy.
+fn hand_copy(lib: &Lib, vm: &SampleVm, dir: &Path, copy: &str) -> PathBuf {
+    let bundle = vm.build(&lib.make_base_dir()).unwrap();
+    let to = dir.join(format!("{copy}.vmwarevm"));
+    cp(&bundle, &to);
+    lib.ok(&["make-base", bundle.to_str().unwrap(), "--name", BASE]);
+    to
+}
+
+/// Writes `(offset, len, byte)` into the VM's disk `file` with QEMU (the VM is used).
+fn use_disk(vm: &Path, file: &str, writes: &[(u64, u64, u8)]) {
+    for &(offset, len, byte) in writes {
+        qemu_write(&vm.join(file), offset, len, byte);
+    }
+}
+
+/// Compacts a VM's monolithic disk as VMware's disk tool does: grains of zeros are no longer
+/// stored (here by `qemu-img convert`, which leaves them out).
+fn compact(disk: &Path) {
+    // Under its own name (its embedded descriptor names its file), in a folder of its own.
+    let dir = disk.parent().unwrap().join("compacted");
+    fs::create_dir(&dir).unwrap();
+    let tmp = dir.join(disk.file_name().unwrap());
+    let (from, to) = (disk.to_str().unwrap(), tmp.to_str().unwrap());
+    let o =
+        run_tool("qemu-img", &["convert", "-f", "vmdk", "-O", "vmdk", "-o", "subformat=monolithicSparse", from, to]);
+    assert!(o.status.success(), "qemu-img convert: {}", text(&o));
+    fs::rename(&tmp, disk).unwrap();
+    fs::remove_dir(&dir).unwrap();
+}
+
+/// Raw images of the VM's disks as QEMU reads them, saved beside the library.
+fn save(lib: &Lib, vm: &Path, files: &[&str]) -> Vec<PathBuf> {
+    let dir = lib.tmp.path().join("saved");
+    fs::create_dir_all(&dir).unwrap();
+    files
+        .iter()
+        .map(|f| {
+            let out = dir.join(format!("{f}.raw"));
+            let o = run_tool(
+                "qemu-img",
+                &["convert", "-U", "-f", "vmdk", "-O", "raw", vm.join(f).to_str().unwrap(), out.to_str().unwrap()],
+            );
+            assert!(o.status.success(), "qemu-img convert: {}", text(&o));
+            out
+        })
+        .collect()
+}
+
+/// `qemu-img compare` of the chain at `top` with a saved raw image: every byte equal.
+fn same_as_saved(top: &Path, saved: &Path) {
+    let o = run_tool(
+        "qemu-img",
+        &["compare", "-U", "-f", "vmdk", "-F", "raw", top.to_str().unwrap(), saved.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{} differs from {}: {}", top.display(), saved.display(), text(&o));
+}
+
+/// Bytes of data the disk `top` holds itself (not its backing chain), as `qemu-img map` says.
+fn own_data(top: &Path) -> u64 {
+    let o = run_tool("qemu-img", &["map", "-U", "-f", "vmdk", "--output=json", top.to_str().unwrap()]);
+    assert!(o.status.success(), "qemu-img map: {}", text(&o));
+    let map: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    map.iter().filter(|e| e["depth"] == 0 && e["data"] == true).map(|e| e["length"].as_u64().unwrap()).sum()
+}
+
+fn delta(file: &str) -> String {
+    format!("{}-000001.vmdk", file.strip_suffix(".vmdk").unwrap())
+}
+
+/// The writes the tests make: within a grain, across a grain boundary, across the split disk's
+/// first extent end, zeros over the base's data, and the disk's last bytes (a short grain).
+const WRITES: &[(u64, u64, u8)] = &[
+    (3 * GRAIN + 100, 1000, 0xa1),
+    (20 * GRAIN - 512, 1024, 0xa2),
+    (4 * MIB - 4096, 8192, 0xa3),
+    (0, 4096, 0x00),
+    (SPLIT_BYTES - 512, 512, 0xa5),
+];
+
+#[test]
+fn a_hand_copy_made_a_base_and_used_since_becomes_a_leaf_that_reads_as_it_did() {
+    let lib = Lib::new();
+    let vm = vm("Web 3");
+    let copy = hand_copy(&lib, &vm, &lib.root, "Web 3");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    use_disk(&copy, "Second.vmdk", &[(MIB, 3 * GRAIN, 0xb1), (0, GRAIN, 0)]);
+    compact(&copy.join("Second.vmdk"));
+    let saved = save(&lib, &copy, &["Virtual Disk.vmdk", "Second.vmdk"]);
+    let base = lib.base_dir(BASE);
+    let base_before = vm_files(&base);
+    let vmx_before = fs::read_to_string(copy.join("Web 3.vmx")).unwrap();
+    let nvram = fs::read(copy.join("Web 3.nvram")).unwrap();
+
+    let out = lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    assert!(out.contains("adopted \"Web 3\" as a leaf of \"Ubuntu\"") && out.contains("of its own"), "{out}");
+
+    for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+        let top = copy.join(delta(file));
+        qemu_check(&top);
+        same_as_saved(&top, saved);
+        // The delta over the parent copy, whose extents are the base's files.
+        let chain = qemu_chain(&top);
+        assert_eq!(chain.len(), 2, "{file}: {chain:?}");
+        assert_eq!(chain[1]["filename"], copy.join(file).to_str().unwrap(), "{file}");
+    }
+    // The leaf's own data is the grains written, no more: grains 3, 19 and 20, and 0 (zeros over
+    // the base's data); the first extent's last grain and the second's first; the disk's short
+    // last grain (112 sectors).
+    let own = own_data(&copy.join(delta("Virtual Disk.vmdk")));
+    assert_eq!(own, 6 * GRAIN + 112 * 512, "own data of the split disk");
+    // The grains written, and the first, which the compacted disk no longer stores but the
+    // base does (written as zeros).
+    assert_eq!(own_data(&copy.join(delta("Second.vmdk"))), 4 * GRAIN);
+    assert_eq!(vm_files(&base), base_before, "the base's files changed");
+    // The same VM: its .vmx keeps its name and identity, its disks on the deltas; its own nvram.
+    let vmx = fs::read_to_string(copy.join("Web 3.vmx")).unwrap();
+    for key in ["uuid.bios", "uuid.location", "ethernet0.generatedAddress", "displayName", "vm.genid"] {
+        let line = |t: &str| t.lines().find(|l| l.starts_with(&format!("{key} "))).map(str::to_string);
+        assert_eq!(line(&vmx), line(&vmx_before), "{key}");
+    }
+    assert!(vmx.contains("scsi0:0.fileName = \"Virtual Disk-000001.vmdk\""), "{vmx}");
+    assert_eq!(fs::read(copy.join("Web 3.nvram")).unwrap(), nvram);
+    let vmsd = fs::read_to_string(copy.join("Web 3.vmsd")).unwrap();
+    assert!(vmsd.contains("snapshot0.displayName = \"Base\""), "{vmsd}");
+    let rec = record(&copy, "leaf");
+    assert_eq!((rec["vmx"].as_str(), rec["adopted"].as_bool()), (Some("Web 3.vmx"), Some(true)), "{rec}");
+    assert_eq!(leaf_list(&base).len(), 1);
+    assert!(leftovers(&lib.root).is_empty(), "{:?}", leftovers(&lib.root));
+    let status = lib.ok(&["status"]);
+    assert!(status.contains("Web 3"), "{status}");
+    lib.ok(&["verify"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reset
+
+/// A base of `vm("Ubuntu")` and a leaf "Leaf" of it, written to in both disks and its nvram.
+fn used_leaf(lib: &Lib) -> PathBuf {
+    let vm = vm(BASE);
+    lib.base_from(&vm);
+    lib.ok(&["new-leaf", BASE, "Leaf", "--snapshot", "native"]);
+    let leaf = lib.leaf_dir("Leaf");
+    use_disk(&leaf, &delta("Virtual Disk.vmdk"), WRITES);
+    use_disk(&leaf, &delta("Second.vmdk"), &[(MIB, 3 * GRAIN, 0xb1)]);
+    fs::write(leaf.join("Leaf.nvram"), b"the leaf's own EFI variables").unwrap();
+    leaf
+}
+
+/// `qemu-img compare` of the chain at `top` with the base's disk: every byte equal.
+fn reads_as_base(lib: &Lib, top: &Path, file: &str) {
+    let base = lib.base_dir(BASE).join(file);
+    let (top, base) = (top.to_str().unwrap(), base.to_str().unwrap());
+    let o = run_tool("qemu-img", &["compare", "-U", "-f", "vmdk", "-F", "vmdk", top, base]);
+    assert!(o.status.success(), "{top} does not read as the base: {}", text(&o));
+}
+
+#[test]
+fn reset_puts_a_leaf_back_to_its_snapshot_base_and_its_old_disks_in_the_trash() {
+    let lib = Lib::new();
+    let leaf = used_leaf(&lib);
+    let saved = save(&lib, &leaf, &[&delta("Virtual Disk.vmdk"), &delta("Second.vmdk")]);
+    let (vmx, vmsd) = (fs::read(leaf.join("Leaf.vmx")).unwrap(), fs::read(leaf.join("Leaf.vmsd")).unwrap());
+    let out = lib.ok(&["reset", "Leaf", "--yes"]);
+    assert!(out.contains("leaf \"Leaf\" reset to its snapshot Base") && out.contains("Trash"), "{out}");
+    for file in ["Virtual Disk.vmdk", "Second.vmdk"] {
+        let top = leaf.join(delta(file));
+        qemu_check(&top);
+        reads_as_base(&lib, &top, file);
+        assert_eq!(own_data(&top), 0, "{file}: the new delta holds data");
+    }
+    let base_nvram = fs::read(lib.base_dir(BASE).join(format!("{BASE}.nvram"))).unwrap();
+    assert_eq!(fs::read(leaf.join("Leaf.nvram")).unwrap(), base_nvram, "the nvram is not the base's");
+    assert_eq!((fs::read(leaf.join("Leaf.vmx")).unwrap(), fs::read(leaf.join("Leaf.vmsd")).unwrap()), (vmx, vmsd));
+    assert!(leftovers(&leaf).is_empty(), "{:?}", leftovers(&leaf));
+    lib.ok(&["verify"]);
+    // Undone as a person would: the Trash's item put back (trash-restore), its files over the new.
+    let listed = trash_list(&lib.home());
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].starts_with(&leaf), "{listed:?}");
+    trash_restore(&lib.home(), &listed[0]);
+    for p in walk(&listed[0]) {
+        fs::rename(&p, leaf.join(p.strip_prefix(&listed[0]).unwrap())).unwrap();
+    }
+    fs::remove_dir(&listed[0]).unwrap();
+    for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+        same_as_saved(&leaf.join(delta(file)), saved);
+    }
+    assert_eq!(fs::read(leaf.join("Leaf.nvram")).unwrap(), b"the leaf's own EFI variables");
+}
+
+#[test]
+fn reset_refuses_and_leaves_the_leaf_as_it_is() {
+    let lib = Lib::new();
+    let leaf = used_leaf(&lib);
+    let refused = |what: &str, args: &[&str], says: &[&str]| {
+        let before = fingerprint_tree(&leaf);
+        let o = lib.run(args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{what}: {t}");
+        for s in says {
+            assert!(t.contains(s), "{what}: {s:?} not in {t}");
+        }
+        assert_eq!(fingerprint_tree(&leaf), before, "{what}: the leaf changed");
+        assert!(trash_list(&lib.home()).is_empty(), "{what}: something went to the Trash");
+    };
+    // No terminal to ask on: --yes is needed.
+    refused("not confirmed", &["reset", "Leaf"], &["nobody confirmed it", "--yes"]);
+    fs::create_dir(leaf.join("Leaf.vmx.lck")).unwrap();
+    refused("running", &["reset", "Leaf", "--yes"], &["running"]);
+    fs::remove_dir(leaf.join("Leaf.vmx.lck")).unwrap();
+    fs::write(leaf.join("Leaf.vmss"), b"suspended").unwrap();
+    refused("suspended", &["reset", "Leaf", "--yes"], &["suspended"]);
+    fs::remove_file(leaf.join("Leaf.vmss")).unwrap();
+    // A snapshot taken in VMware: the disk on a newer delta over the leaf's.
+    let vmx = fs::read_to_string(leaf.join("Leaf.vmx")).unwrap();
+    fs::write(leaf.join("Leaf.vmx"), vmx.replace("Second-000001.vmdk", "Second-000002.vmdk")).unwrap();
+    refused("own snapshots", &["reset", "Leaf", "--yes"], &["snapshots of its own", "promote"]);
+    fs::write(leaf.join("Leaf.vmx"), &vmx).unwrap();
+    let base = lib.base_dir(BASE);
+    let away = lib.tmp.path().join("away");
+    fs::rename(&base, &away).unwrap();
+    refused("base missing", &["reset", "Leaf", "--yes"], &["base \"Ubuntu\" is not in the library"]);
+    fs::rename(&away, &base).unwrap();
+    lib.ok(&["reset", "Leaf", "--yes"]);
+}
+
+/// What a refused adoption must leave: the VM and the library as they were (the library's own
+/// locks and the log aside), and no working folder anywhere.
+fn refused(lib: &Lib, vm: &Path, args: &[&str], says: &[&str]) {
+    let tree = |p: &Path| {
+        let mut t = fingerprint_tree(p);
+        t.retain(|l| !l.contains("/.leafd/locks"));
+        t
+    };
+    let (vm_before, lib_before) = (tree(vm), tree(&lib.root));
+    let mut all = vec!["adopt", vm.to_str().unwrap(), "--base", BASE];
+    all.extend(args);
+    let o = lib.run(&all);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {t}");
+    for s in says {
+        assert!(t.contains(s), "{s:?} is not in: {t}");
+    }
+    assert_eq!(tree(vm), vm_before, "{says:?}: the VM changed");
+    assert_eq!(tree(&lib.root), lib_before, "{says:?}: the library changed");
+    assert!(leftovers(vm.parent().unwrap()).is_empty(), "{says:?}: {:?}", leftovers(vm.parent().unwrap()));
+}
+
+#[test]
+fn what_adopt_refuses_it_leaves_as_it_was() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    fs::create_dir(copy.join("Web.vmx.lck")).unwrap();
+    refused(&lib, &copy, &[], &["running"]);
+    fs::remove_dir(copy.join("Web.vmx.lck")).unwrap();
+    fs::write(copy.join("Web.vmss"), b"memory").unwrap();
+    refused(&lib, &copy, &[], &["suspended"]);
+    fs::remove_file(copy.join("Web.vmss")).unwrap();
+    fs::write(copy.join("Web.vmsd"), ".encoding = \"UTF-8\"\nsnapshot.numSnapshots = \"1\"\n").unwrap();
+    refused(&lib, &copy, &[], &["snapshots of its own", "full clone", "Delete"]);
+    fs::remove_file(copy.join("Web.vmsd")).unwrap();
+    // A snapshot's disk: the disk on a delta over it (as VMware leaves one).
+    let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
+    let o = run_tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            "Second.vmdk",
+            "-F",
+            "vmdk",
+            copy.join("Second-000001.vmdk").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    fs::write(copy.join("Web.vmx"), vmx.replace("\"Second.vmdk\"", "\"Second-000001.vmdk\"")).unwrap();
+    refused(&lib, &copy, &[], &["is a snapshot's", "snapshots of its own"]);
+    fs::write(copy.join("Web.vmx"), &vmx).unwrap();
+    fs::remove_file(copy.join("Second-000001.vmdk")).unwrap();
+    // leafd's records in it: a copy of a leaf (or of a base).
+    fs::create_dir(copy.join(".leafd")).unwrap();
+    refused(&lib, &copy, &[], &["leafd's records", "promote"]);
+    fs::remove_dir(copy.join(".leafd")).unwrap();
+    // Another base, whose disks have other capacities.
+    let other = SampleVm::single("Other", DiskType::MonolithicSparse, 2 * MIB);
+    lib.base_from(&other);
+    let o = lib.run(&["adopt", copy.to_str().unwrap(), "--base", "Other"]);
+    assert!(o.status.code() == Some(1) && text(&o).contains("none of the VM's disks"), "{}", text(&o));
+    // Another volume than the base's.
+    let volume = OtherVolume::new();
+    let away = volume.path().join("Web.vmwarevm");
+    cp(&copy, &away);
+    refused(&lib, &away, &[], &["another volume", "move the VM"]);
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+}
+
+/// A VM of the base's capacities but other data shares nothing with it: refused with what it
+/// would free, unless forced; forced, the leaf holds all of it and reads as the VM did.
+#[test]
+fn a_vm_sharing_little_with_the_base_is_refused_unless_forced() {
+    let lib = Lib::new();
+    lib.base_from(&vm(BASE));
+    let mut stranger = vm("Stranger");
+    for d in &mut stranger.disks {
+        for p in &mut d.patterns {
+            p.byte ^= 0xff;
+        }
+    }
+    let bundle = stranger.build(&lib.root).unwrap();
+    refused(&lib, &bundle, &[], &["shares only 0% of its", "adopting would free only 0 B", "--force"]);
+    let saved = save(&lib, &bundle, &["Virtual Disk.vmdk", "Second.vmdk"]);
+    lib.ok(&["adopt", bundle.to_str().unwrap(), "--base", BASE, "--force"]);
+    for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+        same_as_saved(&bundle.join(delta(file)), saved);
+    }
+}
+
+#[test]
+fn too_little_free_space_is_refused() {
+    let volume = OtherVolume::new();
+    let lib = Lib::new();
+    // The library on a volume of its own, nearly full.
+    let root = volume.path().join("library");
+    fs::create_dir_all(root.join("Make Base")).unwrap();
+    let small = Lib { root: root.canonicalize().unwrap(), tmp: tempfile::tempdir().unwrap() };
+    let copy = hand_copy(&small, &vm("Web"), &small.root, "Web");
+    let free = fs2_free(&small.root);
+    let filler = small.root.join("filler");
+    let o = run_tool("fallocate", &["-l", &(free - 32 * MIB).to_string(), filler.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    refused(&small, &copy, &[], &["too little free space", "free some space"]);
+    fs::remove_file(&filler).unwrap();
+    small.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    drop(lib);
+}
+
+/// Bytes free on the volume holding `dir`.
+fn fs2_free(dir: &Path) -> u64 {
+    let o = run_tool("df", &["--output=avail", "-B1", dir.to_str().unwrap()]);
+    String::from_utf8_lossy(&o.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// `--dry-run` says per disk what would be shared, freed and kept, and changes nothing (not even
+/// a lock file).
+#[test]
+fn a_dry_run_changes_nothing() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    let before = fingerprint_tree(&lib.root);
+    let out = lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE, "--dry-run"]);
+    assert_eq!(fingerprint_tree(&lib.root), before, "a dry run changed the library");
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+    let line = out.lines().find(|l| l.contains("scsi0:0 Virtual Disk.vmdk")).unwrap();
+    assert!(line.contains("the same as the base's (freed)") && line.contains("its own"), "{out}");
+    assert!(out.lines().any(|l| l.contains("sata0:0 Second.vmdk")), "{out}");
+    assert!(out.contains("would keep about") && out.contains("free about"), "{out}");
+}
+
+/// `promote` undoes an adoption: the VM stands alone again, reads as it did, and keeps its own
+/// `.vmx` (whose name is not the leaf's), and the base no longer lists it.
+#[test]
+fn promote_undoes_an_adoption() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web 3");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    let saved = save(&lib, &copy, &["Virtual Disk.vmdk", "Second.vmdk"]);
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    lib.ok(&["promote", copy.to_str().unwrap()]);
+    for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+        let disk = copy.join(file);
+        assert_eq!(qemu_chain(&disk).len(), 1, "{file} still has a parent");
+        same_as_saved(&disk, saved);
+    }
+    let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
+    assert!(vmx.contains("scsi0:0.fileName = \"Virtual Disk.vmdk\""), "{vmx}");
+    assert!(!copy.join(".leafd").exists() && !copy.join("Web 3.vmx").exists());
+    assert!(leaf_list(&lib.base_dir(BASE)).is_empty());
+    lib.ok(&["verify"]);
+}

@@ -428,3 +428,38 @@ fn promote_undoes_an_adoption() {
     assert!(leaf_list(&lib.base_dir(BASE)).is_empty());
     lib.ok(&["verify"]);
 }
+
+/// Attaches `file` to the VM as disk `node`.
+fn attach(vm: &Path, vmx: &str, node: &str, file: &str) {
+    let mut text = fs::read_to_string(vm.join(vmx)).unwrap();
+    text.push_str(&format!("{node}.fileName = \"{file}\"\n{node}.present = \"TRUE\"\n"));
+    fs::write(vm.join(vmx), text).unwrap();
+}
+
+/// A disk that shares a file with a matched disk, under another name (a link to it, or a
+/// descriptor of its own naming one of its extents), would lose that file with the matched
+/// disk's originals, or read as the base through the parent copy taking its name: refused,
+/// untouched, however the file is spelled.
+#[test]
+fn a_disk_sharing_a_file_with_a_matched_disk_is_refused() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
+    // The same disk attached again through a link: no base disk of its capacity is left for it.
+    std::os::unix::fs::symlink("Second.vmdk", copy.join("Alias.vmdk")).unwrap();
+    attach(&copy, "Web.vmx", "sata0:2", "Alias.vmdk");
+    refused(&lib, &copy, &[], &["sata0:2", "sata0:0", "Second.vmdk", "share"]);
+    fs::write(copy.join("Web.vmx"), &vmx).unwrap();
+    fs::remove_file(copy.join("Alias.vmdk")).unwrap();
+    // A descriptor of its own over the split disk's first extent (4 MiB, as Second.vmdk).
+    let part = "# Disk DescriptorFile\nversion=1\nCID=1234abcd\nparentCID=ffffffff\n\
+                createType=\"twoGbMaxExtentSparse\"\n\nRW 8192 SPARSE \"Virtual Disk-s001.vmdk\"\n\n\
+                ddb.adapterType = \"lsilogic\"\n";
+    fs::write(copy.join("Part.vmdk"), part).unwrap();
+    attach(&copy, "Web.vmx", "sata0:2", "Part.vmdk");
+    refused(&lib, &copy, &[], &["sata0:2", "scsi0:0", "Virtual Disk-s001.vmdk", "share"]);
+    fs::write(copy.join("Web.vmx"), &vmx).unwrap();
+    fs::remove_file(copy.join("Part.vmdk")).unwrap();
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+}

@@ -10,6 +10,7 @@
 //! commit point) and the staging takes its place; the base lists the leaf; the set-aside VM,
 //! which holds the original disk files, goes last. Nothing of the base is opened for writing.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -483,9 +484,11 @@ fn open_base_disks(base: &Base, opts: &Options) -> Result<Vec<(DiskRecord, Disk)
     Ok(out)
 }
 
-/// The VM's disks, each inside the bundle, whole, with a UTF-8 name.
+/// The VM's disks, each inside the bundle, whole, with a UTF-8 name, sharing no file with another.
 fn vm_disks(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path) -> Result<Vec<VmDisk>> {
     let mut out = Vec::new();
+    // Every file of the disks so far, by identity: its disk's node and the name it had there.
+    let mut seen: Vec<((u64, u64), String, PathBuf)> = Vec::new();
     for entry in vmx::disks(dict) {
         let outside = || {
             Error::refused(vmx, format!("disk {} ({}) is outside the bundle", entry.node, entry.file_name))
@@ -518,9 +521,25 @@ fn vm_disks(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path) -> Resul
         }
         let disk = Disk::open(env, &path).map_err(missing)?;
         disk.check_extents()?;
-        if out.iter().any(|d: &VmDisk| d.rel == rel) {
-            return Err(Error::refused(vmx, format!("disk {} is attached twice", entry.file_name))
-                .fix("remove one of the two in VMware's settings for the VM"));
+        // By identity, not by name: a link to a matched disk (or to one of its extents) would
+        // read as the base through the parent copy that takes its name, or lose what it names
+        // with the matched disk's original files.
+        for file in disk.files() {
+            let id = env.open(&file, false).and_then(|f| f.metadata()).at(&file, "cannot stat")?;
+            let id = (id.dev(), id.ino());
+            if let Some((_, node, other)) = seen.iter().find(|(i, ..)| *i == id) {
+                return Err(Error::refused(
+                    vmx,
+                    format!(
+                        "disk {} shares the file {} with disk {node} ({}): it is attached twice, or names the other disk's files",
+                        entry.node,
+                        file.strip_prefix(bundle).unwrap_or(&file).display(),
+                        other.strip_prefix(bundle).unwrap_or(other).display()
+                    ),
+                )
+                .fix("remove one of the two in VMware's settings for the VM (give each disk files of its own), then adopt it"));
+            }
+            seen.push((id, entry.node.clone(), file));
         }
         out.push(VmDisk { node: entry.node, rel, disk, base: None });
     }

@@ -463,3 +463,25 @@ fn a_disk_sharing_a_file_with_a_matched_disk_is_refused() {
     fs::remove_file(copy.join("Part.vmdk")).unwrap();
     lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
 }
+
+/// A leaf's name is what `reset`, `promote` and `verify` take: an adoption in place (wherever
+/// the VM is) under the name of a leaf the library has already is refused, or `leafd reset
+/// NAME` would reset one of the two, either.
+#[test]
+fn an_adoption_under_the_name_of_another_leaf_is_refused() {
+    let lib = Lib::new();
+    let vms = lib.root.join("vms");
+    fs::create_dir(&vms).unwrap();
+    let copy = hand_copy(&lib, &vm("Web"), &vms, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    lib.ok(&["new-leaf", BASE, "Web", "--snapshot", "native"]);
+    refused(&lib, &copy, &[], &["a leaf named \"Web\"", "--name"]);
+    refused(&lib, &copy, &["--name", "Web"], &["a leaf named \"Web\"", "--name"]);
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE, "--name", "Web 3"]);
+    let status = lib.ok(&["status"]);
+    assert!(status.contains("leaf \"Web 3\"") && status.contains("leaf \"Web\""), "{status}");
+    // And the other way: no adoption under the name of the leaf adopted in place, either.
+    let other = vm("Web 3").build(&vms).unwrap();
+    let o = lib.run(&["adopt", other.to_str().unwrap(), "--base", BASE]);
+    assert!(o.status.code() == Some(1) && text(&o).contains("a leaf named \"Web 3\""), "{}", text(&o));
+}

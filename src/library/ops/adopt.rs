@@ -34,7 +34,7 @@ use crate::error::{Error, IoContext, Kind, Result, undo_after};
 use crate::fsutil;
 use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
-use crate::library::{BASES, Base, Library, Options, STATE, validate_name};
+use crate::library::{BASES, Base, Library, Options, STATE, same_name, validate_name};
 use crate::platform::{self, Tag};
 use crate::progress::{Progress, meter};
 use crate::testing::fault;
@@ -574,6 +574,18 @@ fn place(lib: &Library, bundle: &Path, base: &Base, req: Request) -> Result<(Str
     let dropped = bundle.parent() == Some(&lib.new_leaf_dir().join(&base.record.name));
     let name = req.name.map_or_else(|| default_name(bundle), str::to_string);
     validate_name(&name, "leaf", bundle)?;
+    // Commands take a leaf by its name: two of one name would make `leafd reset NAME` reset
+    // either. A leaf adopted in place keeps its place, wherever it is, not `<root>/<name>`.
+    if let Some(other) = lib.leaves()?.into_iter().find(|l| same_name(&l.record.name, &name)) {
+        return Err(Error::refused(
+            bundle,
+            format!(
+                "a leaf named {name:?} exists already ({}): leaf names are what leafd's commands take",
+                other.dir.display()
+            ),
+        )
+        .fix("pass another name with --name (the VM keeps its folder and .vmx), then adopt it"));
+    }
     if !dropped {
         return Ok((name, bundle.to_path_buf()));
     }

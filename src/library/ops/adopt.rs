@@ -208,6 +208,8 @@ impl std::fmt::Display for Adopted {
         )?;
         if freed > 0 {
             write!(f, "{} freed", human_bytes(freed))?;
+        } else if self.shared() == 0 {
+            f.write_str("no space freed (none of its data was the base's: its delta holds all of it)")?;
         } else {
             f.write_str(
                 "no space freed (the volume shared its blocks with the base's already: a clone or reflink copy)",

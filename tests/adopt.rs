@@ -487,3 +487,36 @@ fn an_adoption_under_the_name_of_another_leaf_is_refused() {
     let o = lib.run(&["adopt", other.to_str().unwrap(), "--base", BASE]);
     assert!(o.status.code() == Some(1) && text(&o).contains("a leaf named \"Web 3\""), "{}", text(&o));
 }
+
+/// Mode bits of a path, as `stat` gives them.
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// A VM its owner made private (a folder of 0700, files of 0600) stays private when adopted, and
+/// when reset: the files made anew take the permissions of those they stand for.
+#[test]
+fn a_private_vm_stays_private_when_adopted_and_reset() {
+    use std::os::unix::fs::PermissionsExt;
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    for p in walk(&copy) {
+        let m = if p.is_dir() { 0o700 } else { 0o600 };
+        fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
+    }
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o700)).unwrap();
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    let private = |what: &str| {
+        assert_eq!(mode(&copy), 0o700, "{what}: the bundle");
+        for p in walk(&copy).into_iter().filter(|p| !p.starts_with(copy.join(".leafd"))) {
+            let group_other = mode(&p) & 0o077;
+            assert_eq!(group_other, 0, "{what}: {} is {:o}", p.display(), mode(&p));
+        }
+    };
+    private("adopted");
+    lib.ok(&["reset", "Web", "--yes"]);
+    private("reset");
+    lib.ok(&["verify"]);
+}

@@ -9,6 +9,7 @@
 //! places, one rename each, then it goes to the Trash. Killed before it, the leaf is as it was;
 //! after it, recovery finishes the moves from what it finds. The base is only read.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -264,6 +265,13 @@ fn stage(plan: &Plan, places: &Places, disks: &[Disks], nvram: Option<(&Path, &P
         made.iter().filter_map(|f| f.strip_prefix(&places.staging).ok().map(Path::to_path_buf)).collect();
     if made != plan.new {
         return Err(Error::internal(places.staging.clone(), format!("made {made:?}, planned {:?}", plan.new)));
+    }
+    // A new file takes the permissions of the old one it replaces (a private leaf stays private);
+    // its owner keeps reading and writing it.
+    for rel in &made {
+        if let Ok(m) = std::fs::metadata(places.leaf.join(rel)) {
+            durable::set_mode(&places.staging.join(rel), (m.permissions().mode() & 0o7777) | 0o600)?;
+        }
     }
     durable::flush_tree(&places.staging, Flush::Order)?;
     step(Step::Staged);

@@ -520,3 +520,28 @@ fn a_private_vm_stays_private_when_adopted_and_reset() {
     private("reset");
     lib.ok(&["verify"]);
 }
+
+/// A VM whose disks were moved to other nodes than the base's, of a capacity several base disks
+/// have, cannot be matched: refused as such (not as a VM copied from another base), untouched;
+/// and a disk left over so says in the dry run.
+#[test]
+fn disks_that_cannot_be_told_apart_are_refused_as_such() {
+    let lib = Lib::new();
+    let two = SampleVm {
+        name: "Web".into(),
+        disks: vec![
+            SampleDisk::new("scsi0:0", "A.vmdk", DiskType::MonolithicSparse, 4 * MIB),
+            SampleDisk::new("scsi0:1", "B.vmdk", DiskType::MonolithicSparse, 4 * MIB),
+        ],
+    };
+    let copy = hand_copy(&lib, &two, &lib.root, "Web");
+    let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
+    fs::write(copy.join("Web.vmx"), vmx.replace("scsi0:0.", "nvme0:0.").replace("scsi0:1.", "nvme0:1.")).unwrap();
+    refused(&lib, &copy, &[], &["nvme0:0, nvme0:1", "scsi0:0, scsi0:1", "cannot be told", "nodes"]);
+    let o = lib.run(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    assert!(!text(&o).contains("not copied from it"), "{}", text(&o));
+    // One on its node again: the other is the only one left for the second.
+    fs::write(copy.join("Web.vmx"), vmx.replace("scsi0:1.", "nvme0:1.")).unwrap();
+    let out = lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE, "--dry-run"]);
+    assert!(out.contains("nvme0:1 B.vmdk (4.0 MiB): compared with base disk scsi0:1 B.vmdk"), "{out}");
+}

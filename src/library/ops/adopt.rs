@@ -115,6 +115,8 @@ struct VmDisk {
     disk: Disk,
     /// The base disk it is matched with: an index into the base's disks.
     base: Option<usize>,
+    /// How many base disks have its capacity (more than one and none on its node: unmatched).
+    same_capacity: usize,
 }
 
 /// A VM that passed every check before anything is written.
@@ -143,6 +145,8 @@ pub(crate) struct DiskReport {
     /// capacity, it stays the VM's own (`own` bytes).
     pub(crate) matched: Option<(String, Compared)>,
     pub(crate) own: u64,
+    /// Unmatched: how many base disks have its capacity (none on its node, and not one alone).
+    pub(crate) same_capacity: usize,
 }
 
 impl std::fmt::Display for DiskReport {
@@ -155,6 +159,12 @@ impl std::fmt::Display for DiskReport {
                 human_bytes(c.data_bytes),
                 human_bytes(c.shared_bytes),
                 human_bytes(c.differing_bytes)
+            ),
+            None if self.same_capacity > 0 => write!(
+                f,
+                ": not matched ({} base disks of this capacity, none on its node, and not one alone left for it), it stays the VM's own ({})",
+                self.same_capacity,
+                human_bytes(self.own)
             ),
             None => write!(f, ": no base disk of this capacity, it stays the VM's own ({})", human_bytes(self.own)),
         }
@@ -339,6 +349,7 @@ fn report_of(d: &VmDisk, matched: Option<(String, Compared)>) -> DiskReport {
         capacity: d.disk.capacity(),
         matched,
         own: d.disk.files().iter().map(|f| fsutil::allocated(f)).sum(),
+        same_capacity: d.same_capacity,
     }
 }
 
@@ -374,6 +385,19 @@ fn inspect(lib: &Library, base: Base, req: Request, opts: &Options) -> Result<In
     let env = opts.env_beneath(std::slice::from_ref(&bundle))?;
     let mut disks = vm_disks(&bundle, &env, &dict, &vmx_path)?;
     match_disks(&mut disks, &base_disks);
+    if disks.iter().all(|d| d.base.is_none()) && disks.iter().any(|d| d.same_capacity > 1) {
+        let nodes = |n: Vec<&str>| n.join(", ");
+        return Err(Error::refused(
+            &vmx_path,
+            format!(
+                "none of the VM's disks ({}) is on the node of a disk of base {:?} of its capacity ({}), and several have it: which one it was copied from cannot be told",
+                nodes(disks.iter().map(|d| d.node.as_str()).collect()),
+                base.record.name,
+                nodes(base.record.disks.iter().map(|d| d.node.as_str()).collect())
+            ),
+        )
+        .fix("attach the VM's disks on the nodes of the base's disks they were copied from (VMware's settings for the VM), then adopt it"));
+    }
     if disks.iter().all(|d| d.base.is_none()) {
         let sizes = |caps: Vec<u64>| caps.into_iter().map(|c| human_bytes(c * 512)).collect::<Vec<_>>().join(", ");
         return Err(Error::refused(
@@ -543,7 +567,7 @@ fn vm_disks(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path) -> Resul
             }
             seen.push((id, entry.node.clone(), file));
         }
-        out.push(VmDisk { node: entry.node, rel, disk, base: None });
+        out.push(VmDisk { node: entry.node, rel, disk, base: None, same_capacity: 0 });
     }
     Ok(out)
 }
@@ -553,6 +577,7 @@ fn vm_disks(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path) -> Resul
 fn match_disks(disks: &mut [VmDisk], base: &[(DiskRecord, Disk)]) {
     let mut taken = vec![false; base.len()];
     for d in disks.iter_mut() {
+        d.same_capacity = base.iter().filter(|(_, b)| b.capacity() == d.disk.capacity()).count();
         let same_node =
             base.iter().position(|(r, b)| r.node.eq_ignore_ascii_case(&d.node) && b.capacity() == d.disk.capacity());
         if let Some(i) = same_node {

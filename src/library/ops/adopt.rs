@@ -611,7 +611,7 @@ fn place(lib: &Library, bundle: &Path, base: &Base, req: Request) -> Result<(Str
                 other.dir.display()
             ),
         )
-        .fix("pass another name with --name (the VM keeps its folder and .vmx), then adopt it"));
+        .fix("rename the VM's folder (or pass another name with --name), then adopt it"));
     }
     if !dropped {
         return Ok((name, bundle.to_path_buf()));

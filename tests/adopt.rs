@@ -495,7 +495,8 @@ fn mode(p: &Path) -> u32 {
 }
 
 /// A VM its owner made private (a folder of 0700, files of 0600) stays private when adopted, and
-/// when reset: the files made anew take the permissions of those they stand for.
+/// when reset: the files made anew take the permissions of those they stand for; the bundle and
+/// its `.vmx` keep their extended attributes.
 #[test]
 fn a_private_vm_stays_private_when_adopted_and_reset() {
     use std::os::unix::fs::PermissionsExt;
@@ -507,7 +508,12 @@ fn a_private_vm_stays_private_when_adopted_and_reset() {
         fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
     }
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o700)).unwrap();
+    // A note of the user's on the bundle and on the .vmx (Finder keeps comments so).
+    xattr::set(&copy, "user.note", b"the web server").unwrap();
+    xattr::set(copy.join("Web.vmx"), "user.note", b"its settings").unwrap();
     lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    assert_eq!(xattr::get(&copy, "user.note").unwrap().as_deref(), Some(&b"the web server"[..]));
+    assert_eq!(xattr::get(copy.join("Web.vmx"), "user.note").unwrap().as_deref(), Some(&b"its settings"[..]));
     let private = |what: &str| {
         assert_eq!(mode(&copy), 0o700, "{what}: the bundle");
         for p in walk(&copy).into_iter().filter(|p| !p.starts_with(copy.join(".leafd"))) {

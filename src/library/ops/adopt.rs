@@ -739,7 +739,7 @@ fn stage(
     durable::write_new(&places.staging.join(&vm.vmx), &v.to_bytes())?;
     write_vmsd(vm, places, &staged)?;
     records::write_leaf(&places.staging, &leaf_record(plan, vm, &staged))?;
-    keep_modes(vm, places, &staged)?;
+    keep_attributes(vm, places, &staged)?;
     if let Err(e) = durable::set_tag(&places.staging, Tag::LinkedClone, true) {
         tracing::debug!("cannot tag {}: {e}", places.staging.display());
     }
@@ -871,23 +871,39 @@ fn link_files(vm: &Inspected, places: &Places) -> Result<()> {
 /// Gives what staging made anew the permissions of what it stands for in the VM (a private VM
 /// stays private): the folders (the staging folder the bundle's), the `.vmx` and `.vmsd`, and
 /// each matched disk's parent copy and delta files its descriptor's. The owner keeps reading and
-/// writing them, as VMware and leafd need.
-fn keep_modes(vm: &Inspected, places: &Places, staged: &[Staged]) -> Result<()> {
+/// writing them, as VMware and leafd need. The folders, the `.vmx` and `.vmsd` keep their
+/// extended attributes too (Finder tags and comments), leafd's own aside.
+fn keep_attributes(vm: &Inspected, places: &Places, staged: &[Staged]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    // Best effort, as a copy keeps them: a volume without them still gets the leaf.
+    let keep_xattrs = |from: &Path, to: &Path| {
+        for name in xattr::list(from).into_iter().flatten() {
+            if let (Some(name), Ok(Some(v))) = (name.to_str(), xattr::get(from, &name))
+                && !name.contains("org.leafd.")
+            {
+                let _ = durable::set_xattr(to, name, &v);
+            }
+        }
+    };
     // Of what a link leads to (a link's own mode is 0777).
     let mode_of = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777).at(p, "cannot stat");
     for p in fsutil::walk(&vm.bundle)? {
         if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
             let to = places.staging.join(p.strip_prefix(&vm.bundle).unwrap_or(&p));
             durable::set_mode(&to, mode_of(&p)? | 0o700)?;
+            keep_xattrs(&p, &to);
         }
     }
     let vmx = vm.bundle.join(&vm.vmx);
     let vmx_mode = mode_of(&vmx)? | 0o600;
     durable::set_mode(&places.staging.join(&vm.vmx), vmx_mode)?;
+    keep_xattrs(&vmx, &places.staging.join(&vm.vmx));
     let vmsd = Path::new(&vm.vmx).with_extension("vmsd");
     let vmsd_mode = mode_of(&vm.bundle.join(&vmsd)).map_or(vmx_mode, |m| m | 0o600);
     durable::set_mode(&places.staging.join(&vmsd), vmsd_mode)?;
+    if vm.bundle.join(&vmsd).is_file() {
+        keep_xattrs(&vm.bundle.join(&vmsd), &places.staging.join(&vmsd));
+    }
     let env = leafd_formats::StdEnv::shared();
     for s in staged {
         let disk_mode = mode_of(&vm.bundle.join(&s.parent_copy))? | 0o600;
@@ -896,6 +912,7 @@ fn keep_modes(vm: &Inspected, places: &Places, staged: &[Staged]) -> Result<()> 
             durable::set_mode(&f, disk_mode)?;
         }
     }
+    keep_xattrs(&vm.bundle, &places.staging);
     durable::set_mode(&places.staging, mode_of(&vm.bundle)? | 0o700)
 }
 

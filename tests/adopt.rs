@@ -551,3 +551,32 @@ fn disks_that_cannot_be_told_apart_are_refused_as_such() {
     let out = lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE, "--dry-run"]);
     assert!(out.contains("nvme0:1 B.vmdk (4.0 MiB): compared with base disk scsi0:1 B.vmdk"), "{out}");
 }
+
+/// A VM in Make Base is on its way to become a base (the agent converts what is there), and one
+/// in New Leaf anywhere but `New Leaf/<base>/` is a drop the agent answers with a note: adopting
+/// it in place would race the agent, or leave a leaf the agent then makes a base of. Refused,
+/// untouched.
+#[test]
+fn a_vm_in_the_drop_folders_is_adopted_only_from_its_bases_folder() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    let in_make_base = lib.make_base_dir().join("Web.vmwarevm");
+    fs::rename(&copy, &in_make_base).unwrap();
+    refused(&lib, &in_make_base, &[], &["Make Base"]);
+    let new_leaf = lib.root.join("New Leaf");
+    for at in [new_leaf.join("Web.vmwarevm"), new_leaf.join(BASE).join("folder").join("Web.vmwarevm")] {
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        fs::rename(&in_make_base, &at).unwrap();
+        refused(&lib, &at, &[], &["New Leaf", "New Leaf/Ubuntu/"]);
+        fs::rename(&at, &in_make_base).unwrap();
+    }
+    // Dropped into the base's own folder: adopted, and moved beside the other VMs.
+    let dropped = new_leaf.join(BASE).join("Web.vmwarevm");
+    fs::rename(&in_make_base, &dropped).unwrap();
+    lib.ok(&["adopt", dropped.to_str().unwrap(), "--base", BASE]);
+    assert!(is_leaf_at(&lib.root.join("Web.vmwarevm")));
+}
+
+fn is_leaf_at(dir: &Path) -> bool {
+    dir.join(".leafd/leaf.json").is_file()
+}

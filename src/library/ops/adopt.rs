@@ -34,7 +34,7 @@ use crate::error::{Error, IoContext, Kind, Result, undo_after};
 use crate::fsutil;
 use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
-use crate::library::{BASES, Base, Library, Options, STATE, same_name, validate_name};
+use crate::library::{BASES, Base, Library, MAKE_BASE, NEW_LEAF, Options, STATE, same_name, validate_name};
 use crate::platform::{self, Tag};
 use crate::progress::{Progress, meter};
 use crate::testing::fault;
@@ -445,6 +445,13 @@ fn check_bundle(lib: &Library, vm: &Path) -> Result<PathBuf> {
             format!("is inside {BASES} or leafd's own folder: it is not a VM of yours"),
         ));
     }
+    if bundle.starts_with(lib.make_base_dir()) {
+        return Err(Error::refused(
+            &bundle,
+            format!("is in {MAKE_BASE}: it is on its way to become a base, and the agent would convert it"),
+        )
+        .fix(format!("move it out of {MAKE_BASE} (beside your other VMs, say), then adopt it")));
+    }
     if bundle.join(records::DIR).symlink_metadata().is_ok() {
         return Err(Error::refused(
             &bundle,
@@ -599,6 +606,21 @@ fn match_disks(disks: &mut [VmDisk], base: &[(DiskRecord, Disk)]) {
 /// into the base's folder in New Leaf.
 fn place(lib: &Library, bundle: &Path, base: &Base, req: Request) -> Result<(String, PathBuf)> {
     let dropped = bundle.parent() == Some(&lib.new_leaf_dir().join(&base.record.name));
+    // Anywhere else in New Leaf it is a drop the agent answers (a note, or another base's
+    // adoption): a leaf left there in place would race it.
+    if !dropped && bundle.starts_with(lib.new_leaf_dir()) {
+        return Err(Error::refused(
+            bundle,
+            format!(
+                "is in {NEW_LEAF} but not in {NEW_LEAF}/{}/, the folder of base {:?}",
+                base.record.name, base.record.name
+            ),
+        )
+        .fix(format!(
+            "move it into {NEW_LEAF}/{}/ (it then goes beside your other VMs), or out of {NEW_LEAF}, then adopt it",
+            base.record.name
+        )));
+    }
     let name = req.name.map_or_else(|| default_name(bundle), str::to_string);
     validate_name(&name, "leaf", bundle)?;
     // Commands take a leaf by its name: two of one name would make `leafd reset NAME` reset

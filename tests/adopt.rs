@@ -580,3 +580,35 @@ fn a_vm_in_the_drop_folders_is_adopted_only_from_its_bases_folder() {
 fn is_leaf_at(dir: &Path) -> bool {
     dir.join(".leafd/leaf.json").is_file()
 }
+
+/// A folder holding a VM's files loose and, beside them, the library itself is no VM bundle:
+/// refused as such (not as a VM that changed while it was adopted, after hard-linking the whole
+/// library into a staging folder), untouched.
+#[test]
+fn a_folder_holding_the_library_is_refused() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    // A folder holding a VM's files loose beside the library itself.
+    let above = lib.root.parent().unwrap();
+    for f in [
+        "Web.vmx",
+        "Virtual Disk.vmdk",
+        "Virtual Disk-s001.vmdk",
+        "Virtual Disk-s002.vmdk",
+        "Virtual Disk-s003.vmdk",
+        "Second.vmdk",
+    ] {
+        fs::hard_link(copy.join(f), above.join(f)).unwrap();
+    }
+    // The library's locks and the log aside.
+    let files = || {
+        let mut c = checksums(above);
+        c.retain(|p, _| !p.starts_with("state") && !p.starts_with("library/.leafd"));
+        c
+    };
+    let before = files();
+    let o = lib.run(&["adopt", above.to_str().unwrap(), "--base", BASE, "--name", "Web 9"]);
+    assert!(o.status.code() == Some(1) && text(&o).contains("holds the library"), "{}", text(&o));
+    assert_eq!(files(), before, "the folder changed");
+    assert!(leftovers(above).is_empty(), "{:?}", leftovers(above));
+}

@@ -445,6 +445,13 @@ fn check_bundle(lib: &Library, vm: &Path) -> Result<PathBuf> {
             format!("is inside {BASES} or leafd's own folder: it is not a VM of yours"),
         ));
     }
+    if lib.root().starts_with(&bundle) {
+        return Err(Error::refused(
+            &bundle,
+            format!("holds the library {}: it is not a VM bundle", lib.root().display()),
+        )
+        .fix("give the VM's own folder (the one holding its .vmx and disks alone)"));
+    }
     if bundle.starts_with(lib.make_base_dir()) {
         return Err(Error::refused(
             &bundle,

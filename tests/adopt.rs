@@ -463,7 +463,16 @@ fn a_disk_sharing_a_file_with_a_matched_disk_is_refused() {
     refused(&lib, &copy, &[], &["sata0:2", "scsi0:0", "Virtual Disk-s001.vmdk", "share"]);
     fs::write(copy.join("Web.vmx"), &vmx).unwrap();
     fs::remove_file(copy.join("Part.vmdk")).unwrap();
+    // One disk naming one file twice (two extents of a flat file) shares nothing with another.
+    fs::write(copy.join("Flat-flat.vmdk"), vec![0x5a; 2 * MIB as usize]).unwrap();
+    let flat = "# Disk DescriptorFile\nversion=1\nCID=1234abcd\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n\
+                RW 2048 FLAT \"Flat-flat.vmdk\" 0\nRW 2048 FLAT \"Flat-flat.vmdk\" 2048\n\n\
+                ddb.adapterType = \"lsilogic\"\n";
+    fs::write(copy.join("Flat.vmdk"), flat).unwrap();
+    attach(&copy, "Web.vmx", "sata0:2", "Flat.vmdk");
+    let saved = save(&lib, &copy, &["Flat.vmdk"]);
     lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    same_as_saved(&copy.join("Flat.vmdk"), &saved[0]);
 }
 
 /// A leaf's name is what `reset`, `promote` and `verify` take: an adoption in place (wherever

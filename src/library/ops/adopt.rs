@@ -567,7 +567,7 @@ fn vm_disks(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path) -> Resul
         for file in disk.files() {
             let id = env.open(&file, false).and_then(|f| f.metadata()).at(&file, "cannot stat")?;
             let id = (id.dev(), id.ino());
-            if let Some((_, node, other)) = seen.iter().find(|(i, ..)| *i == id) {
+            if let Some((_, node, other)) = seen.iter().find(|(i, node, _)| *i == id && *node != entry.node) {
                 return Err(Error::refused(
                     vmx,
                     format!(

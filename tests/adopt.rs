@@ -621,3 +621,51 @@ fn a_folder_holding_the_library_is_refused() {
     assert_eq!(files(), before, "the folder changed");
     assert!(leftovers(above).is_empty(), "{:?}", leftovers(above));
 }
+
+/// An adoption killed after its commit point, and the base gone before recovery (moved or
+/// deleted by hand): the leaf cannot read without it, so recovery must not remove the VM's
+/// original disks, the only whole copy of its data, nor make up an empty base folder. Killed
+/// before the original disks are touched, the VM is put back as it was; later, they are kept
+/// until the base is back, and then the adoption finishes.
+#[test]
+fn recovery_keeps_the_vm_when_the_base_is_gone() {
+    for step in ["set-aside", "swapped", "linked"] {
+        let lib = Lib::new();
+        let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+        use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+        let saved = save(&lib, &copy, &["Virtual Disk.vmdk", "Second.vmdk"]);
+        let o = lib
+            .command(&["adopt", copy.to_str().unwrap(), "--base", BASE])
+            .env("LEAFD_FAULT", format!("adopt:{step}"))
+            .output()
+            .unwrap();
+        assert!(killed(&o), "{step}: {}", text(&o));
+        let (base, away) = (lib.base_dir(BASE), lib.tmp.path().join("away"));
+        fs::rename(&base, &away).unwrap();
+        let o = lib.run(&["recover"]);
+        assert!(!base.exists(), "{step}: recovery made up a base folder: {:?}", walk(&base));
+        if step == "linked" {
+            // The leaf was listed, its original disks about to go: they are kept, and so is the
+            // journal, until the base is back.
+            assert_eq!(o.status.code(), Some(1), "{step}: {}", text(&o));
+            assert!(text(&o).contains("base"), "{step}: {}", text(&o));
+            let aside = leftovers(&lib.root);
+            assert_eq!(aside.len(), 1, "{step}: {aside:?}");
+            fs::rename(&away, &base).unwrap();
+            lib.ok(&["recover"]);
+            for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+                same_as_saved(&copy.join(delta(file)), saved);
+            }
+        } else {
+            assert!(o.status.success(), "{step}: {}", text(&o));
+            assert!(!copy.join(".leafd").exists(), "{step}: the VM is still a leaf");
+            for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
+                same_as_saved(&copy.join(file), saved);
+            }
+            fs::rename(&away, &base).unwrap();
+            lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+        }
+        assert!(leftovers(&lib.root).is_empty(), "{step}: {:?}", leftovers(&lib.root));
+        lib.ok(&["verify"]);
+    }
+}

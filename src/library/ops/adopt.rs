@@ -1047,6 +1047,18 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Duration> {
             format!("check {} and {}, then run `leafd recover`", places.target.display(), places.staging.display()),
         ));
     }
+    // The leaf reads through the base: without it, the set-aside VM is the only whole copy of the
+    // VM's data, and is kept (recovery puts it back while the leaf is untouched).
+    if !base_present(ctx, plan) {
+        return Err(Error::refused(
+            &ctx.path(&plan.base)?,
+            "the base of the adopted leaf is missing (moved or deleted): the VM's original disks are kept",
+        )
+        .fix(format!(
+            "put the base back where it was, then run `leafd recover`; the VM waits whole in {}",
+            places.aside.display()
+        )));
+    }
     records::link_leaf(&ctx.path(&plan.base)?, &plan.leaf_ref)?;
     journal::unstamp(&places.target, &plan.id)?;
     step(Step::Linked);
@@ -1054,6 +1066,28 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Duration> {
     journal::remove_work_dir(ctx, &places.aside)?;
     step(Step::Cleaned);
     Ok(start.elapsed())
+}
+
+/// Whether the base is where the plan says, as it was (its record's id).
+fn base_present(ctx: &Ctx, plan: &Plan) -> bool {
+    let record = ctx.path(&plan.base).ok().and_then(|dir| records::read_base(&dir).ok().flatten());
+    record.is_some_and(|r| r.id == plan.base_id)
+}
+
+/// Puts the set-aside VM back in its place, after the commit point, while nothing of it was
+/// removed yet (the leaf in its place still carries this operation's stamp, which goes just
+/// before the removal, or the leaf was never put there). Idempotent.
+fn roll_back(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
+    if published(plan, places) {
+        durable::rename_noreplace(&places.target, &places.staging)?;
+    }
+    if places.aside.symlink_metadata().is_ok() {
+        if let Some(dir) = places.source.parent() {
+            durable::create_dir_all(dir)?;
+        }
+        durable::rename_noreplace(&places.aside, &places.source)?;
+    }
+    undo(ctx, places, plan)
 }
 
 /// Whether the leaf is in its place (the second rename happened).
@@ -1076,6 +1110,15 @@ pub(crate) fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
                 "is not the VM this adoption set aside (its stamp is missing or another's), so it is kept",
             )
             .fix(format!("look inside it; then `leafd recover --discard {}`", ctx.id)));
+        }
+        // The base gone since: the VM goes back as it was, while nothing of it was removed.
+        let untouched = places.staging.symlink_metadata().is_ok()
+            || (published(plan, &places) && journal::stamped(&places.target, &plan.id));
+        if untouched && !base_present(ctx, plan) {
+            roll_back(ctx, plan, &places)?;
+            return Ok(format!(
+                "undid the interrupted adoption of {shown}: its base is missing, and the VM is as it was"
+            ));
         }
         swap(plan, &places)?;
         finish(ctx, plan, &places)?;

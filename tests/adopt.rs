@@ -669,3 +669,28 @@ fn recovery_keeps_the_vm_when_the_base_is_gone() {
         lib.ok(&["verify"]);
     }
 }
+
+/// "Freed" is measured on the volume, but space another program frees meanwhile is not the
+/// adoption's: it never says more was freed than the VM's files took.
+#[test]
+fn freed_is_never_more_than_the_vm_took() {
+    let volume = OtherVolume::new();
+    let root = volume.path().join("library");
+    fs::create_dir_all(root.join("Make Base")).unwrap();
+    let lib = Lib { root: root.canonicalize().unwrap(), tmp: tempfile::tempdir().unwrap() };
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    let other = lib.root.join("other program's file");
+    let o = run_tool("fallocate", &["-l", &(32 * MIB).to_string(), other.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Slowed, and the other program's file removed while the disks are compared.
+    let mut c = lib.command(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    c.env("LEAFD_FAULT", "slow:4");
+    let child = c.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::remove_file(&other).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains("MiB freed"), "more was said to be freed than the VM took: {out}");
+}

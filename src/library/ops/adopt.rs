@@ -290,7 +290,9 @@ pub(crate) fn adopt(lib: &Library, req: Request, opts: &Options) -> Result<Adopt
         disks,
         before: vm.own_bytes,
         after: own_bytes(&vm.target),
-        freed: Some(free_after.saturating_sub(free_before)),
+        // Measured, and never more than the VM's files took: what others freed on the volume
+        // meanwhile is not the adoption's.
+        freed: Some(free_after.saturating_sub(free_before).min(vm.own_bytes)),
         elapsed: start.elapsed(),
         removing,
     })

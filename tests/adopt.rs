@@ -694,3 +694,50 @@ fn freed_is_never_more_than_the_vm_took() {
     assert!(o.status.success(), "{out}");
     assert!(!out.contains("MiB freed"), "more was said to be freed than the VM took: {out}");
 }
+
+/// Something at the name of a file the reset puts in the leaf, which the reset does not take
+/// away, stopped the reset after its commit point, and recovery with it (`already exists`): an
+/// `.nvram` that is a dangling link goes to the Trash like a file; one that is a folder, or a
+/// leftover at a new delta extent's name, is refused before anything is changed.
+#[test]
+fn reset_is_not_stopped_by_what_is_at_a_new_files_name() {
+    let lib = Lib::new();
+    let leaf = used_leaf(&lib);
+    let nvram = leaf.join("Leaf.nvram");
+    fs::remove_file(&nvram).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/Leaf.nvram", &nvram).unwrap();
+    lib.ok(&["reset", "Leaf", "--yes"]);
+    let base_nvram = fs::read(lib.base_dir(BASE).join(format!("{BASE}.nvram"))).unwrap();
+    assert_eq!(fs::read(&nvram).unwrap(), base_nvram);
+    assert!(leftovers(&leaf).is_empty(), "{:?}", leftovers(&leaf));
+    fs::remove_file(&nvram).unwrap();
+    fs::create_dir(&nvram).unwrap();
+    let before = fingerprint_tree(&leaf);
+    let o = lib.run(&["reset", "Leaf", "--yes"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("Leaf.nvram") && text(&o).contains("in the way"), "{}", text(&o));
+    assert_eq!(fingerprint_tree(&leaf), before, "the leaf changed");
+    assert!(lib.ok(&["recover", "--list"]).contains("no interrupted operations"));
+    fs::remove_dir(&nvram).unwrap();
+    // The split disk's delta made again by another program, in one file (as QEMU makes it),
+    // and a leftover of the old split one beside it.
+    let top = delta("Virtual Disk.vmdk");
+    for p in walk(&leaf).into_iter().filter(|p| p.to_string_lossy().contains("Virtual Disk-000001")) {
+        fs::remove_file(p).unwrap();
+    }
+    let o = run_tool(
+        "qemu-img",
+        &["create", "-q", "-f", "vmdk", "-b", "Virtual Disk.vmdk", "-F", "vmdk", leaf.join(&top).to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    fs::write(leaf.join("Virtual Disk-000001-s002.vmdk"), b"left over").unwrap();
+    let before = fingerprint_tree(&leaf);
+    let o = lib.run(&["reset", "Leaf", "--yes"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("Virtual Disk-000001-s002.vmdk") && text(&o).contains("in the way"), "{}", text(&o));
+    assert_eq!(fingerprint_tree(&leaf), before, "the leaf changed");
+    fs::remove_file(leaf.join("Virtual Disk-000001-s002.vmdk")).unwrap();
+    lib.ok(&["reset", "Leaf", "--yes"]);
+    reads_as_base(&lib, &leaf.join(&top), "Virtual Disk.vmdk");
+    assert!(lib.ok(&["recover", "--list"]).contains("no interrupted operations"));
+}

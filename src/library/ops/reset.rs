@@ -151,6 +151,7 @@ pub(crate) fn reset(lib: &Library, arg: &Path, confirmed: bool, opts: &Options) 
     }
     let nvram = nvrams(&leaf, &base, opts)?;
     let plan = plan_of(lib, &leaf, &disks, &nvram)?;
+    refuse_in_the_way(&leaf, &plan)?;
     let bytes = plan.old.iter().map(|f| fsutil::allocated(&leaf.dir.join(f))).sum();
     let state = fsutil::tree_state(&leaf.dir)?;
     let journal = Journal::begin(lib, &plan.id, OP, &plan)?;
@@ -224,7 +225,9 @@ fn plan_of(lib: &Library, leaf: &Leaf, disks: &[Disks], nvram: &(PathBuf, Option
         }
         new.extend(extent_names(&stem, kind, count).into_iter().map(|n| d.delta.with_file_name(n)));
     }
-    if leaf.dir.join(&nvram.0).is_file() {
+    // A link, dangling or not, goes like a file (the new one takes its name); a folder stays,
+    // and is refused as in the way.
+    if leaf.dir.join(&nvram.0).symlink_metadata().is_ok_and(|m| m.is_file() || m.file_type().is_symlink()) {
         old.push(nvram.0.clone());
     }
     if nvram.1.is_some() {
@@ -239,6 +242,20 @@ fn plan_of(lib: &Library, leaf: &Leaf, disks: &[Disks], nvram: &(PathBuf, Option
         new,
         trash_name: format!("{} before reset {when}", leaf.record.name),
     })
+}
+
+/// Refuses what is at the name of a new file and is not one the reset takes away (a folder named
+/// like the `.nvram`, a leftover at a new delta extent's name): after the commit point it would
+/// stop the new file from being put in its place, and recovery with it.
+fn refuse_in_the_way(leaf: &Leaf, plan: &Plan) -> Result<()> {
+    for rel in plan.new.iter().filter(|r| !plan.old.contains(r)) {
+        let at = leaf.dir.join(rel);
+        if at.symlink_metadata().is_ok() {
+            return Err(Error::refused(&at, "is in the way of the file the reset puts there")
+                .fix("move it out of the leaf's folder, then reset it"));
+        }
+    }
+    Ok(())
 }
 
 /// Writes the new deltas and the base's `.nvram` into the staging folder, and flushes them.

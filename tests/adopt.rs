@@ -428,3 +428,35 @@ fn promote_undoes_an_adoption() {
     assert!(leaf_list(&lib.base_dir(BASE)).is_empty());
     lib.ok(&["verify"]);
 }
+
+/// `leafd reset` of `leaf` on a terminal (under `script`), answering `answer`; what it showed.
+fn reset_on_a_terminal(lib: &Lib, leaf: &str, answer: &str) -> String {
+    use std::io::Write;
+    let leafd = lib.command(&["reset", leaf]);
+    let line = shell_line(&leafd);
+    let mut c = std::process::Command::new("script");
+    c.args(["-qefc", &line, "/dev/null"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    with_env_of(&mut c, &leafd);
+    let mut child = c.spawn().expect("script (util-linux) runs a command on a terminal");
+    child.stdin.take().unwrap().write_all(format!("{answer}\n").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    text(&o)
+}
+
+/// On a terminal, reset asks; of an adopted leaf it says that its snapshot Base is the base's
+/// state, not the state it was adopted in. "n" changes nothing; "y" resets.
+#[test]
+fn reset_asks_on_a_terminal_and_says_what_an_adopted_leafs_base_is() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    let before = fingerprint_tree(&copy);
+    let shown = reset_on_a_terminal(&lib, "Web", "n");
+    assert!(shown.contains("Reset it? [y/N]"), "{shown}");
+    assert!(shown.contains("It was adopted") && shown.contains("not the state the VM was in"), "{shown}");
+    assert_eq!(fingerprint_tree(&copy), before, "answered no, the leaf changed");
+    let shown = reset_on_a_terminal(&lib, "Web", "y");
+    assert!(shown.contains("reset to its snapshot Base"), "{shown}");
+    assert_eq!(own_data(&copy.join(delta("Virtual Disk.vmdk"))), 0, "answered yes, not reset: {shown}");
+}

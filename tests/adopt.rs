@@ -392,6 +392,23 @@ fn fs2_free(dir: &Path) -> u64 {
     String::from_utf8_lossy(&o.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
 }
 
+/// A dry run on a terminal, slowed: its bar shows what it compares, and still nothing changes
+/// (no progress record either).
+#[test]
+fn a_dry_run_shows_its_progress_on_a_terminal_and_changes_nothing() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    let before = fingerprint_tree(&lib.root);
+    let mut leafd = lib.command(&["adopt", copy.to_str().unwrap(), "--base", BASE, "--dry-run"]);
+    leafd.env("LEAFD_FAULT", "slow:4");
+    let shown = on_a_terminal(&leafd, "");
+    assert!(shown.contains("dry run: nothing was changed"), "{shown}");
+    // The terminal is narrow: the bar's message is cut to fit.
+    assert!(shown.contains("comparing Web with ba") && shown.contains("of 12.37 MiB"), "no bar: {shown}");
+    assert_eq!(fingerprint_tree(&lib.root), before, "a dry run changed the library");
+}
+
 /// `--dry-run` says per disk what would be shared, freed and kept, and changes nothing (not even
 /// a lock file).
 #[test]
@@ -740,4 +757,40 @@ fn reset_is_not_stopped_by_what_is_at_a_new_files_name() {
     lib.ok(&["reset", "Leaf", "--yes"]);
     reads_as_base(&lib, &leaf.join(&top), "Virtual Disk.vmdk");
     assert!(lib.ok(&["recover", "--list"]).contains("no interrupted operations"));
+}
+
+/// `leafd reset` of `leaf` on a terminal, answering `answer`; what it showed.
+fn reset_on_a_terminal(lib: &Lib, leaf: &str, answer: &str) -> String {
+    on_a_terminal(&lib.command(&["reset", leaf]), &format!("{answer}\n"))
+}
+
+/// Runs `leafd` on a terminal (under `script`), typing `input`; what the terminal showed.
+fn on_a_terminal(leafd: &std::process::Command, input: &str) -> String {
+    use std::io::Write;
+    let line = shell_line(leafd);
+    let mut c = std::process::Command::new("script");
+    c.args(["-qefc", &line, "/dev/null"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    with_env_of(&mut c, leafd);
+    let mut child = c.spawn().expect("script (util-linux) runs a command on a terminal");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    text(&o)
+}
+
+/// On a terminal, reset asks; of an adopted leaf it says that its snapshot Base is the base's
+/// state, not the state it was adopted in. "n" changes nothing; "y" resets.
+#[test]
+fn reset_asks_on_a_terminal_and_says_what_an_adopted_leafs_base_is() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    let before = fingerprint_tree(&copy);
+    let shown = reset_on_a_terminal(&lib, "Web", "n");
+    assert!(shown.contains("Reset it? [y/N]"), "{shown}");
+    assert!(shown.contains("It was adopted") && shown.contains("not the state the VM was in"), "{shown}");
+    assert_eq!(fingerprint_tree(&copy), before, "answered no, the leaf changed");
+    let shown = reset_on_a_terminal(&lib, "Web", "y");
+    assert!(shown.contains("reset to its snapshot Base"), "{shown}");
+    assert_eq!(own_data(&copy.join(delta("Virtual Disk.vmdk"))), 0, "answered yes, not reset: {shown}");
 }

@@ -801,3 +801,28 @@ fn a_damaged_journal_does_not_stop_leafd() {
     assert_eq!(code, 1);
     assert!(out.contains("1 interrupted operation(s)"), "{out}");
 }
+
+/// Two leaves of one name (one moved out of the library and relinked, then a new one made under
+/// its name): a command given the name refuses, naming both, and changes nothing; given a path,
+/// it acts on that leaf.
+#[test]
+fn a_name_two_leaves_share_is_refused_with_both_places() {
+    let (lib, vm) = setup(&["Web"]);
+    let away = lib.tmp.path().join("elsewhere/Web.vmwarevm");
+    fs::create_dir_all(away.parent().unwrap()).unwrap();
+    fs::rename(lib.leaf_dir("Web"), &away).unwrap();
+    lib.ok(&["relink", away.to_str().unwrap()]);
+    lib.ok(&["new-leaf", "Ubuntu", "Web"]);
+    scribble(&lib, "Web", &vm, 0x61);
+    let (here, there) = (fingerprint_tree(&lib.leaf_dir("Web")), fingerprint_tree(&away));
+    for args in [&["reset", "Web", "--yes"][..], &["promote", "Web"], &["relink", "Web"]] {
+        let o = lib.run(args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {t}");
+        assert!(t.contains("2 leaves are named \"Web\"") && t.contains(away.to_str().unwrap()), "{args:?}: {t}");
+        assert!(t.contains("give the path"), "{args:?}: {t}");
+    }
+    assert_eq!((fingerprint_tree(&lib.leaf_dir("Web")), fingerprint_tree(&away)), (here, there.clone()));
+    lib.ok(&["reset", lib.leaf_dir("Web").to_str().unwrap(), "--yes"]);
+    assert_eq!(fingerprint_tree(&away), there, "the other leaf of the name changed");
+}

@@ -243,10 +243,7 @@ fn on_a_terminal(lib: &Lib, bundle: &Path, extra: &[&str]) -> String {
     args.extend(extra);
     let mut leafd = lib.command(&args);
     leafd.env("LEAFD_FAULT", SLOW);
-    let mut line = format!("{:?}", leafd.get_program());
-    for a in leafd.get_args() {
-        line.push_str(&format!(" '{}'", a.to_string_lossy().replace('\'', "'\\''")));
-    }
+    let line = shell_line(&leafd);
     let mut c = Command::new("script");
     c.args(["-qefc", &line, "/dev/null"]).stdin(Stdio::null());
     with_env_of(&mut c, &leafd);

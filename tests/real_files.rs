@@ -731,3 +731,56 @@ fn an_appliance_whose_nvram_file_is_named_nvram_gets_its_own() {
     let copy = Descriptor::parse_bytes(&fs::read(&leaf_disks(&s.leaf)[0].1).unwrap()).unwrap();
     assert_eq!(copy.cid().unwrap(), 0x1c0f_fee5);
 }
+
+/// Issue 16 on VMware-made VMs: a hand copy of each, made before it became a base and written
+/// to since, is adopted. Its `.vmx` keeps every byte but its disks' file names (CRLF, code page,
+/// no final newline), its chains reach the base (QEMU), and what was written reads back.
+#[test]
+fn vmware_made_vms_copied_by_hand_are_adopted_keeping_every_byte_of_their_vmx() {
+    let cases = [
+        ("ws17-windows-crlf", Names::Unicode),
+        ("enc-gbk-ws17", Names::Legacy),
+        ("ws16-windows-notepad-no-final-newline", Names::Unicode),
+        ("ws17-linux-disks-subfolder", Names::Unicode),
+        ("ws17-22-disks-scsi-sata-nvme", Names::Unicode),
+    ];
+    for (name, names) in cases {
+        let lib = Lib::new();
+        let bundle = materialize(name, &lib.make_base_dir(), names);
+        // Data the copy shares with the base (the fixtures' disks hold none), then its own.
+        let first = entry(name)["disks"][0]["descriptor"].as_str().unwrap().to_string();
+        qemu_write(&bundle.join(&first), 0, 1 << 20, 0x3a);
+        let copy = lib.root.join("Copy.vmwarevm");
+        let o = run_tool("cp", &["-a", "--sparse=always", bundle.to_str().unwrap(), copy.to_str().unwrap()]);
+        assert!(o.status.success(), "{name}: cp: {}", text(&o));
+        lib.ok(&["make-base", bundle.to_str().unwrap()]);
+        qemu_write(&copy.join(&first), 1 << 20, 65536, 0x5c);
+        let vmx = fs::read_dir(&copy)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "vmx"))
+            .unwrap();
+        let before = fs::read(&vmx).unwrap();
+        let base_name = leafd::testing::default_name(&bundle);
+        lib.ok(&["adopt", copy.to_str().unwrap(), "--base", &base_name]);
+        let after = fs::read(&vmx).unwrap();
+        let kept = |b: &[u8]| -> Vec<Vec<u8>> {
+            lines(b)
+                .into_iter()
+                .filter(|l| !contains(&l.to_ascii_lowercase(), b".filename"))
+                .map(<[u8]>::to_vec)
+                .collect()
+        };
+        assert_eq!(kept(&after), kept(&before), "{name}: the .vmx changed beyond its disks' names");
+        assert_eq!(lines(&after).len(), lines(&before).len(), "{name}: lines added or lost");
+        assert_eq!(after.ends_with(b"\n"), before.ends_with(b"\n"), "{name}: the final newline");
+        let crlf = |b: &[u8]| lines(b).iter().filter(|l| l.ends_with(b"\n")).all(|l| l.ends_with(b"\r\n"));
+        assert_eq!(crlf(&after), crlf(&before), "{name}: line endings");
+        let s = Served { base: lib.base_dir(&base_name), leaf: copy.clone(), lib };
+        check_leaf_chains(&s, false);
+        let (delta, _) = &leaf_disks(&s.leaf)[0];
+        qemu_read_pattern(delta, 0, 1 << 20, 0x3a).unwrap_or_else(|e| panic!("{name}: {e}"));
+        qemu_read_pattern(delta, 1 << 20, 65536, 0x5c).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(record(&s.leaf, "leaf")["adopted"], true, "{name}");
+    }
+}

@@ -422,10 +422,22 @@ impl Library {
         let name = arg.to_string_lossy();
         let dir = if arg.is_dir() {
             arg.to_path_buf()
-        } else if let Some(l) = self.leaves()?.into_iter().find(|l| same_name(&l.record.name, bundle_stem(&name))) {
-            return Ok(l);
         } else {
-            self.leaf_path(bundle_stem(&name))
+            let mut named: Vec<Leaf> =
+                self.leaves()?.into_iter().filter(|l| same_name(&l.record.name, bundle_stem(&name))).collect();
+            match named.len() {
+                0 => self.leaf_path(bundle_stem(&name)),
+                1 => return Ok(named.remove(0)),
+                // A leaf moved out and relinked, then a new one of its name: never guess which.
+                n => {
+                    let places: Vec<String> = named.iter().map(|l| l.dir.display().to_string()).collect();
+                    return Err(Error::refused(
+                        self.root(),
+                        format!("{n} leaves are named {:?}: {}", bundle_stem(&name), places.join(", ")),
+                    )
+                    .fix("give the path of the leaf you mean instead of its name"));
+                }
+            }
         };
         let dir = dir.canonicalize().map_err(|e| {
             Error::io(&dir, "no leaf here", e).fix("give the leaf's path, or the name of a leaf in the library")

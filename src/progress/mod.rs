@@ -131,7 +131,8 @@ pub(crate) struct Progress {
 }
 
 struct Inner {
-    dir: PathBuf,
+    /// Where its record goes; `None` for work that changes nothing, which only draws its bar.
+    dir: Option<PathBuf>,
     id: String,
     item: PathBuf,
     visible_after: Duration,
@@ -180,6 +181,16 @@ impl Progress {
         total: u64,
         visible_after: Duration,
     ) -> Progress {
+        Progress::new(Some(dir_of(lib)), what, item, total, visible_after)
+    }
+
+    /// The progress of work that changes nothing (a dry run): only its bar shows, no record,
+    /// no log line, nothing in Finder.
+    pub(crate) fn bar_only(what: impl Into<String>, item: &Path, total: u64) -> Progress {
+        Progress::new(None, what.into(), item, total, VISIBLE_AFTER)
+    }
+
+    fn new(dir: Option<PathBuf>, what: String, item: &Path, total: u64, visible_after: Duration) -> Progress {
         let started = Instant::now();
         let state = State {
             first: what.clone(),
@@ -194,7 +205,7 @@ impl Progress {
             reports: 0,
         };
         let inner = Rc::new(Inner {
-            dir: dir_of(lib),
+            dir,
             id: records::new_id(),
             item: item.to_path_buf(),
             visible_after,
@@ -258,28 +269,13 @@ impl Inner {
 
     /// Starts showing: the record's lock, the log's first line, the bar, Finder.
     fn show(&self, s: &State) -> Shown {
-        tracing::info!("{}: started, {}", s.what, human_bytes(s.total));
-        let lock = self.lock().inspect_err(|e| tracing::debug!("no progress record for {}: {e}", s.what)).ok();
         if let Some(bar) = &s.bar {
             bar.set_draw_target(ProgressDrawTarget::stderr());
         }
+        let Some(dir) = &self.dir else { return Shown { lock: None, finder: None } };
+        tracing::info!("{}: started, {}", s.what, human_bytes(s.total));
+        let lock = lock(dir, &self.id).inspect_err(|e| tracing::debug!("no progress record for {}: {e}", s.what)).ok();
         Shown { lock, finder: platform::FinderProgress::publish(&self.item, s.total) }
-    }
-
-    /// Takes the lock of the record (made if needed). Recovery removes a lock file it finds free,
-    /// so one removed between its open and its lock is made again.
-    fn lock(&self) -> io::Result<File> {
-        durable::create_dir_volatile(&self.dir)?;
-        let path = file(&self.dir, &self.id, "lock");
-        for _ in 0..3 {
-            let lock = durable::lock_volatile(&path)?;
-            lock.lock()?;
-            let held = lock.metadata()?;
-            if fs::metadata(&path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
-                return Ok(lock);
-            }
-        }
-        Err(io::Error::other("its lock file was removed again and again"))
     }
 
     fn report(&self, s: &mut State) {
@@ -290,9 +286,7 @@ impl Inner {
         if let Some(finder) = &shown.finder {
             finder.update(s.done, s.total);
         }
-        if shown.lock.is_none() {
-            return;
-        }
+        let (Some(_), Some(dir)) = (&shown.lock, &self.dir) else { return };
         let record = Record {
             what: s.what.clone(),
             item: self.item.to_string_lossy().into_owned(),
@@ -303,7 +297,7 @@ impl Inner {
         };
         let written = serde_json::to_vec(&record)
             .map_err(io::Error::other)
-            .and_then(|json| durable::write_volatile(&file(&self.dir, &self.id, "json"), &json));
+            .and_then(|json| durable::write_volatile(&file(dir, &self.id, "json"), &json));
         if let Err(e) = written {
             tracing::debug!("progress record of {} not written: {e}", s.what);
         }
@@ -318,9 +312,10 @@ impl Inner {
             bar.finish_and_clear();
         }
         let Some(shown) = s.shown.take() else { return };
+        let Some(dir) = &self.dir else { return };
         if let Some(lock) = shown.lock {
-            let _ = durable::remove_volatile(&file(&self.dir, &self.id, "json"));
-            let _ = durable::remove_volatile(&file(&self.dir, &self.id, "lock"));
+            let _ = durable::remove_volatile(&file(dir, &self.id, "json"));
+            let _ = durable::remove_volatile(&file(dir, &self.id, "lock"));
             drop(lock);
         }
         // Finder's progress goes with the rest of `shown`, at the end.
@@ -333,6 +328,22 @@ impl Inner {
             tracing::info!("{}: stopped after {elapsed}, {} at {done} of {total}", s.first, s.what);
         }
     }
+}
+
+/// Takes the lock of record `id` in `dir` (made if needed). Recovery removes a lock file it
+/// finds free, so one removed between its open and its lock is made again.
+fn lock(dir: &Path, id: &str) -> io::Result<File> {
+    durable::create_dir_volatile(dir)?;
+    let path = file(dir, id, "lock");
+    for _ in 0..3 {
+        let lock = durable::lock_volatile(&path)?;
+        lock.lock()?;
+        let held = lock.metadata()?;
+        if fs::metadata(&path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
+            return Ok(lock);
+        }
+    }
+    Err(io::Error::other("its lock file was removed again and again"))
 }
 
 /// A bar for stderr (what, bytes, rate and time left, in one line of the terminal: what is cut

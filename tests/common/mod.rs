@@ -185,6 +185,15 @@ pub fn under(program: &str, args: &[impl AsRef<std::ffi::OsStr>], leafd: &Comman
     c
 }
 
+/// `c`'s program and arguments as one line for `sh -c` (each argument quoted), for `script`.
+pub fn shell_line(c: &Command) -> String {
+    let mut line = format!("{:?}", c.get_program());
+    for a in c.get_args() {
+        line.push_str(&format!(" '{}'", a.to_string_lossy().replace('\'', "'\\''")));
+    }
+    line
+}
+
 /// Gives `to` the environment `from` sets and removes.
 pub fn with_env_of(to: &mut Command, from: &Command) {
     for (k, v) in from.get_envs() {

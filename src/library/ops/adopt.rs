@@ -192,6 +192,14 @@ impl Adopted {
     fn shared(&self) -> u64 {
         self.disks.iter().filter_map(|d| d.matched.as_ref()).map(|(_, c)| c.shared_bytes).sum()
     }
+
+    /// What the leaf would keep of its own: the grains that differ, the disks with no match,
+    /// and the VM's other files.
+    fn kept(&self) -> u64 {
+        let disk_files: u64 = self.disks.iter().map(|d| d.own).sum();
+        let disks: u64 = self.disks.iter().map(|d| d.matched.as_ref().map_or(d.own, |(_, c)| c.differing_bytes)).sum();
+        self.before.saturating_sub(disk_files) + disks
+    }
 }
 
 impl std::fmt::Display for Adopted {
@@ -204,7 +212,7 @@ impl std::fmt::Display for Adopted {
             return write!(
                 f,
                 "it would keep about {} of its own and free about {} (less where the volume shares blocks already)",
-                human_bytes(self.before.saturating_sub(self.shared())),
+                human_bytes(self.kept()),
                 human_bytes(self.shared())
             );
         };
@@ -319,6 +327,8 @@ fn no_space(at: &Path, free: u64, written: u64) -> Error {
 /// Compares every matched disk without writing anything, and says what adopting would do.
 fn dry_run(vm: &Inspected, opts: &Options, start: Instant) -> Result<Adopted> {
     let env = opts.env();
+    let what = format!("comparing {} with base {}", vm.name, vm.base.record.name);
+    let _progress = Progress::bar_only(what, &vm.bundle, matched_capacity(vm));
     let mut disks = Vec::new();
     for d in &vm.disks {
         let matched = match d.base {
@@ -342,6 +352,11 @@ fn dry_run(vm: &Inspected, opts: &Options, start: Instant) -> Result<Adopted> {
         elapsed: start.elapsed(),
         removing: Duration::ZERO,
     })
+}
+
+/// The bytes comparing the VM's disks with the base's walks: the capacity of those matched.
+fn matched_capacity(vm: &Inspected) -> u64 {
+    vm.disks.iter().filter(|d| d.base.is_some()).map(|d| d.disk.capacity() * 512).sum()
 }
 
 fn report_of(d: &VmDisk, matched: Option<(String, Compared)>) -> DiskReport {
@@ -742,9 +757,8 @@ fn stage(
     let mut staged = Vec::new();
     let mut reports = Vec::new();
     let mut written = 0;
-    let capacity = vm.disks.iter().filter(|d| d.base.is_some()).map(|d| d.disk.capacity() * 512).sum();
-    let progress =
-        Progress::start(lib, format!("comparing {} with base {}", vm.name, vm.base.record.name), &vm.bundle, capacity);
+    let what = format!("comparing {} with base {}", vm.name, vm.base.record.name);
+    let progress = Progress::start(lib, what, &vm.bundle, matched_capacity(vm));
     for d in &vm.disks {
         let matched = match d.base {
             Some(i) => {

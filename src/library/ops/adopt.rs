@@ -10,6 +10,7 @@
 //! commit point) and the staging takes its place; the base lists the leaf; the set-aside VM,
 //! which holds the original disk files, goes last. Nothing of the base is opened for writing.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -33,7 +34,7 @@ use crate::error::{Error, IoContext, Kind, Result, undo_after};
 use crate::fsutil;
 use crate::library::journal::{self, Ctx, Journal, LPath};
 use crate::library::records::{self, DiskRecord, LeafDisk, LeafRecord, LeafRef};
-use crate::library::{BASES, Base, Library, Options, STATE, validate_name};
+use crate::library::{BASES, Base, Library, MAKE_BASE, NEW_LEAF, Options, STATE, same_name, validate_name};
 use crate::platform::{self, Tag};
 use crate::progress::{Progress, meter};
 use crate::testing::fault;
@@ -114,6 +115,8 @@ struct VmDisk {
     disk: Disk,
     /// The base disk it is matched with: an index into the base's disks.
     base: Option<usize>,
+    /// How many base disks have its capacity (more than one and none on its node: unmatched).
+    same_capacity: usize,
 }
 
 /// A VM that passed every check before anything is written.
@@ -142,6 +145,8 @@ pub(crate) struct DiskReport {
     /// capacity, it stays the VM's own (`own` bytes).
     pub(crate) matched: Option<(String, Compared)>,
     pub(crate) own: u64,
+    /// Unmatched: how many base disks have its capacity (none on its node, and not one alone).
+    pub(crate) same_capacity: usize,
 }
 
 impl std::fmt::Display for DiskReport {
@@ -154,6 +159,12 @@ impl std::fmt::Display for DiskReport {
                 human_bytes(c.data_bytes),
                 human_bytes(c.shared_bytes),
                 human_bytes(c.differing_bytes)
+            ),
+            None if self.same_capacity > 0 => write!(
+                f,
+                ": not matched ({} base disks of this capacity, none on its node, and not one alone left for it), it stays the VM's own ({})",
+                self.same_capacity,
+                human_bytes(self.own)
             ),
             None => write!(f, ": no base disk of this capacity, it stays the VM's own ({})", human_bytes(self.own)),
         }
@@ -215,6 +226,8 @@ impl std::fmt::Display for Adopted {
         )?;
         if freed > 0 {
             write!(f, "{} freed", human_bytes(freed))?;
+        } else if self.shared() == 0 {
+            f.write_str("no space freed (none of its data was the base's: its delta holds all of it)")?;
         } else {
             f.write_str(
                 "no space freed (the volume shared its blocks with the base's already: a clone or reflink copy)",
@@ -285,7 +298,9 @@ pub(crate) fn adopt(lib: &Library, req: Request, opts: &Options) -> Result<Adopt
         disks,
         before: vm.own_bytes,
         after: own_bytes(&vm.target),
-        freed: Some(free_after.saturating_sub(free_before)),
+        // Measured, and never more than the VM's files took: what others freed on the volume
+        // meanwhile is not the adoption's.
+        freed: Some(free_after.saturating_sub(free_before).min(vm.own_bytes)),
         elapsed: start.elapsed(),
         removing,
     })
@@ -351,6 +366,7 @@ fn report_of(d: &VmDisk, matched: Option<(String, Compared)>) -> DiskReport {
         capacity: d.disk.capacity(),
         matched,
         own: d.disk.files().iter().map(|f| fsutil::allocated(f)).sum(),
+        same_capacity: d.same_capacity,
     }
 }
 
@@ -386,6 +402,19 @@ fn inspect(lib: &Library, base: Base, req: Request, opts: &Options) -> Result<In
     let env = opts.env_beneath(std::slice::from_ref(&bundle))?;
     let mut disks = vm_disks(&bundle, &env, &dict, &vmx_path)?;
     match_disks(&mut disks, &base_disks);
+    if disks.iter().all(|d| d.base.is_none()) && disks.iter().any(|d| d.same_capacity > 1) {
+        let nodes = |n: Vec<&str>| n.join(", ");
+        return Err(Error::refused(
+            &vmx_path,
+            format!(
+                "none of the VM's disks ({}) is on the node of a disk of base {:?} of its capacity ({}), and several have it: which one it was copied from cannot be told",
+                nodes(disks.iter().map(|d| d.node.as_str()).collect()),
+                base.record.name,
+                nodes(base.record.disks.iter().map(|d| d.node.as_str()).collect())
+            ),
+        )
+        .fix("attach the VM's disks on the nodes of the base's disks they were copied from (VMware's settings for the VM), then adopt it"));
+    }
     if disks.iter().all(|d| d.base.is_none()) {
         let sizes = |caps: Vec<u64>| caps.into_iter().map(|c| human_bytes(c * 512)).collect::<Vec<_>>().join(", ");
         return Err(Error::refused(
@@ -432,6 +461,20 @@ fn check_bundle(lib: &Library, vm: &Path) -> Result<PathBuf> {
             &bundle,
             format!("is inside {BASES} or leafd's own folder: it is not a VM of yours"),
         ));
+    }
+    if lib.root().starts_with(&bundle) {
+        return Err(Error::refused(
+            &bundle,
+            format!("holds the library {}: it is not a VM bundle", lib.root().display()),
+        )
+        .fix("give the VM's own folder (the one holding its .vmx and disks alone)"));
+    }
+    if bundle.starts_with(lib.make_base_dir()) {
+        return Err(Error::refused(
+            &bundle,
+            format!("is in {MAKE_BASE}: it is on its way to become a base, and the agent would convert it"),
+        )
+        .fix(format!("move it out of {MAKE_BASE} (beside your other VMs, say), then adopt it")));
     }
     if bundle.join(records::DIR).symlink_metadata().is_ok() {
         return Err(Error::refused(
@@ -498,9 +541,11 @@ fn open_base_disks(base: &Base, opts: &Options) -> Result<Vec<(DiskRecord, Disk)
     Ok(out)
 }
 
-/// The VM's disks, each inside the bundle, whole, with a UTF-8 name.
+/// The VM's disks, each inside the bundle, whole, with a UTF-8 name, sharing no file with another.
 fn vm_disks(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path) -> Result<Vec<VmDisk>> {
     let mut out = Vec::new();
+    // Every file of the disks so far, by identity: its disk's node and the name it had there.
+    let mut seen: Vec<((u64, u64), String, PathBuf)> = Vec::new();
     for entry in vmx::disks(dict) {
         let outside = || {
             Error::refused(vmx, format!("disk {} ({}) is outside the bundle", entry.node, entry.file_name))
@@ -533,11 +578,27 @@ fn vm_disks(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path) -> Resul
         }
         let disk = Disk::open(env, &path).map_err(missing)?;
         disk.check_extents()?;
-        if out.iter().any(|d: &VmDisk| d.rel == rel) {
-            return Err(Error::refused(vmx, format!("disk {} is attached twice", entry.file_name))
-                .fix("remove one of the two in VMware's settings for the VM"));
+        // By identity, not by name: a link to a matched disk (or to one of its extents) would
+        // read as the base through the parent copy that takes its name, or lose what it names
+        // with the matched disk's original files.
+        for file in disk.files() {
+            let id = env.open(&file, false).and_then(|f| f.metadata()).at(&file, "cannot stat")?;
+            let id = (id.dev(), id.ino());
+            if let Some((_, node, other)) = seen.iter().find(|(i, node, _)| *i == id && *node != entry.node) {
+                return Err(Error::refused(
+                    vmx,
+                    format!(
+                        "disk {} shares the file {} with disk {node} ({}): it is attached twice, or names the other disk's files",
+                        entry.node,
+                        file.strip_prefix(bundle).unwrap_or(&file).display(),
+                        other.strip_prefix(bundle).unwrap_or(other).display()
+                    ),
+                )
+                .fix("remove one of the two in VMware's settings for the VM (give each disk files of its own), then adopt it"));
+            }
+            seen.push((id, entry.node.clone(), file));
         }
-        out.push(VmDisk { node: entry.node, rel, disk, base: None });
+        out.push(VmDisk { node: entry.node, rel, disk, base: None, same_capacity: 0 });
     }
     Ok(out)
 }
@@ -547,6 +608,7 @@ fn vm_disks(bundle: &Path, env: &Arc<dyn Env>, dict: &Dict, vmx: &Path) -> Resul
 fn match_disks(disks: &mut [VmDisk], base: &[(DiskRecord, Disk)]) {
     let mut taken = vec![false; base.len()];
     for d in disks.iter_mut() {
+        d.same_capacity = base.iter().filter(|(_, b)| b.capacity() == d.disk.capacity()).count();
         let same_node =
             base.iter().position(|(r, b)| r.node.eq_ignore_ascii_case(&d.node) && b.capacity() == d.disk.capacity());
         if let Some(i) = same_node {
@@ -568,8 +630,35 @@ fn match_disks(disks: &mut [VmDisk], base: &[(DiskRecord, Disk)]) {
 /// into the base's folder in New Leaf.
 fn place(lib: &Library, bundle: &Path, base: &Base, req: Request) -> Result<(String, PathBuf)> {
     let dropped = bundle.parent() == Some(&lib.new_leaf_dir().join(&base.record.name));
+    // Anywhere else in New Leaf it is a drop the agent answers (a note, or another base's
+    // adoption): a leaf left there in place would race it.
+    if !dropped && bundle.starts_with(lib.new_leaf_dir()) {
+        return Err(Error::refused(
+            bundle,
+            format!(
+                "is in {NEW_LEAF} but not in {NEW_LEAF}/{}/, the folder of base {:?}",
+                base.record.name, base.record.name
+            ),
+        )
+        .fix(format!(
+            "move it into {NEW_LEAF}/{}/ (it then goes beside your other VMs), or out of {NEW_LEAF}, then adopt it",
+            base.record.name
+        )));
+    }
     let name = req.name.map_or_else(|| default_name(bundle), str::to_string);
     validate_name(&name, "leaf", bundle)?;
+    // Commands take a leaf by its name: two of one name would make `leafd reset NAME` reset
+    // either. A leaf adopted in place keeps its place, wherever it is, not `<root>/<name>`.
+    if let Some(other) = lib.leaves()?.into_iter().find(|l| same_name(&l.record.name, &name)) {
+        return Err(Error::refused(
+            bundle,
+            format!(
+                "a leaf named {name:?} exists already ({}): leaf names are what leafd's commands take",
+                other.dir.display()
+            ),
+        )
+        .fix("rename the VM's folder (or pass another name with --name), then adopt it"));
+    }
     if !dropped {
         return Ok((name, bundle.to_path_buf()));
     }
@@ -695,6 +784,7 @@ fn stage(
     durable::write_new(&places.staging.join(&vm.vmx), &v.to_bytes())?;
     write_vmsd(vm, places, &staged)?;
     records::write_leaf(&places.staging, &leaf_record(plan, vm, &staged))?;
+    keep_attributes(vm, places, &staged)?;
     if let Err(e) = durable::set_tag(&places.staging, Tag::LinkedClone, true) {
         tracing::debug!("cannot tag {}: {e}", places.staging.display());
     }
@@ -823,6 +913,54 @@ fn link_files(vm: &Inspected, places: &Places) -> Result<()> {
     Ok(())
 }
 
+/// Gives what staging made anew the permissions of what it stands for in the VM (a private VM
+/// stays private): the folders (the staging folder the bundle's), the `.vmx` and `.vmsd`, and
+/// each matched disk's parent copy and delta files its descriptor's. The owner keeps reading and
+/// writing them, as VMware and leafd need. The folders, the `.vmx` and `.vmsd` keep their
+/// extended attributes too (Finder tags and comments), leafd's own aside.
+fn keep_attributes(vm: &Inspected, places: &Places, staged: &[Staged]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // Best effort, as a copy keeps them: a volume without them still gets the leaf.
+    let keep_xattrs = |from: &Path, to: &Path| {
+        for name in xattr::list(from).into_iter().flatten() {
+            if let (Some(name), Ok(Some(v))) = (name.to_str(), xattr::get(from, &name))
+                && !name.contains("org.leafd.")
+            {
+                let _ = durable::set_xattr(to, name, &v);
+            }
+        }
+    };
+    // Of what a link leads to (a link's own mode is 0777).
+    let mode_of = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777).at(p, "cannot stat");
+    for p in fsutil::walk(&vm.bundle)? {
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            let to = places.staging.join(p.strip_prefix(&vm.bundle).unwrap_or(&p));
+            durable::set_mode(&to, mode_of(&p)? | 0o700)?;
+            keep_xattrs(&p, &to);
+        }
+    }
+    let vmx = vm.bundle.join(&vm.vmx);
+    let vmx_mode = mode_of(&vmx)? | 0o600;
+    durable::set_mode(&places.staging.join(&vm.vmx), vmx_mode)?;
+    keep_xattrs(&vmx, &places.staging.join(&vm.vmx));
+    let vmsd = Path::new(&vm.vmx).with_extension("vmsd");
+    let vmsd_mode = mode_of(&vm.bundle.join(&vmsd)).map_or(vmx_mode, |m| m | 0o600);
+    durable::set_mode(&places.staging.join(&vmsd), vmsd_mode)?;
+    if vm.bundle.join(&vmsd).is_file() {
+        keep_xattrs(&vm.bundle.join(&vmsd), &places.staging.join(&vmsd));
+    }
+    let env = leafd_formats::StdEnv::shared();
+    for s in staged {
+        let disk_mode = mode_of(&vm.bundle.join(&s.parent_copy))? | 0o600;
+        let delta = Disk::open_alone(&env, &places.staging.join(&s.delta))?;
+        for f in std::iter::once(places.staging.join(&s.parent_copy)).chain(delta.files()) {
+            durable::set_mode(&f, disk_mode)?;
+        }
+    }
+    keep_xattrs(&vm.bundle, &places.staging);
+    durable::set_mode(&places.staging, mode_of(&vm.bundle)? | 0o700)
+}
+
 /// The `.vmsd` of the leaf: one snapshot, "Base", of the parent copies; the deltas its own.
 fn write_vmsd(vm: &Inspected, places: &Places, staged: &[Staged]) -> Result<()> {
     let str_of = |p: &Path| p.to_string_lossy().into_owned();
@@ -925,6 +1063,18 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Duration> {
             format!("check {} and {}, then run `leafd recover`", places.target.display(), places.staging.display()),
         ));
     }
+    // The leaf reads through the base: without it, the set-aside VM is the only whole copy of the
+    // VM's data, and is kept (recovery puts it back while the leaf is untouched).
+    if !base_present(ctx, plan) {
+        return Err(Error::refused(
+            &ctx.path(&plan.base)?,
+            "the base of the adopted leaf is missing (moved or deleted): the VM's original disks are kept",
+        )
+        .fix(format!(
+            "put the base back where it was, then run `leafd recover`; the VM waits whole in {}",
+            places.aside.display()
+        )));
+    }
     records::link_leaf(&ctx.path(&plan.base)?, &plan.leaf_ref)?;
     journal::unstamp(&places.target, &plan.id)?;
     step(Step::Linked);
@@ -932,6 +1082,28 @@ fn finish(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<Duration> {
     journal::remove_work_dir(ctx, &places.aside)?;
     step(Step::Cleaned);
     Ok(start.elapsed())
+}
+
+/// Whether the base is where the plan says, as it was (its record's id).
+fn base_present(ctx: &Ctx, plan: &Plan) -> bool {
+    let record = ctx.path(&plan.base).ok().and_then(|dir| records::read_base(&dir).ok().flatten());
+    record.is_some_and(|r| r.id == plan.base_id)
+}
+
+/// Puts the set-aside VM back in its place, after the commit point, while nothing of it was
+/// removed yet (the leaf in its place still carries this operation's stamp, which goes just
+/// before the removal, or the leaf was never put there). Idempotent.
+fn roll_back(ctx: &Ctx, plan: &Plan, places: &Places) -> Result<()> {
+    if published(plan, places) {
+        durable::rename_noreplace(&places.target, &places.staging)?;
+    }
+    if places.aside.symlink_metadata().is_ok() {
+        if let Some(dir) = places.source.parent() {
+            durable::create_dir_all(dir)?;
+        }
+        durable::rename_noreplace(&places.aside, &places.source)?;
+    }
+    undo(ctx, places, plan)
 }
 
 /// Whether the leaf is in its place (the second rename happened).
@@ -954,6 +1126,15 @@ pub(crate) fn recover(ctx: &Ctx, plan: &Plan) -> Result<String> {
                 "is not the VM this adoption set aside (its stamp is missing or another's), so it is kept",
             )
             .fix(format!("look inside it; then `leafd recover --discard {}`", ctx.id)));
+        }
+        // The base gone since: the VM goes back as it was, while nothing of it was removed.
+        let untouched = places.staging.symlink_metadata().is_ok()
+            || (published(plan, &places) && journal::stamped(&places.target, &plan.id));
+        if untouched && !base_present(ctx, plan) {
+            roll_back(ctx, plan, &places)?;
+            return Ok(format!(
+                "undid the interrupted adoption of {shown}: its base is missing, and the VM is as it was"
+            ));
         }
         swap(plan, &places)?;
         finish(ctx, plan, &places)?;

@@ -9,6 +9,7 @@
 //! places, one rename each, then it goes to the Trash. Killed before it, the leaf is as it was;
 //! after it, recovery finishes the moves from what it finds. The base is only read.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,7 @@ pub(crate) fn reset(lib: &Library, arg: &Path, confirmed: bool, opts: &Options) 
     }
     let nvram = nvrams(&leaf, &base, opts)?;
     let plan = plan_of(lib, &leaf, &disks, &nvram)?;
+    refuse_in_the_way(&leaf, &plan)?;
     let bytes = plan.old.iter().map(|f| fsutil::allocated(&leaf.dir.join(f))).sum();
     let state = fsutil::tree_state(&leaf.dir)?;
     let journal = Journal::begin(lib, &plan.id, OP, &plan)?;
@@ -223,7 +225,9 @@ fn plan_of(lib: &Library, leaf: &Leaf, disks: &[Disks], nvram: &(PathBuf, Option
         }
         new.extend(extent_names(&stem, kind, count).into_iter().map(|n| d.delta.with_file_name(n)));
     }
-    if leaf.dir.join(&nvram.0).is_file() {
+    // A link, dangling or not, goes like a file (the new one takes its name); a folder stays,
+    // and is refused as in the way.
+    if leaf.dir.join(&nvram.0).symlink_metadata().is_ok_and(|m| m.is_file() || m.file_type().is_symlink()) {
         old.push(nvram.0.clone());
     }
     if nvram.1.is_some() {
@@ -238,6 +242,20 @@ fn plan_of(lib: &Library, leaf: &Leaf, disks: &[Disks], nvram: &(PathBuf, Option
         new,
         trash_name: format!("{} before reset {when}", leaf.record.name),
     })
+}
+
+/// Refuses what is at the name of a new file and is not one the reset takes away (a folder named
+/// like the `.nvram`, a leftover at a new delta extent's name): after the commit point it would
+/// stop the new file from being put in its place, and recovery with it.
+fn refuse_in_the_way(leaf: &Leaf, plan: &Plan) -> Result<()> {
+    for rel in plan.new.iter().filter(|r| !plan.old.contains(r)) {
+        let at = leaf.dir.join(rel);
+        if at.symlink_metadata().is_ok() {
+            return Err(Error::refused(&at, "is in the way of the file the reset puts there")
+                .fix("move it out of the leaf's folder, then reset it"));
+        }
+    }
+    Ok(())
 }
 
 /// Writes the new deltas and the base's `.nvram` into the staging folder, and flushes them.
@@ -264,6 +282,13 @@ fn stage(plan: &Plan, places: &Places, disks: &[Disks], nvram: Option<(&Path, &P
         made.iter().filter_map(|f| f.strip_prefix(&places.staging).ok().map(Path::to_path_buf)).collect();
     if made != plan.new {
         return Err(Error::internal(places.staging.clone(), format!("made {made:?}, planned {:?}", plan.new)));
+    }
+    // A new file takes the permissions of the old one it replaces (a private leaf stays private);
+    // its owner keeps reading and writing it.
+    for rel in &made {
+        if let Ok(m) = std::fs::metadata(places.leaf.join(rel)) {
+            durable::set_mode(&places.staging.join(rel), (m.permissions().mode() & 0o7777) | 0o600)?;
+        }
     }
     durable::flush_tree(&places.staging, Flush::Order)?;
     step(Step::Staged);

@@ -82,23 +82,10 @@ fn save(lib: &Lib, vm: &Path, files: &[&str]) -> Vec<PathBuf> {
         .iter()
         .map(|f| {
             let out = dir.join(format!("{f}.raw"));
-            let o = run_tool(
-                "qemu-img",
-                &["convert", "-U", "-f", "vmdk", "-O", "raw", vm.join(f).to_str().unwrap(), out.to_str().unwrap()],
-            );
-            assert!(o.status.success(), "qemu-img convert: {}", text(&o));
+            to_raw(&vm.join(f), &out);
             out
         })
         .collect()
-}
-
-/// `qemu-img compare` of the chain at `top` with a saved raw image: every byte equal.
-fn same_as_saved(top: &Path, saved: &Path) {
-    let o = run_tool(
-        "qemu-img",
-        &["compare", "-U", "-f", "vmdk", "-F", "raw", top.to_str().unwrap(), saved.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{} differs from {}: {}", top.display(), saved.display(), text(&o));
 }
 
 /// Bytes of data the disk `top` holds itself (not its backing chain), as `qemu-img map` says.
@@ -143,7 +130,7 @@ fn a_hand_copy_made_a_base_and_used_since_becomes_a_leaf_that_reads_as_it_did() 
     for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
         let top = copy.join(delta(file));
         qemu_check(&top);
-        same_as_saved(&top, saved);
+        same_as(saved, &top);
         // The delta over the parent copy, whose extents are the base's files.
         let chain = qemu_chain(&top);
         assert_eq!(chain.len(), 2, "{file}: {chain:?}");
@@ -229,7 +216,7 @@ fn reset_puts_a_leaf_back_to_its_snapshot_base_and_its_old_disks_in_the_trash() 
     }
     fs::remove_dir(&listed[0]).unwrap();
     for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
-        same_as_saved(&leaf.join(delta(file)), saved);
+        same_as(saved, &leaf.join(delta(file)));
     }
     assert_eq!(fs::read(leaf.join("Leaf.nvram")).unwrap(), b"the leaf's own EFI variables");
 }
@@ -363,7 +350,7 @@ fn a_vm_sharing_little_with_the_base_is_refused_unless_forced() {
     // Nothing was freed because nothing was shared, not because of a clone copy.
     assert!(!out.contains("reflink"), "{out}");
     for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
-        same_as_saved(&bundle.join(delta(file)), saved);
+        same_as(saved, &bundle.join(delta(file)));
     }
 }
 
@@ -439,7 +426,7 @@ fn promote_undoes_an_adoption() {
     for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
         let disk = copy.join(file);
         assert_eq!(qemu_chain(&disk).len(), 1, "{file} still has a parent");
-        same_as_saved(&disk, saved);
+        same_as(saved, &disk);
     }
     let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
     assert!(vmx.contains("scsi0:0.fileName = \"Virtual Disk.vmdk\""), "{vmx}");
@@ -489,7 +476,7 @@ fn a_disk_sharing_a_file_with_a_matched_disk_is_refused() {
     attach(&copy, "Web.vmx", "sata0:2", "Flat.vmdk");
     let saved = save(&lib, &copy, &["Flat.vmdk"]);
     lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
-    same_as_saved(&copy.join("Flat.vmdk"), &saved[0]);
+    same_as(&saved[0], &copy.join("Flat.vmdk"));
 }
 
 /// A leaf's name is what `reset`, `promote` and `verify` take: an adoption in place (wherever
@@ -671,13 +658,13 @@ fn recovery_keeps_the_vm_when_the_base_is_gone() {
             fs::rename(&away, &base).unwrap();
             lib.ok(&["recover"]);
             for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
-                same_as_saved(&copy.join(delta(file)), saved);
+                same_as(saved, &copy.join(delta(file)));
             }
         } else {
             assert!(o.status.success(), "{step}: {}", text(&o));
             assert!(!copy.join(".leafd").exists(), "{step}: the VM is still a leaf");
             for (file, saved) in ["Virtual Disk.vmdk", "Second.vmdk"].iter().zip(&saved) {
-                same_as_saved(&copy.join(file), saved);
+                same_as(saved, &copy.join(file));
             }
             fs::rename(&away, &base).unwrap();
             lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);

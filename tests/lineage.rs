@@ -58,31 +58,10 @@ fn snapshot(lib: &Lib, leaf: &str, vm: &SampleVm, into: &Path) -> Vec<PathBuf> {
         .iter()
         .map(|d| {
             let out = into.join(format!("{leaf}-{}.raw", d.file));
-            let o = run_tool(
-                "qemu-img",
-                &[
-                    "convert",
-                    "-U",
-                    "-f",
-                    "vmdk",
-                    "-O",
-                    "raw",
-                    delta(lib, leaf, &d.file).to_str().unwrap(),
-                    out.to_str().unwrap(),
-                ],
-            );
-            assert!(o.status.success(), "{}", text(&o));
+            to_raw(&delta(lib, leaf, &d.file), &out);
             out
         })
         .collect()
-}
-
-fn same_as(reference: &Path, disk: &Path) {
-    let o = run_tool(
-        "qemu-img",
-        &["compare", "-U", "-f", "raw", "-F", "vmdk", reference.to_str().unwrap(), disk.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{} differs from {}: {}", disk.display(), reference.display(), text(&o));
 }
 
 fn setup(leaves: &[&str]) -> (Lib, SampleVm) {

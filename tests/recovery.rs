@@ -127,28 +127,6 @@ fn qemu_reads(path: &Path, d: &SampleDisk) {
     assert!(o.status.success() && !t.contains("fail") && !t.contains("error"), "{}: {t}", path.display());
 }
 
-/// `qemu-img compare` of a raw reference and a VMDK (chain): exit 0 when they read the same.
-fn compare(reference: &Path, disk: &Path) -> Output {
-    run_tool(
-        "qemu-img",
-        &["compare", "-U", "-f", "raw", "-F", "vmdk", reference.to_str().unwrap(), disk.to_str().unwrap()],
-    )
-}
-
-/// [`compare`]: they must read the same.
-fn same_as(reference: &Path, disk: &Path) {
-    let o = compare(reference, disk);
-    assert!(o.status.success(), "{} differs from {}: {}", disk.display(), reference.display(), text(&o));
-}
-
-fn to_raw(disk: &Path, out: &Path) {
-    let o = run_tool(
-        "qemu-img",
-        &["convert", "-U", "-f", "vmdk", "-O", "raw", disk.to_str().unwrap(), out.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-}
-
 fn delta_name(file: &str) -> String {
     format!("{}-000001.vmdk", file.strip_suffix(".vmdk").unwrap())
 }
@@ -644,7 +622,7 @@ impl Case {
                 qemu_check(&delta);
                 qemu_reads(&delta, d);
                 assert_eq!(
-                    compare(r, &delta).status.code(),
+                    compare_with_raw(r, &delta).status.code(),
                     Some(1),
                     "{what}: {} still reads as before",
                     delta.display()

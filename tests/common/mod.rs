@@ -66,6 +66,27 @@ pub fn qemu_write(path: &Path, offset: u64, len: u64, byte: u8) {
     assert!(o.status.success() && !text(&o).contains("failed"), "qemu-io write: {}", text(&o));
 }
 
+/// The chain at `top` as QEMU reads it, written into the raw image `out`.
+pub fn to_raw(top: &Path, out: &Path) {
+    let o = run_tool(
+        "qemu-img",
+        &["convert", "-U", "-f", "vmdk", "-O", "raw", top.to_str().unwrap(), out.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "qemu-img convert {}: {}", top.display(), text(&o));
+}
+
+/// `qemu-img compare` of the raw image `raw` with the chain at `top`: exit 0 when every byte is
+/// equal, 1 when they differ.
+pub fn compare_with_raw(raw: &Path, top: &Path) -> Output {
+    run_tool("qemu-img", &["compare", "-U", "-f", "raw", "-F", "vmdk", raw.to_str().unwrap(), top.to_str().unwrap()])
+}
+
+/// The chain at `top` reads, byte for byte, as the raw image `raw`.
+pub fn same_as(raw: &Path, top: &Path) {
+    let o = compare_with_raw(raw, top);
+    assert!(o.status.success(), "{} differs from {}: {}", top.display(), raw.display(), text(&o));
+}
+
 /// The whole virtual disk as QEMU reads it through its chain, as raw bytes.
 pub fn qemu_raw(path: &Path, scratch: &Path) -> Vec<u8> {
     let out = scratch.join(format!("raw-{}", std::process::id()));

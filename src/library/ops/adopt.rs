@@ -26,8 +26,8 @@ use leafd_formats::{Env, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    cid_hex, default_name, disk_cid, free_space, human_bytes, human_duration, own_bytes, plain_entries, read_dict,
-    refuse_unsafe_state,
+    cid_hex, default_name, disk_cid, free_space, human_bytes, human_duration, open_base_disks, own_bytes,
+    plain_entries, read_dict, refuse_unsafe_state,
 };
 use crate::durable::{self, Flush};
 use crate::error::{Error, IoContext, Kind, Result, undo_after};
@@ -520,25 +520,6 @@ fn refuse_snapshots(vmx: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The base's disks, each checked to be as the base was made.
-fn open_base_disks(base: &Base, opts: &Options) -> Result<Vec<(DiskRecord, Disk)>> {
-    let mut out = Vec::new();
-    for d in &base.record.disks {
-        let path = base.descriptor_path(d);
-        let disk = Disk::open(&opts.env(), &path)?;
-        let cid = disk_cid(&disk)?;
-        if cid != d.cid {
-            return Err(Error::refused(
-                &path,
-                format!("the base disk changed since the base was made (CID {cid}, recorded {})", d.cid),
-            )
-            .fix("run `leafd verify`; a base must never be booted or edited"));
-        }
-        out.push((d.clone(), disk));
-    }
-    Ok(out)
 }
 
 /// The VM's disks, each inside the bundle, whole, with a UTF-8 name, sharing no file with another.

@@ -10,6 +10,7 @@ use leafd_formats::dict::Dict;
 use leafd_formats::disk::Disk;
 
 use crate::error::{Error, IoContext, Result};
+use crate::library::records::DiskRecord;
 use crate::library::{Base, Leaf, Options, bundle_stem};
 
 /// `40.0 GiB`, `512 KiB`, `12 B`.
@@ -189,4 +190,24 @@ pub(crate) fn base_nvram(base_vmx: &Dict, base: &Base, opts: &Options) -> Option
     let stem = base.record.vmx.trim_end_matches(crate::library::BASE_VMX_SUFFIX).trim_end_matches(".vmx");
     let nvram = base_vmx.get("nvram").map(str::to_string).unwrap_or_else(|| format!("{stem}.nvram"));
     leafd_formats::disk::find(&opts.env(), &base.dir, &base_vmx.name(&nvram)).filter(|p| p.is_file())
+}
+
+/// The base's disks, each checked to be as the base was made: a base whose disk changed would
+/// give leaves that fail to boot (VMware error 18).
+pub(crate) fn open_base_disks(base: &Base, opts: &Options) -> Result<Vec<(DiskRecord, Disk)>> {
+    let mut out = Vec::new();
+    for d in &base.record.disks {
+        let path = base.descriptor_path(d);
+        let disk = Disk::open(&opts.env(), &path)?;
+        let cid = disk_cid(&disk)?;
+        if cid != d.cid {
+            return Err(Error::refused(
+                &path,
+                format!("the base disk changed since the base was made (CID {cid}, recorded {})", d.cid),
+            )
+            .fix("run `leafd verify`; a base must never be booted or edited"));
+        }
+        out.push((d.clone(), disk));
+    }
+    Ok(out)
 }

@@ -15,7 +15,7 @@ use leafd_formats::disk::{Disk, DiskType, resolve};
 use leafd_formats::vmx::{self, SNAPSHOT_DESCRIPTION, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use super::common::{base_nvram, cid_hex, disk_cid, human_bytes, human_duration, read_dict};
+use super::common::{base_nvram, cid_hex, disk_cid, human_bytes, human_duration, open_base_disks, read_dict};
 use crate::child;
 use crate::durable::{self, Flush};
 use crate::error::{Error, Kind, Result, undo_after};
@@ -121,21 +121,7 @@ pub(crate) fn new_leaf(
             Error::refused(&target, "a VM with this name already exists").fix("choose another name for the new leaf")
         );
     }
-    // A base whose disk changed would give leaves that fail to boot (VMware error 18).
-    let mut base_disks = Vec::new();
-    for d in &base.record.disks {
-        let path = base.descriptor_path(d);
-        let disk = Disk::open(&opts.env(), &path)?;
-        let cid = disk_cid(&disk)?;
-        if cid != d.cid {
-            return Err(Error::refused(
-                &path,
-                format!("the base disk changed since the base was made (CID {cid}, recorded {})", d.cid),
-            )
-            .fix("run `leafd verify`; a base must never be booted or edited"));
-        }
-        base_disks.push((d.clone(), disk));
-    }
+    let base_disks = open_base_disks(&base, opts)?;
     let id = records::new_id();
     let plan = Plan {
         id: id.clone(),

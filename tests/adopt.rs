@@ -781,3 +781,43 @@ fn reset_asks_on_a_terminal_and_says_what_an_adopted_leafs_base_is() {
     assert!(shown.contains("reset to its snapshot Base"), "{shown}");
     assert_eq!(own_data(&copy.join(delta("Virtual Disk.vmdk"))), 0, "answered yes, not reset: {shown}");
 }
+
+/// A VM with a disk added since it was copied (a capacity no base disk has): that disk stays
+/// the VM's own, the very same file, through adopt, reset and promote; the others become
+/// deltas over the base as usual.
+#[test]
+fn a_disk_added_since_the_copy_stays_the_vms_own_through_adopt_reset_and_promote() {
+    let lib = Lib::new();
+    let copy = hand_copy(&lib, &vm("Web"), &lib.root, "Web");
+    use_disk(&copy, "Virtual Disk.vmdk", WRITES);
+    let o = run_tool("qemu-img", &["create", "-q", "-f", "vmdk", copy.join("Added.vmdk").to_str().unwrap(), "3M"]);
+    assert!(o.status.success(), "{}", text(&o));
+    qemu_write(&copy.join("Added.vmdk"), 0, 65536, 0xad);
+    attach(&copy, "Web.vmx", "scsi0:1", "Added.vmdk");
+    let added = copy.join("Added.vmdk");
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    let (sum, ino) = (checksums(&copy)[Path::new("Added.vmdk")].clone(), inode(&added));
+    let saved = save(&lib, &copy, &["Virtual Disk.vmdk", "Added.vmdk"]);
+    let out = lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE, "--dry-run"]);
+    assert!(
+        out.contains("scsi0:1 Added.vmdk (3.0 MiB): no base disk of this capacity, it stays the VM's own"),
+        "{out}"
+    );
+    lib.ok(&["adopt", copy.to_str().unwrap(), "--base", BASE]);
+    let vmx = fs::read_to_string(copy.join("Web.vmx")).unwrap();
+    assert!(vmx.contains("scsi0:1.fileName = \"Added.vmdk\""), "{vmx}");
+    assert_eq!(record(&copy, "leaf")["disks"].as_array().unwrap().len(), 2, "only the matched disks are the leaf's");
+    let unchanged = |at: &str| {
+        assert_eq!((checksums(&copy)[Path::new("Added.vmdk")].clone(), inode(&added)), (sum.clone(), ino), "{at}");
+        assert_eq!(qemu_chain(&added).len(), 1, "{at}: the added disk has a parent");
+        same_as(&saved[1], &added);
+    };
+    unchanged("adopted");
+    same_as(&saved[0], &copy.join(delta("Virtual Disk.vmdk")));
+    lib.ok(&["reset", "Web", "--yes"]);
+    unchanged("reset");
+    reads_as_base(&lib, &copy.join(delta("Virtual Disk.vmdk")), "Virtual Disk.vmdk");
+    lib.ok(&["promote", "Web"]);
+    unchanged("promoted");
+    lib.ok(&["verify"]);
+}

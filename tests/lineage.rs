@@ -298,20 +298,7 @@ fn a_damaged_base_record_without_a_mirror_is_rebuilt_with_the_id_its_leaves_know
 fn a_leaf_with_snapshots_of_its_own_verifies() {
     let (lib, _) = setup(&["Web"]);
     let dir = lib.leaf_dir("Web");
-    run_tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-b",
-            "Virtual Disk-000001.vmdk",
-            "-F",
-            "vmdk",
-            dir.join("Virtual Disk-000002.vmdk").to_str().unwrap(),
-        ],
-    );
+    qemu_snapshot("Virtual Disk-000001.vmdk", &dir.join("Virtual Disk-000002.vmdk"));
     let vmx = dir.join("Web.vmx");
     let edited =
         fs::read_to_string(&vmx).unwrap().replace("\"Virtual Disk-000001.vmdk\"", "\"Virtual Disk-000002.vmdk\"");

@@ -66,6 +66,13 @@ pub fn qemu_write(path: &Path, offset: u64, len: u64, byte: u8) {
     assert!(o.status.success() && !text(&o).contains("failed"), "qemu-io write: {}", text(&o));
 }
 
+/// A new QEMU delta `top` over `backing` (named relative to `top`'s folder), as VMware leaves a
+/// snapshot's disk.
+pub fn qemu_snapshot(backing: &str, top: &Path) {
+    let o = run_tool("qemu-img", &["create", "-q", "-f", "vmdk", "-b", backing, "-F", "vmdk", top.to_str().unwrap()]);
+    assert!(o.status.success(), "qemu-img create -b {backing} {}: {}", top.display(), text(&o));
+}
+
 /// The chain at `top` as QEMU reads it, written into the raw image `out`.
 pub fn to_raw(top: &Path, out: &Path) {
     let o = run_tool(

@@ -732,9 +732,10 @@ fn an_appliance_whose_nvram_file_is_named_nvram_gets_its_own() {
     assert_eq!(copy.cid().unwrap(), 0x1c0f_fee5);
 }
 
-/// Issue 16 on VMware-made VMs: a hand copy of each, made before it became a base and written
-/// to since, is adopted. Its `.vmx` keeps every byte but its disks' file names (CRLF, code page,
-/// no final newline), its chains reach the base (QEMU), and what was written reads back.
+/// Issue 16 on VMware-made VMs and disks: a hand copy of each, made before it became a base and
+/// written to since, is adopted. Its `.vmx` keeps every byte but its disks' file names (CRLF,
+/// code page, no final newline), its chains reach the base (QEMU), and what was written reads
+/// back.
 #[test]
 fn vmware_made_vms_copied_by_hand_are_adopted_keeping_every_byte_of_their_vmx() {
     let cases = [
@@ -743,10 +744,19 @@ fn vmware_made_vms_copied_by_hand_are_adopted_keeping_every_byte_of_their_vmx() 
         ("ws16-windows-notepad-no-final-newline", Names::Unicode),
         ("ws17-linux-disks-subfolder", Names::Unicode),
         ("ws17-22-disks-scsi-sata-nvme", Names::Unicode),
+        // Disk shapes: a split disk grown over the years, extents that are not whole grains,
+        // split flat extents.
+        ("disk-grown-split-sparse", Names::Unicode),
+        ("disk-p2v-odd-extent", Names::Unicode),
+        ("disk-twogb-flat", Names::Unicode),
     ];
     for (name, names) in cases {
         let lib = Lib::new();
-        let bundle = materialize(name, &lib.make_base_dir(), names);
+        let bundle = if name.starts_with("disk-") {
+            disk_bundle(name, &lib, names)
+        } else {
+            materialize(name, &lib.make_base_dir(), names)
+        };
         // Data the copy shares with the base (the fixtures' disks hold none), then its own.
         let first = entry(name)["disks"][0]["descriptor"].as_str().unwrap().to_string();
         qemu_write(&bundle.join(&first), 0, 1 << 20, 0x3a);
